@@ -1,0 +1,211 @@
+"""The Python client: every RPC of the three services, with Conveyor's own error types.
+
+::
+
+    async with AsyncClient("127.0.0.1:50051") as client:
+        started = await client.start_workflow("research", {"topic": "tides"})
+        workflow = await client.wait(started.workflow_id)
+        print(workflow.status, workflow.result)
+
+Failed calls raise :class:`~conveyor.errors.RpcError` subclasses
+(``NotFound``, ``InvalidArgument``, ``Unavailable``...), never raw ``grpc`` errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from conveyor.errors import DeadlineExceeded, RpcError
+from conveyor.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    common_pb2,
+    workflow_service_pb2,
+    workflow_service_pb2_grpc,
+)
+
+from .models import Started, Workflow, WorkflowStatus
+
+T = TypeVar("T")
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def _encode_args(args: Any) -> str:
+    if args is None:
+        return ""
+    if isinstance(args, str):
+        return args
+    return json.dumps(args)
+
+
+def shard_selector(shard: int | None) -> common_pb2.ShardSelector:
+    """One shard, or every shard for ``None``."""
+    return common_pb2.ShardSelector(all_shards=True) if shard is None else common_pb2.ShardSelector(shard=shard)
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        timeout: float = 30.0,
+        channel: grpc.aio.Channel | None = None,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        self._owns_channel = channel is None
+        self.timeout = timeout
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
+        try:
+            return await rpc(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            raise RpcError.from_status(error.code(), error.details() or "") from None
+
+    # ---------------------------------------------------------------- workflows
+
+    async def start_workflow(self, name: str, args: Any = None, *, idempotency_key: str = "") -> Started:
+        """Start ``name`` with ``args`` (a dict of keyword arguments, a list, or JSON text)."""
+        response = await self._call(
+            self._workflows.StartWorkflow,
+            workflow_service_pb2.StartWorkflowRequest(
+                name=name, args_json=_encode_args(args), idempotency_key=idempotency_key
+            ),
+        )
+        return Started(response.workflow_id, response.already_existed)
+
+    async def start_workflows(self, starts: Iterable[tuple[str, Any] | tuple[str, Any, str]]) -> list[Started]:
+        """Start many workflows in one transaction; FIFO order is the order given."""
+        requests = [
+            workflow_service_pb2.StartWorkflowRequest(
+                name=start[0], args_json=_encode_args(start[1]), idempotency_key=start[2] if len(start) > 2 else ""
+            )
+            for start in starts
+        ]
+        response = await self._call(
+            self._workflows.StartWorkflows, workflow_service_pb2.StartWorkflowsRequest(workflows=requests)
+        )
+        return [Started(r.workflow_id, r.already_existed) for r in response.workflows]
+
+    async def get_workflow(self, workflow_id: str, *, include_steps: bool = False) -> Workflow:
+        response = await self._call(
+            self._workflows.GetWorkflow,
+            workflow_service_pb2.GetWorkflowRequest(workflow_id=workflow_id, include_steps=include_steps),
+        )
+        return Workflow.from_wire(response.workflow)
+
+    async def list_workflows_page(
+        self,
+        *,
+        statuses: Sequence[WorkflowStatus] = (),
+        name: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+        newest_first: bool = False,
+    ) -> tuple[list[Workflow], str]:
+        response = await self._call(
+            self._workflows.ListWorkflows,
+            workflow_service_pb2.ListWorkflowsRequest(
+                statuses=[s.to_wire() for s in statuses],
+                name=name,
+                page_size=page_size,
+                page_token=page_token,
+                newest_first=newest_first,
+            ),
+        )
+        return [Workflow.from_wire(w) for w in response.workflows], response.next_page_token
+
+    async def list_workflows(
+        self,
+        *,
+        statuses: Sequence[WorkflowStatus] = (),
+        name: str = "",
+        page_size: int = 500,
+        newest_first: bool = False,
+    ) -> AsyncIterator[Workflow]:
+        """Every matching workflow, fetched a page at a time."""
+        token = ""
+        while True:
+            page, token = await self.list_workflows_page(
+                statuses=statuses, name=name, page_size=page_size, page_token=token, newest_first=newest_first
+            )
+            for workflow in page:
+                yield workflow
+            if not token:
+                return
+
+    async def cancel_workflow(self, workflow_id: str, reason: str = "") -> Workflow:
+        response = await self._call(
+            self._workflows.CancelWorkflow,
+            workflow_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id, reason=reason),
+        )
+        return Workflow.from_wire(response.workflow)
+
+    async def wait(self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2) -> Workflow:
+        """Poll until the workflow finishes; the interval grows to 2 s for long waits."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = poll_interval
+        while True:
+            workflow = await self.get_workflow(workflow_id)
+            if workflow.status.finished:
+                return workflow
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise DeadlineExceeded(f"workflow {workflow_id} still running after {timeout}s")
+            await asyncio.sleep(interval)
+            interval = min(interval * 1.5, 2.0)
+
+    # -------------------------------------------------------------------- admin
+
+    async def fail_pending_tasks(self, shard: int | None, *, limit: int = 0, reason: str = "") -> int:
+        response = await self._call(
+            self._admin.FailPendingTasks,
+            admin_service_pb2.FailPendingTasksRequest(shards=shard_selector(shard), limit=limit, reason=reason),
+        )
+        return response.failed_tasks
+
+    async def bump_epoch(self, reason: str = "") -> admin_service_pb2.BumpEpochResponse:
+        return await self._call(self._admin.BumpEpoch, admin_service_pb2.BumpEpochRequest(reason=reason))
+
+    async def clear_replay_queue(
+        self, shard: int | None, *, limit: int = 0, reason: str = ""
+    ) -> admin_service_pb2.ClearReplayQueueResponse:
+        return await self._call(
+            self._admin.ClearReplayQueue,
+            admin_service_pb2.ClearReplayQueueRequest(shards=shard_selector(shard), limit=limit, reason=reason),
+        )
+
+    async def clear_task_queue(
+        self, shard: int | None, *, limit: int = 0, reason: str = ""
+    ) -> admin_service_pb2.ClearTaskQueueResponse:
+        return await self._call(
+            self._admin.ClearTaskQueue,
+            admin_service_pb2.ClearTaskQueueRequest(shards=shard_selector(shard), limit=limit, reason=reason),
+        )
+
+    async def diagnose(self, *, max_violations: int = 20) -> admin_service_pb2.DiagnoseResponse:
+        return await self._call(self._admin.Diagnose, admin_service_pb2.DiagnoseRequest(max_violations=max_violations))

@@ -1,0 +1,65 @@
+"""The ``conveyor`` command: one entry point for every process and client action.
+
+Each subcommand's flags and behaviour live with the component it runs; this module
+only mounts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+DESCRIPTION = """\
+Conveyor: durable LLM workflows, finished in the order they were started.
+
+processes:
+  conveyor coordinator   the gRPC server: database, workflow replay, FIFO queue
+  conveyor executor      a worker that runs LLM calls and task handlers
+  conveyor simulator     an Anthropic Messages API simulator (tests, demo, benchmarks)
+
+clients (against --coordinator, default 127.0.0.1:50051):
+  conveyor start NAME --args JSON      start a workflow, print its id
+  conveyor get ID [--json]             a workflow, its result and its steps
+  conveyor admin ACTION                fail-pending, bump-epoch, clear-replay-queue,
+                                       clear-task-queue, diagnose
+
+Run `conveyor COMMAND --help` for a command's options and an example.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.simulator import cli as simulator_cli
+    from clients import cli as client_cli
+    from coordinator import cli as coordinator_cli
+    from executor import cli as executor_cli
+
+    parser = argparse.ArgumentParser(
+        prog="conveyor", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
+    commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
+    for name, module, summary in (
+        ("coordinator", coordinator_cli, "run the coordinator"),
+        ("executor", executor_cli, "run an executor"),
+        ("simulator", simulator_cli, "run the Anthropic API simulator"),
+    ):
+        sub = commands.add_parser(name, help=summary)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    client_cli.add_commands(commands)
+    for name, sub in commands.choices.items():
+        if name in ("start", "get", "admin"):
+            sub.set_defaults(handler=client_cli.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Every error Conveyor raises derives from :class:`ConveyorError`.
+
+::
+
+    ConveyorError
+    ├── ConfigurationError        bad flags, settings or environment; raised at start-up
+    ├── RpcError                  an RPC answered with a non-OK status (client side), or a
+    │   │                         request the coordinator refuses (server side)
+    │   ├── InvalidArgument       INVALID_ARGUMENT: the request itself is wrong
+    │   ├── NotFound              NOT_FOUND: no such workflow
+    │   ├── FailedPrecondition    FAILED_PRECONDITION: valid request, wrong state
+    │   ├── ResourceExhausted     RESOURCE_EXHAUSTED: a limit was hit
+    │   ├── Unauthenticated       UNAUTHENTICATED: no or unknown credentials
+    │   ├── PermissionDenied      PERMISSION_DENIED: credentials of another role
+    │   ├── Unavailable           UNAVAILABLE: coordinator or database unreachable; retry
+    │   ├── DeadlineExceeded      DEADLINE_EXCEEDED
+    │   └── InternalError         INTERNAL / UNKNOWN: a bug; the message says where
+    ├── WorkflowError             raised inside workflow code, or recorded as its failure
+    │   ├── StepFailed            a step failed for good; workflow code may catch it
+    │   └── NonDeterminismError   replay diverged from the journal; fails the workflow
+    └── TaskError                 raised by task handlers to steer the queue's retries
+        ├── PermanentTaskError    fail the step at once, spending no more attempts
+        └── TaskRateLimited       try again after ``retry_after`` s, spending no attempt
+
+The coordinator raises :class:`RpcError` subclasses and one place maps them to gRPC
+status codes; the client maps status codes back to the same classes, so both sides
+of the wire speak one vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+
+class ConveyorError(Exception):
+    """Root of every error raised by Conveyor."""
+
+
+class ConfigurationError(ConveyorError):
+    """A setting, flag or environment variable is missing or inconsistent."""
+
+
+class RpcError(ConveyorError):
+    """A request refused with a gRPC status; ``code`` is that status."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @staticmethod
+    def from_status(code: grpc.StatusCode, message: str) -> RpcError:
+        """The typed error for a status code received from the wire."""
+        cls = _ERROR_BY_CODE.get(code, InternalError)
+        error = cls(message)
+        if cls is InternalError:
+            error.message = f"{code.name}: {message}"
+        return error
+
+
+class InvalidArgument(RpcError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(RpcError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(RpcError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(RpcError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(RpcError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(RpcError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(RpcError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(RpcError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class InternalError(RpcError):
+    code = grpc.StatusCode.INTERNAL
+
+
+_ERROR_BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+        DeadlineExceeded,
+        InternalError,
+    )
+}
+
+
+class WorkflowError(ConveyorError):
+    """An error that belongs to one workflow run."""
+
+
+class StepFailed(WorkflowError):
+    """A step of the workflow failed for good (attempts spent, or not retryable).
+
+    Raised by ``await ctx.llm(...)`` / ``ctx.task(...)`` inside workflow code, which may
+    catch it and carry on; uncaught, it fails the workflow.
+    """
+
+    def __init__(self, step_number: int, step_name: str, error: str) -> None:
+        super().__init__(f"step {step_number} ({step_name!r}) failed: {error}")
+        self.step_number = step_number
+        self.step_name = step_name
+        self.error = error
+
+
+class NonDeterminismError(WorkflowError):
+    """Replaying the workflow asked for a different step than its journal records.
+
+    The workflow code changed, or depends on something other than its arguments and
+    step results (wall-clock time, randomness, I/O). The workflow is failed; catching
+    this inside the workflow does not save it.
+    """
+
+
+class TaskError(ConveyorError):
+    """Raised by an executor-side task handler to say how its failure should be retried.
+
+    Any other exception from a handler counts as a transient failure: the attempt is
+    spent and the task retried with backoff while attempts remain.
+    """
+
+
+class PermanentTaskError(TaskError):
+    """The task will fail the same way however often it runs: fail the step now."""
+
+
+class TaskRateLimited(TaskError):
+    """A downstream rate limit: retry after ``retry_after`` seconds without spending an attempt."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -1,0 +1,244 @@
+"""The workflow authoring API: what a module passed to ``--workflows`` uses.
+
+A workflow is an ``async def`` taking a :class:`WorkflowContext` first, marked with
+:func:`workflow`::
+
+    from conveyor import WorkflowContext, workflow
+
+    @workflow
+    async def research(ctx: WorkflowContext, topic: str) -> str:
+        claims = await ctx.llm(model=MODEL, max_tokens=200, name="extract",
+                               messages=[{"role": "user", "content": f"Claims about {topic}"}])
+        a, b = await asyncio.gather(
+            ctx.llm(model=MODEL, max_tokens=200, name="analyze_a", messages=...),
+            ctx.llm(model=MODEL, max_tokens=200, name="analyze_b", messages=...),
+        )
+        return (await ctx.llm(..., name="summarize")).text
+
+The coordinator runs the function by deterministic replay: every ``ctx`` call is a
+journal entry, finished entries return their recorded result, and the function is
+suspended at the first step still running. Workflow code must therefore depend only
+on its arguments and on what ``ctx`` returns: use ``ctx.now()`` / ``ctx.random()``
+instead of ``time`` / ``random``, ``ctx.sleep()`` instead of ``asyncio.sleep``, and
+do I/O in steps. Steps started before the function next awaits something unfinished
+(``asyncio.gather``) start together, in one transaction.
+
+A workflow advances once every step it has started has finished; awaiting only the
+first of several running steps (``asyncio.wait(..., FIRST_COMPLETED)``) therefore
+waits for all of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from .errors import ConfigurationError
+
+WORKFLOW_MARK = "__conveyor_workflow__"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently the queue retries a failing step.
+
+    The delay before attempt ``n + 1`` is ``initial_backoff * multiplier ** (n - 1)``
+    seconds, capped at ``max_backoff`` and jittered down by up to half so that steps
+    failing together do not retry together. Rate-limited attempts (HTTP 429) wait for
+    the API's ``retry-after`` instead and do not count against ``max_attempts``; at
+    most ``max_rate_limit_waits`` of them are tolerated.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 1.0
+    multiplier: float = 2.0
+    max_backoff: float = 60.0
+    max_rate_limit_waits: int = 20
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.initial_backoff < 0 or self.max_backoff < 0:
+            raise ValueError("backoff times must not be negative")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be at least 1, not {self.multiplier}")
+        if self.max_rate_limit_waits < 0:
+            raise ValueError("max_rate_limit_waits must not be negative")
+
+    def backoff(self, failed_attempts: int) -> float:
+        """The un-jittered delay after ``failed_attempts`` failures (1 for the first)."""
+        return min(self.max_backoff, self.initial_backoff * self.multiplier ** max(failed_attempts - 1, 0))
+
+
+#: LLM calls fail transiently (529, timeouts) often enough to deserve five tries.
+DEFAULT_LLM_RETRY = RetryPolicy(max_attempts=5)
+#: Handler tasks run user code that may not be idempotent: fewer retries by default.
+DEFAULT_TASK_RETRY = RetryPolicy(max_attempts=3)
+
+
+@dataclass(frozen=True)
+class LlmResponse:
+    """The Messages API response of an LLM step, as recorded in the journal."""
+
+    raw: Mapping[str, Any]
+
+    @property
+    def text(self) -> str:
+        """The text blocks of the reply, concatenated."""
+        return "".join(block.get("text", "") for block in self.content if block.get("type") == "text")
+
+    @property
+    def content(self) -> list[dict[str, Any]]:
+        return list(self.raw.get("content", []))
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return dict(self.raw.get("usage", {}))
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self.raw.get("stop_reason")
+
+    @property
+    def model(self) -> str | None:
+        return self.raw.get("model")
+
+    def message(self) -> Any:
+        """The response as the SDK's ``anthropic.types.Message`` (validated on demand)."""
+        from anthropic.types import Message
+
+        return Message.model_validate(self.raw)
+
+
+class WorkflowContext(Protocol):
+    """What a workflow can do. Every method except the properties is a journal entry."""
+
+    @property
+    def workflow_id(self) -> str: ...
+
+    @property
+    def workflow_name(self) -> str: ...
+
+    async def llm(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        name: str = "llm",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        **create_args: Any,
+    ) -> LlmResponse:
+        """One Anthropic Messages API call, made by an executor.
+
+        Takes the arguments of ``anthropic.AsyncAnthropic().messages.create`` (JSON
+        values only). ``retry`` defaults to :data:`DEFAULT_LLM_RETRY`; ``timeout`` (s)
+        bounds each attempt. Raises :class:`~conveyor.errors.StepFailed` for good failures.
+        """
+        ...
+
+    async def task(
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One call of the executor-side handler registered for ``kind``; returns its JSON result."""
+        ...
+
+    async def sleep(self, seconds: float, *, name: str = "sleep") -> None:
+        """A durable timer: survives coordinator restarts, costs no executor slot."""
+        ...
+
+    def now(self) -> datetime:
+        """The current UTC time, recorded on first execution and replayed thereafter."""
+        ...
+
+    def random(self) -> float:
+        """A float in [0, 1), recorded on first execution and replayed thereafter."""
+        ...
+
+
+WorkflowFunction = Callable[..., Coroutine[Any, Any, Any]]
+F = TypeVar("F", bound=WorkflowFunction)
+
+
+def workflow(fn: F | None = None, *, name: str | None = None) -> Any:
+    """Mark an ``async def`` as a workflow, registered under ``name`` (default: its own name).
+
+    Usable bare (``@workflow``) or with arguments (``@workflow(name="research-v2")``).
+    """
+
+    def mark(function: F) -> F:
+        if not inspect.iscoroutinefunction(function):
+            raise ConfigurationError(f"workflow {function.__qualname__} must be an 'async def' function")
+        setattr(function, WORKFLOW_MARK, name or function.__name__)
+        return function
+
+    return mark(fn) if fn is not None else mark
+
+
+@dataclass(frozen=True)
+class WorkflowDefinition:
+    name: str
+    function: WorkflowFunction
+    signature: inspect.Signature = field(compare=False)
+
+    def check_arguments(self, args: list[Any] | dict[str, Any]) -> None:
+        """Raise ``TypeError`` if ``args`` cannot be passed to the workflow function."""
+        if isinstance(args, dict):
+            self.signature.bind(None, **args)
+        else:
+            self.signature.bind(None, *args)
+
+
+class WorkflowRegistry:
+    """The workflows a coordinator can run, by name."""
+
+    def __init__(self, definitions: Mapping[str, WorkflowDefinition] | None = None) -> None:
+        self._definitions: dict[str, WorkflowDefinition] = dict(definitions or {})
+
+    @classmethod
+    def from_modules(cls, module_names: list[str]) -> WorkflowRegistry:
+        """Import each module and collect the functions marked with :func:`workflow`."""
+        import importlib
+
+        registry = cls()
+        for module_name in module_names:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError as error:
+                raise ConfigurationError(
+                    f"cannot import workflow module {module_name!r}: {error}. "
+                    "Pass an importable module path (is it installed, or on PYTHONPATH?)"
+                ) from error
+            found = [obj for obj in vars(module).values() if callable(obj) and hasattr(obj, WORKFLOW_MARK)]
+            if not found:
+                raise ConfigurationError(f"module {module_name!r} defines no @workflow functions")
+            for function in found:
+                registry.register(function)
+        return registry
+
+    def register(self, function: WorkflowFunction, name: str | None = None) -> None:
+        workflow_name = name or getattr(function, WORKFLOW_MARK, None) or function.__name__
+        if not inspect.iscoroutinefunction(function):
+            raise ConfigurationError(f"workflow {workflow_name!r} must be an 'async def' function")
+        existing = self._definitions.get(workflow_name)
+        if existing is not None and existing.function is not function:
+            raise ConfigurationError(f"two workflows are registered as {workflow_name!r}")
+        self._definitions[workflow_name] = WorkflowDefinition(
+            workflow_name, function, inspect.signature(function)
+        )
+
+    def get(self, name: str) -> WorkflowDefinition | None:
+        return self._definitions.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._definitions)

@@ -1,0 +1,1 @@
+"""The gRPC servicers: thin adapters from the wire to :class:`coordinator.engine.Coordinator`."""

@@ -1,0 +1,119 @@
+"""AdminService: operator actions and diagnosis."""
+
+from __future__ import annotations
+
+import grpc
+
+from conveyor.errors import InvalidArgument
+from conveyor.v1 import admin_service_pb2 as pb
+from conveyor.v1 import admin_service_pb2_grpc, common_pb2
+
+from .. import protocol
+from ..engine import Coordinator, DiagnoseReport
+from .errors import rpc
+
+
+def _shards(selector: common_pb2.ShardSelector) -> list[int] | None:
+    """The shards selected, or None for all of them."""
+    target = selector.WhichOneof("target")
+    if target == "shard":
+        return [selector.shard]
+    if target == "all_shards" and selector.all_shards:
+        return None
+    raise InvalidArgument("choose the shards to act on: a shard number, or all_shards=true")
+
+
+def _limit(limit: int) -> int:
+    if limit < 0:
+        raise InvalidArgument(f"limit must not be negative (0 means no limit), not {limit}")
+    return limit
+
+
+class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    @rpc
+    async def FailPendingTasks(
+        self, request: pb.FailPendingTasksRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FailPendingTasksResponse:
+        failed = await self._coordinator.fail_pending_tasks(
+            _shards(request.shards), _limit(request.limit), request.reason
+        )
+        return pb.FailPendingTasksResponse(failed_tasks=failed)
+
+    @rpc
+    async def BumpEpoch(self, request: pb.BumpEpochRequest, context: grpc.aio.ServicerContext) -> pb.BumpEpochResponse:
+        epoch, draining = await self._coordinator.bump_epoch(request.reason)
+        return pb.BumpEpochResponse(epoch=epoch, draining_executors=draining)
+
+    @rpc
+    async def ClearReplayQueue(
+        self, request: pb.ClearReplayQueueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClearReplayQueueResponse:
+        cleared, cancelled = await self._coordinator.clear_replay_queue(
+            _shards(request.shards), _limit(request.limit), request.reason
+        )
+        return pb.ClearReplayQueueResponse(cleared_entries=cleared, cancelled_workflows=cancelled)
+
+    @rpc
+    async def ClearTaskQueue(
+        self, request: pb.ClearTaskQueueRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClearTaskQueueResponse:
+        cleared, cancelled = await self._coordinator.clear_task_queue(
+            _shards(request.shards), _limit(request.limit), request.reason
+        )
+        return pb.ClearTaskQueueResponse(cleared_tasks=cleared, cancelled_workflows=cancelled)
+
+    @rpc
+    async def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.aio.ServicerContext) -> pb.DiagnoseResponse:
+        if request.max_violations < 0:
+            raise InvalidArgument("max_violations must not be negative")
+        return _diagnosis_to_wire(await self._coordinator.diagnose(request.max_violations))
+
+
+def _diagnosis_to_wire(report: DiagnoseReport) -> pb.DiagnoseResponse:
+    def age(created_at: int | None) -> protocol.Duration | None:
+        return None if created_at is None else protocol.duration(max(0, report.generated_at - created_at) / 1e6)
+
+    leaseholders = {shard: view.session.executor_id for view in report.executors for shard in view.session.shards}
+    return pb.DiagnoseResponse(
+        epoch=report.epoch,
+        shard_count=report.shard_count,
+        shards=[
+            pb.ShardStats(
+                shard=depth.shard,
+                queued_tasks=depth.queued,
+                delayed_tasks=depth.delayed,
+                claimed_tasks=depth.claimed,
+                oldest_queued_age=age(depth.oldest_queued_created_at),
+                replay_queue_depth=depth.replay_depth,
+                executor_id=leaseholders.get(depth.shard, ""),
+            )
+            for depth in report.shards
+        ],
+        replay_queue_depth=report.replay_queue_depth,
+        executors=[
+            pb.ExecutorInfo(
+                executor_id=view.session.executor_id,
+                epoch=view.session.epoch,
+                state=view.session.state.value,
+                shards=sorted(view.session.shards),
+                task_kinds=sorted(view.session.task_kinds),
+                capacity=view.session.capacity,
+                claimed_tasks=view.claimed_tasks,
+                since_last_heartbeat=protocol.duration(view.seconds_since_heartbeat),
+                connected_at=protocol.timestamp(view.session.connected_at_us),
+            )
+            for view in report.executors
+        ],
+        violations=[
+            pb.InvariantViolation(
+                kind=v.kind, description=v.description, count=v.count, workflow_ids=v.workflow_ids
+            )
+            for v in report.violations
+        ],
+        workflows_by_status=report.workflows_by_status,
+        rejected_stale_results=report.rejected_stale_results,
+        generated_at=protocol.timestamp(report.generated_at),
+    )

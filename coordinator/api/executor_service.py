@@ -1,0 +1,104 @@
+"""ExecutorService: the task stream and result batches of executors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+
+from conveyor.errors import InvalidArgument
+from conveyor.v1 import executor_service_pb2 as pb
+from conveyor.v1 import executor_service_pb2_grpc
+
+from .. import protocol, validation
+from ..engine import Coordinator
+from ..model import ErrorClass
+from ..sessions import ExecutorSession
+from ..store import ReportedResult
+from .errors import rpc
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR_MESSAGE = 4000
+
+
+class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    @rpc
+    async def ClaimTasks(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        first = await context.read()
+        if first is grpc.aio.EOF or not first.HasField("hello"):
+            raise InvalidArgument("the first ClaimTasks message must be a Hello")
+        session = await self._coordinator.connect_executor(first.hello, context.peer())
+        reader = asyncio.create_task(self._read(context, session))
+        try:
+            while (message := await session.outbox.get()) is not None:
+                await context.write(message)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await reader
+            await asyncio.shield(self._coordinator.executor_stream_closed(session))
+
+    async def _read(self, context: grpc.aio.ServicerContext, session: ExecutorSession) -> None:
+        """Credits, heartbeats and the drain notice, until the executor closes its side."""
+        try:
+            while (message := await context.read()) is not grpc.aio.EOF:
+                kind = message.WhichOneof("message")
+                if kind == "credit":
+                    self._coordinator.grant_credit(session, message.credit.slots)
+                elif kind == "heartbeat":
+                    self._coordinator.executor_alive(session)
+                elif kind == "draining":
+                    await self._coordinator.executor_draining(session, message.draining.reason)
+                else:
+                    log.warning("executor %s sent an unexpected %s message; ignored", session.executor_id, kind)
+        finally:
+            session.close_stream()
+
+    @rpc
+    async def RecordResults(
+        self, request: pb.RecordResultsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordResultsResponse:
+        config = self._coordinator.config
+        executor_id = validation.identifier(request.executor_id, "executor_id")
+        if len(request.results) > config.max_batch_size:
+            raise InvalidArgument(
+                f"{len(request.results)} results in one call; the limit is {config.max_batch_size}"
+            )
+        results = [_reported(index, r, config.max_payload_bytes) for index, r in enumerate(request.results)]
+        if not results:
+            return pb.RecordResultsResponse()
+        dispositions = await self._coordinator.record_results(executor_id, results)
+        return pb.RecordResultsResponse(dispositions=[int(d) for d in dispositions])
+
+
+def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> ReportedResult:
+    """Convert one result; a malformed success payload becomes a failure rather than a stuck task."""
+    started_at = protocol.from_timestamp(result.started_at)
+    outcome = result.WhichOneof("outcome")
+    if outcome == "result_json":
+        problem = validation.result_json(result.result_json, max_payload_bytes)
+        if problem is None:
+            return ReportedResult(result.task_id, result.fencing_token, result.result_json, started_at=started_at)
+        return ReportedResult(
+            result.task_id, result.fencing_token, error_class=ErrorClass.NON_RETRYABLE, error=problem, started_at=started_at
+        )
+    if outcome == "failure":
+        error_class = protocol.ERROR_CLASS_FROM_WIRE.get(result.failure.error_class)
+        if error_class is None:
+            raise InvalidArgument(f"results[{index}].failure.error_class is not set")
+        retry_after = protocol.from_duration(result.failure.retry_after) if result.failure.HasField("retry_after") else None
+        return ReportedResult(
+            result.task_id,
+            result.fencing_token,
+            error_class=error_class,
+            error=result.failure.message[:MAX_ERROR_MESSAGE] or "no message",
+            retry_after=retry_after,
+            started_at=started_at,
+        )
+    raise InvalidArgument(f"results[{index}] has neither result_json nor failure")

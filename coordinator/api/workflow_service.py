@@ -1,0 +1,73 @@
+"""WorkflowService: start, inspect, list and cancel workflows."""
+
+from __future__ import annotations
+
+import grpc
+
+from conveyor.errors import InvalidArgument
+from conveyor.v1 import workflow_service_pb2 as pb
+from conveyor.v1 import workflow_service_pb2_grpc
+
+from .. import protocol
+from ..engine import Coordinator
+from .errors import rpc
+
+
+def _start_request(request: pb.StartWorkflowRequest) -> tuple[str, str, str]:
+    return request.name, request.args_json, request.idempotency_key
+
+
+class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    @rpc
+    async def StartWorkflow(
+        self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartWorkflowResponse:
+        (started,) = await self._coordinator.start_workflows([_start_request(request)])
+        return pb.StartWorkflowResponse(workflow_id=started.workflow_id, already_existed=started.already_existed)
+
+    @rpc
+    async def StartWorkflows(
+        self, request: pb.StartWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartWorkflowsResponse:
+        started = await self._coordinator.start_workflows([_start_request(r) for r in request.workflows])
+        return pb.StartWorkflowsResponse(
+            workflows=[
+                pb.StartWorkflowResponse(workflow_id=s.workflow_id, already_existed=s.already_existed) for s in started
+            ]
+        )
+
+    @rpc
+    async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: grpc.aio.ServicerContext) -> pb.GetWorkflowResponse:
+        record = await self._coordinator.get_workflow(request.workflow_id, include_steps=request.include_steps)
+        return pb.GetWorkflowResponse(workflow=protocol.workflow_to_wire(record))
+
+    @rpc
+    async def ListWorkflows(
+        self, request: pb.ListWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkflowsResponse:
+        statuses = []
+        for wire in request.statuses:
+            status = protocol.WORKFLOW_STATUS_FROM_WIRE.get(wire)
+            if status is None:
+                raise InvalidArgument(f"statuses holds {wire}, which is not a workflow status")
+            statuses.append(status)
+        records, token = await self._coordinator.list_workflows(
+            statuses=statuses,
+            name=request.name,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            newest_first=request.newest_first,
+        )
+        return pb.ListWorkflowsResponse(
+            workflows=[protocol.workflow_to_wire(r) for r in records], next_page_token=token or ""
+        )
+
+    @rpc
+    async def CancelWorkflow(
+        self, request: pb.CancelWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelWorkflowResponse:
+        record = await self._coordinator.cancel_workflow(request.workflow_id, request.reason)
+        return pb.CancelWorkflowResponse(workflow=protocol.workflow_to_wire(record))

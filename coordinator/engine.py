@@ -1,0 +1,704 @@
+"""The coordinator's core: the store, the connected executors, and the loops that move work.
+
+The path of one step, each arrow one write transaction on the writer thread::
+
+    result batch ──record──▶ replay queue ──replay──▶ new tasks ──claim──▶ executor
+
+* ``record`` (RecordResults) finishes steps and enqueues a replay for each workflow
+  left with nothing in progress, then wakes the replay loop;
+* the replay loop drains the replay queue oldest workflow first, starting the next
+  steps or finishing workflows, then wakes the executors whose shards got tasks;
+* the dispatch loop claims tasks for every executor with free credits and work on
+  its shards, and pushes them down its stream.
+
+Nothing waits on a timer on that path. Timers exist only for what is due later
+(retry backoffs, ``ctx.sleep``), for lease expiry, and as a once-a-second safety
+sweep. Everything durable is in the database; the in-memory state (sessions,
+leases, credits) is rebuilt from executors reconnecting after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Connection
+
+from conveyor.errors import ConveyorError, InvalidArgument
+from conveyor.v1 import executor_service_pb2 as pb
+from conveyor.workflow import WorkflowRegistry
+
+from . import protocol, validation
+from .alarm import Alarm
+from .clock import CreationClock, now_us
+from .config import CoordinatorConfig
+from .model import WorkflowStatus
+from .sessions import ExecutorSession, SessionRegistry, SessionState
+from .store import (
+    ClaimedTask,
+    Database,
+    Disposition,
+    ExecutorRecords,
+    ReplayQueue,
+    ReportedResult,
+    ShardDepth,
+    Started,
+    StartRequest,
+    TaskQueue,
+    Timers,
+    Violation,
+    WorkflowRecord,
+    Workflows,
+    Writer,
+)
+from .store import diagnosis
+from .store.schema import tasks
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How often idle executors are offered work even without a wake-up, in case one was missed.
+SAFETY_SWEEP_INTERVAL = 1.0
+#: How often executors' last heartbeats are copied to the database, for operators.
+HEARTBEAT_PERSIST_INTERVAL = 5.0
+
+
+@dataclass
+class CoordinatorStats:
+    """Counters since start-up (exported as metrics, shown by Diagnose)."""
+
+    workflows_started: int = 0
+    workflows_finished: dict[str, int] = field(default_factory=dict)
+    results_accepted: int = 0
+    results_duplicate: int = 0
+    results_stale: int = 0
+    tasks_claimed: int = 0
+    replays: int = 0
+    leases_expired: int = 0
+
+
+@dataclass(frozen=True)
+class ExecutorView:
+    session: ExecutorSession
+    claimed_tasks: int
+    seconds_since_heartbeat: float
+
+
+@dataclass(frozen=True)
+class DiagnoseReport:
+    epoch: int
+    shard_count: int
+    shards: list[ShardDepth]
+    replay_queue_depth: int
+    executors: list[ExecutorView]
+    violations: list[Violation]
+    workflows_by_status: dict[str, int]
+    rejected_stale_results: int
+    generated_at: int
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.database = Database(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+        self.stats = CoordinatorStats()
+        self.epoch = 0
+        self.shard_count = 0
+        self._loops: list[asyncio.Task[None]] = []
+        self._replay_needed = asyncio.Event()
+        self._dispatch_needed = asyncio.Event()
+        self._timer_due = asyncio.Event()
+        self._retry_due = asyncio.Event()
+        self._timer_alarm = Alarm(self._timer_due.set)
+        self._retry_alarm = Alarm(self._retry_due.set)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.database.migrate)
+        facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
+        self.shard_count, self.epoch = facts.shard_count, facts.epoch
+        dialect = self.database.dialect
+        self.workflows = Workflows(facts.shard_count, CreationClock(facts.last_created_at))
+        self.queue = TaskQueue(dialect)
+        self.replays = ReplayQueue(dialect, self.registry)
+        self.timers = Timers(dialect)
+        self.sessions = SessionRegistry(facts.shard_count)
+        self.writer = Writer(
+            self.database.writer,
+            group_commit_window=self.config.group_commit_window,
+            retry_deadline=self.config.database_retry_deadline,
+        )
+        self.writer.start()
+        await self._recover()
+        loops = (self._replay_loop, self._dispatch_loop, self._timer_loop, self._retry_loop, self._lease_loop, self._sweep_loop)
+        for loop in loops:
+            self._loops.append(asyncio.create_task(self._supervised(loop), name=loop.__name__))
+        log.info(
+            "coordinator ready: %s, %d shards, epoch %d, workflows: %s",
+            self.database.dialect.display_url(),
+            self.shard_count,
+            self.epoch,
+            ", ".join(self.registry.names()) or "none",
+        )
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._timer_alarm.cancel()
+        self._retry_alarm.cancel()
+        for session in self.sessions:
+            session.close_stream()
+        await self.writer.stop()
+        await asyncio.to_thread(self.database.dispose)
+
+    async def _recover(self) -> None:
+        """Pick up where a previous coordinator process left off.
+
+        Executors that held tasks get one lease period to reconnect and report;
+        afterwards their tasks go back to the queue. Pending replays and timers run.
+        """
+
+        def holders(connection: Connection) -> list[str]:
+            ExecutorRecords.clear_leases(connection)
+            return list(
+                connection.execute(
+                    select(tasks.c.claimed_by).where(tasks.c.claimed_by.is_not(None)).distinct()
+                ).scalars()
+            )
+
+        for executor_id in await self.writer.run(holders, "recover"):
+            ghost = ExecutorSession(
+                executor_id, self.epoch, frozenset(), 0, "", now_us(), state=SessionState.DISCONNECTED
+            )
+            self.sessions.put(ghost)
+        self._replay_needed.set()
+        self._timer_due.set()
+        self._retry_due.set()
+
+    async def _supervised(self, loop: Callable[[], Any]) -> None:
+        """Keep a background loop running through database outages and bugs."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except ConveyorError as error:
+                log.warning("%s: %s; retrying in 1s", loop.__name__, error)
+            except Exception:
+                log.exception("%s crashed; restarting it in 1s", loop.__name__)
+            await asyncio.sleep(1.0)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _write(self, unit: Callable[[Connection], T], label: str) -> T:
+        return await self.writer.run(unit, label)
+
+    async def _read(self, query: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.database.reader.connect() as connection, connection.begin():
+                return query(connection)
+
+        return await asyncio.to_thread(run)
+
+    def _wake_holders(self, shards: set[int]) -> None:
+        for session in self.sessions.holders(shards):
+            session.maybe_work = True
+        if shards:
+            self._dispatch_needed.set()
+
+    def _wake_all(self) -> None:
+        for session in self.sessions:
+            session.maybe_work = True
+        self._dispatch_needed.set()
+
+    # ---------------------------------------------------------------- workflows
+
+    async def start_workflows(self, requests: Sequence[tuple[str, str, str]]) -> list[Started]:
+        """Start workflows given as (name, args_json, idempotency_key); all or none."""
+        if not requests:
+            raise InvalidArgument("no workflows to start")
+        if len(requests) > self.config.max_start_batch:
+            raise InvalidArgument(
+                f"{len(requests)} workflows in one call; the limit is {self.config.max_start_batch}"
+            )
+        starts = []
+        for index, (name, args_json, key) in enumerate(requests):
+            try:
+                _definition, canonical_args = validation.workflow_start(
+                    self.registry, name, args_json, self.config.max_payload_bytes
+                )
+                validation.identifier(key, "idempotency_key", required=False)
+            except InvalidArgument as error:
+                if len(requests) == 1:
+                    raise
+                raise InvalidArgument(f"workflow #{index}: {error.message}") from None
+            starts.append(StartRequest(name, canonical_args, key or None))
+        started = await self._write(functools.partial(self.workflows.start, requests=starts), "start")
+        self.stats.workflows_started += sum(1 for s in started if not s.already_existed)
+        self._replay_needed.set()
+        return started
+
+    async def get_workflow(self, workflow_id: str, *, include_steps: bool) -> WorkflowRecord:
+        validation.identifier(workflow_id, "workflow_id")
+        return await self._read(functools.partial(self.workflows.get, workflow_id=workflow_id, include_steps=include_steps))
+
+    async def list_workflows(
+        self,
+        *,
+        statuses: Collection[WorkflowStatus],
+        name: str,
+        page_size: int,
+        page_token: str,
+        newest_first: bool,
+    ) -> tuple[list[WorkflowRecord], str | None]:
+        if page_size < 0 or page_size > 1000:
+            raise InvalidArgument(f"page_size must be between 1 and 1000 (0 for the default 100), not {page_size}")
+        return await self._read(
+            functools.partial(
+                self.workflows.list,
+                statuses=statuses,
+                name=name or None,
+                page_size=page_size or 100,
+                page_token=page_token or None,
+                newest_first=newest_first,
+            )
+        )
+
+    async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord:
+        validation.identifier(workflow_id, "workflow_id")
+        record = await self._write(
+            functools.partial(
+                self.workflows.cancel, workflow_id=workflow_id, reason=reason or "cancelled by a client", now=now_us()
+            ),
+            "cancel",
+        )
+        self._count_finished(WorkflowStatus.CANCELLED, 1)
+        return record
+
+    def _count_finished(self, status: WorkflowStatus, count: int) -> None:
+        self.stats.workflows_finished[status.value] = self.stats.workflows_finished.get(status.value, 0) + count
+
+    # ----------------------------------------------------------------- executors
+
+    async def connect_executor(self, hello: pb.Hello, peer: str) -> ExecutorSession:
+        """Register an executor from its Hello; its stream then reads ``session.outbox``."""
+        executor_id = validation.identifier(hello.executor_id, "hello.executor_id")
+        if not 1 <= hello.capacity <= 100_000:
+            raise InvalidArgument(f"hello.capacity must be between 1 and 100000, not {hello.capacity}")
+        kinds = frozenset(validation.identifier(kind, "hello.task_kinds[]") for kind in hello.task_kinds)
+        if not kinds or len(kinds) > 100:
+            raise InvalidArgument("hello.task_kinds must name between 1 and 100 task kinds (\"llm\" for LLM steps)")
+        epoch = hello.epoch or self.epoch
+        state = SessionState.LIVE if epoch == self.epoch else SessionState.DRAINING
+        session = ExecutorSession(
+            executor_id,
+            epoch,
+            kinds,
+            hello.capacity,
+            peer,
+            now_us(),
+            state=state,
+            credits=max(0, min(hello.free_slots, hello.capacity)) if state is SessionState.LIVE else 0,
+        )
+        held = list(hello.held_task_ids)
+
+        def register(connection: Connection) -> int:
+            ExecutorRecords.save(
+                connection,
+                executor_id=executor_id,
+                epoch=epoch,
+                state=state.value,
+                capacity=hello.capacity,
+                task_kinds=kinds,
+                peer=peer,
+                now=session.connected_at_us,
+            )
+            return self.queue.release_unheld(connection, executor_id, held)
+
+        released = await self._write(register, "register executor")
+        previous = self.sessions.put(session)
+        if previous is not None:
+            previous.close_stream()
+        session.send(
+            pb.ClaimTasksResponse(
+                welcome=pb.Welcome(
+                    epoch=epoch,
+                    heartbeat_interval=protocol.duration(self.config.heartbeat_interval),
+                    lease_ttl=protocol.duration(self.config.lease_ttl),
+                    max_batch_size=self.config.max_batch_size,
+                    max_payload_bytes=self.config.max_payload_bytes,
+                    shard_count=self.shard_count,
+                )
+            )
+        )
+        if state is SessionState.DRAINING:
+            session.send(pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=f"epoch {epoch} is over")))
+        log.info(
+            "executor %s connected from %s: epoch %d (%s), capacity %d, kinds %s%s",
+            executor_id,
+            peer,
+            epoch,
+            state.value,
+            hello.capacity,
+            ",".join(sorted(kinds)),
+            f", {released} undelivered task(s) returned to the queue" if released else "",
+        )
+        await self._rebalance()
+        if released:
+            self._wake_all()
+        return session
+
+    def executor_alive(self, session: ExecutorSession) -> None:
+        session.last_seen = time.monotonic()
+
+    def grant_credit(self, session: ExecutorSession, slots: int) -> None:
+        session.last_seen = time.monotonic()
+        if session.state is not SessionState.LIVE or slots <= 0:
+            return
+        session.credits = min(session.capacity, session.credits + slots)
+        self._dispatch_needed.set()
+
+    async def executor_draining(self, session: ExecutorSession, reason: str) -> None:
+        """The executor stops taking work (shutting down); it still reports what it holds."""
+        session.last_seen = time.monotonic()
+        if session.state is SessionState.LIVE:
+            log.info("executor %s is draining: %s", session.executor_id, reason or "no reason given")
+            session.state = SessionState.DRAINING
+            session.credits = 0
+            await self._rebalance()
+
+    async def executor_stream_closed(self, session: ExecutorSession) -> None:
+        if self.sessions.get(session.executor_id) is not session:
+            return  # replaced by a newer connection of the same executor
+        holding = await self._read(
+            lambda c: c.execute(
+                select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
+            ).scalar_one()
+        )
+        if session.state is SessionState.DRAINING and holding == 0:
+            self.sessions.discard(session)
+            await self._write(lambda c: ExecutorRecords.set_state(c, [session.executor_id], "exited"), "executor exit")
+            log.info("executor %s drained and left", session.executor_id)
+        else:
+            session.state = SessionState.DISCONNECTED
+            session.credits = 0
+            log.warning(
+                "executor %s disconnected holding %d task(s); they return to the queue if it is not back within %.0fs",
+                session.executor_id,
+                holding,
+                self.config.lease_ttl,
+            )
+        await self._rebalance()
+
+    async def _rebalance(self) -> None:
+        changed_pools, changed_sessions = self.sessions.rebalance(self.epoch)
+        for session in changed_sessions:
+            if session.state is not SessionState.DISCONNECTED:
+                session.send(pb.ClaimTasksResponse(shards=pb.ShardAssignment(shards=sorted(session.shards))))
+        if changed_pools:
+            now = now_us()
+
+            def persist(connection: Connection) -> None:
+                for pool, assignment in changed_pools.items():
+                    ExecutorRecords.save_leases(connection, pool, assignment, now)
+
+            try:
+                await self._write(persist, "save leases")
+            except ConveyorError as error:  # the in-memory leases are authoritative
+                log.warning("could not save shard leases: %s", error)
+        if changed_sessions:
+            self._dispatch_needed.set()
+
+    async def record_results(self, executor_id: str, results: Sequence[ReportedResult]) -> list[Disposition]:
+        outcome = await self._write(
+            functools.partial(self.queue.record, executor_id=executor_id, results=results, now=now_us()),
+            "record results",
+        )
+        session = self.sessions.get(executor_id)
+        if session is not None:
+            session.last_seen = time.monotonic()
+        for disposition in outcome.dispositions:
+            if disposition is Disposition.ACCEPTED:
+                self.stats.results_accepted += 1
+            elif disposition is Disposition.DUPLICATE:
+                self.stats.results_duplicate += 1
+            else:
+                self.stats.results_stale += 1
+        if outcome.replays_enqueued:
+            self._replay_needed.set()
+        self._retry_alarm.request(outcome.next_retry_at)
+        return outcome.dispositions
+
+    # --------------------------------------------------------------------- admin
+
+    async def fail_pending_tasks(self, shards: Collection[int] | None, limit: int, reason: str) -> int:
+        self._check_shards(shards)
+        failed, replays = await self._write(
+            functools.partial(
+                self.queue.fail_pending,
+                shards=shards,
+                limit=limit,
+                reason=reason or "force-failed by an operator (FailPendingTasks)",
+                now=now_us(),
+            ),
+            "fail pending tasks",
+        )
+        if replays:
+            self._replay_needed.set()
+        log.warning("operator force-failed %d pending task(s) on %s", failed, _describe_shards(shards))
+        return failed
+
+    async def bump_epoch(self, reason: str) -> tuple[int, int]:
+        """Start a new epoch; returns it and how many executors were told to drain."""
+        self.epoch = await self._write(ExecutorRecords.bump_epoch, "bump epoch")
+        drained = 0
+        for session in self.sessions:
+            if session.epoch < self.epoch and session.state is SessionState.LIVE:
+                session.state = SessionState.DRAINING
+                session.credits = 0
+                session.send(
+                    pb.ClaimTasksResponse(
+                        drain=pb.Drain(epoch=self.epoch, reason=reason or f"epoch {self.epoch} started")
+                    )
+                )
+                drained += 1
+        await self._rebalance()
+        log.warning("epoch bumped to %d: %d executor(s) draining (%s)", self.epoch, drained, reason or "no reason")
+        return self.epoch, drained
+
+    async def clear_replay_queue(self, shards: Collection[int] | None, limit: int, reason: str) -> tuple[int, int]:
+        self._check_shards(shards)
+        cleared, cancelled = await self._write(
+            functools.partial(
+                self.replays.clear,
+                shards=shards,
+                limit=limit,
+                reason=reason or "replay queue cleared by an operator",
+                now=now_us(),
+            ),
+            "clear replay queue",
+        )
+        self._count_finished(WorkflowStatus.CANCELLED, cancelled)
+        log.warning("operator cleared %d replay-queue entries on %s", cleared, _describe_shards(shards))
+        return cleared, cancelled
+
+    async def clear_task_queue(self, shards: Collection[int] | None, limit: int, reason: str) -> tuple[int, int]:
+        self._check_shards(shards)
+        cleared, cancelled = await self._write(
+            functools.partial(
+                self.queue.clear,
+                shards=shards,
+                limit=limit,
+                reason=reason or "task queue cleared by an operator",
+                now=now_us(),
+            ),
+            "clear task queue",
+        )
+        self._count_finished(WorkflowStatus.CANCELLED, cancelled)
+        log.warning("operator cleared %d task(s) on %s", cleared, _describe_shards(shards))
+        return cleared, cancelled
+
+    def _check_shards(self, shards: Collection[int] | None) -> None:
+        for shard in shards or ():
+            if not 0 <= shard < self.shard_count:
+                raise InvalidArgument(f"shard {shard} does not exist; shards are 0..{self.shard_count - 1}")
+
+    async def diagnose(self, max_violations: int) -> DiagnoseReport:
+        now = now_us()
+        names = self.registry.names()
+
+        def query(connection: Connection) -> tuple[Any, ...]:
+            claimed = dict(
+                connection.execute(
+                    select(tasks.c.claimed_by, func.count())
+                    .where(tasks.c.claimed_by.is_not(None))
+                    .group_by(tasks.c.claimed_by)
+                ).all()
+            )
+            return (
+                diagnosis.shard_depths(connection, now),
+                diagnosis.invariant_violations(connection, names, max_violations or 20),
+                Workflows.count_by_status(connection),
+                claimed,
+            )
+
+        depths, violations, by_status, claimed = await self._read(query)
+        shards = [depths.get(shard) or ShardDepth(shard, 0, 0, 0, None, 0) for shard in range(self.shard_count)]
+        monotonic_now = time.monotonic()
+        executors = [
+            ExecutorView(session, claimed.get(session.executor_id, 0), monotonic_now - session.last_seen)
+            for session in sorted(self.sessions, key=lambda s: s.executor_id)
+        ]
+        return DiagnoseReport(
+            epoch=self.epoch,
+            shard_count=self.shard_count,
+            shards=shards,
+            replay_queue_depth=sum(depth.replay_depth for depth in shards),
+            executors=executors,
+            violations=violations,
+            workflows_by_status=by_status,
+            rejected_stale_results=self.stats.results_stale,
+            generated_at=now,
+        )
+
+    # --------------------------------------------------------------------- loops
+
+    async def _replay_loop(self) -> None:
+        limit = self.config.replay_batch_size
+        while True:
+            await self._replay_needed.wait()
+            self._replay_needed.clear()
+            while True:
+                outcome = await self._write(
+                    lambda c: self.replays.replay_batch(c, limit, now_us()), "replay"
+                )
+                self.stats.replays += outcome.replayed
+                for status, count in outcome.finished.items():
+                    self._count_finished(status, count)
+                self._wake_holders(outcome.task_shards)
+                self._timer_alarm.request(outcome.next_wake_at)
+                if outcome.taken < limit:
+                    break
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._dispatch_needed.wait()
+            self._dispatch_needed.clear()
+            wanting = [
+                session
+                for session in self.sessions
+                if session.state is SessionState.LIVE
+                and session.epoch == self.epoch
+                and session.credits > 0
+                and session.maybe_work
+                and session.shards
+            ]
+            if not wanting:
+                continue
+            plan = [(s.executor_id, s.shards, s.task_kinds, s.credits) for s in wanting]
+            now = now_us()
+
+            def claim_all(connection: Connection) -> list[list[ClaimedTask]]:
+                return [self.queue.claim(connection, *request, now=now) for request in plan]
+
+            claims = await self._write(claim_all, "claim")
+            orphaned: list[tuple[str, list[int]]] = []
+            for session, (_id, _shards, _kinds, wanted), claimed in zip(wanting, plan, claims, strict=True):
+                if len(claimed) < wanted:
+                    session.maybe_work = False
+                if not claimed:
+                    continue
+                if self.sessions.get(session.executor_id) is not session or session.state is not SessionState.LIVE:
+                    orphaned.append((session.executor_id, [task.task_id for task in claimed]))
+                    continue
+                self.stats.tasks_claimed += len(claimed)
+                session.credits -= len(claimed)
+                size = self.config.max_batch_size
+                for start in range(0, len(claimed), size):
+                    batch = [protocol.task_to_wire(task) for task in claimed[start : start + size]]
+                    session.send(pb.ClaimTasksResponse(tasks=pb.TaskBatch(tasks=batch)))
+                if session.credits > 0 and session.maybe_work:
+                    self._dispatch_needed.set()
+            if orphaned:
+                await self._release(orphaned)
+
+    async def _release(self, orphaned: list[tuple[str, list[int]]]) -> None:
+        """Give back tasks claimed for an executor that went away before they were sent."""
+
+        def release(connection: Connection) -> None:
+            for executor_id, ids in orphaned:
+                connection.execute(
+                    update(tasks)
+                    .where(tasks.c.claimed_by == executor_id, tasks.c.id.in_(ids))
+                    .values(claimed_by=None, claimed_at=None)
+                )
+
+        await self._write(release, "release")
+        self._wake_all()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            await self._timer_due.wait()
+            self._timer_due.clear()
+            fired, replays = await self._write(lambda c: self.timers.fire_due(c, now_us()), "fire timers")
+            if replays:
+                self._replay_needed.set()
+            if fired:
+                self._timer_due.set()  # there may be more due than one batch held
+                continue
+            self._timer_alarm.request(await self._read(Timers.next_wake_at))
+
+    async def _retry_loop(self) -> None:
+        """Offer work when a task's retry backoff ends, then wait for the next one."""
+        while True:
+            await self._retry_due.wait()
+            self._retry_due.clear()
+            self._wake_all()
+            now = now_us()
+            self._retry_alarm.request(await self._read(lambda c: self.queue.earliest_delayed(c, now)))
+
+    async def _lease_loop(self) -> None:
+        ttl = self.config.lease_ttl
+        last_persist = time.monotonic()
+        while True:
+            await asyncio.sleep(min(0.5, ttl / 4))
+            monotonic_now = time.monotonic()
+            for session in self.sessions:
+                if monotonic_now - session.last_seen > ttl:
+                    await self._expire(session)
+            if monotonic_now - last_persist >= HEARTBEAT_PERSIST_INTERVAL:
+                last_persist = monotonic_now
+                wall_now = now_us()
+                seen = {
+                    s.executor_id: wall_now - int((monotonic_now - s.last_seen) * 1e6)
+                    for s in self.sessions
+                    if s.state is not SessionState.DISCONNECTED
+                }
+                await self._write(lambda c: ExecutorRecords.record_heartbeats(c, seen), "heartbeats")
+
+    async def _expire(self, session: ExecutorSession) -> None:
+        """The executor missed its lease: its tasks go back to the queue, its shards to others."""
+        self.sessions.discard(session)
+        session.close_stream()
+        self.stats.leases_expired += 1
+        await self._rebalance()
+
+        def requeue(connection: Connection) -> Any:
+            ExecutorRecords.set_state(connection, [session.executor_id], "expired")
+            return self.queue.requeue_lost(connection, session.executor_id, now_us())
+
+        outcome = await self._write(requeue, "expire lease")
+        log.warning(
+            "executor %s lost its lease (no heartbeat for %.0fs): %d task(s) back in the queue, %d failed "
+            "after their last attempt",
+            session.executor_id,
+            self.config.lease_ttl,
+            outcome.requeued,
+            outcome.failed,
+        )
+        self._wake_holders(outcome.shards)
+        if outcome.replays_enqueued:
+            self._replay_needed.set()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAFETY_SWEEP_INTERVAL)
+            self._wake_all()
+
+
+def _describe_shards(shards: Collection[int] | None) -> str:
+    return "all shards" if shards is None else "shard(s) " + ",".join(map(str, sorted(shards)))

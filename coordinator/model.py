@@ -1,0 +1,54 @@
+"""Domain vocabulary shared by the coordinator's modules, as stored in the database.
+
+Statuses and kinds are stored as short lower-case strings so the tables read well in
+``psql`` / ``sqlite3``; :mod:`coordinator.protocol` maps them to the wire enums.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+
+class WorkflowStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepKind(StrEnum):
+    LLM = "llm"
+    TASK = "task"
+    SLEEP = "sleep"
+    NOW = "now"
+    RANDOM = "random"
+
+
+class ErrorClass(StrEnum):
+    RETRYABLE = "retryable"
+    NON_RETRYABLE = "non_retryable"
+    RATE_LIMITED = "rate_limited"
+
+
+#: The executor task kind that runs LLM steps; handler kinds may not reuse it.
+LLM_TASK_KIND = "llm"
+
+#: Step kinds that become tasks in the queue, run by executors.
+EXECUTOR_STEP_KINDS = frozenset({StepKind.LLM, StepKind.TASK})
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling of ``value``, so equal arguments compare equal as text.
+
+    Raises ``TypeError`` / ``ValueError`` for values JSON cannot carry (objects, NaN).
+    """
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

@@ -1,0 +1,423 @@
+"""Deterministic replay of a workflow function over its journal.
+
+:func:`replay` runs the workflow's ``async def`` from the top on a private event
+loop that only runs ready callbacks (no timers, no I/O, no clock). Each ``ctx`` call
+takes the next journal position: a recorded entry must match it (kind, name,
+canonical arguments) and returns its recorded result; a position past the end of
+the journal is a new step. The loop runs until nothing is ready, at which point the
+workflow has either returned, raised, or is waiting on steps that are still
+running; the outcome says which, plus the new steps to start.
+
+Replay is pure: it reads nothing and writes nothing. The store applies its outcome
+in the same transaction that read the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import random
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from conveyor.errors import NonDeterminismError, StepFailed, WorkflowError
+from conveyor.workflow import (
+    DEFAULT_LLM_RETRY,
+    DEFAULT_TASK_RETRY,
+    LlmResponse,
+    RetryPolicy,
+    WorkflowDefinition,
+)
+
+from .clock import seconds_to_us, to_datetime
+from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_json
+
+#: A journal longer than this is almost certainly a runaway loop in workflow code.
+MAX_STEPS_PER_WORKFLOW = 10_000
+#: Bounds the ready callbacks one replay may run, so an ``async`` busy loop in
+#: workflow code fails its workflow instead of stalling the coordinator.
+MAX_CALLBACKS_PER_REPLAY = 1_000_000
+#: Recorded errors keep the end of the traceback, where the cause usually is.
+MAX_ERROR_CHARS = 4_000
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """A step as the journal records it."""
+
+    number: int
+    kind: StepKind
+    name: str
+    args_json: str
+    status: StepStatus
+    result_json: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class NewStep:
+    """A step the workflow asked for that the journal does not hold yet."""
+
+    number: int
+    kind: StepKind
+    name: str
+    args_json: str
+    #: Executor task kind (``"llm"`` or a handler kind) for LLM and task steps.
+    task_kind: str | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    #: When a sleep step's timer fires.
+    wake_at_us: int | None = None
+    #: ``now`` / ``random`` steps are complete the moment they are taken.
+    result_json: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplayOutcome:
+    """What one replay decided. ``status`` RUNNING means "waiting for steps"."""
+
+    status: WorkflowStatus
+    new_steps: tuple[NewStep, ...] = ()
+    result_json: str | None = None
+    error: str | None = None
+
+
+class _ReplaySealed(BaseException):
+    """Raised into workflow code that calls ``ctx`` while a finished replay is torn down.
+
+    A ``BaseException`` so that ``except Exception`` in workflow code does not swallow it.
+    """
+
+
+class _ReplayLoop(asyncio.AbstractEventLoop):
+    """An event loop that runs ready callbacks and nothing else.
+
+    Timers and I/O would make replay depend on the world rather than the journal,
+    so they raise. Only the methods asyncio's futures, tasks and combinators use are
+    implemented; anything else raises ``NotImplementedError`` from the base class.
+    """
+
+    def __init__(self) -> None:
+        self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        self._running = False
+        self._closed = False
+
+    def run_until_quiescent(self, max_callbacks: int) -> None:
+        previous = asyncio._get_running_loop()
+        asyncio._set_running_loop(self)
+        self._running = True
+        try:
+            for _ in range(max_callbacks):
+                if not self._ready:
+                    return
+                self._ready.popleft()._run()
+            raise WorkflowError(
+                f"workflow code ran {max_callbacks} event-loop callbacks without finishing or "
+                "waiting on a step; it probably loops forever"
+            )
+        finally:
+            self._running = False
+            asyncio._set_running_loop(previous)
+
+    def call_soon(
+        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+    ) -> asyncio.Handle:
+        handle = asyncio.Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        raise WorkflowError(
+            "workflow code used an asyncio timer (asyncio.sleep, wait_for, timeout); "
+            "use 'await ctx.sleep(seconds)' for a durable timer"
+        )
+
+    call_at = call_later  # type: ignore[assignment]
+
+    def time(self) -> float:
+        raise WorkflowError("workflow code read the event-loop clock; use ctx.now()")
+
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.Future(loop=self)
+
+    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task[Any]:
+        return asyncio.Task(coro, loop=self, name=name, context=context)
+
+    def get_debug(self) -> bool:
+        return False
+
+    def is_running(self) -> bool:
+        return self._running
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        self._ready.clear()
+        self._closed = True
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        # "Task exception was never retrieved" and the like: the outcome already
+        # records what matters, and logging from replay would repeat on every replay.
+        pass
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        pass
+
+
+class _ReplayContext:
+    """The ``WorkflowContext`` handed to workflow code during replay."""
+
+    def __init__(
+        self,
+        loop: _ReplayLoop,
+        workflow_id: str,
+        workflow_name: str,
+        journal: Sequence[JournalEntry],
+        now_us: int,
+        rng: random.Random,
+    ) -> None:
+        self._loop = loop
+        self._workflow_id = workflow_id
+        self._workflow_name = workflow_name
+        self._journal = journal
+        self._now_us = now_us
+        self._rng = rng
+        self._cursor = 0
+        self.new_steps: list[NewStep] = []
+        #: An error that fails the workflow whatever the workflow code does with it.
+        self.fatal_error: WorkflowError | None = None
+        self.sealed = False
+
+    @property
+    def workflow_id(self) -> str:
+        return self._workflow_id
+
+    @property
+    def workflow_name(self) -> str:
+        return self._workflow_name
+
+    async def llm(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        max_tokens: int,
+        name: str = "llm",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        **create_args: Any,
+    ) -> LlmResponse:
+        request = {"model": model, "messages": messages, "max_tokens": max_tokens, **create_args}
+        args_json = _json_arguments("ctx.llm()", request)
+        return await self._take_step(
+            StepKind.LLM,
+            name,
+            args_json,
+            lambda number: NewStep(
+                number, StepKind.LLM, name, args_json, LLM_TASK_KIND, retry or DEFAULT_LLM_RETRY, timeout
+            ),
+            lambda result: LlmResponse(_loads(result)),
+        )
+
+    async def task(
+        self,
+        kind: str,
+        payload: Any = None,
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        if not kind or kind == LLM_TASK_KIND:
+            raise ValueError(f"ctx.task() needs a handler kind other than {LLM_TASK_KIND!r}; got {kind!r}")
+        step_name = name or kind
+        args_json = _json_arguments("ctx.task()", {"kind": kind, "payload": payload})
+        return await self._take_step(
+            StepKind.TASK,
+            step_name,
+            args_json,
+            lambda number: NewStep(
+                number, StepKind.TASK, step_name, args_json, kind, retry or DEFAULT_TASK_RETRY, timeout
+            ),
+            _loads,
+        )
+
+    async def sleep(self, seconds: float, *, name: str = "sleep") -> None:
+        if seconds < 0:
+            raise ValueError(f"ctx.sleep() needs a non-negative duration, not {seconds}")
+        args_json = _json_arguments("ctx.sleep()", {"seconds": seconds})
+        await self._take_step(
+            StepKind.SLEEP,
+            name,
+            args_json,
+            lambda number: NewStep(
+                number, StepKind.SLEEP, name, args_json, wake_at_us=self._now_us + seconds_to_us(seconds)
+            ),
+            lambda _result: None,
+        )
+
+    def now(self) -> datetime:
+        future = self._take_step(
+            StepKind.NOW,
+            "now",
+            "null",
+            lambda number: NewStep(number, StepKind.NOW, "now", "null", result_json=str(self._now_us)),
+            lambda result: to_datetime(int(result)),
+        )
+        return future.result()
+
+    def random(self) -> float:
+        future = self._take_step(
+            StepKind.RANDOM,
+            "random",
+            "null",
+            lambda number: NewStep(number, StepKind.RANDOM, "random", "null", result_json=repr(self._rng.random())),
+            float,
+        )
+        return future.result()
+
+    def _take_step(
+        self,
+        kind: StepKind,
+        name: str,
+        args_json: str,
+        make_new: Callable[[int], NewStep],
+        decode: Callable[[str], Any],
+    ) -> asyncio.Future[Any]:
+        if self.sealed:
+            raise _ReplaySealed()
+        number = self._cursor
+        self._cursor += 1
+        if number >= MAX_STEPS_PER_WORKFLOW:
+            self.fatal_error = self.fatal_error or WorkflowError(
+                f"workflow asked for more than {MAX_STEPS_PER_WORKFLOW} steps; split the work into "
+                "several workflows"
+            )
+            raise self.fatal_error
+        future = self._loop.create_future()
+        if number < len(self._journal):
+            entry = self._journal[number]
+            if (entry.kind, entry.name, entry.args_json) != (kind, name, args_json):
+                error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json))
+                self.fatal_error = self.fatal_error or error
+                raise error
+            if entry.status is StepStatus.COMPLETED:
+                future.set_result(decode(entry.result_json or "null"))
+            elif entry.status in (StepStatus.FAILED, StepStatus.CANCELLED):
+                future.set_exception(StepFailed(number, name, entry.error or entry.status.value))
+            return future
+        step = make_new(number)
+        self.new_steps.append(step)
+        if step.result_json is not None:
+            future.set_result(decode(step.result_json))
+        return future
+
+
+def replay(
+    definition: WorkflowDefinition,
+    workflow_id: str,
+    args: list[Any] | dict[str, Any],
+    journal: Sequence[JournalEntry],
+    *,
+    now_us: int,
+    rng: random.Random | None = None,
+) -> ReplayOutcome:
+    """Run ``definition`` over ``journal`` until it finishes or waits; see the module doc."""
+    loop = _ReplayLoop()
+    ctx = _ReplayContext(loop, workflow_id, definition.name, journal, now_us, rng or random.Random())
+    try:
+        coroutine = (
+            definition.function(ctx, **args) if isinstance(args, dict) else definition.function(ctx, *args)
+        )
+    except TypeError as error:
+        return _failed(f"arguments do not match workflow {definition.name!r}{definition.signature}: {error}")
+    main = loop.create_task(coroutine)
+    try:
+        loop.run_until_quiescent(MAX_CALLBACKS_PER_REPLAY)
+    except WorkflowError as error:
+        ctx.fatal_error = ctx.fatal_error or error
+    try:
+        return _decide(ctx, main, journal)
+    finally:
+        _tear_down(loop, ctx)
+
+
+def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[JournalEntry]) -> ReplayOutcome:
+    if ctx.fatal_error is not None:
+        return _failed(str(ctx.fatal_error))
+    if main.done():
+        if main.cancelled():
+            return _failed("workflow code cancelled its own task")
+        error = main.exception()
+        if error is not None:
+            return _failed(_describe_exception(error))
+        try:
+            return ReplayOutcome(WorkflowStatus.COMPLETED, result_json=canonical_json(main.result()))
+        except (TypeError, ValueError) as bad_result:
+            return _failed(f"workflow returned a value that is not JSON-serializable: {bad_result}")
+    waits_on_step = any(step.kind in (StepKind.LLM, StepKind.TASK, StepKind.SLEEP) for step in ctx.new_steps) or any(
+        entry.status is StepStatus.RUNNING for entry in journal
+    )
+    if not waits_on_step:
+        return _failed(
+            "workflow is waiting on something that is not a Conveyor step (an asyncio.Event, Queue "
+            "or bare Future?) and can never resume; await only ctx.llm/ctx.task/ctx.sleep results"
+        )
+    return ReplayOutcome(WorkflowStatus.RUNNING, new_steps=tuple(ctx.new_steps))
+
+
+def _tear_down(loop: _ReplayLoop, ctx: _ReplayContext) -> None:
+    """Cancel what the workflow left suspended, so its ``finally`` blocks run now, not at GC."""
+    ctx.sealed = True
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        try:
+            loop.run_until_quiescent(10_000)
+        except WorkflowError:
+            pass
+    loop.close()
+
+
+def _failed(error: str) -> ReplayOutcome:
+    return ReplayOutcome(WorkflowStatus.FAILED, error=error[-MAX_ERROR_CHARS:])
+
+
+def _describe_exception(error: BaseException) -> str:
+    if isinstance(error, WorkflowError):
+        return str(error)
+    frames = "".join(traceback.format_tb(error.__traceback__)[-5:])
+    return f"{type(error).__name__}: {error}\n{frames}".rstrip()
+
+
+def _json_arguments(call: str, value: Any) -> str:
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{call} arguments must be JSON values: {error}") from error
+
+
+def _loads(text: str) -> Any:
+    import json
+
+    return json.loads(text)
+
+
+def _mismatch_message(entry: JournalEntry, kind: StepKind, name: str, args_json: str) -> str:
+    def shorten(text: str) -> str:
+        return text if len(text) <= 200 else text[:200] + "..."
+
+    if (entry.kind, entry.name) != (kind, name):
+        difference = f"the journal has {entry.kind.value} step {entry.name!r} there"
+    else:
+        difference = f"its arguments changed from {shorten(entry.args_json)} to {shorten(args_json)}"
+    return (
+        f"non-determinism at step {entry.number}: the workflow asked for {kind.value} step {name!r} "
+        f"but {difference}. Workflow code must make the same calls in the same order on every replay"
+    )

@@ -1,0 +1,36 @@
+"""The coordinator's database: schema, dialects, migrations, and the transactions on it.
+
+Writes go through :class:`Writer` (one thread, group commit); reads use the
+database's reader pool from worker threads.
+"""
+
+from .database import ClusterFacts, Database
+from .diagnosis import ShardDepth, Violation
+from .executors import ExecutorRecords
+from .queue import ClaimedTask, Disposition, RecordOutcome, ReportedResult, TaskQueue
+from .replays import ReplayBatchOutcome, ReplayQueue
+from .timers import Timers
+from .workflows import Started, StartRequest, StepRecord, WorkflowRecord, Workflows
+from .writer import Writer
+
+__all__ = [
+    "ClaimedTask",
+    "ClusterFacts",
+    "Database",
+    "Disposition",
+    "ExecutorRecords",
+    "RecordOutcome",
+    "ReplayBatchOutcome",
+    "ReplayQueue",
+    "ReportedResult",
+    "ShardDepth",
+    "StartRequest",
+    "Started",
+    "StepRecord",
+    "TaskQueue",
+    "Timers",
+    "Violation",
+    "WorkflowRecord",
+    "Workflows",
+    "Writer",
+]

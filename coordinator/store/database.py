@@ -1,0 +1,76 @@
+"""Connecting to the database, migrating it, and the facts fixed at its creation."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, func, insert, select
+
+from conveyor.errors import ConfigurationError
+
+from ..clock import now_us
+from .dialect import Dialect, dialect_for
+from .schema import cluster, workflows
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+DEFAULT_SHARD_COUNT = 100
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    shard_count: int
+    epoch: int
+    #: The newest workflow creation time, so new ones keep sorting after it.
+    last_created_at: int
+
+
+class Database:
+    """The engines of one database: a writer (used by one thread) and a reader pool."""
+
+    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", reader_pool_size: int = 4) -> None:
+        self.dialect: Dialect = dialect_for(url, sqlite_synchronous=sqlite_synchronous)
+        self.writer: Engine = self.dialect.create_engine(writer=True, pool_size=1)
+        self.reader: Engine = self.dialect.create_engine(writer=False, pool_size=reader_pool_size)
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest migration."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.writer.connect() as connection, self.dialect.migration_lock(connection):
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            connection.commit()
+
+    def open_cluster(self, requested_shards: int | None) -> ClusterFacts:
+        """Read the cluster row, creating it with ``requested_shards`` on a new database.
+
+        The shard count is fixed per database: every workflow's tasks live on the
+        shard its id hashed to when it started.
+        """
+        with self.writer.begin() as connection:
+            row = connection.execute(select(cluster.c.shard_count, cluster.c.epoch)).first()
+            if row is None:
+                shard_count = requested_shards or DEFAULT_SHARD_COUNT
+                connection.execute(
+                    insert(cluster).values(id=1, shard_count=shard_count, epoch=1, created_at=now_us())
+                )
+                log.info("initialized a new database with %d shards", shard_count)
+                return ClusterFacts(shard_count, 1, 0)
+            if requested_shards is not None and requested_shards != row.shard_count:
+                raise ConfigurationError(
+                    f"this database was created with {row.shard_count} shards, but --shards "
+                    f"{requested_shards} was given; the shard count is fixed per database. Drop "
+                    "--shards, or point --db at a new database"
+                )
+            last_created_at = connection.execute(select(func.max(workflows.c.created_at))).scalar() or 0
+            return ClusterFacts(row.shard_count, row.epoch, last_created_at)
+
+    def dispose(self) -> None:
+        self.writer.dispose()
+        self.reader.dispose()

@@ -1,0 +1,120 @@
+"""Read-only queries behind ``Diagnose``: queue depths and the invariant checks.
+
+Each check is one query in one read transaction, so it sees a single committed
+state; since every write transaction preserves the invariants, a violation here
+is a real one, not a race with in-flight work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from sqlalchemy import Select, and_, case, exists, func, not_, select
+from sqlalchemy.engine import Connection
+
+from ..model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
+from .schema import replay_queue, steps, tasks, workflows
+
+
+@dataclass(frozen=True)
+class ShardDepth:
+    shard: int
+    queued: int
+    delayed: int
+    claimed: int
+    #: Creation time of the oldest queued task's workflow.
+    oldest_queued_created_at: int | None
+    replay_depth: int
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    description: str
+    count: int
+    workflow_ids: list[str]
+
+
+def shard_depths(connection: Connection, now: int) -> dict[int, ShardDepth]:
+    unclaimed = tasks.c.claimed_by.is_(None)
+    ready = and_(unclaimed, tasks.c.available_at <= now)
+    rows = connection.execute(
+        select(
+            tasks.c.shard,
+            func.sum(case((ready, 1), else_=0)).label("queued"),
+            func.sum(case((and_(unclaimed, tasks.c.available_at > now), 1), else_=0)).label("delayed"),
+            func.sum(case((unclaimed, 0), else_=1)).label("claimed"),
+            func.min(case((ready, tasks.c.workflow_created_at), else_=None)).label("oldest"),
+        ).group_by(tasks.c.shard)
+    ).all()
+    replays = dict(
+        connection.execute(
+            select(replay_queue.c.shard, func.count()).group_by(replay_queue.c.shard)
+        ).all()
+    )
+    depths = {
+        row.shard: ShardDepth(
+            row.shard, int(row.queued), int(row.delayed), int(row.claimed), row.oldest, replays.pop(row.shard, 0)
+        )
+        for row in rows
+    }
+    for shard, depth in replays.items():
+        depths[shard] = ShardDepth(shard, 0, 0, 0, None, depth)
+    return depths
+
+
+def invariant_violations(
+    connection: Connection, registered_names: Collection[str], max_ids: int
+) -> list[Violation]:
+    """Every broken invariant, with up to ``max_ids`` example workflow ids each."""
+    running_step = exists().where(
+        and_(steps.c.workflow_id == workflows.c.id, steps.c.status == StepStatus.RUNNING)
+    )
+    queued_replay = exists().where(replay_queue.c.workflow_id == workflows.c.id)
+    step_of_task_running = exists().where(and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING))
+    task_of_step = exists().where(tasks.c.id == steps.c.id)
+    leftover_task = exists().where(tasks.c.workflow_id == workflows.c.id)
+    checks: list[tuple[str, str, Select[tuple[str]]]] = [
+        (
+            "running_without_progress",
+            "running workflows with no step in progress and no replay-queue entry: nothing will ever resume them",
+            select(workflows.c.id).where(workflows.c.status == WorkflowStatus.RUNNING, ~running_step, ~queued_replay),
+        ),
+        (
+            "running_step_without_task",
+            "LLM/task steps in progress with no task in the queue: no executor will ever run them",
+            select(steps.c.workflow_id).where(
+                steps.c.status == StepStatus.RUNNING,
+                steps.c.kind.in_([k.value for k in EXECUTOR_STEP_KINDS]),
+                ~task_of_step,
+            ),
+        ),
+        (
+            "task_without_running_step",
+            "tasks whose step is no longer in progress: they occupy the queue for nothing",
+            select(tasks.c.workflow_id).where(~step_of_task_running),
+        ),
+        (
+            "finished_with_pending_work",
+            "finished workflows that still have tasks or a replay-queue entry",
+            select(workflows.c.id).where(
+                workflows.c.status != WorkflowStatus.RUNNING, leftover_task | queued_replay
+            ),
+        ),
+        (
+            "unregistered_workflow",
+            "workflows waiting for a replay whose code this coordinator did not load (--workflows)",
+            select(workflows.c.id)
+            .join(replay_queue, replay_queue.c.workflow_id == workflows.c.id)
+            .where(not_(workflows.c.name.in_(list(registered_names)))),
+        ),
+    ]
+    violations = []
+    for kind, description, query in checks:
+        subquery = query.subquery()
+        count = connection.execute(select(func.count()).select_from(subquery)).scalar_one()
+        if count:
+            ids = list(connection.execute(select(subquery.c[0]).limit(max_ids)).scalars())
+            violations.append(Violation(kind, description, count, ids))
+    return violations

@@ -1,0 +1,447 @@
+"""The FIFO task queue: claims, result recording, lease loss and operator actions.
+
+Tasks are claimed oldest workflow first, ``(workflow_created_at, id)``, so step 3 of
+an old workflow runs before step 0 of a newer one. A claim stamps the task with the
+executor and a new fencing token; only a result carrying both is applied. Rows stay
+in the queue until their step's final result is recorded (transaction 2 of the
+brief), so a lost executor loses nothing: its tasks go back to the queue, in the
+same FIFO position, when its lease expires.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.engine import Connection
+
+from conveyor.workflow import RetryPolicy
+
+from .. import retries
+from ..clock import seconds_to_us
+from ..model import ErrorClass, StepStatus
+from .dialect import Dialect
+from .journal import cancel_workflows, enqueue_idle_workflows, finish_steps
+from .schema import steps, tasks
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    task_id: int
+    fencing_token: int
+    workflow_id: str
+    step_number: int
+    kind: str
+    name: str
+    payload_json: str
+    attempt: int
+    max_attempts: int
+    shard: int
+    timeout: float | None
+    workflow_created_at: int
+
+
+@dataclass(frozen=True)
+class ReportedResult:
+    """One result as an executor reported it; exactly one of result_json / error_class is set."""
+
+    task_id: int
+    fencing_token: int
+    result_json: str | None = None
+    error_class: ErrorClass | None = None
+    error: str = ""
+    retry_after: float | None = None
+    started_at: int | None = None
+
+
+class Disposition(IntEnum):
+    """Mirrors ``conveyor.v1.ResultDisposition``."""
+
+    ACCEPTED = 1
+    DUPLICATE = 2
+    STALE = 3
+
+
+@dataclass
+class RecordOutcome:
+    dispositions: list[Disposition]
+    #: Workflows that got a replay-queue row (their last running step finished).
+    replays_enqueued: int = 0
+    #: Earliest time a task retried by this batch becomes claimable, and where.
+    next_retry_at: int | None = None
+    retry_shards: set[int] = field(default_factory=set)
+
+
+@dataclass
+class RequeueOutcome:
+    requeued: int = 0
+    failed: int = 0
+    replays_enqueued: int = 0
+    shards: set[int] = field(default_factory=set)
+
+
+_task_state_columns = (
+    tasks.c.id,
+    tasks.c.workflow_id,
+    tasks.c.shard,
+    tasks.c.claimed_by,
+    tasks.c.claimed_at,
+    tasks.c.fencing_token,
+    tasks.c.attempt,
+    tasks.c.max_attempts,
+    tasks.c.initial_backoff,
+    tasks.c.backoff_multiplier,
+    tasks.c.max_backoff,
+    tasks.c.rate_limit_waits,
+    tasks.c.max_rate_limit_waits,
+)
+
+_retry_task = (
+    update(tasks)
+    .where(tasks.c.id == bindparam("task_id"))
+    .values(
+        claimed_by=None,
+        claimed_at=None,
+        attempt=bindparam("attempt"),
+        rate_limit_waits=bindparam("rate_limit_waits"),
+        available_at=bindparam("available_at"),
+        last_error=bindparam("note"),
+    )
+)
+
+_note_retry_on_step = (
+    update(steps)
+    .where(steps.c.id == bindparam("task_id"))
+    .values(
+        error=bindparam("note"),
+        attempt=bindparam("finished_attempt"),
+        started_at=bindparam("started_at"),
+        executor_id=bindparam("executor_id"),
+    )
+)
+
+
+def _retry_state(row: object) -> retries.RetryState:
+    return retries.RetryState(
+        attempt=row.attempt,  # type: ignore[attr-defined]
+        policy=RetryPolicy(
+            max_attempts=row.max_attempts,  # type: ignore[attr-defined]
+            initial_backoff=row.initial_backoff,  # type: ignore[attr-defined]
+            multiplier=row.backoff_multiplier,  # type: ignore[attr-defined]
+            max_backoff=row.max_backoff,  # type: ignore[attr-defined]
+            max_rate_limit_waits=row.max_rate_limit_waits,  # type: ignore[attr-defined]
+        ),
+        rate_limit_waits=row.rate_limit_waits,  # type: ignore[attr-defined]
+    )
+
+
+class TaskQueue:
+    """Write units over the ``tasks`` table. Each method runs inside the writer's transaction."""
+
+    def __init__(self, dialect: Dialect, rng: random.Random | None = None) -> None:
+        self._dialect = dialect
+        self._rng = rng or random.Random()
+
+    def claim(
+        self,
+        connection: Connection,
+        executor_id: str,
+        shards: Collection[int],
+        kinds: Collection[str],
+        limit: int,
+        now: int,
+    ) -> list[ClaimedTask]:
+        """Lease up to ``limit`` claimable tasks of ``shards``, oldest workflow first."""
+        if limit <= 0 or not shards or not kinds:
+            return []
+        oldest = (
+            select(tasks.c.id)
+            .where(
+                tasks.c.claimed_by.is_(None),
+                tasks.c.shard.in_(list(shards)),
+                tasks.c.kind.in_(list(kinds)),
+                tasks.c.available_at <= now,
+            )
+            .order_by(tasks.c.workflow_created_at, tasks.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claimed = connection.execute(
+            update(tasks)
+            .where(tasks.c.id.in_(oldest.scalar_subquery()))
+            .values(claimed_by=executor_id, claimed_at=now, fencing_token=tasks.c.fencing_token + 1)
+            .returning(
+                tasks.c.id,
+                tasks.c.fencing_token,
+                tasks.c.workflow_id,
+                tasks.c.kind,
+                tasks.c.attempt,
+                tasks.c.max_attempts,
+                tasks.c.shard,
+                tasks.c.timeout,
+                tasks.c.workflow_created_at,
+            )
+        ).all()
+        if not claimed:
+            return []
+        details = {
+            row.id: row
+            for row in connection.execute(
+                select(steps.c.id, steps.c.number, steps.c.name, steps.c.args).where(
+                    steps.c.id.in_([row.id for row in claimed])
+                )
+            )
+        }
+        result = [
+            ClaimedTask(
+                task_id=row.id,
+                fencing_token=row.fencing_token,
+                workflow_id=row.workflow_id,
+                step_number=details[row.id].number,
+                kind=row.kind,
+                name=details[row.id].name,
+                payload_json=details[row.id].args,
+                attempt=row.attempt,
+                max_attempts=row.max_attempts,
+                shard=row.shard,
+                timeout=row.timeout,
+                workflow_created_at=row.workflow_created_at,
+            )
+            for row in claimed
+        ]
+        result.sort(key=lambda task: (task.workflow_created_at, task.task_id))
+        return result
+
+    def record(
+        self, connection: Connection, executor_id: str, results: Sequence[ReportedResult], now: int
+    ) -> RecordOutcome:
+        """Apply a batch of results (transaction 2): finish or retry steps, delete done tasks,
+        and enqueue a replay for every workflow left with nothing in progress."""
+        outcome = RecordOutcome([Disposition.STALE] * len(results))
+        rows = {
+            row.id: row
+            for row in connection.execute(
+                select(*_task_state_columns).where(tasks.c.id.in_([r.task_id for r in results]))
+            )
+        }
+        finished: list[dict[str, object]] = []
+        retried: list[dict[str, object]] = []
+        touched_workflows: set[str] = set()
+        unmatched: list[int] = []
+        for index, result in enumerate(results):
+            row = rows.pop(result.task_id, None)  # pop: a second report of a task in one batch is a duplicate
+            if row is None:
+                unmatched.append(index)
+                continue
+            if row.claimed_by != executor_id or row.fencing_token != result.fencing_token:
+                rows[result.task_id] = row
+                continue
+            outcome.dispositions[index] = Disposition.ACCEPTED
+            started_at = result.started_at or row.claimed_at
+            if result.error_class is None:
+                finished.append(
+                    self._final(row, StepStatus.COMPLETED, result.result_json, None, started_at, now, executor_id, result)
+                )
+                touched_workflows.add(row.workflow_id)
+                continue
+            verdict = retries.after_failure(
+                _retry_state(row), result.error_class, result.error, result.retry_after, self._rng
+            )
+            if isinstance(verdict, retries.GiveUp):
+                finished.append(
+                    self._final(row, StepStatus.FAILED, None, verdict.error, started_at, now, executor_id, result)
+                )
+                touched_workflows.add(row.workflow_id)
+            else:
+                available_at = now + seconds_to_us(verdict.delay)
+                retried.append(
+                    {
+                        "task_id": row.id,
+                        "attempt": verdict.next_attempt,
+                        "rate_limit_waits": verdict.rate_limit_waits,
+                        "available_at": available_at,
+                        "note": verdict.note,
+                        "finished_attempt": row.attempt,
+                        "started_at": started_at,
+                        "executor_id": executor_id,
+                    }
+                )
+                outcome.retry_shards.add(row.shard)
+                outcome.next_retry_at = min(outcome.next_retry_at or available_at, available_at)
+        self._classify_unmatched(connection, executor_id, results, unmatched, outcome)
+        if retried:
+            connection.execute(_retry_task, retried)
+            connection.execute(_note_retry_on_step, retried)
+        if finished:
+            finish_steps(connection, finished)
+            connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
+            outcome.replays_enqueued = enqueue_idle_workflows(connection, self._dialect, touched_workflows, now)
+        return outcome
+
+    @staticmethod
+    def _final(
+        row: object,
+        status: StepStatus,
+        result_json: str | None,
+        error: str | None,
+        started_at: int | None,
+        now: int,
+        executor_id: str,
+        result: ReportedResult,
+    ) -> dict[str, object]:
+        return {
+            "step_id": result.task_id,
+            "status": status,
+            "result": result_json,
+            "error": error,
+            "attempt": row.attempt,  # type: ignore[attr-defined]
+            "started_at": started_at,
+            "completed_at": now,
+            "executor_id": executor_id,
+            "result_token": result.fencing_token,
+        }
+
+    @staticmethod
+    def _classify_unmatched(
+        connection: Connection,
+        executor_id: str,
+        results: Sequence[ReportedResult],
+        unmatched: list[int],
+        outcome: RecordOutcome,
+    ) -> None:
+        """A result without a task row is a duplicate if this very report was applied before."""
+        if not unmatched:
+            return
+        applied = {
+            row.id: row
+            for row in connection.execute(
+                select(steps.c.id, steps.c.result_token, steps.c.executor_id).where(
+                    steps.c.id.in_([results[i].task_id for i in unmatched]),
+                    steps.c.status != StepStatus.RUNNING,
+                )
+            )
+        }
+        for index in unmatched:
+            step = applied.get(results[index].task_id)
+            if step is not None and step.result_token == results[index].fencing_token and step.executor_id == executor_id:
+                outcome.dispositions[index] = Disposition.DUPLICATE
+
+    def release_unheld(self, connection: Connection, executor_id: str, held: Collection[int]) -> int:
+        """Return to the queue the tasks leased to ``executor_id`` that it says it does not hold.
+
+        They were pushed to it on a stream that broke before they arrived, so they
+        never started: no attempt is spent.
+        """
+        query = update(tasks).where(tasks.c.claimed_by == executor_id)
+        if held:
+            query = query.where(tasks.c.id.not_in(list(held)))
+        return connection.execute(query.values(claimed_by=None, claimed_at=None)).rowcount
+
+    def requeue_lost(self, connection: Connection, executor_id: str, now: int) -> RequeueOutcome:
+        """The executor's lease expired: retry its tasks elsewhere at once, or fail those out of attempts."""
+        outcome = RequeueOutcome()
+        rows = connection.execute(select(*_task_state_columns).where(tasks.c.claimed_by == executor_id)).all()
+        retried: list[dict[str, object]] = []
+        finished: list[dict[str, object]] = []
+        failed_workflows: set[str] = set()
+        for row in rows:
+            verdict = retries.after_lost_lease(_retry_state(row), executor_id)
+            outcome.shards.add(row.shard)
+            if isinstance(verdict, retries.GiveUp):
+                failed_workflows.add(row.workflow_id)
+                finished.append(
+                    {
+                        "step_id": row.id,
+                        "status": StepStatus.FAILED,
+                        "result": None,
+                        "error": verdict.error,
+                        "attempt": row.attempt,
+                        "started_at": row.claimed_at,
+                        "completed_at": now,
+                        "executor_id": executor_id,
+                        "result_token": None,
+                    }
+                )
+            else:
+                retried.append(
+                    {
+                        "task_id": row.id,
+                        "attempt": verdict.next_attempt,
+                        "rate_limit_waits": verdict.rate_limit_waits,
+                        "available_at": now,
+                        "note": verdict.note,
+                        "finished_attempt": row.attempt,
+                        "started_at": row.claimed_at,
+                        "executor_id": executor_id,
+                    }
+                )
+        if retried:
+            connection.execute(_retry_task, retried)
+            connection.execute(_note_retry_on_step, retried)
+        if finished:
+            finish_steps(connection, finished)
+            connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
+            outcome.replays_enqueued = enqueue_idle_workflows(connection, self._dialect, failed_workflows, now)
+        outcome.requeued = len(retried)
+        outcome.failed = len(finished)
+        return outcome
+
+    def fail_pending(
+        self, connection: Connection, shards: Collection[int] | None, limit: int, reason: str, now: int
+    ) -> tuple[int, int]:
+        """Fail queued (unclaimed) tasks; returns (tasks failed, replays enqueued)."""
+        query = select(tasks.c.id, tasks.c.workflow_id, tasks.c.attempt).where(tasks.c.claimed_by.is_(None))
+        if shards is not None:
+            query = query.where(tasks.c.shard.in_(list(shards)))
+        query = query.order_by(tasks.c.workflow_created_at, tasks.c.id)
+        if limit > 0:
+            query = query.limit(limit)
+        rows = connection.execute(query.with_for_update(skip_locked=True)).all()
+        if not rows:
+            return 0, 0
+        finish_steps(
+            connection,
+            [
+                {
+                    "step_id": row.id,
+                    "status": StepStatus.FAILED,
+                    "result": None,
+                    "error": reason,
+                    "attempt": row.attempt - 1,
+                    "started_at": None,
+                    "completed_at": now,
+                    "executor_id": None,
+                    "result_token": None,
+                }
+                for row in rows
+            ],
+        )
+        connection.execute(delete(tasks).where(tasks.c.id.in_([row.id for row in rows])))
+        replays = enqueue_idle_workflows(connection, self._dialect, {row.workflow_id for row in rows}, now)
+        return len(rows), replays
+
+    def clear(
+        self, connection: Connection, shards: Collection[int] | None, limit: int, reason: str, now: int
+    ) -> tuple[int, int]:
+        """Remove tasks, queued and claimed, cancelling their workflows; returns (tasks, workflows)."""
+        query = select(tasks.c.id, tasks.c.workflow_id)
+        if shards is not None:
+            query = query.where(tasks.c.shard.in_(list(shards)))
+        query = query.order_by(tasks.c.workflow_created_at, tasks.c.id)
+        if limit > 0:
+            query = query.limit(limit)
+        rows = connection.execute(query).all()
+        if not rows:
+            return 0, 0
+        cleared = connection.execute(delete(tasks).where(tasks.c.id.in_([row.id for row in rows]))).rowcount
+        cancelled = cancel_workflows(connection, {row.workflow_id for row in rows}, reason, now)
+        return cleared, len(cancelled)
+
+    def earliest_delayed(self, connection: Connection, now: int) -> int | None:
+        """When the next task waiting out a backoff becomes claimable."""
+        return connection.execute(
+            select(func.min(tasks.c.available_at)).where(tasks.c.claimed_by.is_(None), tasks.c.available_at > now)
+        ).scalar()

@@ -1,0 +1,181 @@
+"""The tables, as SQLAlchemy Core objects (the hot paths use Core, not the ORM).
+
+Every timestamp is an integer count of microseconds since the Unix epoch (UTC), see
+:mod:`coordinator.clock`. Statuses and kinds are the strings of :mod:`coordinator.model`.
+
+The migrations under ``migrations/versions`` create exactly these tables; a test
+compares a migrated database with this metadata on both dialects.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from .dialect import AUTOINCREMENT_ID
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID_LENGTH = 64
+NAME_LENGTH = 200
+
+#: One row: facts fixed when the database is created, and the executor epoch.
+cluster = Table(
+    "cluster",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("shard_count", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", String(ID_LENGTH), primary_key=True),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("args", Text, nullable=False),
+    Column("result", Text),
+    Column("error", Text),
+    Column("idempotency_key", String(NAME_LENGTH)),
+    # Strictly increasing in start order: the FIFO key of every task of the workflow.
+    Column("created_at", BigInteger, nullable=False),
+    Column("completed_at", BigInteger),
+    Column("step_count", Integer, nullable=False),
+    UniqueConstraint("idempotency_key"),
+    Index(None, "created_at"),
+    Index(None, "status", "created_at"),
+    Index(None, "name", "created_at"),
+)
+
+#: The journal: one row per step a workflow took, numbered from 0.
+steps = Table(
+    "steps",
+    metadata,
+    Column("id", AUTOINCREMENT_ID, primary_key=True, autoincrement=True),
+    Column("workflow_id", String(ID_LENGTH), ForeignKey("workflows.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("result", Text),
+    # The final error, or while RUNNING the error of the last attempt that will be retried.
+    Column("error", Text),
+    Column("attempt", Integer, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("completed_at", BigInteger),
+    Column("wake_at", BigInteger),
+    Column("executor_id", String(NAME_LENGTH)),
+    # Fencing token of the accepted result: tells a duplicate report from a stale one.
+    Column("result_token", BigInteger),
+    UniqueConstraint("workflow_id", "number"),
+    # "Which steps of these workflows are still in progress?" after every result batch.
+    Index(
+        "ix_steps_running_workflow_id",
+        "workflow_id",
+        postgresql_where=text("status = 'running'"),
+        sqlite_where=text("status = 'running'"),
+    ),
+    Index(
+        "ix_steps_sleeping_wake_at",
+        "wake_at",
+        postgresql_where=text("status = 'running' AND kind = 'sleep'"),
+        sqlite_where=text("status = 'running' AND kind = 'sleep'"),
+    ),
+)
+
+#: The FIFO task queue: one row per LLM/task step in progress (its id is the step's).
+#: Rows stay while the task is queued, claimed or waiting to retry, and are deleted
+#: in the transaction that records the step's final result.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", BigInteger, ForeignKey("steps.id"), primary_key=True, autoincrement=False),
+    Column("shard", Integer, nullable=False),
+    Column("workflow_created_at", BigInteger, nullable=False),
+    Column("workflow_id", String(ID_LENGTH), nullable=False),
+    Column("kind", String(NAME_LENGTH), nullable=False),
+    # The attempt that runs next (or runs now, when claimed); 1 for the first.
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("initial_backoff", Float, nullable=False),
+    Column("backoff_multiplier", Float, nullable=False),
+    Column("max_backoff", Float, nullable=False),
+    Column("rate_limit_waits", Integer, nullable=False),
+    Column("max_rate_limit_waits", Integer, nullable=False),
+    Column("timeout", Float),
+    # Not claimable before this time (retry backoff, rate-limit wait).
+    Column("available_at", BigInteger, nullable=False),
+    Column("claimed_by", String(NAME_LENGTH)),
+    Column("claimed_at", BigInteger),
+    # Bumped by every claim; a result must carry the current value to be accepted.
+    Column("fencing_token", BigInteger, nullable=False),
+    Column("last_error", Text),
+    Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
+    Index(None, "claimed_by"),
+)
+
+#: Workflows due for a replay. Invariant: a running workflow with no step in
+#: progress has a row here. Inserted in the transaction that finishes its last
+#: running step; deleted in the transaction that replays it.
+replay_queue = Table(
+    "replay_queue",
+    metadata,
+    Column("workflow_id", String(ID_LENGTH), ForeignKey("workflows.id"), primary_key=True),
+    Column("shard", Integer, nullable=False),
+    Column("workflow_created_at", BigInteger, nullable=False),
+    Column("enqueued_at", BigInteger, nullable=False),
+    Index("ix_replay_queue_fifo", "workflow_created_at", "workflow_id"),
+    Index(None, "shard"),
+)
+
+#: Every executor that ever registered, and its last known state.
+executors = Table(
+    "executors",
+    metadata,
+    Column("id", String(NAME_LENGTH), primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("capacity", Integer, nullable=False),
+    Column("task_kinds", Text, nullable=False),
+    Column("peer", String(NAME_LENGTH), nullable=False),
+    Column("connected_at", BigInteger, nullable=False),
+    Column("last_heartbeat_at", BigInteger, nullable=False),
+)
+
+#: Which executor leases which shard, per pool of executors serving the same task kinds.
+shard_leases = Table(
+    "shard_leases",
+    metadata,
+    Column("pool", String(NAME_LENGTH), nullable=False),
+    Column("shard", Integer, nullable=False),
+    Column("executor_id", String(NAME_LENGTH), nullable=False),
+    Column("assigned_at", BigInteger, nullable=False),
+    PrimaryKeyConstraint("pool", "shard"),
+)
+
+ALL_TABLES = (cluster, workflows, steps, tasks, replay_queue, executors, shard_leases)

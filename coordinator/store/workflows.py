@@ -1,0 +1,239 @@
+"""Starting, cancelling and reading workflows."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.engine import Connection
+
+from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound
+
+from ..clock import CreationClock
+from ..model import StepKind, StepStatus, WorkflowStatus
+from ..shards import shard_for
+from .journal import cancel_workflows
+from .schema import replay_queue, steps, workflows
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    name: str
+    #: Canonical JSON of the arguments (validated by the caller).
+    args_json: str
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    workflow_id: str
+    already_existed: bool
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    number: int
+    kind: StepKind
+    name: str
+    status: StepStatus
+    attempt: int
+    args_json: str
+    result_json: str | None
+    error: str | None
+    created_at: int
+    started_at: int | None
+    completed_at: int | None
+    executor_id: str | None
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    id: str
+    name: str
+    status: WorkflowStatus
+    args_json: str
+    result_json: str | None
+    error: str | None
+    shard: int
+    idempotency_key: str | None
+    created_at: int
+    completed_at: int | None
+    step_count: int
+    steps: tuple[StepRecord, ...] = ()
+
+
+_workflow_columns = (
+    workflows.c.id,
+    workflows.c.name,
+    workflows.c.status,
+    workflows.c.args,
+    workflows.c.result,
+    workflows.c.error,
+    workflows.c.shard,
+    workflows.c.idempotency_key,
+    workflows.c.created_at,
+    workflows.c.completed_at,
+    workflows.c.step_count,
+)
+
+
+def _workflow_record(row: object, step_records: tuple[StepRecord, ...] = ()) -> WorkflowRecord:
+    r = row  # rows are attribute-accessible tuples
+    return WorkflowRecord(
+        id=r.id,  # type: ignore[attr-defined]
+        name=r.name,  # type: ignore[attr-defined]
+        status=WorkflowStatus(r.status),  # type: ignore[attr-defined]
+        args_json=r.args,  # type: ignore[attr-defined]
+        result_json=r.result,  # type: ignore[attr-defined]
+        error=r.error,  # type: ignore[attr-defined]
+        shard=r.shard,  # type: ignore[attr-defined]
+        idempotency_key=r.idempotency_key,  # type: ignore[attr-defined]
+        created_at=r.created_at,  # type: ignore[attr-defined]
+        completed_at=r.completed_at,  # type: ignore[attr-defined]
+        step_count=r.step_count,  # type: ignore[attr-defined]
+        steps=step_records,
+    )
+
+
+class Workflows:
+    """Units and reads over the ``workflows`` table and its journal."""
+
+    def __init__(self, shard_count: int, clock: CreationClock) -> None:
+        self._shard_count = shard_count
+        self._clock = clock
+
+    def start(self, connection: Connection, requests: Sequence[StartRequest]) -> list[Started]:
+        """Insert workflows and their first replay-queue rows; replays start their steps.
+
+        Creation times come from one strictly increasing clock, in request order, so
+        the FIFO order is the order workflows were started in.
+        """
+        keys = [r.idempotency_key for r in requests if r.idempotency_key]
+        known: dict[str, str] = {}
+        if keys:
+            known = {
+                row.idempotency_key: row.id
+                for row in connection.execute(
+                    select(workflows.c.idempotency_key, workflows.c.id).where(workflows.c.idempotency_key.in_(keys))
+                )
+            }
+        started: list[Started] = []
+        workflow_rows: list[dict[str, object]] = []
+        replay_rows: list[dict[str, object]] = []
+        for request in requests:
+            key = request.idempotency_key
+            if key and key in known:
+                started.append(Started(known[key], True))
+                continue
+            workflow_id = uuid.uuid4().hex
+            created_at = self._clock.next()
+            shard = shard_for(workflow_id, self._shard_count)
+            workflow_rows.append(
+                {
+                    "id": workflow_id,
+                    "name": request.name,
+                    "status": WorkflowStatus.RUNNING,
+                    "shard": shard,
+                    "args": request.args_json,
+                    "idempotency_key": key,
+                    "created_at": created_at,
+                    "step_count": 0,
+                }
+            )
+            replay_rows.append(
+                {"workflow_id": workflow_id, "shard": shard, "workflow_created_at": created_at, "enqueued_at": created_at}
+            )
+            if key:
+                known[key] = workflow_id
+            started.append(Started(workflow_id, False))
+        if workflow_rows:
+            connection.execute(insert(workflows), workflow_rows)
+            connection.execute(insert(replay_queue), replay_rows)
+        return started
+
+    def cancel(self, connection: Connection, workflow_id: str, reason: str, now: int) -> WorkflowRecord:
+        row = connection.execute(select(workflows.c.status).where(workflows.c.id == workflow_id)).first()
+        if row is None:
+            raise NotFound(f"no workflow with id {workflow_id!r}")
+        if row.status != WorkflowStatus.RUNNING:
+            raise FailedPrecondition(f"workflow {workflow_id} already finished ({row.status}); nothing to cancel")
+        cancel_workflows(connection, [workflow_id], reason, now)
+        return self.get(connection, workflow_id, include_steps=False)
+
+    def get(self, connection: Connection, workflow_id: str, *, include_steps: bool) -> WorkflowRecord:
+        row = connection.execute(select(*_workflow_columns).where(workflows.c.id == workflow_id)).first()
+        if row is None:
+            raise NotFound(f"no workflow with id {workflow_id!r}")
+        step_records: tuple[StepRecord, ...] = ()
+        if include_steps:
+            step_records = tuple(
+                StepRecord(
+                    number=s.number,
+                    kind=StepKind(s.kind),
+                    name=s.name,
+                    status=StepStatus(s.status),
+                    attempt=s.attempt,
+                    args_json=s.args,
+                    result_json=s.result,
+                    error=s.error,
+                    created_at=s.created_at,
+                    started_at=s.started_at,
+                    completed_at=s.completed_at,
+                    executor_id=s.executor_id,
+                )
+                for s in connection.execute(
+                    select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
+                )
+            )
+        return _workflow_record(row, step_records)
+
+    def list(
+        self,
+        connection: Connection,
+        *,
+        statuses: Collection[WorkflowStatus],
+        name: str | None,
+        page_size: int,
+        page_token: str | None,
+        newest_first: bool,
+    ) -> tuple[list[WorkflowRecord], str | None]:
+        """One page in creation order; the token is the last creation time seen (unique per workflow)."""
+        query = select(*_workflow_columns)
+        if statuses:
+            query = query.where(workflows.c.status.in_([s.value for s in statuses]))
+        if name:
+            query = query.where(workflows.c.name == name)
+        if page_token:
+            after = _decode_page_token(page_token)
+            query = query.where(workflows.c.created_at < after if newest_first else workflows.c.created_at > after)
+        order = workflows.c.created_at.desc() if newest_first else workflows.c.created_at.asc()
+        rows = connection.execute(query.order_by(order).limit(page_size + 1)).all()
+        records = [_workflow_record(row) for row in rows[:page_size]]
+        next_token = _encode_page_token(records[-1].created_at) if len(rows) > page_size else None
+        return records, next_token
+
+    @staticmethod
+    def count_by_status(connection: Connection) -> dict[str, int]:
+        return {
+            row.status: row.count
+            for row in connection.execute(
+                select(workflows.c.status, func.count().label("count")).group_by(workflows.c.status)
+            )
+        }
+
+
+def _encode_page_token(created_at: int) -> str:
+    return base64.urlsafe_b64encode(f"v1:{created_at}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int:
+    try:
+        version, value = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        if version != "v1":
+            raise ValueError(version)
+        return int(value)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidArgument(f"page_token {token!r} is not one this server issued") from error

@@ -1,0 +1,85 @@
+"""Checks on what clients and executors send, before anything touches the database.
+
+Every failure is an :class:`~conveyor.errors.InvalidArgument` whose message names
+the field and says what would be accepted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from conveyor.errors import InvalidArgument
+from conveyor.workflow import WorkflowDefinition, WorkflowRegistry
+
+from .model import canonical_json
+
+MAX_NAME_LENGTH = 200
+
+
+def identifier(value: str, field: str, *, required: bool = True) -> str:
+    """A name-like string: bounded, printable, no surrounding whitespace."""
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} is required")
+        return value
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{field} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
+    if value != value.strip() or not value.isprintable():
+        raise InvalidArgument(f"{field} {value!r} must be printable, without surrounding whitespace")
+    return value
+
+
+def payload_size(text: str, field: str, limit: int) -> None:
+    size = len(text.encode())
+    if size > limit:
+        raise InvalidArgument(f"{field} is {size} bytes; the limit is {limit} bytes (see --max-payload-bytes)")
+
+
+def workflow_start(
+    registry: WorkflowRegistry, name: str, args_json: str, limit: int
+) -> tuple[WorkflowDefinition, str]:
+    """The workflow to start and its arguments in canonical JSON."""
+    identifier(name, "workflow name")
+    definition = registry.get(name)
+    if definition is None:
+        known = ", ".join(registry.names()) or "none"
+        raise InvalidArgument(f"unknown workflow {name!r}; this coordinator runs: {known}")
+    payload_size(args_json, "args_json", limit)
+    args = _decode_arguments(args_json)
+    try:
+        definition.check_arguments(args)
+    except TypeError as error:
+        raise InvalidArgument(f"arguments do not fit workflow {name!r}{definition.signature}: {error}") from None
+    return definition, canonical_json(args)
+
+
+def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
+    if not args_json.strip():
+        return []
+    try:
+        args = json.loads(args_json)
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"args_json is not valid JSON: {error}") from None
+    if not isinstance(args, dict | list):
+        raise InvalidArgument(
+            "args_json must be a JSON object (keyword arguments) or array (positional arguments), "
+            f"not {type(args).__name__}"
+        )
+    try:
+        canonical_json(args)
+    except ValueError as error:  # NaN / Infinity
+        raise InvalidArgument(f"args_json holds a value JSON cannot carry: {error}") from None
+    return args
+
+
+def result_json(text: str, limit: int) -> str | None:
+    """Why an executor's success payload is unacceptable, or None if it is fine."""
+    size = len(text.encode())
+    if size > limit:
+        return f"the step's result is {size} bytes; the limit is {limit} bytes"
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return f"the executor returned a result that is not JSON: {error}"
+    return None

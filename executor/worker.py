@@ -1,0 +1,361 @@
+"""The executor: one ClaimTasks stream, a bounded pool of running tasks, batched results.
+
+Lifecycle::
+
+    connect ──Hello──▶ Welcome ──▶ tasks arrive as credits allow ──▶ ... ──▶ drain ──▶ exit 0
+       ▲                                                                │
+       └──────────── stream lost: reconnect with backoff ◀──────────────┘
+
+Each finished task frees a slot, which is granted back to the coordinator as a
+credit; the coordinator never sends more tasks than there are free slots. Results
+are reported separately (:mod:`executor.results`) and survive reconnects: after a
+reconnect the Hello lists the tasks still held, so the coordinator keeps them
+leased here and returns any it sent that never arrived.
+
+Draining (SIGTERM/SIGINT, or a Drain from the coordinator after an epoch bump):
+stop taking work, finish the running tasks, report every result, close the
+stream, exit 0. A second signal abandons the running tasks (exit 1); their leases
+expire and they run elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+import conveyor
+from conveyor.errors import PermanentTaskError, TaskRateLimited
+from conveyor.tasks import HandlerRegistry
+from conveyor.v1 import common_pb2
+from conveyor.v1 import executor_service_pb2 as pb
+from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
+
+from .llm import CallOutcome, LlmCaller
+from .results import ResultReporter
+
+log = logging.getLogger(__name__)
+
+LLM_KIND = "llm"
+
+
+def default_executor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{random.randbytes(2).hex()}"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    coordinator: str = "127.0.0.1:50051"
+    concurrency: int = 50
+    executor_id: str = field(default_factory=default_executor_id)
+    #: Run LLM steps (task kind "llm"); an executor may serve handlers only.
+    serve_llm: bool = True
+    #: Per-attempt time limit when the task carries none.
+    default_timeout: float = 600.0
+    #: How long a graceful drain may take before running tasks are abandoned.
+    drain_timeout: float = 300.0
+    flush_interval: float = 0.02
+    max_message_bytes: int = 64 * 1024 * 1024
+    reconnect_max_delay: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 100_000:
+            raise ValueError(f"concurrency must be between 1 and 100000, not {self.concurrency}")
+
+
+class _Credit:
+    """Marker in the outgoing queue: send the credits accumulated so far as one message."""
+
+
+class Executor:
+    def __init__(self, config: ExecutorConfig, handlers: HandlerRegistry, llm: LlmCaller | None) -> None:
+        if config.serve_llm and llm is None:
+            raise ValueError("an executor serving LLM steps needs an LlmCaller")
+        self.config = config
+        self._handlers = handlers
+        self._llm = llm
+        self._kinds = ([LLM_KIND] if config.serve_llm else []) + handlers.kinds()
+        if not self._kinds:
+            raise ValueError("this executor serves no task kinds: enable LLM steps or load --handlers")
+        self._running: dict[int, asyncio.Task[None]] = {}
+        self._reporter = ResultReporter(config.executor_id, flush_interval=config.flush_interval)
+        self._outgoing: asyncio.Queue[pb.ClaimTasksRequest | _Credit | None] = asyncio.Queue()
+        self._unsent_credits = 0
+        self._epoch = 0
+        self._heartbeat_interval = 1.0
+        self._max_payload_bytes = 1024 * 1024
+        self._draining = asyncio.Event()
+        self._abandon = asyncio.Event()
+        self._drain_reason = ""
+        self.tasks_run = 0
+
+    # ------------------------------------------------------------------ control
+
+    def drain(self, reason: str) -> None:
+        """Stop taking work; finish, report and exit. A second call abandons running tasks."""
+        if self._draining.is_set():
+            log.warning("second stop request: abandoning %d running task(s)", len(self._running))
+            self._abandon.set()
+            return
+        log.info("draining (%s): finishing %d running task(s)", reason, len(self._running))
+        self._drain_reason = reason
+        self._draining.set()
+        self._outgoing.put_nowait(pb.ClaimTasksRequest(draining=pb.Draining(reason=reason)))
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.drain, signal.Signals(signum).name)
+
+    async def run(self) -> int:
+        """Serve until drained; returns the process exit code."""
+        options = [
+            ("grpc.max_receive_message_length", self.config.max_message_bytes),
+            ("grpc.max_send_message_length", self.config.max_message_bytes),
+            ("grpc.keepalive_time_ms", 20_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        async with grpc.aio.insecure_channel(self.config.coordinator, options=options) as channel:
+            stub = ExecutorServiceStub(channel)
+            reporter = asyncio.create_task(self._reporter.run(stub), name="report results")
+            try:
+                await self._serve(stub)
+                return await self._finish_drain()
+            finally:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
+                for task in self._running.values():
+                    task.cancel()
+                if self._llm is not None:
+                    await self._llm.close()
+
+    async def _serve(self, stub: ExecutorServiceStub) -> None:
+        """Keep a stream open, reconnecting with backoff, until draining."""
+        delay = 0.1
+        while not self._draining.is_set():
+            connected_at = time.monotonic()
+            try:
+                await self._stream(stub)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                    raise
+                level = logging.INFO if error.code() == grpc.StatusCode.UNAVAILABLE else logging.WARNING
+                log.log(level, "stream to %s lost (%s: %s)", self.config.coordinator, error.code().name, error.details())
+            if self._draining.is_set():
+                break
+            if time.monotonic() - connected_at > 10:
+                delay = 0.1
+            log.info("reconnecting in %.1fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._draining.wait(), delay)
+            delay = min(delay * 2, self.config.reconnect_max_delay)
+
+    async def _stream(self, stub: ExecutorServiceStub) -> None:
+        self._outgoing = asyncio.Queue()
+        self._unsent_credits = 0
+        hello = pb.Hello(
+            executor_id=self.config.executor_id,
+            epoch=self._epoch,
+            task_kinds=self._kinds,
+            capacity=self.config.concurrency,
+            free_slots=self.config.concurrency - len(self._running),
+            held_task_ids=[*self._running, *self._reporter.pending_task_ids()],
+            version=conveyor.__version__,
+        )
+        call = stub.ClaimTasks(self._requests(hello))
+        helpers = [
+            asyncio.create_task(self._heartbeats()),
+            asyncio.create_task(self._close_after_drain()),
+            asyncio.create_task(self._cancel_on_abandon(call)),
+        ]
+        try:
+            async for message in call:
+                kind = message.WhichOneof("message")
+                if kind == "tasks":
+                    for task in message.tasks.tasks:
+                        self._start(task)
+                elif kind == "welcome":
+                    self._welcome(message.welcome)
+                elif kind == "shards":
+                    log.debug("leasing shards %s", list(message.shards.shards))
+                elif kind == "drain":
+                    self.drain(f"coordinator: {message.drain.reason}")
+        except asyncio.CancelledError:
+            if not self._abandon.is_set():
+                raise
+        finally:
+            for helper in helpers:
+                helper.cancel()
+            call.cancel()
+
+    def _welcome(self, welcome: pb.Welcome) -> None:
+        if self._epoch and welcome.epoch != self._epoch:
+            log.warning("rejoined in epoch %d (was %d)", welcome.epoch, self._epoch)
+        self._epoch = welcome.epoch
+        self._heartbeat_interval = welcome.heartbeat_interval.ToTimedelta().total_seconds() or 1.0
+        self._max_payload_bytes = welcome.max_payload_bytes or self._max_payload_bytes
+        self._reporter.max_batch = welcome.max_batch_size or self._reporter.max_batch
+        log.info(
+            "connected to %s as %s: epoch %d, %d slots, kinds %s",
+            self.config.coordinator,
+            self.config.executor_id,
+            welcome.epoch,
+            self.config.concurrency,
+            ",".join(self._kinds),
+        )
+
+    async def _requests(self, hello: pb.Hello) -> AsyncIterator[pb.ClaimTasksRequest]:
+        yield pb.ClaimTasksRequest(hello=hello)
+        if self._draining.is_set():
+            yield pb.ClaimTasksRequest(draining=pb.Draining(reason=self._drain_reason))
+        while (item := await self._outgoing.get()) is not None:
+            if isinstance(item, _Credit):
+                slots, self._unsent_credits = self._unsent_credits, 0
+                if slots and not self._draining.is_set():
+                    yield pb.ClaimTasksRequest(credit=pb.Credit(slots=slots))
+            else:
+                yield item
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            self._outgoing.put_nowait(
+                pb.ClaimTasksRequest(heartbeat=pb.Heartbeat(running_tasks=len(self._running)))
+            )
+
+    async def _close_after_drain(self) -> None:
+        """Once draining and idle (nothing running, every result reported), end the stream."""
+        await self._draining.wait()
+        await self._idle()
+        self._outgoing.put_nowait(None)
+
+    async def _cancel_on_abandon(self, call: Any) -> None:
+        await self._abandon.wait()
+        call.cancel()
+
+    async def _idle(self) -> None:
+        while self._running:
+            await asyncio.wait(list(self._running.values()))
+        await self._reporter.wait_drained()
+
+    async def _finish_drain(self) -> int:
+        try:
+            await asyncio.wait_for(self._wait_idle_or_abandoned(), self.config.drain_timeout)
+        except TimeoutError:
+            log.error(
+                "drain timed out after %.0fs with %d task(s) running and %d result(s) unreported; "
+                "their leases will expire and they will run elsewhere",
+                self.config.drain_timeout,
+                len(self._running),
+                len(self._reporter.pending_task_ids()),
+            )
+            return 1
+        if self._abandon.is_set():
+            return 1
+        log.info("drained: %d task(s) run, %d result(s) reported; exiting", self.tasks_run, self._reporter.reported)
+        return 0
+
+    async def _wait_idle_or_abandoned(self) -> None:
+        idle = asyncio.create_task(self._idle())
+        abandon = asyncio.create_task(self._abandon.wait())
+        await asyncio.wait([idle, abandon], return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        abandon.cancel()
+
+    # -------------------------------------------------------------------- tasks
+
+    def _start(self, task: pb.Task) -> None:
+        if task.task_id in self._running:
+            return  # already running: the coordinator re-sent it after a reconnect
+        self._running[task.task_id] = asyncio.create_task(self._run_task(task), name=f"task {task.task_id}")
+
+    async def _run_task(self, task: pb.Task) -> None:
+        started = Timestamp()
+        started.GetCurrentTime()
+        timeout = task.timeout.ToTimedelta().total_seconds() or self.config.default_timeout
+        try:
+            outcome = await self._execute(task, timeout)
+        except Exception as error:  # a bug here must not lose the task
+            log.exception("task %d crashed the executor's task runner", task.task_id)
+            outcome = CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"executor error: {error!r}")
+        finished = Timestamp()
+        finished.GetCurrentTime()
+        result = pb.TaskResult(task_id=task.task_id, fencing_token=task.fencing_token, started_at=started, finished_at=finished)
+        if outcome.result_json is not None:
+            size = len(outcome.result_json.encode())
+            if size <= self._max_payload_bytes:
+                result.result_json = outcome.result_json
+            else:
+                outcome = CallOutcome(
+                    error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE,
+                    message=f"the result is {size} bytes; the coordinator accepts at most {self._max_payload_bytes}",
+                )
+        if outcome.result_json is None:
+            result.failure.CopyFrom(pb.TaskFailure(error_class=outcome.error_class, message=outcome.message[:4000]))
+            if outcome.retry_after is not None:
+                result.failure.retry_after.FromNanoseconds(int(outcome.retry_after * 1e9))
+        self._reporter.add(result)
+        del self._running[task.task_id]
+        self.tasks_run += 1
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        if self._draining.is_set():
+            return
+        self._unsent_credits += 1
+        if self._unsent_credits == 1:
+            self._outgoing.put_nowait(_Credit())
+
+    async def _execute(self, task: pb.Task, timeout: float) -> CallOutcome:
+        if task.kind == LLM_KIND and self._llm is not None:
+            return await self._llm.call(task.payload_json, timeout)
+        handler = self._handlers.get(task.kind)
+        if handler is None:
+            return CallOutcome(
+                error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE,
+                message=f"executor {self.config.executor_id} has no handler for task kind {task.kind!r}",
+            )
+        return await _run_handler(handler, task, timeout)
+
+
+async def _run_handler(handler: Any, task: pb.Task, timeout: float) -> CallOutcome:
+    try:
+        payload = json.loads(task.payload_json)["payload"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return CallOutcome(error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=f"malformed task payload: {error!r}")
+    try:
+        if asyncio.iscoroutinefunction(handler):
+            value = await asyncio.wait_for(handler(payload), timeout)
+        else:
+            value = await asyncio.wait_for(asyncio.to_thread(handler, payload), timeout)
+    except TimeoutError:
+        return CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"handler timed out after {timeout:.0f}s")
+    except PermanentTaskError as error:
+        return CallOutcome(error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=str(error))
+    except TaskRateLimited as error:
+        return CallOutcome(
+            error_class=common_pb2.ERROR_CLASS_RATE_LIMITED, message=str(error), retry_after=error.retry_after
+        )
+    except Exception as error:
+        return CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"{type(error).__name__}: {error}")
+    try:
+        return CallOutcome(result_json=json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as error:
+        return CallOutcome(
+            error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE,
+            message=f"handler for {task.kind!r} returned a value that is not JSON: {error}",
+        )
