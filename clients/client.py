@@ -159,6 +159,13 @@ class AsyncClient:
             if not token:
                 return
 
+    async def count_workflows(self, name: str = "") -> dict[WorkflowStatus, int]:
+        """Workflows per status (every status present, zero included)."""
+        response = await self._call(
+            self._workflows.CountWorkflows, workflow_service_pb2.CountWorkflowsRequest(name=name)
+        )
+        return {status: response.by_status.get(status.value, 0) for status in WorkflowStatus}
+
     async def cancel_workflow(self, workflow_id: str, reason: str = "") -> Workflow:
         response = await self._call(
             self._workflows.CancelWorkflow,

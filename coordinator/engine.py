@@ -278,6 +278,9 @@ class Coordinator:
             )
         )
 
+    async def count_workflows(self, name: str) -> dict[str, int]:
+        return await self._read(functools.partial(Workflows.count_by_status, name=name or None))
+
     async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord:
         validation.identifier(workflow_id, "workflow_id")
         record = await self._write(

@@ -14,7 +14,7 @@ leased here and returns any it sent that never arrived.
 
 Draining (SIGTERM/SIGINT, or a Drain from the coordinator after an epoch bump):
 stop taking work, finish the running tasks, report every result, close the
-stream, exit 0. A second signal abandons the running tasks (exit 1); their leases
+stream, exit 0. A second SIGINT abandons the running tasks (exit 1); their leases
 expire and they run elsewhere.
 """
 
@@ -104,20 +104,27 @@ class Executor:
     # ------------------------------------------------------------------ control
 
     def drain(self, reason: str) -> None:
-        """Stop taking work; finish, report and exit. A second call abandons running tasks."""
+        """Stop taking work; finish and report the running tasks, then exit. Idempotent."""
         if self._draining.is_set():
-            log.warning("second stop request: abandoning %d running task(s)", len(self._running))
-            self._abandon.set()
             return
         log.info("draining (%s): finishing %d running task(s)", reason, len(self._running))
         self._drain_reason = reason
         self._draining.set()
         self._outgoing.put_nowait(pb.ClaimTasksRequest(draining=pb.Draining(reason=reason)))
 
+    def abandon(self) -> None:
+        """Stop now, leaving running tasks to be re-run elsewhere once their leases expire."""
+        log.warning("abandoning %d running task(s)", len(self._running))
+        self.drain("abandoned")
+        self._abandon.set()
+
     def install_signal_handlers(self) -> None:
+        """SIGTERM drains; SIGINT drains, and a second SIGINT (Ctrl-C twice) abandons."""
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.drain, signal.Signals(signum).name)
+        loop.add_signal_handler(signal.SIGTERM, self.drain, "SIGTERM")
+        loop.add_signal_handler(
+            signal.SIGINT, lambda: self.abandon() if self._draining.is_set() else self.drain("SIGINT")
+        )
 
     async def run(self) -> int:
         """Serve until drained; returns the process exit code."""

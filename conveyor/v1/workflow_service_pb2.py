@@ -26,13 +26,15 @@ from conveyor.v1 import common_pb2 as conveyor_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/workflow_service.proto\x12\x0b\x63onveyor.v1\x1a\x18\x63onveyor/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x14StartWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"E\n\x15StartWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"M\n\x15StartWorkflowsRequest\x12\x34\n\tworkflows\x18\x01 \x03(\x0b\x32!.conveyor.v1.StartWorkflowRequest\"O\n\x16StartWorkflowsResponse\x12\x35\n\tworkflows\x18\x01 \x03(\x0b\x32\".conveyor.v1.StartWorkflowResponse\"@\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x15\n\rinclude_steps\x18\x02 \x01(\x08\"\xc8\x02\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x11\n\targs_json\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstep_count\x18\x0b \x01(\x05\x12 \n\x05steps\x18\x0c \x03(\x0b\x32\x11.conveyor.v1.Step\">\n\x13GetWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow\"\x90\x01\n\x14ListWorkflowsRequest\x12-\n\x08statuses\x18\x01 \x03(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"Z\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x16\x43\x61ncelWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow2\xc9\x03\n\x0fWorkflowService\x12V\n\rStartWorkflow\x12!.conveyor.v1.StartWorkflowRequest\x1a\".conveyor.v1.StartWorkflowResponse\x12Y\n\x0eStartWorkflows\x12\".conveyor.v1.StartWorkflowsRequest\x1a#.conveyor.v1.StartWorkflowsResponse\x12P\n\x0bGetWorkflow\x12\x1f.conveyor.v1.GetWorkflowRequest\x1a .conveyor.v1.GetWorkflowResponse\x12V\n\rListWorkflows\x12!.conveyor.v1.ListWorkflowsRequest\x1a\".conveyor.v1.ListWorkflowsResponse\x12Y\n\x0e\x43\x61ncelWorkflow\x12\".conveyor.v1.CancelWorkflowRequest\x1a#.conveyor.v1.CancelWorkflowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/workflow_service.proto\x12\x0b\x63onveyor.v1\x1a\x18\x63onveyor/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x14StartWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"E\n\x15StartWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"M\n\x15StartWorkflowsRequest\x12\x34\n\tworkflows\x18\x01 \x03(\x0b\x32!.conveyor.v1.StartWorkflowRequest\"O\n\x16StartWorkflowsResponse\x12\x35\n\tworkflows\x18\x01 \x03(\x0b\x32\".conveyor.v1.StartWorkflowResponse\"@\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x15\n\rinclude_steps\x18\x02 \x01(\x08\"\xc8\x02\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x11\n\targs_json\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstep_count\x18\x0b \x01(\x05\x12 \n\x05steps\x18\x0c \x03(\x0b\x32\x11.conveyor.v1.Step\">\n\x13GetWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow\"\x90\x01\n\x14ListWorkflowsRequest\x12-\n\x08statuses\x18\x01 \x03(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"Z\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x43ountWorkflowsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8f\x01\n\x16\x43ountWorkflowsResponse\x12\x44\n\tby_status\x18\x01 \x03(\x0b\x32\x31.conveyor.v1.CountWorkflowsResponse.ByStatusEntry\x1a/\n\rByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"<\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x16\x43\x61ncelWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow2\xa4\x04\n\x0fWorkflowService\x12V\n\rStartWorkflow\x12!.conveyor.v1.StartWorkflowRequest\x1a\".conveyor.v1.StartWorkflowResponse\x12Y\n\x0eStartWorkflows\x12\".conveyor.v1.StartWorkflowsRequest\x1a#.conveyor.v1.StartWorkflowsResponse\x12P\n\x0bGetWorkflow\x12\x1f.conveyor.v1.GetWorkflowRequest\x1a .conveyor.v1.GetWorkflowResponse\x12V\n\rListWorkflows\x12!.conveyor.v1.ListWorkflowsRequest\x1a\".conveyor.v1.ListWorkflowsResponse\x12Y\n\x0e\x43ountWorkflows\x12\".conveyor.v1.CountWorkflowsRequest\x1a#.conveyor.v1.CountWorkflowsResponse\x12Y\n\x0e\x43\x61ncelWorkflow\x12\".conveyor.v1.CancelWorkflowRequest\x1a#.conveyor.v1.CancelWorkflowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.workflow_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._loaded_options = None
+  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_options = b'8\001'
   _globals['_STARTWORKFLOWREQUEST']._serialized_start=110
   _globals['_STARTWORKFLOWREQUEST']._serialized_end=190
   _globals['_STARTWORKFLOWRESPONSE']._serialized_start=192
@@ -51,10 +53,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1029
   _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1031
   _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1121
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1123
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1183
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=1185
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=1250
-  _globals['_WORKFLOWSERVICE']._serialized_start=1253
-  _globals['_WORKFLOWSERVICE']._serialized_end=1710
+  _globals['_COUNTWORKFLOWSREQUEST']._serialized_start=1123
+  _globals['_COUNTWORKFLOWSREQUEST']._serialized_end=1160
+  _globals['_COUNTWORKFLOWSRESPONSE']._serialized_start=1163
+  _globals['_COUNTWORKFLOWSRESPONSE']._serialized_end=1306
+  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_start=1259
+  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_end=1306
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1308
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1368
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=1370
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=1435
+  _globals['_WORKFLOWSERVICE']._serialized_start=1438
+  _globals['_WORKFLOWSERVICE']._serialized_end=1986
 # @@protoc_insertion_point(module_scope)

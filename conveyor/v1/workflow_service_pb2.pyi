@@ -104,6 +104,25 @@ class ListWorkflowsResponse(_message.Message):
     next_page_token: str
     def __init__(self, workflows: _Optional[_Iterable[_Union[Workflow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class CountWorkflowsRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CountWorkflowsResponse(_message.Message):
+    __slots__ = ("by_status",)
+    class ByStatusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BY_STATUS_FIELD_NUMBER: _ClassVar[int]
+    by_status: _containers.ScalarMap[str, int]
+    def __init__(self, by_status: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class CancelWorkflowRequest(_message.Message):
     __slots__ = ("workflow_id", "reason")
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]

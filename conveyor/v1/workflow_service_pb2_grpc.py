@@ -55,6 +55,11 @@ class WorkflowServiceStub:
                 request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.ListWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.CountWorkflows = channel.unary_unary(
+                '/conveyor.v1.WorkflowService/CountWorkflows',
+                request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.CountWorkflowsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.CountWorkflowsResponse.FromString,
+                _registered_method=True)
         self.CancelWorkflow = channel.unary_unary(
                 '/conveyor.v1.WorkflowService/CancelWorkflow',
                 request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.SerializeToString,
@@ -95,6 +100,13 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountWorkflows(self, request, context):
+        """How many workflows there are in each status: cheap enough to poll for progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelWorkflow(self, request, context):
         """Cancel a running workflow: its queued tasks are removed, results still in
         flight are rejected when they arrive. FAILED_PRECONDITION if already finished.
@@ -125,6 +137,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ListWorkflows,
                     request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'CountWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountWorkflows,
+                    request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.CountWorkflowsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.CountWorkflowsResponse.SerializeToString,
             ),
             'CancelWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelWorkflow,
@@ -241,6 +258,33 @@ class WorkflowService:
             '/conveyor.v1.WorkflowService/ListWorkflows',
             conveyor_dot_v1_dot_workflow__service__pb2.ListWorkflowsRequest.SerializeToString,
             conveyor_dot_v1_dot_workflow__service__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.WorkflowService/CountWorkflows',
+            conveyor_dot_v1_dot_workflow__service__pb2.CountWorkflowsRequest.SerializeToString,
+            conveyor_dot_v1_dot_workflow__service__pb2.CountWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

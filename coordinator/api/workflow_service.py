@@ -66,6 +66,12 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         )
 
     @rpc
+    async def CountWorkflows(
+        self, request: pb.CountWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountWorkflowsResponse:
+        return pb.CountWorkflowsResponse(by_status=await self._coordinator.count_workflows(request.name))
+
+    @rpc
     async def CancelWorkflow(
         self, request: pb.CancelWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelWorkflowResponse:

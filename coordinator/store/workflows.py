@@ -216,13 +216,11 @@ class Workflows:
         return records, next_token
 
     @staticmethod
-    def count_by_status(connection: Connection) -> dict[str, int]:
-        return {
-            row.status: row.count
-            for row in connection.execute(
-                select(workflows.c.status, func.count().label("count")).group_by(workflows.c.status)
-            )
-        }
+    def count_by_status(connection: Connection, name: str | None = None) -> dict[str, int]:
+        query = select(workflows.c.status, func.count().label("count")).group_by(workflows.c.status)
+        if name:
+            query = query.where(workflows.c.name == name)
+        return {row.status: row.count for row in connection.execute(query)}
 
 
 def _encode_page_token(created_at: int) -> str:

@@ -1,0 +1,44 @@
+# The README's two commands are `make demo` and `make test`; everything else is for developers.
+# Each target creates the virtualenv (.venv) and installs the project first when needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+N ?= 1000
+DB ?=
+CONVEYOR_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+export CONVEYOR_TEST_POSTGRES_URL
+
+.PHONY: demo test protos lint typecheck clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## demo: simulator + coordinator (SQLite unless DB=URL) + 2 executors running N workflows
+demo: $(STAMP)
+	$(BIN)/python -m bench.demo --workflows $(N) $(if $(DB),--db "$(DB)") $(if $(LLM),--llm $(LLM))
+
+## test: the whole suite, on SQLite and on PostgreSQL ($$CONVEYOR_TEST_POSTGRES_URL)
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
+	exit $$status
+
+## protos: regenerate conveyor/v1 from protos/ (commit the result)
+protos: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy conveyor coordinator executor clients bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .scratch

@@ -1,0 +1,71 @@
+"""Shared fixtures: a fresh database on each dialect, and a real stack in-process.
+
+Every test that takes ``database_url`` runs twice: on a new SQLite file and on a
+new PostgreSQL schema. PostgreSQL comes from ``$CONVEYOR_TEST_POSTGRES_URL`` (set by
+``make test`` and ``.ci/run``); with the variable empty those runs are skipped, and
+with it set but the server down they fail, loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support import Stack
+
+from conveyor.workflow import WorkflowRegistry
+
+POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "")
+DIALECTS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=DIALECTS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'conveyor.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("CONVEYOR_TEST_POSTGRES_URL is empty: PostgreSQL runs skipped (make test sets it)")
+    yield from _postgres_schema(POSTGRES_URL)
+
+
+def _postgres_schema(base_url: str) -> Iterator[str]:
+    """A new schema per test, reached through ``search_path``; dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL at {base_url} is unreachable ({error.orig}); start it "
+            "(pg_ctlcluster ... start) or set CONVEYOR_TEST_POSTGRES_URL= to skip PostgreSQL runs"
+        )
+    separator = "&" if "?" in base_url else "?"
+    try:
+        yield f"{base_url}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+async def make_stack(database_url: str) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    """``await make_stack(registry, **coordinator_config)`` → a running :class:`Stack`."""
+    stacks: list[Stack] = []
+
+    async def make(registry: WorkflowRegistry, **config: Any) -> Stack:
+        stack = Stack(database_url, registry, **config)
+        stacks.append(stack)
+        await stack.start_coordinator()
+        return stack
+
+    yield make
+    for stack in stacks:
+        await stack.close()
