@@ -8,6 +8,7 @@ The demo, the multi-process tests and the benchmarks all run on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -38,16 +39,16 @@ class ManagedProcess:
             if match:
                 return match.group("address")
             if self.process.poll() is not None:
-                raise ConfigurationError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
+                raise ConfigurationError(
+                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                )
             time.sleep(0.05)
         raise ConfigurationError(f"{self.name} did not start within {timeout:.0f}s; see {self.log_path}")
 
     def signal(self, signum: int) -> None:
         if self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
-            except ProcessLookupError:
-                pass
 
     def stop(self, timeout: float) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
@@ -90,7 +91,9 @@ class LocalCluster:
             raise
         return self
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self.stop()
 
     def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
@@ -110,7 +113,9 @@ class LocalCluster:
         spec = self.spec
         llm_env: dict[str, str] = {}
         if spec.simulator_args is not None:
-            self.simulator = self._spawn("simulator", ["simulator", "--listen", "127.0.0.1:0", *spec.simulator_args])
+            self.simulator = self._spawn(
+                "simulator", ["simulator", "--listen", "127.0.0.1:0", *spec.simulator_args]
+            )
             self.simulator_url = "http://" + self.simulator.wait_for_address(30)
             llm_env = {"ANTHROPIC_BASE_URL": self.simulator_url, "ANTHROPIC_API_KEY": "simulator"}
         elif not os.environ.get("ANTHROPIC_API_KEY"):

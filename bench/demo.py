@@ -37,15 +37,24 @@ START_CHUNK = 500
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workflows", type=int, default=1000, help="how many to run (default 1000)")
-    parser.add_argument("--db", default="", help="SQLAlchemy URL (default: a new SQLite file under .scratch/)")
+    parser.add_argument(
+        "--db", default="", help="SQLAlchemy URL (default: a new SQLite file under .scratch/)"
+    )
     parser.add_argument("--executors", type=int, default=2, help="executor processes (default 2)")
     parser.add_argument("--concurrency", type=int, default=50, help="slots per executor (default 50)")
-    parser.add_argument("--latency", default="uniform:0.2,0.6", help="simulated LLM latency (default uniform:0.2,0.6 s)")
-    parser.add_argument("--llm", choices=("simulator", "anthropic"), default=os.environ.get("LLM") or "simulator",
-                        help="simulator (default) or anthropic: the real API, needs ANTHROPIC_API_KEY")
+    parser.add_argument(
+        "--latency", default="uniform:0.2,0.6", help="simulated LLM latency (default uniform:0.2,0.6 s)"
+    )
+    parser.add_argument(
+        "--llm",
+        choices=("simulator", "anthropic"),
+        default=os.environ.get("LLM") or "simulator",
+        help="simulator (default) or anthropic: the real API, needs ANTHROPIC_API_KEY",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL demo schema afterwards")
     return parser.parse_args(argv)
 
@@ -65,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     console.print(
         f"[bold]Conveyor demo[/bold]: {args.workflows} workflows, {args.executors} executors x "
-        f"{args.concurrency} slots, LLM: {args.llm}" + (f" ({args.latency})" if args.llm == "simulator" else "")
+        f"{args.concurrency} slots, LLM: {args.llm}"
+        + (f" ({args.latency})" if args.llm == "simulator" else "")
     )
     console.print(f"database: {_redact(database_url)}; logs: {workdir}/")
     try:
@@ -118,8 +128,12 @@ async def _run(address: str, args: argparse.Namespace, console: Console) -> bool
         await _wait_for_executors(client, args.executors)
         total = args.workflows
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[detail]}"), console=console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=console,
         ) as progress:
             starting = progress.add_task("starting ", total=total, detail="")
             running = progress.add_task("finished ", total=total, detail="")
@@ -127,7 +141,10 @@ async def _run(address: str, args: argparse.Namespace, console: Console) -> bool
             for offset in range(0, total, START_CHUNK):
                 count = min(START_CHUNK, total - offset)
                 await client.start_workflows(
-                    [("research", {"topic": f"{TOPICS[i % len(TOPICS)]} #{i}"}) for i in range(offset, offset + count)]
+                    [
+                        ("research", {"topic": f"{TOPICS[i % len(TOPICS)]} #{i}"})
+                        for i in range(offset, offset + count)
+                    ]
                 )
                 progress.advance(starting, count)
             while True:
@@ -148,9 +165,13 @@ async def _run(address: str, args: argparse.Namespace, console: Console) -> bool
         report = await client.diagnose()
     if report.violations:
         for violation in report.violations:
-            console.print(f"[red]invariant violated: {violation.kind}[/red] ({violation.count}) {violation.description}")
+            console.print(
+                f"[red]invariant violated: {violation.kind}[/red] ({violation.count}) {violation.description}"
+            )
     else:
-        console.print("[green]Diagnose: all invariants hold[/green] (no running workflow without progress or replay)")
+        console.print(
+            "[green]Diagnose: all invariants hold[/green] (no running workflow without progress or replay)"
+        )
     failed = sum(1 for w in workflows if w.status is not WorkflowStatus.COMPLETED)
     return failed == 0 and not report.violations
 
@@ -173,7 +194,14 @@ def _print_report(console: Console, workflows: list[Workflow]) -> None:
     span = max((w.completed_at - t0).total_seconds() for w in done)  # type: ignore[operator]
 
     table = Table(title="Completion by start order (deciles)")
-    for column in ("decile", "workflows", "started (s)", "median done (s)", "p90 done (s)", "median duration (s)"):
+    for column in (
+        "decile",
+        "workflows",
+        "started (s)",
+        "median done (s)",
+        "p90 done (s)",
+        "median duration (s)",
+    ):
         table.add_column(column, justify="right")
     size = max(1, len(workflows) // 10)
     for decile in range(10):
@@ -182,10 +210,11 @@ def _print_report(console: Console, workflows: list[Workflow]) -> None:
             continue
         finished_at = sorted((w.completed_at - t0).total_seconds() for w in group if w.completed_at)  # type: ignore[operator]
         durations = [w.duration for w in group if w.duration is not None]
+        first, last = ((w.created_at - t0).total_seconds() for w in (group[0], group[-1]))  # type: ignore[operator]
         table.add_row(
             f"{decile + 1}",
             str(len(group)),
-            f"{(group[0].created_at - t0).total_seconds():.1f}-{(group[-1].created_at - t0).total_seconds():.1f}",  # type: ignore[operator]
+            f"{first:.1f}-{last:.1f}",
             f"{statistics.median(finished_at):.1f}" if finished_at else "-",
             f"{finished_at[int(0.9 * (len(finished_at) - 1))]:.1f}" if finished_at else "-",
             f"{statistics.median(durations):.1f}" if durations else "-",
@@ -198,8 +227,13 @@ def _print_report(console: Console, workflows: list[Workflow]) -> None:
     totals.add_row("workflows", f"{len(workflows):,}")
     totals.add_row("by status", ", ".join(f"{k} {v:,}" for k, v in sorted(by_status.items())))
     totals.add_row("span (first start → last finish)", f"{span:.1f} s")
-    totals.add_row("throughput", f"{len(done) / span:,.1f} workflows/s, {len(done) * STEPS_PER_WORKFLOW / span:,.0f} steps/s")
-    totals.add_row("median workflow duration", f"{statistics.median(w.duration for w in done if w.duration):.1f} s")
+    totals.add_row(
+        "throughput",
+        f"{len(done) / span:,.1f} workflows/s, {len(done) * STEPS_PER_WORKFLOW / span:,.0f} steps/s",
+    )
+    totals.add_row(
+        "median workflow duration", f"{statistics.median(w.duration for w in done if w.duration):.1f} s"
+    )
     console.print(totals)
     for w in workflows:
         if w.status is not WorkflowStatus.COMPLETED:

@@ -65,10 +65,16 @@ def _ask(prompt: str) -> list[dict[str, str]]:
 
 @workflow
 async def research(ctx: WorkflowContext, topic: str, max_tokens: int = MAX_TOKENS) -> dict[str, object]:
-    claims = await ctx.llm(model=MODEL, max_tokens=max_tokens, name="extract", messages=_ask(extract_prompt(topic)))
+    claims = await ctx.llm(
+        model=MODEL, max_tokens=max_tokens, name="extract", messages=_ask(extract_prompt(topic))
+    )
     analysis_a, analysis_b = await asyncio.gather(
-        ctx.llm(model=MODEL, max_tokens=max_tokens, name="analyze_a", messages=_ask(analyze_a_prompt(claims.text))),
-        ctx.llm(model=MODEL, max_tokens=max_tokens, name="analyze_b", messages=_ask(analyze_b_prompt(claims.text))),
+        ctx.llm(
+            model=MODEL, max_tokens=max_tokens, name="analyze_a", messages=_ask(analyze_a_prompt(claims.text))
+        ),
+        ctx.llm(
+            model=MODEL, max_tokens=max_tokens, name="analyze_b", messages=_ask(analyze_b_prompt(claims.text))
+        ),
     )
     summary = await ctx.llm(
         model=MODEL,

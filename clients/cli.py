@@ -30,7 +30,10 @@ Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--coordinator", default=DEFAULT_TARGET, metavar="HOST:PORT", help="coordinator address (default %(default)s)"
+        "--coordinator",
+        default=DEFAULT_TARGET,
+        metavar="HOST:PORT",
+        help="coordinator address (default %(default)s)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
@@ -49,12 +52,14 @@ def add_commands(subparsers: Any) -> None:
     start = subparsers.add_parser(
         "start",
         help="start a workflow and print its id",
-        description="Start a workflow.\n\nexample:\n  conveyor start research --args '{\"topic\": \"tides\"}'",
+        description='Start a workflow.\n\nexample:\n  conveyor start research --args \'{"topic": "tides"}\'',
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     start.add_argument("name", help="registered workflow name")
     start.add_argument("--args", default="", help="JSON object (keyword arguments) or array (positional)")
-    start.add_argument("--idempotency-key", default="", help="a repeated key returns the first workflow instead")
+    start.add_argument(
+        "--idempotency-key", default="", help="a repeated key returns the first workflow instead"
+    )
     _common(start)
     start.set_defaults(command=_start)
 
@@ -88,7 +93,8 @@ def add_commands(subparsers: Any) -> None:
         "bump-epoch",
         help="drain every running executor (they finish, report and exit)",
         description="Start a new epoch: executors of older epochs stop claiming, report what they hold "
-        "and exit 0. Executors started afterwards join the new epoch.\n\nexample:\n  conveyor admin bump-epoch --reason 'deploy v2'",
+        "and exit 0. Executors started afterwards join the new epoch.\n\n"
+        "example:\n  conveyor admin bump-epoch --reason 'deploy v2'",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bump.add_argument("--reason", default="")
@@ -96,8 +102,16 @@ def add_commands(subparsers: Any) -> None:
     bump.set_defaults(command=_bump_epoch)
 
     for name, summary, command in (
-        ("clear-replay-queue", "remove replay-queue entries, cancelling their workflows", _clear_replay_queue),
-        ("clear-task-queue", "remove tasks (queued and claimed), cancelling their workflows", _clear_task_queue),
+        (
+            "clear-replay-queue",
+            "remove replay-queue entries, cancelling their workflows",
+            _clear_replay_queue,
+        ),
+        (
+            "clear-task-queue",
+            "remove tasks (queued and claimed), cancelling their workflows",
+            _clear_task_queue,
+        ),
     ):
         clear = admin.add_parser(
             name,
@@ -113,7 +127,8 @@ def add_commands(subparsers: Any) -> None:
         "diagnose",
         help="queue depths, executors, leases and the invariant check",
         description="Per-shard queue depth and oldest task age, the replay queue, live executors with "
-        "their shards and epochs, and every invariant violation.\n\nexample:\n  conveyor admin diagnose --json",
+        "their shards and epochs, and every invariant violation.\n\n"
+        "example:\n  conveyor admin diagnose --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     diagnose.add_argument("--shard", type=int, help="show only this shard's row")
@@ -134,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         _fail(error.message)
         return EXIT_NOT_FOUND
     except Unavailable as error:
-        _fail(f"cannot reach the coordinator at {args.coordinator}: {error.message} (is it running? --coordinator?)")
+        _fail(
+            f"cannot reach the coordinator at {args.coordinator}: {error.message} "
+            "(is it running? is --coordinator right?)"
+        )
         return EXIT_UNAVAILABLE
     except InvalidArgument as error:
         _fail(error.message)
@@ -170,7 +188,9 @@ async def _get(client: AsyncClient, args: argparse.Namespace) -> None:
         return
     console = Console()
     console.print(f"[bold]{workflow.name}[/bold] {workflow.id}  status: [bold]{workflow.status.value}[/bold]")
-    console.print(f"shard {workflow.shard}, started {workflow.created_at}, finished {workflow.completed_at or '-'}")
+    console.print(
+        f"shard {workflow.shard}, started {workflow.created_at}, finished {workflow.completed_at or '-'}"
+    )
     if workflow.error:
         console.print(f"[red]error:[/red] {workflow.error}")
     if workflow.result is not None:
@@ -183,8 +203,15 @@ async def _get(client: AsyncClient, args: argparse.Namespace) -> None:
         if step.started_at and step.completed_at:
             ran = f"{(step.completed_at - step.started_at).total_seconds():.2f}"
         table.add_row(
-            str(step.number), step.kind, step.name, step.status, str(step.attempt), queued, ran,
-            step.executor_id, step.error[:80],
+            str(step.number),
+            step.kind,
+            step.name,
+            step.status,
+            str(step.attempt),
+            queued,
+            ran,
+            step.executor_id,
+            step.error[:80],
         )
     console.print(table)
 
@@ -196,7 +223,9 @@ def _workflow_dict(workflow: Workflow) -> dict[str, Any]:
 
 
 async def _fail_pending(client: AsyncClient, args: argparse.Namespace) -> None:
-    failed = await client.fail_pending_tasks(None if args.all else args.shard, limit=args.limit, reason=args.reason)
+    failed = await client.fail_pending_tasks(
+        None if args.all else args.shard, limit=args.limit, reason=args.reason
+    )
     _print_json({"failed_tasks": failed}) if args.json else print(f"failed {failed} pending task(s)")
 
 
@@ -209,12 +238,16 @@ async def _bump_epoch(client: AsyncClient, args: argparse.Namespace) -> None:
 
 
 async def _clear_replay_queue(client: AsyncClient, args: argparse.Namespace) -> None:
-    response = await client.clear_replay_queue(None if args.all else args.shard, limit=args.limit, reason=args.reason)
+    response = await client.clear_replay_queue(
+        None if args.all else args.shard, limit=args.limit, reason=args.reason
+    )
     _report_clear(args, "replay-queue entries", response.cleared_entries, response.cancelled_workflows)
 
 
 async def _clear_task_queue(client: AsyncClient, args: argparse.Namespace) -> None:
-    response = await client.clear_task_queue(None if args.all else args.shard, limit=args.limit, reason=args.reason)
+    response = await client.clear_task_queue(
+        None if args.all else args.shard, limit=args.limit, reason=args.reason
+    )
     _report_clear(args, "tasks", response.cleared_tasks, response.cancelled_workflows)
 
 
@@ -239,18 +272,32 @@ async def _diagnose(client: AsyncClient, args: argparse.Namespace) -> None:
     executors = Table("executor", "state", "epoch", "shards", "capacity", "claimed", "last heartbeat")
     for info in report.executors:
         executors.add_row(
-            info.executor_id, info.state, str(info.epoch), _ranges(info.shards), str(info.capacity),
-            str(info.claimed_tasks), f"{info.since_last_heartbeat.ToTimedelta().total_seconds():.1f}s ago",
+            info.executor_id,
+            info.state,
+            str(info.epoch),
+            _ranges(info.shards),
+            str(info.capacity),
+            str(info.claimed_tasks),
+            f"{info.since_last_heartbeat.ToTimedelta().total_seconds():.1f}s ago",
         )
     console.print(executors)
     shards = Table("shard", "queued", "delayed", "claimed", "oldest queued", "replay", "leased by")
     for stats in report.shards:
         busy = stats.queued_tasks or stats.delayed_tasks or stats.claimed_tasks or stats.replay_queue_depth
         if (args.shard is None and busy) or stats.shard == args.shard:
-            age = stats.oldest_queued_age.ToTimedelta().total_seconds() if stats.HasField("oldest_queued_age") else None
+            age = (
+                stats.oldest_queued_age.ToTimedelta().total_seconds()
+                if stats.HasField("oldest_queued_age")
+                else None
+            )
             shards.add_row(
-                str(stats.shard), str(stats.queued_tasks), str(stats.delayed_tasks), str(stats.claimed_tasks),
-                f"{age:.1f}s" if age is not None else "-", str(stats.replay_queue_depth), stats.executor_id or "none",
+                str(stats.shard),
+                str(stats.queued_tasks),
+                str(stats.delayed_tasks),
+                str(stats.claimed_tasks),
+                f"{age:.1f}s" if age is not None else "-",
+                str(stats.replay_queue_depth),
+                stats.executor_id or "none",
             )
     console.print(shards if shards.row_count else "no shard has queued, claimed or delayed work")
     if not report.violations:

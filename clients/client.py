@@ -47,7 +47,9 @@ def _encode_args(args: Any) -> str:
 
 def shard_selector(shard: int | None) -> common_pb2.ShardSelector:
     """One shard, or every shard for ``None``."""
-    return common_pb2.ShardSelector(all_shards=True) if shard is None else common_pb2.ShardSelector(shard=shard)
+    return (
+        common_pb2.ShardSelector(all_shards=True) if shard is None else common_pb2.ShardSelector(shard=shard)
+    )
 
 
 class AsyncClient:
@@ -99,11 +101,15 @@ class AsyncClient:
         )
         return Started(response.workflow_id, response.already_existed)
 
-    async def start_workflows(self, starts: Iterable[tuple[str, Any] | tuple[str, Any, str]]) -> list[Started]:
+    async def start_workflows(
+        self, starts: Iterable[tuple[str, Any] | tuple[str, Any, str]]
+    ) -> list[Started]:
         """Start many workflows in one transaction; FIFO order is the order given."""
         requests = [
             workflow_service_pb2.StartWorkflowRequest(
-                name=start[0], args_json=_encode_args(start[1]), idempotency_key=start[2] if len(start) > 2 else ""
+                name=start[0],
+                args_json=_encode_args(start[1]),
+                idempotency_key=start[2] if len(start) > 2 else "",
             )
             for start in starts
         ]
@@ -173,7 +179,9 @@ class AsyncClient:
         )
         return Workflow.from_wire(response.workflow)
 
-    async def wait(self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2) -> Workflow:
+    async def wait(
+        self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2
+    ) -> Workflow:
         """Poll until the workflow finishes; the interval grows to 2 s for long waits."""
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll_interval
@@ -191,7 +199,9 @@ class AsyncClient:
     async def fail_pending_tasks(self, shard: int | None, *, limit: int = 0, reason: str = "") -> int:
         response = await self._call(
             self._admin.FailPendingTasks,
-            admin_service_pb2.FailPendingTasksRequest(shards=shard_selector(shard), limit=limit, reason=reason),
+            admin_service_pb2.FailPendingTasksRequest(
+                shards=shard_selector(shard), limit=limit, reason=reason
+            ),
         )
         return response.failed_tasks
 
@@ -203,7 +213,9 @@ class AsyncClient:
     ) -> admin_service_pb2.ClearReplayQueueResponse:
         return await self._call(
             self._admin.ClearReplayQueue,
-            admin_service_pb2.ClearReplayQueueRequest(shards=shard_selector(shard), limit=limit, reason=reason),
+            admin_service_pb2.ClearReplayQueueRequest(
+                shards=shard_selector(shard), limit=limit, reason=reason
+            ),
         )
 
     async def clear_task_queue(
@@ -215,4 +227,6 @@ class AsyncClient:
         )
 
     async def diagnose(self, *, max_violations: int = 20) -> admin_service_pb2.DiagnoseResponse:
-        return await self._call(self._admin.Diagnose, admin_service_pb2.DiagnoseRequest(max_violations=max_violations))
+        return await self._call(
+            self._admin.Diagnose, admin_service_pb2.DiagnoseRequest(max_violations=max_violations)
+        )

@@ -28,6 +28,14 @@ clients (against --coordinator, default 127.0.0.1:50051):
 Run `conveyor COMMAND --help` for a command's options and an example.
 """
 
+SIMULATOR_DESCRIPTION = """\
+Serve a simulated Anthropic Messages API (POST /v1/messages) for tests, the demo and
+benchmarks; point executors at it with --anthropic-base-url.
+
+example:
+  conveyor simulator --listen 127.0.0.1:8787 --latency lognormal:1,0.5 --rpm 4000 --error-529 0.02
+"""
+
 
 def build_parser() -> argparse.ArgumentParser:
     from bench.simulator import cli as simulator_cli
@@ -40,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
-    for name, module, summary in (
-        ("coordinator", coordinator_cli, "run the coordinator"),
-        ("executor", executor_cli, "run an executor"),
-        ("simulator", simulator_cli, "run the Anthropic API simulator"),
+    # The coordinator and executor modules set their own description; the simulator's also
+    # serves `python -m bench.simulator`, so its `conveyor simulator` example lives here.
+    for name, module, summary, description in (
+        ("coordinator", coordinator_cli, "run the coordinator", None),
+        ("executor", executor_cli, "run an executor", None),
+        ("simulator", simulator_cli, "run the Anthropic API simulator", SIMULATOR_DESCRIPTION),
     ):
-        sub = commands.add_parser(name, help=summary)
+        sub = commands.add_parser(
+            name, help=summary, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
     client_cli.add_commands(commands)

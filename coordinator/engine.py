@@ -57,8 +57,8 @@ from .store import (
     WorkflowRecord,
     Workflows,
     Writer,
+    diagnosis,
 )
-from .store import diagnosis
 from .store.schema import tasks
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,14 @@ class Coordinator:
         )
         self.writer.start()
         await self._recover()
-        loops = (self._replay_loop, self._dispatch_loop, self._timer_loop, self._retry_loop, self._lease_loop, self._sweep_loop)
+        loops = (
+            self._replay_loop,
+            self._dispatch_loop,
+            self._timer_loop,
+            self._retry_loop,
+            self._lease_loop,
+            self._sweep_loop,
+        )
         for loop in loops:
             self._loops.append(asyncio.create_task(self._supervised(loop), name=loop.__name__))
         log.info(
@@ -207,10 +214,19 @@ class Coordinator:
     async def _write(self, unit: Callable[[Connection], T], label: str) -> T:
         return await self.writer.run(unit, label)
 
-    async def _read(self, query: Callable[[Connection], T]) -> T:
+    async def _read(self, query: Callable[[Connection], T], *, snapshot: bool = False) -> T:
+        """Run ``query`` in a read transaction; ``snapshot`` makes all its statements see one state.
+
+        SQLite's read transactions always do; PostgreSQL's READ COMMITTED gives each
+        statement its own snapshot, so there a snapshot read runs at REPEATABLE READ.
+        """
+
         def run() -> T:
-            with self.database.reader.connect() as connection, connection.begin():
-                return query(connection)
+            with self.database.reader.connect() as connection:
+                if snapshot and self.database.dialect.name == "postgresql":
+                    connection.execution_options(isolation_level="REPEATABLE READ")
+                with connection.begin():
+                    return query(connection)
 
         return await asyncio.to_thread(run)
 
@@ -254,7 +270,9 @@ class Coordinator:
 
     async def get_workflow(self, workflow_id: str, *, include_steps: bool) -> WorkflowRecord:
         validation.identifier(workflow_id, "workflow_id")
-        return await self._read(functools.partial(self.workflows.get, workflow_id=workflow_id, include_steps=include_steps))
+        return await self._read(
+            functools.partial(self.workflows.get, workflow_id=workflow_id, include_steps=include_steps)
+        )
 
     async def list_workflows(
         self,
@@ -266,7 +284,9 @@ class Coordinator:
         newest_first: bool,
     ) -> tuple[list[WorkflowRecord], str | None]:
         if page_size < 0 or page_size > 1000:
-            raise InvalidArgument(f"page_size must be between 1 and 1000 (0 for the default 100), not {page_size}")
+            raise InvalidArgument(
+                f"page_size must be between 1 and 1000 (0 for the default 100), not {page_size}"
+            )
         return await self._read(
             functools.partial(
                 self.workflows.list,
@@ -285,7 +305,10 @@ class Coordinator:
         validation.identifier(workflow_id, "workflow_id")
         record = await self._write(
             functools.partial(
-                self.workflows.cancel, workflow_id=workflow_id, reason=reason or "cancelled by a client", now=now_us()
+                self.workflows.cancel,
+                workflow_id=workflow_id,
+                reason=reason or "cancelled by a client",
+                now=now_us(),
             ),
             "cancel",
         )
@@ -293,7 +316,9 @@ class Coordinator:
         return record
 
     def _count_finished(self, status: WorkflowStatus, count: int) -> None:
-        self.stats.workflows_finished[status.value] = self.stats.workflows_finished.get(status.value, 0) + count
+        self.stats.workflows_finished[status.value] = (
+            self.stats.workflows_finished.get(status.value, 0) + count
+        )
 
     # ----------------------------------------------------------------- executors
 
@@ -304,7 +329,9 @@ class Coordinator:
             raise InvalidArgument(f"hello.capacity must be between 1 and 100000, not {hello.capacity}")
         kinds = frozenset(validation.identifier(kind, "hello.task_kinds[]") for kind in hello.task_kinds)
         if not kinds or len(kinds) > 100:
-            raise InvalidArgument("hello.task_kinds must name between 1 and 100 task kinds (\"llm\" for LLM steps)")
+            raise InvalidArgument(
+                'hello.task_kinds must name between 1 and 100 task kinds ("llm" for LLM steps)'
+            )
         epoch = hello.epoch or self.epoch
         state = SessionState.LIVE if epoch == self.epoch else SessionState.DRAINING
         session = ExecutorSession(
@@ -349,7 +376,9 @@ class Coordinator:
             )
         )
         if state is SessionState.DRAINING:
-            session.send(pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=f"epoch {epoch} is over")))
+            session.send(
+                pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=f"epoch {epoch} is over"))
+            )
         log.info(
             "executor %s connected from %s: epoch %d (%s), capacity %d, kinds %s%s",
             executor_id,
@@ -394,13 +423,16 @@ class Coordinator:
         )
         if session.state is SessionState.DRAINING and holding == 0:
             self.sessions.discard(session)
-            await self._write(lambda c: ExecutorRecords.set_state(c, [session.executor_id], "exited"), "executor exit")
+            await self._write(
+                lambda c: ExecutorRecords.set_state(c, [session.executor_id], "exited"), "executor exit"
+            )
             log.info("executor %s drained and left", session.executor_id)
         else:
             session.state = SessionState.DISCONNECTED
             session.credits = 0
             log.warning(
-                "executor %s disconnected holding %d task(s); they return to the queue if it is not back within %.0fs",
+                "executor %s disconnected holding %d task(s); they return to the queue unless it is back "
+                "within %.0fs",
                 session.executor_id,
                 holding,
                 self.config.lease_ttl,
@@ -480,10 +512,14 @@ class Coordinator:
                 )
                 drained += 1
         await self._rebalance()
-        log.warning("epoch bumped to %d: %d executor(s) draining (%s)", self.epoch, drained, reason or "no reason")
+        log.warning(
+            "epoch bumped to %d: %d executor(s) draining (%s)", self.epoch, drained, reason or "no reason"
+        )
         return self.epoch, drained
 
-    async def clear_replay_queue(self, shards: Collection[int] | None, limit: int, reason: str) -> tuple[int, int]:
+    async def clear_replay_queue(
+        self, shards: Collection[int] | None, limit: int, reason: str
+    ) -> tuple[int, int]:
         self._check_shards(shards)
         cleared, cancelled = await self._write(
             functools.partial(
@@ -499,7 +535,9 @@ class Coordinator:
         log.warning("operator cleared %d replay-queue entries on %s", cleared, _describe_shards(shards))
         return cleared, cancelled
 
-    async def clear_task_queue(self, shards: Collection[int] | None, limit: int, reason: str) -> tuple[int, int]:
+    async def clear_task_queue(
+        self, shards: Collection[int] | None, limit: int, reason: str
+    ) -> tuple[int, int]:
         self._check_shards(shards)
         cleared, cancelled = await self._write(
             functools.partial(
@@ -525,7 +563,7 @@ class Coordinator:
         names = self.registry.names()
 
         def query(connection: Connection) -> tuple[Any, ...]:
-            claimed = dict(
+            claimed: dict[str, int] = dict(
                 connection.execute(
                     select(tasks.c.claimed_by, func.count())
                     .where(tasks.c.claimed_by.is_not(None))
@@ -539,8 +577,10 @@ class Coordinator:
                 claimed,
             )
 
-        depths, violations, by_status, claimed = await self._read(query)
-        shards = [depths.get(shard) or ShardDepth(shard, 0, 0, 0, None, 0) for shard in range(self.shard_count)]
+        depths, violations, by_status, claimed = await self._read(query, snapshot=True)
+        shards = [
+            depths.get(shard) or ShardDepth(shard, 0, 0, 0, None, 0) for shard in range(self.shard_count)
+        ]
         monotonic_now = time.monotonic()
         executors = [
             ExecutorView(session, claimed.get(session.executor_id, 0), monotonic_now - session.last_seen)
@@ -566,9 +606,7 @@ class Coordinator:
             await self._replay_needed.wait()
             self._replay_needed.clear()
             while True:
-                outcome = await self._write(
-                    lambda c: self.replays.replay_batch(c, limit, now_us()), "replay"
-                )
+                outcome = await self._write(lambda c: self.replays.replay_batch(c, limit, now_us()), "replay")
                 self.stats.replays += outcome.replayed
                 for status, count in outcome.finished.items():
                     self._count_finished(status, count)
@@ -593,19 +631,17 @@ class Coordinator:
             if not wanting:
                 continue
             plan = [(s.executor_id, s.shards, s.task_kinds, s.credits) for s in wanting]
-            now = now_us()
-
-            def claim_all(connection: Connection) -> list[list[ClaimedTask]]:
-                return [self.queue.claim(connection, *request, now=now) for request in plan]
-
-            claims = await self._write(claim_all, "claim")
+            claims = await self._write(functools.partial(self._claim_all, plan=plan, now=now_us()), "claim")
             orphaned: list[tuple[str, list[int]]] = []
             for session, (_id, _shards, _kinds, wanted), claimed in zip(wanting, plan, claims, strict=True):
                 if len(claimed) < wanted:
                     session.maybe_work = False
                 if not claimed:
                     continue
-                if self.sessions.get(session.executor_id) is not session or session.state is not SessionState.LIVE:
+                if (
+                    self.sessions.get(session.executor_id) is not session
+                    or session.state is not SessionState.LIVE
+                ):
                     orphaned.append((session.executor_id, [task.task_id for task in claimed]))
                     continue
                 self.stats.tasks_claimed += len(claimed)
@@ -618,6 +654,11 @@ class Coordinator:
                     self._dispatch_needed.set()
             if orphaned:
                 await self._release(orphaned)
+
+    def _claim_all(
+        self, connection: Connection, plan: list[tuple[str, frozenset[int], frozenset[str], int]], now: int
+    ) -> list[list[ClaimedTask]]:
+        return [self.queue.claim(connection, *request, now=now) for request in plan]
 
     async def _release(self, orphaned: list[tuple[str, list[int]]]) -> None:
         """Give back tasks claimed for an executor that went away before they were sent."""
@@ -651,8 +692,9 @@ class Coordinator:
             await self._retry_due.wait()
             self._retry_due.clear()
             self._wake_all()
-            now = now_us()
-            self._retry_alarm.request(await self._read(lambda c: self.queue.earliest_delayed(c, now)))
+            self._retry_alarm.request(
+                await self._read(functools.partial(self.queue.earliest_delayed, now=now_us()))
+            )
 
     async def _lease_loop(self) -> None:
         ttl = self.config.lease_ttl
@@ -671,19 +713,24 @@ class Coordinator:
                     for s in self.sessions
                     if s.state is not SessionState.DISCONNECTED
                 }
-                await self._write(lambda c: ExecutorRecords.record_heartbeats(c, seen), "heartbeats")
+                await self._write(
+                    functools.partial(ExecutorRecords.record_heartbeats, last_seen=seen), "heartbeats"
+                )
 
     async def _expire(self, session: ExecutorSession) -> None:
         """The executor missed its lease: its tasks go back to the queue, its shards to others."""
+        if self.sessions.get(session.executor_id) is not session:
+            return  # it reconnected (a new session) since the lease loop looked
         self.sessions.discard(session)
         session.close_stream()
         self.stats.leases_expired += 1
-        await self._rebalance()
 
         def requeue(connection: Connection) -> Any:
             ExecutorRecords.set_state(connection, [session.executor_id], "expired")
             return self.queue.requeue_lost(connection, session.executor_id, now_us())
 
+        # Submitted before anything else awaits: a reconnect of the same executor from now
+        # on registers after this requeue, so it cannot lose tasks it holds to it.
         outcome = await self._write(requeue, "expire lease")
         log.warning(
             "executor %s lost its lease (no heartbeat for %.0fs): %d task(s) back in the queue, %d failed "
@@ -693,6 +740,7 @@ class Coordinator:
             outcome.requeued,
             outcome.failed,
         )
+        await self._rebalance()
         self._wake_holders(outcome.shards)
         if outcome.replays_enqueued:
             self._replay_needed.set()

@@ -57,7 +57,7 @@ def from_timestamp(value: Timestamp) -> int | None:
 
 def duration(seconds: float) -> Duration:
     whole = int(seconds)
-    return Duration(seconds=whole, nanos=int(round((seconds - whole) * 1e9)))
+    return Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
 
 
 def from_duration(value: Duration) -> float:

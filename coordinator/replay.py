@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import contextvars
 import random
 import traceback
@@ -105,6 +106,8 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._running = False
         self._closed = False
+        #: Set when workflow code used something replay forbids (timers, the clock).
+        self.fatal_error: WorkflowError | None = None
 
     def run_until_quiescent(self, max_callbacks: int) -> None:
         previous = asyncio._get_running_loop()
@@ -131,7 +134,7 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         return handle
 
     def call_later(self, delay: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        raise WorkflowError(
+        raise self._forbid(
             "workflow code used an asyncio timer (asyncio.sleep, wait_for, timeout); "
             "use 'await ctx.sleep(seconds)' for a durable timer"
         )
@@ -139,7 +142,17 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
     call_at = call_later  # type: ignore[assignment]
 
     def time(self) -> float:
-        raise WorkflowError("workflow code read the event-loop clock; use ctx.now()")
+        # asyncio.timeout() (and wait_for() on Python 3.12+) read the clock before setting a timer.
+        raise self._forbid(
+            "workflow code read the event-loop clock (loop.time(), asyncio.timeout, wait_for); use "
+            "ctx.now() for the time and 'await ctx.sleep(seconds)' for a durable timer"
+        )
+
+    def _forbid(self, message: str) -> WorkflowError:
+        """The error to raise into workflow code; recorded too, so catching it cannot save the workflow."""
+        error = WorkflowError(message)
+        self.fatal_error = self.fatal_error or error
+        return error
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
@@ -276,7 +289,9 @@ class _ReplayContext:
             StepKind.RANDOM,
             "random",
             "null",
-            lambda number: NewStep(number, StepKind.RANDOM, "random", "null", result_json=repr(self._rng.random())),
+            lambda number: NewStep(
+                number, StepKind.RANDOM, "random", "null", result_json=repr(self._rng.random())
+            ),
             float,
         )
         return future.result()
@@ -341,6 +356,7 @@ def replay(
         loop.run_until_quiescent(MAX_CALLBACKS_PER_REPLAY)
     except WorkflowError as error:
         ctx.fatal_error = ctx.fatal_error or error
+    ctx.fatal_error = ctx.fatal_error or loop.fatal_error
     try:
         return _decide(ctx, main, journal)
     finally:
@@ -351,18 +367,22 @@ def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[Jour
     if ctx.fatal_error is not None:
         return _failed(str(ctx.fatal_error))
     if main.done():
+        # A finished workflow starts nothing more, but the ctx.now()/ctx.random() values
+        # its last run took may be in its result or error: journal them too.
+        taken = tuple(step for step in ctx.new_steps if step.result_json is not None)
         if main.cancelled():
-            return _failed("workflow code cancelled its own task")
+            return _failed("workflow code cancelled its own task", taken)
         error = main.exception()
         if error is not None:
-            return _failed(_describe_exception(error))
+            return _failed(_describe_exception(error), taken)
         try:
-            return ReplayOutcome(WorkflowStatus.COMPLETED, result_json=canonical_json(main.result()))
+            result_json = canonical_json(main.result())
         except (TypeError, ValueError) as bad_result:
-            return _failed(f"workflow returned a value that is not JSON-serializable: {bad_result}")
-    waits_on_step = any(step.kind in (StepKind.LLM, StepKind.TASK, StepKind.SLEEP) for step in ctx.new_steps) or any(
-        entry.status is StepStatus.RUNNING for entry in journal
-    )
+            return _failed(f"workflow returned a value that is not JSON-serializable: {bad_result}", taken)
+        return ReplayOutcome(WorkflowStatus.COMPLETED, new_steps=taken, result_json=result_json)
+    waits_on_step = any(
+        step.kind in (StepKind.LLM, StepKind.TASK, StepKind.SLEEP) for step in ctx.new_steps
+    ) or any(entry.status is StepStatus.RUNNING for entry in journal)
     if not waits_on_step:
         return _failed(
             "workflow is waiting on something that is not a Conveyor step (an asyncio.Event, Queue "
@@ -378,15 +398,13 @@ def _tear_down(loop: _ReplayLoop, ctx: _ReplayContext) -> None:
     for task in pending:
         task.cancel()
     if pending:
-        try:
+        with contextlib.suppress(WorkflowError):
             loop.run_until_quiescent(10_000)
-        except WorkflowError:
-            pass
     loop.close()
 
 
-def _failed(error: str) -> ReplayOutcome:
-    return ReplayOutcome(WorkflowStatus.FAILED, error=error[-MAX_ERROR_CHARS:])
+def _failed(error: str, new_steps: tuple[NewStep, ...] = ()) -> ReplayOutcome:
+    return ReplayOutcome(WorkflowStatus.FAILED, new_steps=new_steps, error=error[-MAX_ERROR_CHARS:])
 
 
 def _describe_exception(error: BaseException) -> str:

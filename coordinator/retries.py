@@ -60,7 +60,12 @@ def after_failure(
             return GiveUp(f"rate limited {state.rate_limit_waits + 1} times, giving up: {message}")
         wait = min(retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT, MAX_RATE_LIMIT_WAIT)
         wait += rng.uniform(0, RATE_LIMIT_JITTER * wait)
-        return Retry(wait, state.attempt, state.rate_limit_waits + 1, f"rate limited, retrying in {wait:.1f}s: {message}")
+        return Retry(
+            wait,
+            state.attempt,
+            state.rate_limit_waits + 1,
+            f"rate limited, retrying in {wait:.1f}s: {message}",
+        )
     if state.attempt >= policy.max_attempts:
         return GiveUp(f"failed after {state.attempt} attempt(s): {message}")
     delay = policy.backoff(state.attempt) * rng.uniform(0.5, 1.0)

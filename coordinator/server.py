@@ -56,7 +56,9 @@ class CoordinatorServer:
 
     def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry | None = None) -> None:
         self.config = config
-        self.coordinator = Coordinator(config, registry or WorkflowRegistry.from_modules(list(config.workflow_modules)))
+        self.coordinator = Coordinator(
+            config, registry or WorkflowRegistry.from_modules(list(config.workflow_modules))
+        )
         self._server = grpc.aio.server(options=server_options(config))
         self._health = health.aio.HealthServicer()
         self.port = 0
@@ -64,9 +66,15 @@ class CoordinatorServer:
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with ``listen=...:0``)."""
         await self.coordinator.start()
-        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(WorkflowService(self.coordinator), self._server)
-        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorService(self.coordinator), self._server)
-        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(self.coordinator), self._server)
+        workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
+            WorkflowService(self.coordinator), self._server
+        )
+        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(
+            ExecutorService(self.coordinator), self._server
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(self.coordinator), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server

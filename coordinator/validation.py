@@ -33,7 +33,9 @@ def identifier(value: str, field: str, *, required: bool = True) -> str:
 def payload_size(text: str, field: str, limit: int) -> None:
     size = len(text.encode())
     if size > limit:
-        raise InvalidArgument(f"{field} is {size} bytes; the limit is {limit} bytes (see --max-payload-bytes)")
+        raise InvalidArgument(
+            f"{field} is {size} bytes; the limit is {limit} bytes (see --max-payload-bytes)"
+        )
 
 
 def workflow_start(
@@ -50,7 +52,9 @@ def workflow_start(
     try:
         definition.check_arguments(args)
     except TypeError as error:
-        raise InvalidArgument(f"arguments do not fit workflow {name!r}{definition.signature}: {error}") from None
+        raise InvalidArgument(
+            f"arguments do not fit workflow {name!r}{definition.signature}: {error}"
+        ) from None
     return definition, canonical_json(args)
 
 
@@ -61,6 +65,8 @@ def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
         args = json.loads(args_json)
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"args_json is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidArgument("args_json is nested too deeply to decode") from None
     if not isinstance(args, dict | list):
         raise InvalidArgument(
             "args_json must be a JSON object (keyword arguments) or array (positional arguments), "
@@ -70,6 +76,8 @@ def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
         canonical_json(args)
     except ValueError as error:  # NaN / Infinity
         raise InvalidArgument(f"args_json holds a value JSON cannot carry: {error}") from None
+    except RecursionError:
+        raise InvalidArgument("args_json is nested too deeply to encode") from None
     return args
 
 
@@ -82,4 +90,6 @@ def result_json(text: str, limit: int) -> str | None:
         json.loads(text)
     except json.JSONDecodeError as error:
         return f"the executor returned a result that is not JSON: {error}"
+    except RecursionError:
+        return "the executor returned a result nested too deeply to decode"
     return None

@@ -12,9 +12,6 @@ from conveyor import logs
 from conveyor.errors import ConfigurationError
 from conveyor.tasks import HandlerRegistry
 
-from .llm import LlmCaller
-from .worker import Executor, ExecutorConfig, default_executor_id
-
 DESCRIPTION = """\
 Run an executor: it leases shards from the coordinator, runs up to --concurrency
 tasks at once (LLM calls through the anthropic SDK, and task handlers), and reports
@@ -32,17 +29,54 @@ example:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--coordinator", default="127.0.0.1:50051", metavar="HOST:PORT", help="coordinator address (default %(default)s)")
-    parser.add_argument("--concurrency", type=int, default=50, help="tasks run at once; also the claim size (default 50)")
-    parser.add_argument("--handlers", action="append", default=[], metavar="MODULE", help="module defining @task_handler functions (repeatable)")
-    parser.add_argument("--no-llm", action="store_true", help="do not run LLM steps (serve handler kinds only)")
-    parser.add_argument("--executor-id", default=None, help="stable id for this process (default host-pid-random)")
-    parser.add_argument("--anthropic-base-url", default=None, help="Messages API base URL (default $ANTHROPIC_BASE_URL or the real API)")
-    parser.add_argument("--anthropic-api-key-file", type=Path, default=None, help="file holding the API key (default $ANTHROPIC_API_KEY)")
-    parser.add_argument("--llm-timeout", type=float, default=600.0, help="seconds per LLM attempt unless the step sets one (default 600)")
-    parser.add_argument("--httpx", action="store_true", help="use the SDK's default httpx transport instead of aiohttp")
-    parser.add_argument("--drain-timeout", type=float, default=300.0, help="seconds a graceful stop may take (default 300)")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING... (default INFO or $CONVEYOR_LOG_LEVEL)")
+    parser.add_argument(
+        "--coordinator",
+        default="127.0.0.1:50051",
+        metavar="HOST:PORT",
+        help="coordinator address (default %(default)s)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=50, help="tasks run at once; also the claim size (default 50)"
+    )
+    parser.add_argument(
+        "--handlers",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module defining @task_handler functions (repeatable)",
+    )
+    parser.add_argument(
+        "--no-llm", action="store_true", help="do not run LLM steps (serve handler kinds only)"
+    )
+    parser.add_argument(
+        "--executor-id", default=None, help="stable id for this process (default host-pid-random)"
+    )
+    parser.add_argument(
+        "--anthropic-base-url",
+        default=None,
+        help="Messages API base URL (default $ANTHROPIC_BASE_URL or the real API)",
+    )
+    parser.add_argument(
+        "--anthropic-api-key-file",
+        type=Path,
+        default=None,
+        help="file holding the API key (default $ANTHROPIC_API_KEY)",
+    )
+    parser.add_argument(
+        "--llm-timeout",
+        type=float,
+        default=600.0,
+        help="seconds per LLM attempt unless the step sets one (default 600)",
+    )
+    parser.add_argument(
+        "--httpx", action="store_true", help="use the SDK's default httpx transport instead of aiohttp"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="seconds a graceful stop may take (default 300)"
+    )
+    parser.add_argument(
+        "--log-level", default=None, help="DEBUG, INFO, WARNING... (default INFO or $CONVEYOR_LOG_LEVEL)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # Imported here: the anthropic SDK alone takes most of a second to import.
+    from .llm import LlmCaller
+    from .worker import Executor, ExecutorConfig, default_executor_id
+
     config = ExecutorConfig(
         coordinator=args.coordinator,
         concurrency=args.concurrency,
@@ -73,7 +111,10 @@ async def _run(args: argparse.Namespace) -> int:
                 "(any value works against the simulator)"
             )
         llm = LlmCaller(
-            base_url=args.anthropic_base_url, api_key=api_key, timeout=args.llm_timeout, use_aiohttp=not args.httpx
+            base_url=args.anthropic_base_url,
+            api_key=api_key,
+            timeout=args.llm_timeout,
+            use_aiohttp=not args.httpx,
         )
     executor = Executor(config, handlers, llm)
     executor.install_signal_handlers()

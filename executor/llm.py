@@ -39,7 +39,7 @@ class CallOutcome:
     """The outcome of one attempt: ``result_json`` on success, else a classified error."""
 
     result_json: str | None = None
-    error_class: ErrorClass.ValueType | None = None
+    error_class: ErrorClass | None = None
     message: str = ""
     retry_after: float | None = None
 
@@ -68,7 +68,9 @@ class LlmCaller:
         try:
             payload: dict[str, Any] = json.loads(payload_json)
         except json.JSONDecodeError as error:
-            return CallOutcome(error_class=ERROR_CLASS_NON_RETRYABLE, message=f"LLM payload is not JSON: {error}")
+            return CallOutcome(
+                error_class=ERROR_CLASS_NON_RETRYABLE, message=f"LLM payload is not JSON: {error}"
+            )
         model = str(payload.get("model", ""))
         await self._wait_for_gate(model)
         options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
@@ -91,9 +93,13 @@ class LlmCaller:
             return CallOutcome(error_class=ERROR_CLASS_RETRYABLE, message="the API call timed out")
         except anthropic.APIConnectionError as error:
             cause = error.__cause__ or error
-            return CallOutcome(error_class=ERROR_CLASS_RETRYABLE, message=f"connection error: {cause!r}"[:500])
+            return CallOutcome(
+                error_class=ERROR_CLASS_RETRYABLE, message=f"connection error: {cause!r}"[:500]
+            )
         except TypeError as error:  # create() rejected the arguments themselves
-            return CallOutcome(error_class=ERROR_CLASS_NON_RETRYABLE, message=f"invalid Messages API arguments: {error}")
+            return CallOutcome(
+                error_class=ERROR_CLASS_NON_RETRYABLE, message=f"invalid Messages API arguments: {error}"
+            )
 
     async def _wait_for_gate(self, model: str) -> None:
         until = self._gates.get(model)

@@ -10,6 +10,7 @@ the task leased to this executor (while it heartbeats), so nothing else will run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -67,14 +68,13 @@ class ResultReporter:
                 await self._arrived.wait()
             if len(self._pending) < self.max_batch:
                 self._batch_full.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._batch_full.wait(), self._flush_interval)
-                except TimeoutError:
-                    pass
             batch = self._take_batch()
             try:
                 response = await stub.RecordResults(
-                    pb.RecordResultsRequest(executor_id=self._executor_id, results=batch), timeout=REPORT_TIMEOUT
+                    pb.RecordResultsRequest(executor_id=self._executor_id, results=batch),
+                    timeout=REPORT_TIMEOUT,
                 )
             except grpc.aio.AioRpcError as error:
                 if error.code() == grpc.StatusCode.INVALID_ARGUMENT:

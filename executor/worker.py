@@ -161,7 +161,13 @@ class Executor:
                 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
                     raise
                 level = logging.INFO if error.code() == grpc.StatusCode.UNAVAILABLE else logging.WARNING
-                log.log(level, "stream to %s lost (%s: %s)", self.config.coordinator, error.code().name, error.details())
+                log.log(
+                    level,
+                    "stream to %s lost (%s: %s)",
+                    self.config.coordinator,
+                    error.code().name,
+                    error.details(),
+                )
             if self._draining.is_set():
                 break
             if time.monotonic() - connected_at > 10:
@@ -273,7 +279,9 @@ class Executor:
             return 1
         if self._abandon.is_set():
             return 1
-        log.info("drained: %d task(s) run, %d result(s) reported; exiting", self.tasks_run, self._reporter.reported)
+        log.info(
+            "drained: %d task(s) run, %d result(s) reported; exiting", self.tasks_run, self._reporter.reported
+        )
         return 0
 
     async def _wait_idle_or_abandoned(self) -> None:
@@ -298,10 +306,14 @@ class Executor:
             outcome = await self._execute(task, timeout)
         except Exception as error:  # a bug here must not lose the task
             log.exception("task %d crashed the executor's task runner", task.task_id)
-            outcome = CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"executor error: {error!r}")
+            outcome = CallOutcome(
+                error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"executor error: {error!r}"
+            )
         finished = Timestamp()
         finished.GetCurrentTime()
-        result = pb.TaskResult(task_id=task.task_id, fencing_token=task.fencing_token, started_at=started, finished_at=finished)
+        result = pb.TaskResult(
+            task_id=task.task_id, fencing_token=task.fencing_token, started_at=started, finished_at=finished
+        )
         if outcome.result_json is not None:
             size = len(outcome.result_json.encode())
             if size <= self._max_payload_bytes:
@@ -309,10 +321,12 @@ class Executor:
             else:
                 outcome = CallOutcome(
                     error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE,
-                    message=f"the result is {size} bytes; the coordinator accepts at most {self._max_payload_bytes}",
+                    message=f"the result is {size} bytes; the limit is {self._max_payload_bytes}",
                 )
         if outcome.result_json is None:
-            result.failure.CopyFrom(pb.TaskFailure(error_class=outcome.error_class, message=outcome.message[:4000]))
+            result.failure.CopyFrom(
+                pb.TaskFailure(error_class=outcome.error_class, message=outcome.message[:4000])
+            )
             if outcome.retry_after is not None:
                 result.failure.retry_after.FromNanoseconds(int(outcome.retry_after * 1e9))
         self._reporter.add(result)
@@ -343,14 +357,18 @@ async def _run_handler(handler: Any, task: pb.Task, timeout: float) -> CallOutco
     try:
         payload = json.loads(task.payload_json)["payload"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
-        return CallOutcome(error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=f"malformed task payload: {error!r}")
+        return CallOutcome(
+            error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=f"malformed task payload: {error!r}"
+        )
     try:
         if asyncio.iscoroutinefunction(handler):
             value = await asyncio.wait_for(handler(payload), timeout)
         else:
             value = await asyncio.wait_for(asyncio.to_thread(handler, payload), timeout)
     except TimeoutError:
-        return CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"handler timed out after {timeout:.0f}s")
+        return CallOutcome(
+            error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"handler timed out after {timeout:.0f}s"
+        )
     except PermanentTaskError as error:
         return CallOutcome(error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=str(error))
     except TaskRateLimited as error:
@@ -358,7 +376,9 @@ async def _run_handler(handler: Any, task: pb.Task, timeout: float) -> CallOutco
             error_class=common_pb2.ERROR_CLASS_RATE_LIMITED, message=str(error), retry_after=error.retry_after
         )
     except Exception as error:
-        return CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"{type(error).__name__}: {error}")
+        return CallOutcome(
+            error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"{type(error).__name__}: {error}"
+        )
     try:
         return CallOutcome(result_json=json.dumps(value, allow_nan=False))
     except (TypeError, ValueError) as error:

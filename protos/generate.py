@@ -22,7 +22,9 @@ from grpc_tools import protoc
 PROTO_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PROTO_ROOT.parent
 PACKAGE = Path("conveyor") / "v1"
-INIT_TEXT = '"""Generated gRPC/protobuf stubs for the conveyor.v1 wire contract (see protos/). Do not edit."""\n'
+INIT_TEXT = (
+    '"""Generated gRPC/protobuf stubs for the conveyor.v1 wire contract (see protos/). Do not edit."""\n'
+)
 
 
 def generate(out_root: Path) -> list[Path]:
@@ -58,8 +60,12 @@ def generate(out_root: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT, help="root to write conveyor/v1 into (default: repo)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO_ROOT, help="root to write conveyor/v1 into (default: repo)"
+    )
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(f"wrote {path}")

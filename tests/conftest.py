@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support import Stack
 
 from conveyor.workflow import WorkflowRegistry
+from support import Stack
 
 POSTGRES_URL = os.environ.get("CONVEYOR_TEST_POSTGRES_URL", "")
 DIALECTS = ["sqlite", "postgresql"]

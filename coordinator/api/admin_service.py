@@ -43,7 +43,9 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         return pb.FailPendingTasksResponse(failed_tasks=failed)
 
     @rpc
-    async def BumpEpoch(self, request: pb.BumpEpochRequest, context: grpc.aio.ServicerContext) -> pb.BumpEpochResponse:
+    async def BumpEpoch(
+        self, request: pb.BumpEpochRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BumpEpochResponse:
         epoch, draining = await self._coordinator.bump_epoch(request.reason)
         return pb.BumpEpochResponse(epoch=epoch, draining_executors=draining)
 
@@ -66,7 +68,9 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         return pb.ClearTaskQueueResponse(cleared_tasks=cleared, cancelled_workflows=cancelled)
 
     @rpc
-    async def Diagnose(self, request: pb.DiagnoseRequest, context: grpc.aio.ServicerContext) -> pb.DiagnoseResponse:
+    async def Diagnose(
+        self, request: pb.DiagnoseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DiagnoseResponse:
         if request.max_violations < 0:
             raise InvalidArgument("max_violations must not be negative")
         return _diagnosis_to_wire(await self._coordinator.diagnose(request.max_violations))
@@ -74,9 +78,13 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
 
 def _diagnosis_to_wire(report: DiagnoseReport) -> pb.DiagnoseResponse:
     def age(created_at: int | None) -> protocol.Duration | None:
-        return None if created_at is None else protocol.duration(max(0, report.generated_at - created_at) / 1e6)
+        return (
+            None if created_at is None else protocol.duration(max(0, report.generated_at - created_at) / 1e6)
+        )
 
-    leaseholders = {shard: view.session.executor_id for view in report.executors for shard in view.session.shards}
+    leaseholders = {
+        shard: view.session.executor_id for view in report.executors for shard in view.session.shards
+    }
     return pb.DiagnoseResponse(
         epoch=report.epoch,
         shard_count=report.shard_count,

@@ -39,7 +39,8 @@ def rpc(method: F) -> F:
             log.exception("%s failed", method.__qualname__)
             await context.abort(
                 grpc.StatusCode.INTERNAL,
-                f"internal error in {method.__name__} ({type(error).__name__}); the coordinator log has details",
+                f"internal error in {method.__name__} ({type(error).__name__}); "
+                "the coordinator log has the details",
             )
 
     return wrapper  # type: ignore[return-value]

@@ -56,7 +56,9 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
                 elif kind == "draining":
                     await self._coordinator.executor_draining(session, message.draining.reason)
                 else:
-                    log.warning("executor %s sent an unexpected %s message; ignored", session.executor_id, kind)
+                    log.warning(
+                        "executor %s sent an unexpected %s message; ignored", session.executor_id, kind
+                    )
         finally:
             session.close_stream()
 
@@ -84,15 +86,25 @@ def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> Repo
     if outcome == "result_json":
         problem = validation.result_json(result.result_json, max_payload_bytes)
         if problem is None:
-            return ReportedResult(result.task_id, result.fencing_token, result.result_json, started_at=started_at)
+            return ReportedResult(
+                result.task_id, result.fencing_token, result.result_json, started_at=started_at
+            )
         return ReportedResult(
-            result.task_id, result.fencing_token, error_class=ErrorClass.NON_RETRYABLE, error=problem, started_at=started_at
+            result.task_id,
+            result.fencing_token,
+            error_class=ErrorClass.NON_RETRYABLE,
+            error=problem,
+            started_at=started_at,
         )
     if outcome == "failure":
         error_class = protocol.ERROR_CLASS_FROM_WIRE.get(result.failure.error_class)
         if error_class is None:
             raise InvalidArgument(f"results[{index}].failure.error_class is not set")
-        retry_after = protocol.from_duration(result.failure.retry_after) if result.failure.HasField("retry_after") else None
+        retry_after = (
+            protocol.from_duration(result.failure.retry_after)
+            if result.failure.HasField("retry_after")
+            else None
+        )
         return ReportedResult(
             result.task_id,
             result.fencing_token,

@@ -26,7 +26,9 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowResponse:
         (started,) = await self._coordinator.start_workflows([_start_request(request)])
-        return pb.StartWorkflowResponse(workflow_id=started.workflow_id, already_existed=started.already_existed)
+        return pb.StartWorkflowResponse(
+            workflow_id=started.workflow_id, already_existed=started.already_existed
+        )
 
     @rpc
     async def StartWorkflows(
@@ -35,13 +37,18 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         started = await self._coordinator.start_workflows([_start_request(r) for r in request.workflows])
         return pb.StartWorkflowsResponse(
             workflows=[
-                pb.StartWorkflowResponse(workflow_id=s.workflow_id, already_existed=s.already_existed) for s in started
+                pb.StartWorkflowResponse(workflow_id=s.workflow_id, already_existed=s.already_existed)
+                for s in started
             ]
         )
 
     @rpc
-    async def GetWorkflow(self, request: pb.GetWorkflowRequest, context: grpc.aio.ServicerContext) -> pb.GetWorkflowResponse:
-        record = await self._coordinator.get_workflow(request.workflow_id, include_steps=request.include_steps)
+    async def GetWorkflow(
+        self, request: pb.GetWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetWorkflowResponse:
+        record = await self._coordinator.get_workflow(
+            request.workflow_id, include_steps=request.include_steps
+        )
         return pb.GetWorkflowResponse(workflow=protocol.workflow_to_wire(record))
 
     @rpc

@@ -48,14 +48,20 @@ def shard_depths(connection: Connection, now: int) -> dict[int, ShardDepth]:
             func.min(case((ready, tasks.c.workflow_created_at), else_=None)).label("oldest"),
         ).group_by(tasks.c.shard)
     ).all()
-    replays = dict(
-        connection.execute(
+    replays: dict[int, int] = {
+        shard: count
+        for shard, count in connection.execute(
             select(replay_queue.c.shard, func.count()).group_by(replay_queue.c.shard)
-        ).all()
-    )
+        )
+    }
     depths = {
         row.shard: ShardDepth(
-            row.shard, int(row.queued), int(row.delayed), int(row.claimed), row.oldest, replays.pop(row.shard, 0)
+            row.shard,
+            int(row.queued),
+            int(row.delayed),
+            int(row.claimed),
+            row.oldest,
+            replays.pop(row.shard, 0),
         )
         for row in rows
     }
@@ -72,14 +78,19 @@ def invariant_violations(
         and_(steps.c.workflow_id == workflows.c.id, steps.c.status == StepStatus.RUNNING)
     )
     queued_replay = exists().where(replay_queue.c.workflow_id == workflows.c.id)
-    step_of_task_running = exists().where(and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING))
+    step_of_task_running = exists().where(
+        and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING)
+    )
     task_of_step = exists().where(tasks.c.id == steps.c.id)
     leftover_task = exists().where(tasks.c.workflow_id == workflows.c.id)
     checks: list[tuple[str, str, Select[tuple[str]]]] = [
         (
             "running_without_progress",
-            "running workflows with no step in progress and no replay-queue entry: nothing will ever resume them",
-            select(workflows.c.id).where(workflows.c.status == WorkflowStatus.RUNNING, ~running_step, ~queued_replay),
+            "running workflows with no step in progress and no replay-queue entry: "
+            "nothing will ever resume them",
+            select(workflows.c.id).where(
+                workflows.c.status == WorkflowStatus.RUNNING, ~running_step, ~queued_replay
+            ),
         ),
         (
             "running_step_without_task",

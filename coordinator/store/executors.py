@@ -44,7 +44,9 @@ class ExecutorRecords:
     @staticmethod
     def set_state(connection: Connection, executor_ids: Collection[str], state: str) -> None:
         if executor_ids:
-            connection.execute(update(executors).where(executors.c.id.in_(list(executor_ids))).values(state=state))
+            connection.execute(
+                update(executors).where(executors.c.id.in_(list(executor_ids))).values(state=state)
+            )
 
     @staticmethod
     def record_heartbeats(connection: Connection, last_seen: Mapping[str, int]) -> None:

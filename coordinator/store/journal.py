@@ -40,7 +40,9 @@ def finish_steps(connection: Connection, rows: Sequence[dict[str, Any]]) -> None
         connection.execute(_finish_step, list(rows))
 
 
-def enqueue_idle_workflows(connection: Connection, dialect: Dialect, workflow_ids: Collection[str], now: int) -> int:
+def enqueue_idle_workflows(
+    connection: Connection, dialect: Dialect, workflow_ids: Collection[str], now: int
+) -> int:
     """Give each running workflow in ``workflow_ids`` with no step in progress a replay row.
 
     Returns how many workflows qualified (some may already have had a row).
@@ -61,14 +63,21 @@ def enqueue_idle_workflows(connection: Connection, dialect: Dialect, workflow_id
         connection.execute(
             dialect.insert_ignoring_duplicates(replay_queue),
             [
-                {"workflow_id": row.id, "shard": row.shard, "workflow_created_at": row.created_at, "enqueued_at": now}
+                {
+                    "workflow_id": row.id,
+                    "shard": row.shard,
+                    "workflow_created_at": row.created_at,
+                    "enqueued_at": now,
+                }
                 for row in idle
             ],
         )
     return len(idle)
 
 
-def cancel_workflows(connection: Connection, workflow_ids: Collection[str], reason: str, now: int) -> list[str]:
+def cancel_workflows(
+    connection: Connection, workflow_ids: Collection[str], reason: str, now: int
+) -> list[str]:
     """Cancel the running workflows among ``workflow_ids``; returns the ids cancelled.
 
     Their running steps are marked cancelled, their tasks and replay rows removed:

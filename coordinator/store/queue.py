@@ -243,7 +243,16 @@ class TaskQueue:
             started_at = result.started_at or row.claimed_at
             if result.error_class is None:
                 finished.append(
-                    self._final(row, StepStatus.COMPLETED, result.result_json, None, started_at, now, executor_id, result)
+                    self._final(
+                        row,
+                        StepStatus.COMPLETED,
+                        result.result_json,
+                        None,
+                        started_at,
+                        now,
+                        executor_id,
+                        result,
+                    )
                 )
                 touched_workflows.add(row.workflow_id)
                 continue
@@ -252,7 +261,9 @@ class TaskQueue:
             )
             if isinstance(verdict, retries.GiveUp):
                 finished.append(
-                    self._final(row, StepStatus.FAILED, None, verdict.error, started_at, now, executor_id, result)
+                    self._final(
+                        row, StepStatus.FAILED, None, verdict.error, started_at, now, executor_id, result
+                    )
                 )
                 touched_workflows.add(row.workflow_id)
             else:
@@ -271,14 +282,18 @@ class TaskQueue:
                 )
                 outcome.retry_shards.add(row.shard)
                 outcome.next_retry_at = min(outcome.next_retry_at or available_at, available_at)
-        self._classify_unmatched(connection, executor_id, results, unmatched, outcome)
         if retried:
             connection.execute(_retry_task, retried)
             connection.execute(_note_retry_on_step, retried)
         if finished:
             finish_steps(connection, finished)
             connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
-            outcome.replays_enqueued = enqueue_idle_workflows(connection, self._dialect, touched_workflows, now)
+            outcome.replays_enqueued = enqueue_idle_workflows(
+                connection, self._dialect, touched_workflows, now
+            )
+        # After this batch's own outcomes are written, so that a second copy of a result
+        # in the same batch is recognised as a duplicate of the first.
+        self._classify_unmatched(connection, executor_id, results, unmatched, outcome)
         return outcome
 
     @staticmethod
@@ -326,7 +341,11 @@ class TaskQueue:
         }
         for index in unmatched:
             step = applied.get(results[index].task_id)
-            if step is not None and step.result_token == results[index].fencing_token and step.executor_id == executor_id:
+            if (
+                step is not None
+                and step.result_token == results[index].fencing_token
+                and step.executor_id == executor_id
+            ):
                 outcome.dispositions[index] = Disposition.DUPLICATE
 
     def release_unheld(self, connection: Connection, executor_id: str, held: Collection[int]) -> int:
@@ -384,7 +403,9 @@ class TaskQueue:
         if finished:
             finish_steps(connection, finished)
             connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
-            outcome.replays_enqueued = enqueue_idle_workflows(connection, self._dialect, failed_workflows, now)
+            outcome.replays_enqueued = enqueue_idle_workflows(
+                connection, self._dialect, failed_workflows, now
+            )
         outcome.requeued = len(retried)
         outcome.failed = len(finished)
         return outcome
@@ -443,5 +464,7 @@ class TaskQueue:
     def earliest_delayed(self, connection: Connection, now: int) -> int | None:
         """When the next task waiting out a backoff becomes claimable."""
         return connection.execute(
-            select(func.min(tasks.c.available_at)).where(tasks.c.claimed_by.is_(None), tasks.c.available_at > now)
+            select(func.min(tasks.c.available_at)).where(
+                tasks.c.claimed_by.is_(None), tasks.c.available_at > now
+            )
         ).scalar()

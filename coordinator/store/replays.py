@@ -145,7 +145,13 @@ class ReplayQueue:
         ):
             journals[row.workflow_id].append(
                 JournalEntry(
-                    row.number, StepKind(row.kind), row.name, row.args, StepStatus(row.status), row.result, row.error
+                    row.number,
+                    StepKind(row.kind),
+                    row.name,
+                    row.args,
+                    StepStatus(row.status),
+                    row.result,
+                    row.error,
                 )
             )
         return journals
@@ -180,9 +186,11 @@ class ReplayQueue:
             )
             if step.wake_at_us is not None:
                 outcome.next_wake_at = min(outcome.next_wake_at or step.wake_at_us, step.wake_at_us)
-        step_ids = connection.execute(
-            insert(steps).returning(steps.c.id, sort_by_parameter_order=True), step_rows
-        ).scalars().all()
+        step_ids = (
+            connection.execute(insert(steps).returning(steps.c.id, sort_by_parameter_order=True), step_rows)
+            .scalars()
+            .all()
+        )
         task_rows = []
         for step_id, (workflow_id, shard, created_at, step) in zip(step_ids, new_steps, strict=True):
             if step.kind not in EXECUTOR_STEP_KINDS:

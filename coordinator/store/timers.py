@@ -44,7 +44,9 @@ class Timers:
                 for row in due
             ],
         )
-        return len(due), enqueue_idle_workflows(connection, self._dialect, {row.workflow_id for row in due}, now)
+        return len(due), enqueue_idle_workflows(
+            connection, self._dialect, {row.workflow_id for row in due}, now
+        )
 
     @staticmethod
     def next_wake_at(connection: Connection) -> int | None:

@@ -117,7 +117,9 @@ class Workflows:
             known = {
                 row.idempotency_key: row.id
                 for row in connection.execute(
-                    select(workflows.c.idempotency_key, workflows.c.id).where(workflows.c.idempotency_key.in_(keys))
+                    select(workflows.c.idempotency_key, workflows.c.id).where(
+                        workflows.c.idempotency_key.in_(keys)
+                    )
                 )
             }
         started: list[Started] = []
@@ -144,7 +146,12 @@ class Workflows:
                 }
             )
             replay_rows.append(
-                {"workflow_id": workflow_id, "shard": shard, "workflow_created_at": created_at, "enqueued_at": created_at}
+                {
+                    "workflow_id": workflow_id,
+                    "shard": shard,
+                    "workflow_created_at": created_at,
+                    "enqueued_at": created_at,
+                }
             )
             if key:
                 known[key] = workflow_id
@@ -159,7 +166,9 @@ class Workflows:
         if row is None:
             raise NotFound(f"no workflow with id {workflow_id!r}")
         if row.status != WorkflowStatus.RUNNING:
-            raise FailedPrecondition(f"workflow {workflow_id} already finished ({row.status}); nothing to cancel")
+            raise FailedPrecondition(
+                f"workflow {workflow_id} already finished ({row.status}); nothing to cancel"
+            )
         cancel_workflows(connection, [workflow_id], reason, now)
         return self.get(connection, workflow_id, include_steps=False)
 
@@ -208,7 +217,9 @@ class Workflows:
             query = query.where(workflows.c.name == name)
         if page_token:
             after = _decode_page_token(page_token)
-            query = query.where(workflows.c.created_at < after if newest_first else workflows.c.created_at > after)
+            query = query.where(
+                workflows.c.created_at < after if newest_first else workflows.c.created_at > after
+            )
         order = workflows.c.created_at.desc() if newest_first else workflows.c.created_at.asc()
         rows = connection.execute(query.order_by(order).limit(page_size + 1)).all()
         records = [_workflow_record(row) for row in rows[:page_size]]
@@ -217,10 +228,10 @@ class Workflows:
 
     @staticmethod
     def count_by_status(connection: Connection, name: str | None = None) -> dict[str, int]:
-        query = select(workflows.c.status, func.count().label("count")).group_by(workflows.c.status)
+        query = select(workflows.c.status, func.count()).group_by(workflows.c.status)
         if name:
             query = query.where(workflows.c.name == name)
-        return {row.status: row.count for row in connection.execute(query)}
+        return {status: count for status, count in connection.execute(query)}
 
 
 def _encode_page_token(created_at: int) -> str:

@@ -126,7 +126,10 @@ class Writer:
                 self._discard_connection()
                 if is_transient(error) and time.monotonic() + delay < deadline:
                     log.warning(
-                        "database write failed (%s); retrying %d unit(s) in %.2fs", _brief(error), len(batch), delay
+                        "database write failed (%s); retrying %d unit(s) in %.2fs",
+                        _brief(error),
+                        len(batch),
+                        delay,
                     )
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
@@ -137,8 +140,8 @@ class Writer:
                 )
                 outcomes = [(None, unavailable)] * len(batch)
             break
-        for pending, (result, error) in zip(batch, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(_resolve, pending.future, result, error)
+        for pending, (result, failure) in zip(batch, outcomes, strict=True):
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, result, failure)
 
     def _transaction(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
         if self._connection is None:

@@ -6,20 +6,36 @@ import asyncio
 
 from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
-from support import eventually, registry_of
+from support import registry_of
 
 
 @workflow
 async def research(ctx: WorkflowContext, topic: str) -> str:
     extract = await ctx.llm(
-        model="sim", max_tokens=100, name="extract", messages=[{"role": "user", "content": f"claims about {topic}"}]
+        model="sim",
+        max_tokens=100,
+        name="extract",
+        messages=[{"role": "user", "content": f"claims about {topic}"}],
     )
     a, b = await asyncio.gather(
-        ctx.llm(model="sim", max_tokens=100, name="analyze_a", messages=[{"role": "user", "content": "A:" + extract.text}]),
-        ctx.llm(model="sim", max_tokens=100, name="analyze_b", messages=[{"role": "user", "content": "B:" + extract.text}]),
+        ctx.llm(
+            model="sim",
+            max_tokens=100,
+            name="analyze_a",
+            messages=[{"role": "user", "content": "A:" + extract.text}],
+        ),
+        ctx.llm(
+            model="sim",
+            max_tokens=100,
+            name="analyze_b",
+            messages=[{"role": "user", "content": "B:" + extract.text}],
+        ),
     )
     summary = await ctx.llm(
-        model="sim", max_tokens=100, name="summarize", messages=[{"role": "user", "content": f"{a.text}|{b.text}"}]
+        model="sim",
+        max_tokens=100,
+        name="summarize",
+        messages=[{"role": "user", "content": f"{a.text}|{b.text}"}],
     )
     return summary.text
 

@@ -73,7 +73,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("workflow_id", "number", name="uq_steps_workflow_id_number"),
     )
     op.create_index(
-        "ix_steps_running_workflow_id", "steps", ["workflow_id"], postgresql_where=RUNNING, sqlite_where=RUNNING
+        "ix_steps_running_workflow_id",
+        "steps",
+        ["workflow_id"],
+        postgresql_where=RUNNING,
+        sqlite_where=RUNNING,
     )
     op.create_index(
         "ix_steps_sleeping_wake_at", "steps", ["wake_at"], postgresql_where=SLEEPING, sqlite_where=SLEEPING
@@ -111,7 +115,9 @@ def upgrade() -> None:
         sa.Column("shard", sa.Integer(), nullable=False),
         sa.Column("workflow_created_at", sa.BigInteger(), nullable=False),
         sa.Column("enqueued_at", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["workflow_id"], ["workflows.id"], name="fk_replay_queue_workflow_id_workflows"),
+        sa.ForeignKeyConstraint(
+            ["workflow_id"], ["workflows.id"], name="fk_replay_queue_workflow_id_workflows"
+        ),
         sa.PrimaryKeyConstraint("workflow_id", name="pk_replay_queue"),
     )
     op.create_index("ix_replay_queue_fifo", "replay_queue", ["workflow_created_at", "workflow_id"])
