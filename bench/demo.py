@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cleanup()
 
 
-def _database(url: str, workdir: Path, *, keep: bool) -> tuple[str, callable]:  # type: ignore[valid-type]
+def _database(url: str, workdir: Path, *, keep: bool) -> tuple[str, Callable[[], None]]:
     """The URL to run on, and a function that removes what the demo created.
 
     PostgreSQL runs get a schema of their own, so earlier data in the database does
@@ -208,7 +208,7 @@ def _print_report(console: Console, workflows: list[Workflow]) -> None:
         group = workflows[decile * size : (decile + 1) * size if decile < 9 else len(workflows)]
         if not group:
             continue
-        finished_at = sorted((w.completed_at - t0).total_seconds() for w in group if w.completed_at)  # type: ignore[operator]
+        finished_at = sorted((w.completed_at - t0).total_seconds() for w in group if w.completed_at)
         durations = [w.duration for w in group if w.duration is not None]
         first, last = ((w.created_at - t0).total_seconds() for w in (group[0], group[-1]))  # type: ignore[operator]
         table.add_row(

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
@@ -307,7 +307,7 @@ async def _diagnose(client: AsyncClient, args: argparse.Namespace) -> None:
         console.print("  e.g. " + ", ".join(violation.workflow_ids[:5]))
 
 
-def _ranges(shards: list[int]) -> str:
+def _ranges(shards: Iterable[int]) -> str:
     """Compact shard lists: 0-24,50."""
     parts: list[str] = []
     for shard in sorted(shards):

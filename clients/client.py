@@ -203,7 +203,7 @@ class AsyncClient:
                 shards=shard_selector(shard), limit=limit, reason=reason
             ),
         )
-        return response.failed_tasks
+        return int(response.failed_tasks)
 
     async def bump_epoch(self, reason: str = "") -> admin_service_pb2.BumpEpochResponse:
         return await self._call(self._admin.BumpEpoch, admin_service_pb2.BumpEpochRequest(reason=reason))

@@ -23,12 +23,20 @@ class WorkflowStatus(StrEnum):
     def finished(self) -> bool:
         return self is not WorkflowStatus.RUNNING
 
-    def to_wire(self) -> int:
-        return int(common_pb2.WorkflowStatus.Value(f"WORKFLOW_STATUS_{self.name}"))
+    def to_wire(self) -> common_pb2.WorkflowStatus:
+        return _STATUS_TO_WIRE[self]
 
     @classmethod
     def from_wire(cls, value: int) -> WorkflowStatus:
         return cls[common_pb2.WorkflowStatus.Name(value).removeprefix("WORKFLOW_STATUS_")]
+
+
+_STATUS_TO_WIRE = {
+    WorkflowStatus.RUNNING: common_pb2.WORKFLOW_STATUS_RUNNING,
+    WorkflowStatus.COMPLETED: common_pb2.WORKFLOW_STATUS_COMPLETED,
+    WorkflowStatus.FAILED: common_pb2.WORKFLOW_STATUS_FAILED,
+    WorkflowStatus.CANCELLED: common_pb2.WORKFLOW_STATUS_CANCELLED,
+}
 
 
 def _time(value: Timestamp) -> datetime | None:

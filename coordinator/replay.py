@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 from conveyor.errors import NonDeterminismError, StepFailed, WorkflowError
 from conveyor.workflow import (
@@ -36,6 +36,9 @@ from conveyor.workflow import (
 
 from .clock import seconds_to_us, to_datetime
 from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_json
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 #: A journal longer than this is almost certainly a runaway loop in workflow code.
 MAX_STEPS_PER_WORKFLOW = 10_000
@@ -127,19 +130,35 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
             asyncio._set_running_loop(previous)
 
     def call_soon(
-        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+        self,
+        callback: Callable[[Unpack[Ts]], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[Unpack[Ts]], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
         raise self._forbid(
             "workflow code used an asyncio timer (asyncio.sleep, wait_for, timeout); "
             "use 'await ctx.sleep(seconds)' for a durable timer"
         )
 
-    call_at = call_later  # type: ignore[assignment]
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[Unpack[Ts]], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
+        return self.call_later(when, callback, *args, context=context)
 
     def time(self) -> float:
         # asyncio.timeout() (and wait_for() on Python 3.12+) read the clock before setting a timer.
@@ -302,8 +321,8 @@ class _ReplayContext:
         name: str,
         args_json: str,
         make_new: Callable[[int], NewStep],
-        decode: Callable[[str], Any],
-    ) -> asyncio.Future[Any]:
+        decode: Callable[[str], T],
+    ) -> asyncio.Future[T]:
         if self.sealed:
             raise _ReplaySealed()
         number = self._cursor
@@ -343,7 +362,9 @@ def replay(
     rng: random.Random | None = None,
 ) -> ReplayOutcome:
     """Run ``definition`` over ``journal`` until it finishes or waits; see the module doc."""
-    loop = _ReplayLoop()
+    # typeshed marks every AbstractEventLoop method abstract; at run time they merely raise
+    # NotImplementedError, which is what replay wants for everything it does not support.
+    loop = _ReplayLoop()  # type: ignore[abstract]
     ctx = _ReplayContext(loop, workflow_id, definition.name, journal, now_us, rng or random.Random())
     try:
         coroutine = (

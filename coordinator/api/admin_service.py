@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import admin_service_pb2 as pb
@@ -77,7 +78,7 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
 
 
 def _diagnosis_to_wire(report: DiagnoseReport) -> pb.DiagnoseResponse:
-    def age(created_at: int | None) -> protocol.Duration | None:
+    def age(created_at: int | None) -> Duration | None:
         return (
             None if created_at is None else protocol.duration(max(0, report.generated_at - created_at) / 1e6)
         )

@@ -16,12 +16,18 @@ from .. import protocol, validation
 from ..engine import Coordinator
 from ..model import ErrorClass
 from ..sessions import ExecutorSession
-from ..store import ReportedResult
+from ..store import Disposition, ReportedResult
 from .errors import rpc
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_MESSAGE = 4000
+
+_DISPOSITION_TO_WIRE = {
+    Disposition.ACCEPTED: pb.RESULT_DISPOSITION_ACCEPTED,
+    Disposition.DUPLICATE: pb.RESULT_DISPOSITION_DUPLICATE,
+    Disposition.STALE: pb.RESULT_DISPOSITION_STALE,
+}
 
 
 class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
@@ -76,7 +82,7 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
         if not results:
             return pb.RecordResultsResponse()
         dispositions = await self._coordinator.record_results(executor_id, results)
-        return pb.RecordResultsResponse(dispositions=[int(d) for d in dispositions])
+        return pb.RecordResultsResponse(dispositions=[_DISPOSITION_TO_WIRE[d] for d in dispositions])
 
 
 def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> ReportedResult:

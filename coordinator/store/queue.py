@@ -58,7 +58,7 @@ class ReportedResult:
 
 
 class Disposition(IntEnum):
-    """Mirrors ``conveyor.v1.ResultDisposition``."""
+    """What became of a reported result (``conveyor.v1.ResultDisposition`` on the wire)."""
 
     ACCEPTED = 1
     DUPLICATE = 2
