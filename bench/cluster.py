@@ -30,6 +30,7 @@ class ManagedProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    terminated: bool = False
 
     def wait_for_address(self, timeout: float) -> str:
         """The address the process printed in its "listening on HOST:PORT" line."""
@@ -46,13 +47,17 @@ class ManagedProcess:
         raise ConfigurationError(f"{self.name} did not start within {timeout:.0f}s; see {self.log_path}")
 
     def signal(self, signum: int) -> None:
+        # A second SIGTERM could land after the process removed its handlers on the
+        # way out, and kill a clean exit: remember that one was sent.
+        self.terminated = self.terminated or signum == signal.SIGTERM
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
 
     def stop(self, timeout: float) -> int:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        self.signal(signal.SIGTERM)
+        """SIGTERM (unless already sent), then SIGKILL after ``timeout``; returns the exit code."""
+        if not self.terminated:
+            self.signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -148,6 +153,15 @@ class LocalCluster:
         )
         self.executors.append(executor)
         return executor
+
+    def log_tails(self, lines: int = 20) -> str:
+        """The end of every process's log, for failure messages."""
+        parts = []
+        for process in (self.simulator, self.coordinator, *self.executors):
+            if process is not None and process.log_path.exists():
+                tail = process.log_path.read_text(errors="replace").splitlines()[-lines:]
+                parts.append(f"--- {process.name} ({process.log_path}) ---\n" + "\n".join(tail))
+        return "\n".join(parts)
 
     def stop(self) -> dict[str, int]:
         """Stop everything; returns each process's exit code."""
