@@ -11,7 +11,7 @@ DB ?=
 CONVEYOR_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export CONVEYOR_TEST_POSTGRES_URL
 
-.PHONY: demo test protos lint typecheck clean
+.PHONY: demo test bench chaos protos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,16 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$status
+
+## bench: the standard benchmark suite (about 45 min; QUICK=1 for a few minutes); results in results/
+# (.[dev] includes .[bench]: matplotlib, DBOS Transact, the profilers)
+bench: $(STAMP)
+	$(BIN)/python -m bench suite $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
+
+## chaos: the fault-injection soak, 10,000 workflows under every fault, then the invariant report
+## (CHAOS_N=<workflows>, CHAOS_DB=sqlite|postgresql|URL; default PostgreSQL); results in results/chaos/
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(if $(CHAOS_N),--workflows $(CHAOS_N)) $(if $(CHAOS_DB),--db "$(CHAOS_DB)")
 
 ## protos: regenerate conveyor/v1 from protos/ (commit the result)
 protos: $(STAMP)

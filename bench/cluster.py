@@ -104,6 +104,10 @@ class LocalCluster:
     def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.spec.workdir / f"{name}.log"
+        restarts = 1
+        while log_path.exists():  # a restarted process keeps its predecessor's log
+            restarts += 1
+            log_path = self.spec.workdir / f"{name}-{restarts}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "conveyor.cli", *args],
@@ -136,7 +140,10 @@ class LocalCluster:
         self.coordinator = self._spawn("coordinator", [*args, *self.spec.coordinator_args])
         self.coordinator_address = self.coordinator.wait_for_address(60)
 
-    def add_executor(self, llm_env: dict[str, str] | None = None) -> ManagedProcess:
+    def add_executor(
+        self, llm_env: dict[str, str] | None = None, *, extra_args: Sequence[str] = ()
+    ) -> ManagedProcess:
+        """Start one more executor; ``extra_args`` are added to ``spec.executor_args`` for it alone."""
         if llm_env is None and self.simulator_url is not None:
             llm_env = {"ANTHROPIC_BASE_URL": self.simulator_url, "ANTHROPIC_API_KEY": "simulator"}
         executor = self._spawn(
@@ -148,6 +155,7 @@ class LocalCluster:
                 "--concurrency",
                 str(self.spec.concurrency),
                 *self.spec.executor_args,
+                *extra_args,
             ],
             llm_env,
         )

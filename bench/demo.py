@@ -15,12 +15,10 @@ import os
 import statistics
 import sys
 import time
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -30,6 +28,7 @@ from clients.models import Workflow, WorkflowStatus
 from conveyor.errors import ConveyorError
 
 from .cluster import ClusterSpec, LocalCluster
+from .harness.databases import fresh_database, redact
 from .workflows import TOPICS
 
 STEPS_PER_WORKFLOW = 4
@@ -64,63 +63,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(".scratch") / f"demo-{stamp}"
-    database_url, cleanup = _database(args.db, workdir, keep=args.keep)
-    spec = ClusterSpec(
-        database_url=database_url,
-        workdir=workdir,
-        executors=args.executors,
-        concurrency=args.concurrency,
-        simulator_args=None if args.llm == "anthropic" else ("--latency", args.latency),
-    )
-    console.print(
-        f"[bold]Conveyor demo[/bold]: {args.workflows} workflows, {args.executors} executors x "
-        f"{args.concurrency} slots, LLM: {args.llm}"
-        + (f" ({args.latency})" if args.llm == "simulator" else "")
-    )
-    console.print(f"database: {_redact(database_url)}; logs: {workdir}/")
     try:
-        with LocalCluster(spec) as cluster:
-            ok = asyncio.run(_run(cluster.coordinator_address, args, console))
-            codes = cluster.stop()
+        with fresh_database(args.db or "sqlite", workdir, keep=args.keep) as database:
+            spec = ClusterSpec(
+                database_url=database.url,
+                workdir=workdir,
+                executors=args.executors,
+                concurrency=args.concurrency,
+                simulator_args=None if args.llm == "anthropic" else ("--latency", args.latency),
+            )
+            console.print(
+                f"[bold]Conveyor demo[/bold]: {args.workflows} workflows, {args.executors} executors x "
+                f"{args.concurrency} slots, LLM: {args.llm}"
+                + (f" ({args.latency})" if args.llm == "simulator" else "")
+            )
+            console.print(f"database: {redact(database.url)}; logs: {workdir}/")
+            with LocalCluster(spec) as cluster:
+                ok = asyncio.run(_run(cluster.coordinator_address, args, console))
+                codes = cluster.stop()
         bad_exits = {name: code for name, code in codes.items() if code != 0}
         if bad_exits:
             console.print(f"[red]processes exited with errors:[/red] {bad_exits}")
         console.print("all processes stopped" + ("" if bad_exits else " cleanly"))
         return 0 if ok and not bad_exits else 1
-    except (ConveyorError, KeyboardInterrupt) as error:
+    except (ConveyorError, ValueError, KeyboardInterrupt) as error:
         console.print(f"[red]demo failed:[/red] {error or 'interrupted'}; logs in {workdir}/")
         return 1
-    finally:
-        cleanup()
-
-
-def _database(url: str, workdir: Path, *, keep: bool) -> tuple[str, Callable[[], None]]:
-    """The URL to run on, and a function that removes what the demo created.
-
-    PostgreSQL runs get a schema of their own, so earlier data in the database does
-    not mix into the demo's counts.
-    """
-    if not url:
-        return f"sqlite:///{(workdir / 'conveyor.db').resolve()}", lambda: None
-    if not url.startswith("postgresql"):
-        return url, lambda: None
-    schema = f"conveyor_demo_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-
-    def drop() -> None:
-        if not keep:
-            with engine.connect() as connection:
-                connection.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
-
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options=-csearch_path%3D{schema}", drop
-
-
-def _redact(url: str) -> str:
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 async def _run(address: str, args: argparse.Namespace, console: Console) -> bool:

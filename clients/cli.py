@@ -1,34 +1,69 @@
-"""Client commands of the ``conveyor`` CLI: start and inspect workflows, operate the queue.
+"""Client commands of the ``conveyor`` CLI: start, follow, explain and cancel workflows; operate the queue.
 
-Output is a human-readable table by default and JSON with ``--json``. Exit codes:
-0 success, 1 the coordinator refused the request, 2 bad usage, 3 not found,
-4 the coordinator is unreachable.
+Output is a human-readable table by default and JSON with ``--json``. Exit codes
+(:data:`EXIT_CODES`) let scripts tell a refused request from a missing workflow
+from a coordinator that is down, and a workflow that failed from one still running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import re
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from rich.console import Console
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from conveyor.errors import InvalidArgument, NotFound, RpcError, Unavailable
+from conveyor import transport
+from conveyor.errors import (
+    ConfigurationError,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RpcError,
+    Unavailable,
+)
 
+from . import render
 from .client import DEFAULT_TARGET, AsyncClient
-from .models import Workflow
+from .models import Workflow, WorkflowStatus
 
-EXIT_REFUSED, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 1, 2, 3, 4
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+EXIT_WORKFLOW_FAILED = 5
+EXIT_STILL_RUNNING = 6
+EXIT_INVARIANT_BROKEN = 7
 
-Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}  success
+  {EXIT_REFUSED}  the coordinator refused the request (e.g. the workflow already finished)
+  {EXIT_USAGE}  bad usage or a request the coordinator found invalid
+  {EXIT_NOT_FOUND}  no such workflow
+  {EXIT_UNAVAILABLE}  the coordinator is unreachable
+  {EXIT_WORKFLOW_FAILED}  waited for a workflow that finished failed or cancelled
+  {EXIT_STILL_RUNNING}  waited, and the workflow was still running when --within ran out
+  {EXIT_INVARIANT_BROKEN}  admin diagnose found a broken invariant
+"""
+
+#: A command returns its exit code (None: success).
+Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[int | None]]
+
+
+# ----------------------------------------------------------------------- parser
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
+    """Options every client command takes: where the coordinator is, how to talk to it, output."""
     parser.add_argument(
         "--coordinator",
         default=DEFAULT_TARGET,
@@ -37,69 +72,186 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
+    transport.add_arguments(parser)
 
 
-def _shard_arguments(parser: argparse.ArgumentParser) -> None:
+def _shard_arguments(
+    parser: argparse.ArgumentParser, *, limit_help: str = "act on at most this many"
+) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--shard", type=int, help="act on this shard only")
     target.add_argument("--all", action="store_true", help="act on every shard")
-    parser.add_argument("--limit", type=int, default=0, help="act on at most this many (default: no limit)")
+    parser.add_argument("--limit", type=int, default=0, help=f"{limit_help} (default: no limit)")
     parser.add_argument("--reason", default="", help="recorded on every affected step or workflow")
 
 
-def add_commands(subparsers: Any) -> None:
-    """Mount ``start``, ``get`` and ``admin ...`` on the ``conveyor`` parser."""
-    start = subparsers.add_parser(
-        "start",
-        help="start a workflow and print its id",
-        description='Start a workflow.\n\nexample:\n  conveyor start research --args \'{"topic": "tides"}\'',
+def _command(
+    subparsers: Any, name: str, summary: str, description: str, example: str, command: Command
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name,
+        help=summary,
+        description=f"{description}\n\nexample:\n  {example}\n\n{EXIT_CODES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(command=command, handler=run)
+    return parser
+
+
+def add_commands(subparsers: Any) -> None:
+    """Mount the client commands (start, get, list, count, wait, explain, cancel, admin ...)."""
+    start = _command(
+        subparsers,
+        "start",
+        "start a workflow and print its id",
+        "Start a workflow and print its id (with --wait: wait for it, then show it).",
+        'conveyor start research --args \'{"topic": "tides"}\'',
+        _start,
     )
     start.add_argument("name", help="registered workflow name")
     start.add_argument("--args", default="", help="JSON object (keyword arguments) or array (positional)")
     start.add_argument(
         "--idempotency-key", default="", help="a repeated key returns the first workflow instead"
     )
+    start.add_argument("--wait", action="store_true", help="wait for the workflow to finish")
+    _within_argument(start)
     _common(start)
-    start.set_defaults(command=_start)
 
-    get = subparsers.add_parser(
+    get = _command(
+        subparsers,
         "get",
-        help="show a workflow and its steps",
-        description="Show a workflow, its result or error, and its steps with timings.\n\n"
-        "example:\n  conveyor get 3f2a... --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "show a workflow and its steps",
+        "Show a workflow, its result or error, and its steps with their queue and run times.",
+        "conveyor get 3f2a9c... --json",
+        _get,
     )
     get.add_argument("workflow_id")
     get.add_argument("--wait", action="store_true", help="wait for the workflow to finish first")
+    _within_argument(get)
     _common(get)
-    get.set_defaults(command=_get)
 
-    admin = subparsers.add_parser("admin", help="operator actions and diagnosis").add_subparsers(
-        dest="admin_command", required=True, metavar="ACTION"
+    listing = _command(
+        subparsers,
+        "list",
+        "list workflows, oldest first, with filters and pages",
+        "List workflows in start order (oldest first, the FIFO order), a page at a time. The last "
+        "line says how to get the next page.",
+        "conveyor list --status failed --name research --page-size 20",
+        _list,
     )
-    fail = admin.add_parser(
+    listing.add_argument(
+        "--status",
+        action="append",
+        choices=[status.value for status in WorkflowStatus],
+        default=[],
+        help="only this status (repeatable; default any)",
+    )
+    listing.add_argument("--name", default="", help="only workflows of this name")
+    listing.add_argument(
+        "--page-size", type=int, default=50, help="workflows per page (default 50, at most 1000)"
+    )
+    listing.add_argument("--page-token", default="", help="the token the previous page printed")
+    listing.add_argument("--newest-first", action="store_true", help="newest first instead")
+    _common(listing)
+
+    count = _command(
+        subparsers,
+        "count",
+        "count workflows by status",
+        "Count workflows in each status: cheap enough to poll for progress.",
+        "conveyor count --name research",
+        _count,
+    )
+    count.add_argument("--name", default="", help="only workflows of this name")
+    _common(count)
+
+    wait = _command(
+        subparsers,
+        "wait",
+        "wait for workflows to finish",
+        "Wait until every workflow given has finished, showing progress; the exit code says whether "
+        "all completed.",
+        "conveyor wait 3f2a9c... 7be01d... --within 600",
+        _wait,
+    )
+    wait.add_argument("workflow_ids", nargs="+", metavar="workflow_id")
+    _within_argument(wait)
+    _common(wait)
+
+    explain = _command(
+        subparsers,
+        "explain",
+        "say in plain words why a workflow is where it is",
+        "Explain why a workflow is where it is: for each step in progress, its place in its shard's "
+        "queue and the executor leasing the shard, the executor running it, the retry it waits for, "
+        "or its timer; otherwise whether it waits for a replay, or when and why it finished.",
+        "conveyor explain 3f2a9c...",
+        _explain,
+    )
+    explain.add_argument("workflow_id")
+    _common(explain)
+
+    cancel = _command(
+        subparsers,
+        "cancel",
+        "cancel workflows by id, or in bulk by filter (with a dry run)",
+        "Cancel running workflows: the ones named by id, or, server-side and oldest first, every one "
+        "that matches a filter (a shard or --all, and optionally a name and start-time bounds). "
+        "With --dry-run nothing changes and the matches are counted. Times are ISO 8601 "
+        "(2025-01-31T12:00:00, UTC unless an offset is given) or a duration ago (90s, 30m, 2h, 1d).",
+        "conveyor cancel --all --name research --started-before 2h --dry-run",
+        _cancel,
+    )
+    cancel.add_argument("workflow_ids", nargs="*", metavar="workflow_id", help="workflows to cancel")
+    target = cancel.add_mutually_exclusive_group()
+    target.add_argument("--shard", type=int, help="bulk: the running workflows of this shard")
+    target.add_argument("--all", action="store_true", help="bulk: the running workflows of every shard")
+    cancel.add_argument("--name", default="", help="bulk: only workflows of this name")
+    cancel.add_argument(
+        "--started-before", type=_moment, metavar="TIME", help="bulk: only those started before"
+    )
+    cancel.add_argument(
+        "--started-after", type=_moment, metavar="TIME", help="bulk: only those started after"
+    )
+    cancel.add_argument("--limit", type=int, default=0, help="bulk: at most this many, oldest first")
+    cancel.add_argument("--dry-run", action="store_true", help="bulk: count the matches, cancel nothing")
+    cancel.add_argument("--reason", default="", help="recorded as each workflow's error")
+    _common(cancel)
+
+    _add_admin_commands(subparsers)
+
+
+def _add_admin_commands(subparsers: Any) -> None:
+    admin_parser = subparsers.add_parser(
+        "admin",
+        help="operator actions and diagnosis",
+        description="Operator actions on the queues, epochs, and the health check of the whole system.",
+    )
+    admin = admin_parser.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    fail = _command(
+        admin,
         "fail-pending",
-        help="fail queued tasks so their workflows finish as failures",
-        description="Fail queued (unclaimed) tasks; each workflow sees its step fail.\n\n"
-        "example:\n  conveyor admin fail-pending --shard 17 --reason 'poisoned prompt'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "fail queued tasks so their workflows finish as failures",
+        "Fail queued (unclaimed) tasks, oldest first; each workflow sees its step fail (StepFailed) "
+        "and usually fails with it. For a poisoned shard: stop its work without losing the workflows' "
+        "history.",
+        "conveyor admin fail-pending --shard 17 --reason 'poisoned prompt'",
+        _fail_pending,
     )
     _shard_arguments(fail)
     _common(fail)
-    fail.set_defaults(command=_fail_pending)
 
-    bump = admin.add_parser(
+    bump = _command(
+        admin,
         "bump-epoch",
-        help="drain every running executor (they finish, report and exit)",
-        description="Start a new epoch: executors of older epochs stop claiming, report what they hold "
-        "and exit 0. Executors started afterwards join the new epoch.\n\n"
-        "example:\n  conveyor admin bump-epoch --reason 'deploy v2'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "drain every running executor (they finish, report and exit)",
+        "Start a new epoch: executors of older epochs stop claiming, report what they hold and exit 0. "
+        "Executors started afterwards join the new epoch. Use it to roll out new executors.",
+        "conveyor admin bump-epoch --reason 'deploy v2'",
+        _bump_epoch,
     )
     bump.add_argument("--reason", default="")
     _common(bump)
-    bump.set_defaults(command=_bump_epoch)
 
     for name, summary, command in (
         (
@@ -113,38 +265,75 @@ def add_commands(subparsers: Any) -> None:
             _clear_task_queue,
         ),
     ):
-        clear = admin.add_parser(
+        clear = _command(
+            admin,
             name,
-            help=summary,
-            description=f"{summary[0].upper()}{summary[1:]}.\n\nexample:\n  conveyor admin {name} --shard 3",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            summary,
+            f"{summary[0].upper()}{summary[1:]}.",
+            f"conveyor admin {name} --shard 3 --reason 'bad deploy'",
+            command,
         )
         _shard_arguments(clear)
         _common(clear)
-        clear.set_defaults(command=command)
 
-    diagnose = admin.add_parser(
+    diagnose = _command(
+        admin,
         "diagnose",
-        help="queue depths, executors, leases and the invariant check",
-        description="Per-shard queue depth and oldest task age, the replay queue, live executors with "
-        "their shards and epochs, and every invariant violation.\n\n"
-        "example:\n  conveyor admin diagnose --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "queue depths, executors, leases and the invariant check",
+        "Per-shard queue depth and oldest task age, the replay queue, connected executors with their "
+        "shards and epochs, and every invariant violation (exit code 7 when there is one).",
+        "conveyor admin diagnose --json",
+        _diagnose,
     )
     diagnose.add_argument("--shard", type=int, help="show only this shard's row")
     _common(diagnose)
-    diagnose.set_defaults(command=_diagnose)
+
+
+def _within_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--within",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="with waiting: give up after this long (exit code 6); default: wait as long as it takes",
+    )
+
+
+_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _moment(text: str) -> datetime:
+    """ISO 8601 (UTC unless it has an offset), or a duration ago: 90s, 30m, 2h, 1d."""
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        ago = float(match["amount"]) * _UNIT_SECONDS[match["unit"]]
+        return datetime.now(UTC) - timedelta(seconds=ago)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO 8601 time (2025-01-31T12:00:00) nor a duration ago (30m, 2h)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------- run
 
 
 def run(args: argparse.Namespace) -> int:
     command: Command = args.command
 
-    async def call() -> Any:
-        async with AsyncClient(args.coordinator, timeout=args.timeout) as client:
+    async def call() -> int | None:
+        security = transport.security_from_arguments(args)
+        async with AsyncClient(args.coordinator, timeout=args.timeout, security=security) as client:
             return await command(client, args)
 
     try:
-        asyncio.run(call())
+        return asyncio.run(call()) or EXIT_OK
+    except ConfigurationError as error:
+        _fail(str(error))
+        return EXIT_USAGE
     except NotFound as error:
         _fail(error.message)
         return EXIT_NOT_FOUND
@@ -160,161 +349,235 @@ def run(args: argparse.Namespace) -> int:
     except RpcError as error:
         _fail(error.message)
         return EXIT_REFUSED
-    return 0
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
 
 
 def _fail(message: str) -> None:
     print(f"conveyor: {message}", file=sys.stderr)
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+def _usage(message: str) -> int:
+    _fail(message)
+    return EXIT_USAGE
 
 
-async def _start(client: AsyncClient, args: argparse.Namespace) -> None:
+# -------------------------------------------------------------------- workflows
+
+
+async def _start(client: AsyncClient, args: argparse.Namespace) -> int | None:
     started = await client.start_workflow(args.name, args.args, idempotency_key=args.idempotency_key)
-    if args.json:
-        _print_json({"workflow_id": started.workflow_id, "already_existed": started.already_existed})
-    else:
-        print(started.workflow_id)
+    if not args.wait:
+        if args.json:
+            render.print_json(started)
+        else:
+            print(started.workflow_id)
+        return None
+    return await _show_after_wait(client, started.workflow_id, args)
 
 
-async def _get(client: AsyncClient, args: argparse.Namespace) -> None:
+async def _get(client: AsyncClient, args: argparse.Namespace) -> int | None:
     if args.wait:
-        await client.wait(args.workflow_id)
+        return await _show_after_wait(client, args.workflow_id, args)
     workflow = await client.get_workflow(args.workflow_id, include_steps=True)
+    _show_workflow(workflow, args)
+    return None
+
+
+async def _show_after_wait(client: AsyncClient, workflow_id: str, args: argparse.Namespace) -> int:
+    try:
+        await client.wait(workflow_id, timeout=args.within)
+    except DeadlineExceeded as error:
+        _fail(error.message)
+        return EXIT_STILL_RUNNING
+    workflow = await client.get_workflow(workflow_id, include_steps=True)
+    _show_workflow(workflow, args)
+    return EXIT_OK if workflow.status is WorkflowStatus.COMPLETED else EXIT_WORKFLOW_FAILED
+
+
+def _show_workflow(workflow: Workflow, args: argparse.Namespace) -> None:
     if args.json:
-        _print_json(_workflow_dict(workflow))
-        return
-    console = Console()
-    console.print(f"[bold]{workflow.name}[/bold] {workflow.id}  status: [bold]{workflow.status.value}[/bold]")
-    console.print(
-        f"shard {workflow.shard}, started {workflow.created_at}, finished {workflow.completed_at or '-'}"
+        render.print_json(workflow)
+    else:
+        render.workflow(Console(), workflow)
+
+
+async def _list(client: AsyncClient, args: argparse.Namespace) -> int | None:
+    workflows, token = await client.list_workflows_page(
+        statuses=[WorkflowStatus(status) for status in args.status],
+        name=args.name,
+        page_size=args.page_size,
+        page_token=args.page_token,
+        newest_first=args.newest_first,
     )
-    if workflow.error:
-        console.print(f"[red]error:[/red] {workflow.error}")
-    if workflow.result is not None:
-        console.print(f"result: {json.dumps(workflow.result)[:2000]}")
-    table = Table("#", "kind", "name", "status", "attempt", "queued s", "ran s", "executor", "error")
-    for step in workflow.steps:
-        queued = ran = ""
-        if step.created_at and step.started_at:
-            queued = f"{(step.started_at - step.created_at).total_seconds():.2f}"
-        if step.started_at and step.completed_at:
-            ran = f"{(step.completed_at - step.started_at).total_seconds():.2f}"
-        table.add_row(
-            str(step.number),
-            step.kind,
-            step.name,
-            step.status,
-            str(step.attempt),
-            queued,
-            ran,
-            step.executor_id,
-            step.error[:80],
-        )
-    console.print(table)
+    if args.json:
+        render.print_json({"workflows": workflows, "next_page_token": token})
+        return None
+    console = Console()
+    render.workflow_list(console, workflows)
+    if token:
+        console.print(f"more: add --page-token {token}", markup=False, highlight=False)
+    return None
 
 
-def _workflow_dict(workflow: Workflow) -> dict[str, Any]:
-    from dataclasses import asdict
+async def _count(client: AsyncClient, args: argparse.Namespace) -> int | None:
+    by_status = await client.count_workflows(args.name)
+    if args.json:
+        render.print_json({status.value: count for status, count in by_status.items()})
+    else:
+        render.counts(Console(), by_status)
+    return None
 
-    return asdict(workflow)
+
+#: Workflows ``conveyor wait`` polls at once; the rest wait their turn (they finish in FIFO order anyway).
+WAIT_CONCURRENCY = 50
 
 
-async def _fail_pending(client: AsyncClient, args: argparse.Namespace) -> None:
+async def _wait(client: AsyncClient, args: argparse.Namespace) -> int | None:
+    ids: list[str] = list(dict.fromkeys(args.workflow_ids))
+    finished: dict[str, Workflow] = {}
+    deadline = None if args.within is None else time.monotonic() + args.within
+    pollers = asyncio.Semaphore(WAIT_CONCURRENCY)
+    show_progress = not args.json and sys.stderr.isatty()
+    with Progress(
+        TextColumn("waiting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    ) as progress:
+        bar = progress.add_task("workflows", total=len(ids))
+
+        async def wait_one(workflow_id: str) -> None:
+            async with pollers:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    finished[workflow_id] = await client.wait(workflow_id, timeout=remaining)
+                except DeadlineExceeded:
+                    return
+            progress.advance(bar)
+
+        await asyncio.gather(*(wait_one(workflow_id) for workflow_id in ids))
+    pending = [workflow_id for workflow_id in ids if workflow_id not in finished]
+    if pending:
+        _fail(f"{len(pending)} workflow(s) still running after {args.within}s: {', '.join(pending[:5])}")
+        return EXIT_STILL_RUNNING
+    results = [finished[workflow_id] for workflow_id in ids]
+    if args.json:
+        render.print_json(results)
+    else:
+        render.workflow_list(Console(), results)
+    all_completed = all(w.status is WorkflowStatus.COMPLETED for w in results)
+    return EXIT_OK if all_completed else EXIT_WORKFLOW_FAILED
+
+
+async def _explain(client: AsyncClient, args: argparse.Namespace) -> int | None:
+    explanation = await client.explain_workflow(args.workflow_id)
+    if args.json:
+        render.print_json(explanation)
+    else:
+        render.explanation(Console(), explanation)
+    return None
+
+
+async def _cancel(client: AsyncClient, args: argparse.Namespace) -> int | None:
+    bulk = args.all or args.shard is not None
+    if args.workflow_ids and bulk:
+        return _usage("give workflow ids or a bulk filter (--shard/--all), not both")
+    if args.workflow_ids:
+        filters = [
+            flag
+            for flag, value in (
+                ("--name", args.name),
+                ("--limit", args.limit),
+                ("--dry-run", args.dry_run),
+                ("--started-before", args.started_before),
+                ("--started-after", args.started_after),
+            )
+            if value
+        ]
+        if filters:
+            return _usage(f"{', '.join(filters)} only apply to a bulk cancel (--shard N or --all)")
+        cancelled = [await client.cancel_workflow(wid, args.reason) for wid in args.workflow_ids]
+        if args.json:
+            render.print_json(cancelled)
+        else:
+            render.workflow_list(Console(), cancelled)
+        return None
+    if not bulk:
+        return _usage("name the workflows to cancel, or pick them by filter with --shard N or --all")
+    outcome = await client.cancel_workflows(
+        None if args.all else args.shard,
+        name=args.name,
+        started_before=args.started_before,
+        started_after=args.started_after,
+        limit=args.limit,
+        dry_run=args.dry_run,
+        reason=args.reason,
+    )
+    if args.json:
+        render.print_json({**asdict(outcome), "dry_run": args.dry_run})
+        return None
+    verb = "would cancel" if args.dry_run else "cancelled"
+    count = outcome.matched if args.dry_run else outcome.cancelled
+    print(f"{verb} {count} running workflow(s)")
+    if outcome.sample_workflow_ids:
+        print("oldest: " + ", ".join(outcome.sample_workflow_ids[:5]))
+    return None
+
+
+# ------------------------------------------------------------------------ admin
+
+
+async def _fail_pending(client: AsyncClient, args: argparse.Namespace) -> int | None:
     failed = await client.fail_pending_tasks(
         None if args.all else args.shard, limit=args.limit, reason=args.reason
     )
-    _print_json({"failed_tasks": failed}) if args.json else print(f"failed {failed} pending task(s)")
+    if args.json:
+        render.print_json({"failed_tasks": failed})
+    else:
+        print(f"failed {failed} pending task(s)")
+    return None
 
 
-async def _bump_epoch(client: AsyncClient, args: argparse.Namespace) -> None:
+async def _bump_epoch(client: AsyncClient, args: argparse.Namespace) -> int | None:
     response = await client.bump_epoch(args.reason)
     if args.json:
-        _print_json({"epoch": response.epoch, "draining_executors": response.draining_executors})
+        render.print_json(render.message_dict(response))
     else:
         print(f"epoch is now {response.epoch}; {response.draining_executors} executor(s) draining")
+    return None
 
 
-async def _clear_replay_queue(client: AsyncClient, args: argparse.Namespace) -> None:
+async def _clear_replay_queue(client: AsyncClient, args: argparse.Namespace) -> int | None:
     response = await client.clear_replay_queue(
         None if args.all else args.shard, limit=args.limit, reason=args.reason
     )
     _report_clear(args, "replay-queue entries", response.cleared_entries, response.cancelled_workflows)
+    return None
 
 
-async def _clear_task_queue(client: AsyncClient, args: argparse.Namespace) -> None:
+async def _clear_task_queue(client: AsyncClient, args: argparse.Namespace) -> int | None:
     response = await client.clear_task_queue(
         None if args.all else args.shard, limit=args.limit, reason=args.reason
     )
     _report_clear(args, "tasks", response.cleared_tasks, response.cancelled_workflows)
+    return None
 
 
 def _report_clear(args: argparse.Namespace, what: str, cleared: int, cancelled: int) -> None:
     if args.json:
-        _print_json({"cleared": cleared, "cancelled_workflows": cancelled})
+        render.print_json({"cleared": cleared, "cancelled_workflows": cancelled})
     else:
         print(f"cleared {cleared} {what}; cancelled {cancelled} workflow(s)")
 
 
-async def _diagnose(client: AsyncClient, args: argparse.Namespace) -> None:
+async def _diagnose(client: AsyncClient, args: argparse.Namespace) -> int | None:
     report = await client.diagnose()
     if args.json:
-        _print_json(MessageToDict(report, preserving_proto_field_name=True))
-        return
-    console = Console()
-    statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.workflows_by_status.items())) or "none"
-    console.print(
-        f"epoch {report.epoch}, {report.shard_count} shards; workflows: {statuses}; "
-        f"replay queue {report.replay_queue_depth}; stale results rejected {report.rejected_stale_results}"
-    )
-    executors = Table("executor", "state", "epoch", "shards", "capacity", "claimed", "last heartbeat")
-    for info in report.executors:
-        executors.add_row(
-            info.executor_id,
-            info.state,
-            str(info.epoch),
-            _ranges(info.shards),
-            str(info.capacity),
-            str(info.claimed_tasks),
-            f"{info.since_last_heartbeat.ToTimedelta().total_seconds():.1f}s ago",
-        )
-    console.print(executors)
-    shards = Table("shard", "queued", "delayed", "claimed", "oldest queued", "replay", "leased by")
-    for stats in report.shards:
-        busy = stats.queued_tasks or stats.delayed_tasks or stats.claimed_tasks or stats.replay_queue_depth
-        if (args.shard is None and busy) or stats.shard == args.shard:
-            age = (
-                stats.oldest_queued_age.ToTimedelta().total_seconds()
-                if stats.HasField("oldest_queued_age")
-                else None
-            )
-            shards.add_row(
-                str(stats.shard),
-                str(stats.queued_tasks),
-                str(stats.delayed_tasks),
-                str(stats.claimed_tasks),
-                f"{age:.1f}s" if age is not None else "-",
-                str(stats.replay_queue_depth),
-                stats.executor_id or "none",
-            )
-    console.print(shards if shards.row_count else "no shard has queued, claimed or delayed work")
-    if not report.violations:
-        console.print("[green]invariants hold[/green]")
-    for violation in report.violations:
-        console.print(f"[red]{violation.kind}[/red] ({violation.count}): {violation.description}")
-        console.print("  e.g. " + ", ".join(violation.workflow_ids[:5]))
-
-
-def _ranges(shards: Iterable[int]) -> str:
-    """Compact shard lists: 0-24,50."""
-    parts: list[str] = []
-    for shard in sorted(shards):
-        if parts and "-" in parts[-1] and int(parts[-1].split("-")[1]) == shard - 1:
-            parts[-1] = f"{parts[-1].split('-')[0]}-{shard}"
-        elif parts and "-" not in parts[-1] and int(parts[-1]) == shard - 1:
-            parts[-1] = f"{parts[-1]}-{shard}"
-        else:
-            parts.append(str(shard))
-    return ",".join(parts) or "-"
+        render.print_json(render.message_dict(report))
+    else:
+        render.diagnosis(Console(), report, args.shard)
+    return EXIT_INVARIANT_BROKEN if report.violations else None

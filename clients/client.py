@@ -17,11 +17,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
 
 from conveyor.errors import DeadlineExceeded, RpcError
+from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -30,7 +32,7 @@ from conveyor.v1 import (
     workflow_service_pb2_grpc,
 )
 
-from .models import Started, Workflow, WorkflowStatus
+from .models import BulkCancel, Explanation, Started, Workflow, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -60,9 +62,12 @@ class AsyncClient:
         timeout: float = 30.0,
         channel: grpc.aio.Channel | None = None,
         max_message_bytes: int = 64 * 1024 * 1024,
+        security: ChannelSecurity | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(
+        """``security``: TLS and bearer token (:mod:`conveyor.transport`); default plaintext, no token."""
+        self._channel = channel or open_channel(
             target,
+            security,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -179,6 +184,14 @@ class AsyncClient:
         )
         return Workflow.from_wire(response.workflow)
 
+    async def explain_workflow(self, workflow_id: str) -> Explanation:
+        """Why the workflow is where it is: a summary in words, and what each running step waits for."""
+        response = await self._call(
+            self._workflows.ExplainWorkflow,
+            workflow_service_pb2.ExplainWorkflowRequest(workflow_id=workflow_id),
+        )
+        return Explanation.from_wire(response)
+
     async def wait(
         self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2
     ) -> Workflow:
@@ -225,6 +238,28 @@ class AsyncClient:
             self._admin.ClearTaskQueue,
             admin_service_pb2.ClearTaskQueueRequest(shards=shard_selector(shard), limit=limit, reason=reason),
         )
+
+    async def cancel_workflows(
+        self,
+        shard: int | None,
+        *,
+        name: str = "",
+        started_before: datetime | None = None,
+        started_after: datetime | None = None,
+        limit: int = 0,
+        dry_run: bool = False,
+        reason: str = "",
+    ) -> BulkCancel:
+        """Cancel, oldest first, the running workflows of ``shard`` (``None``: every shard) that
+        match ``name`` and the start-time bounds; ``dry_run`` only counts them."""
+        request = admin_service_pb2.CancelWorkflowsRequest(
+            shards=shard_selector(shard), name=name, limit=limit, dry_run=dry_run, reason=reason
+        )
+        if started_before is not None:
+            request.started_before.FromDatetime(started_before)
+        if started_after is not None:
+            request.started_after.FromDatetime(started_after)
+        return BulkCancel.from_wire(await self._call(self._admin.CancelWorkflows, request))
 
     async def diagnose(self, *, max_violations: int = 20) -> admin_service_pb2.DiagnoseResponse:
         return await self._call(

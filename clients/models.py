@@ -10,7 +10,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from conveyor.v1 import common_pb2, workflow_service_pb2
+from conveyor.v1 import admin_service_pb2, common_pb2, workflow_service_pb2
 
 
 class WorkflowStatus(StrEnum):
@@ -49,6 +49,11 @@ def _json(text: str) -> Any:
     return json.loads(text) if text else None
 
 
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    """``STEP_WAIT_RETRY_BACKOFF`` → ``retry_backoff``."""
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
+
 @dataclass(frozen=True)
 class Step:
     number: int
@@ -68,9 +73,9 @@ class Step:
     def from_wire(cls, step: common_pb2.Step) -> Step:
         return cls(
             number=step.number,
-            kind=common_pb2.StepKind.Name(step.kind).removeprefix("STEP_KIND_").lower(),
+            kind=_enum_name(common_pb2.StepKind, step.kind, "STEP_KIND_"),
             name=step.name,
-            status=common_pb2.StepStatus.Name(step.status).removeprefix("STEP_STATUS_").lower(),
+            status=_enum_name(common_pb2.StepStatus, step.status, "STEP_STATUS_"),
             attempt=step.attempt,
             args=_json(step.args_json),
             result=_json(step.result_json),
@@ -126,3 +131,91 @@ class Workflow:
 class Started:
     workflow_id: str
     already_existed: bool
+
+
+@dataclass(frozen=True)
+class StepExplanation:
+    """What one step in progress waits for; ``text`` says it in words."""
+
+    number: int
+    name: str
+    kind: str
+    #: "llm" or the handler kind; empty for sleeps.
+    task_kind: str
+    #: queued, no_executor, running, executor_lost, retry_backoff, rate_limited or sleeping.
+    wait: str
+    text: str
+    shard: int
+    tasks_ahead: int
+    shard_executors: tuple[str, ...]
+    executor_id: str
+    since_last_heartbeat: float | None
+    available_at: datetime | None
+    claimed_at: datetime | None
+    attempt: int
+    max_attempts: int
+    last_error: str
+
+    @classmethod
+    def from_wire(cls, step: workflow_service_pb2.StepExplanation) -> StepExplanation:
+        return cls(
+            number=step.step_number,
+            name=step.step_name,
+            kind=_enum_name(common_pb2.StepKind, step.kind, "STEP_KIND_"),
+            task_kind=step.task_kind,
+            wait=_enum_name(workflow_service_pb2.StepWait, step.wait, "STEP_WAIT_"),
+            text=step.explanation,
+            shard=step.shard,
+            tasks_ahead=step.tasks_ahead,
+            shard_executors=tuple(step.shard_executors),
+            executor_id=step.executor_id,
+            since_last_heartbeat=(
+                step.since_last_heartbeat.ToTimedelta().total_seconds()
+                if step.HasField("since_last_heartbeat")
+                else None
+            ),
+            available_at=_time(step.available_at),
+            claimed_at=_time(step.claimed_at),
+            attempt=step.attempt,
+            max_attempts=step.max_attempts,
+            last_error=step.last_error,
+        )
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Why a workflow is where it is (``ExplainWorkflow``)."""
+
+    workflow: Workflow
+    #: steps_in_progress, replay_queued, code_not_loaded, stranded or finished.
+    situation: str
+    #: The whole answer in plain words.
+    summary: str
+    steps: tuple[StepExplanation, ...]
+    replay_queue_ahead: int
+
+    @classmethod
+    def from_wire(cls, response: workflow_service_pb2.ExplainWorkflowResponse) -> Explanation:
+        return cls(
+            workflow=Workflow.from_wire(response.workflow),
+            situation=_enum_name(
+                workflow_service_pb2.WorkflowSituation, response.situation, "WORKFLOW_SITUATION_"
+            ),
+            summary=response.summary,
+            steps=tuple(StepExplanation.from_wire(step) for step in response.steps),
+            replay_queue_ahead=response.replay_queue_ahead,
+        )
+
+
+@dataclass(frozen=True)
+class BulkCancel:
+    """What ``CancelWorkflows`` matched and cancelled (nothing cancelled on a dry run)."""
+
+    matched: int
+    cancelled: int
+    #: The oldest matching workflows, to check the filter picked the right ones.
+    sample_workflow_ids: tuple[str, ...]
+
+    @classmethod
+    def from_wire(cls, response: admin_service_pb2.CancelWorkflowsResponse) -> BulkCancel:
+        return cls(response.matched, response.cancelled, tuple(response.sample_workflow_ids))

@@ -22,6 +22,10 @@ processes:
 clients (against --coordinator, default 127.0.0.1:50051):
   conveyor start NAME --args JSON      start a workflow, print its id
   conveyor get ID [--json]             a workflow, its result and its steps
+  conveyor list / count                workflows by status and name, page by page / per status
+  conveyor wait ID...                  wait until workflows finish
+  conveyor explain ID                  why a workflow is where it is, in plain words
+  conveyor cancel ID... | --all ...    cancel workflows, or in bulk by filter (--dry-run)
   conveyor admin ACTION                fail-pending, bump-epoch, clear-replay-queue,
                                        clear-task-queue, diagnose
 
@@ -60,10 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
-    client_cli.add_commands(commands)
-    for name, sub in commands.choices.items():
-        if name in ("start", "get", "admin"):
-            sub.set_defaults(handler=client_cli.run)
+    client_cli.add_commands(commands)  # each client command sets its own handler
     return parser
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
 from conveyor import logs
 from conveyor.errors import ConfigurationError
 
 from .config import CoordinatorConfig
+from .model import ClaimOrder
 
 DESCRIPTION = """\
 Run the coordinator: the gRPC server that owns the database and the workflow code,
@@ -68,14 +70,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="FULL survives power loss; NORMAL only process crashes, but commits faster (default FULL)",
     )
     parser.add_argument(
-        "--log-level", default=None, help="DEBUG, INFO, WARNING... (default INFO or $CONVEYOR_LOG_LEVEL)"
+        "--claim-order",
+        choices=[order.value for order in ClaimOrder],
+        default=ClaimOrder.FIFO.value,
+        help="fifo: oldest workflow's tasks first (default); task-id: oldest task first, the pre-FIFO "
+        "order, only for comparing the two in benchmarks",
     )
+    monitoring = parser.add_argument_group(
+        "monitoring",
+        "Neither the metrics nor the status page asks for credentials: keep them off public networks.",
+    )
+    monitoring.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics",
+    )
+    monitoring.add_argument(
+        "--http-port", type=int, metavar="PORT", help="serve the live status page at http://HOST:PORT/"
+    )
+    monitoring.add_argument(
+        "--monitoring-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics and the status page listen on (default %(default)s)",
+    )
+    security = parser.add_argument_group(
+        "security",
+        "Without --auth-tokens-file every caller is trusted, so the coordinator then only listens on a "
+        "loopback address unless given --insecure.",
+    )
+    security.add_argument(
+        "--auth-tokens-file",
+        type=Path,
+        metavar="FILE",
+        help="bearer tokens and their roles, one per line: 'ROLES TOKEN [EXECUTOR-ID]' "
+        "(roles: client, executor, admin)",
+    )
+    security.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain: serve TLS")
+    security.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA: require client certificates it signed (mutual TLS)",
+    )
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --listen address without --auth-tokens-file",
+    )
+    logs.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from .server import serve  # heavy (gRPC server, SQLAlchemy): only when actually running
 
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     try:
         config = CoordinatorConfig(
             database_url=args.db,
@@ -86,6 +137,15 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat_interval,
             lease_ttl=args.lease_ttl,
             sqlite_synchronous=args.sqlite_synchronous,
+            claim_order=ClaimOrder(args.claim_order),
+            auth_tokens_file=args.auth_tokens_file,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            tls_client_ca_file=args.tls_client_ca,
+            insecure=args.insecure,
+            metrics_port=args.metrics_port,
+            http_port=args.http_port,
+            monitoring_host=args.monitoring_host,
         )
         asyncio.run(serve(config))
     except (ConfigurationError, ValueError) as error:

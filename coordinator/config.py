@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+from .model import ClaimOrder
 
 MiB = 1024 * 1024
 
@@ -33,6 +36,29 @@ class CoordinatorConfig:
     sqlite_synchronous: str = "FULL"
     #: How long the writer retries a transaction while the database is unreachable.
     database_retry_deadline: float = 60.0
+    #: FIFO by workflow start (the default); ``TASK_ID`` exists for the benchmarks' baseline.
+    claim_order: ClaimOrder = ClaimOrder.FIFO
+    #: Bearer tokens and their roles (:mod:`coordinator.auth`); None: every caller is trusted.
+    auth_tokens_file: Path | None = None
+    #: PEM certificate chain and key: serve TLS instead of plaintext.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    #: PEM CA: clients must present a certificate it signed (mutual TLS).
+    tls_client_ca_file: Path | None = None
+    #: Listen on a non-loopback address without authentication (see :mod:`coordinator.auth_tls`).
+    insecure: bool = False
+    #: Most executors connected at once; one more is refused with RESOURCE_EXHAUSTED.
+    max_executors: int = 1000
+    #: Most ClaimTasks streams open on one client connection (an executor needs one).
+    max_streams_per_connection: int = 4
+    #: Serve Prometheus metrics on this port (0: any free port); None: no metrics endpoint.
+    metrics_port: int | None = None
+    #: Serve the live status page on this port (0: any free port); None: no page.
+    http_port: int | None = None
+    #: Where the metrics endpoint and the status page listen. Neither asks for credentials.
+    monitoring_host: str = "127.0.0.1"
+    #: How often the queue, workflow and executor gauges are refreshed from the database.
+    gauge_refresh_interval: float = 5.0
 
     def __post_init__(self) -> None:
         if self.shards is not None and not 1 <= self.shards <= 10_000:
@@ -46,3 +72,7 @@ class CoordinatorConfig:
             raise ValueError("max_batch_size must be between 1 and 1000")
         if self.sqlite_synchronous.upper() not in ("FULL", "NORMAL"):
             raise ValueError("sqlite_synchronous must be FULL or NORMAL")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca (mutual TLS) needs TLS: give --tls-cert and --tls-key too")

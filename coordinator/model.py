@@ -33,6 +33,17 @@ class StepKind(StrEnum):
     RANDOM = "random"
 
 
+class ClaimOrder(StrEnum):
+    """The order executors are handed queued tasks in (``--claim-order``)."""
+
+    #: Oldest workflow first, ``(workflow_created_at, task id)``: step 3 of an old
+    #: workflow runs before step 0 of a newer one. The default and the point of Conveyor.
+    FIFO = "fifo"
+    #: Oldest *task* first, by id: the pre-FIFO design, where every workflow's first
+    #: step runs before anyone's second. Kept only as the benchmarks' baseline.
+    TASK_ID = "task-id"
+
+
 class ErrorClass(StrEnum):
     RETRYABLE = "retryable"
     NON_RETRYABLE = "non_retryable"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from conveyor.errors import InvalidArgument
 from conveyor.v1 import common_pb2, executor_service_pb2, workflow_service_pb2
 
 from .model import ErrorClass, StepKind, StepStatus, WorkflowStatus
@@ -48,10 +49,19 @@ def timestamp(us: int | None) -> Timestamp | None:
     return Timestamp(seconds=seconds, nanos=micros * 1000)
 
 
-def from_timestamp(value: Timestamp) -> int | None:
-    """Microseconds, or None for an unset timestamp."""
+#: The seconds a protobuf Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+TIMESTAMP_SECONDS = range(-62_135_596_800, 253_402_300_800)
+
+
+def from_timestamp(value: Timestamp, field: str = "timestamp") -> int | None:
+    """Microseconds, or None for an unset timestamp; InvalidArgument for one no clock can show."""
     if value.seconds == 0 and value.nanos == 0:
         return None
+    if value.seconds not in TIMESTAMP_SECONDS or not 0 <= value.nanos < 1_000_000_000:
+        raise InvalidArgument(
+            f"{field} ({value.seconds}s + {value.nanos}ns) is not a valid timestamp: "
+            "it must lie between the years 1 and 9999"
+        )
     return value.seconds * 1_000_000 + value.nanos // 1000
 
 

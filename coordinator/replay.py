@@ -34,6 +34,7 @@ from conveyor.workflow import (
     WorkflowDefinition,
 )
 
+from . import validation
 from .clock import seconds_to_us, to_datetime
 from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_json
 
@@ -267,6 +268,7 @@ class _ReplayContext:
     ) -> Any:
         if not kind or kind == LLM_TASK_KIND:
             raise ValueError(f"ctx.task() needs a handler kind other than {LLM_TASK_KIND!r}; got {kind!r}")
+        validation.step_name(kind, "ctx.task() kind")
         step_name = name or kind
         args_json = _json_arguments("ctx.task()", {"kind": kind, "payload": payload})
         return await self._take_step(
@@ -325,6 +327,7 @@ class _ReplayContext:
     ) -> asyncio.Future[T]:
         if self.sealed:
             raise _ReplaySealed()
+        validation.step_name(name, "step name")
         number = self._cursor
         self._cursor += 1
         if number >= MAX_STEPS_PER_WORKFLOW:
@@ -425,7 +428,9 @@ def _tear_down(loop: _ReplayLoop, ctx: _ReplayContext) -> None:
 
 
 def _failed(error: str, new_steps: tuple[NewStep, ...] = ()) -> ReplayOutcome:
-    return ReplayOutcome(WorkflowStatus.FAILED, new_steps=new_steps, error=error[-MAX_ERROR_CHARS:])
+    return ReplayOutcome(
+        WorkflowStatus.FAILED, new_steps=new_steps, error=validation.storable_text(error[-MAX_ERROR_CHARS:])
+    )
 
 
 def _describe_exception(error: BaseException) -> str:

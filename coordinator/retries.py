@@ -20,6 +20,8 @@ DEFAULT_RATE_LIMIT_WAIT = 10.0
 RATE_LIMIT_JITTER = 0.2
 #: However long an API asks us to wait, look again after this.
 MAX_RATE_LIMIT_WAIT = 300.0
+#: How the note of a retry after a rate-limited attempt starts (``Retry.note``).
+RATE_LIMITED_NOTE = "rate limited"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def after_failure(
             wait,
             state.attempt,
             state.rate_limit_waits + 1,
-            f"rate limited, retrying in {wait:.1f}s: {message}",
+            f"{RATE_LIMITED_NOTE}, retrying in {wait:.1f}s: {message}",
         )
     if state.attempt >= policy.max_attempts:
         return GiveUp(f"failed after {state.attempt} attempt(s): {message}")
@@ -87,3 +89,14 @@ def after_lost_lease(state: RetryState, executor_id: str) -> Retry | GiveUp:
     if state.attempt >= state.policy.max_attempts:
         return GiveUp(f"failed after {state.attempt} attempt(s): {message}")
     return Retry(0.0, state.attempt + 1, state.rate_limit_waits, message)
+
+
+def is_rate_limit_note(note: str) -> bool:
+    """Whether a retry note (a task's ``last_error``) is about a rate-limited attempt."""
+    return note.startswith(RATE_LIMITED_NOTE + ",")
+
+
+def attempt_error(note: str) -> str:
+    """The failed attempt's own message inside a retry note; the note itself if it has none."""
+    headline, separator, message = note.partition(": ")
+    return message if separator and ", retrying in " in headline else note

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from conveyor.errors import ConfigurationError
+from conveyor.metrics import export
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -22,10 +24,15 @@ from conveyor.v1 import (
 from conveyor.workflow import WorkflowRegistry
 
 from .api.admin_service import AdminService
+from .api.decoding import MalformedRequestInterceptor
 from .api.executor_service import ExecutorService
 from .api.workflow_service import WorkflowService
+from .auth import AuthInterceptor, TokenTable
+from .auth_tls import check_exposure, server_credentials
 from .config import CoordinatorConfig
 from .engine import Coordinator
+from .metrics import refresh_gauges
+from .status_page import StatusPage
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +63,34 @@ class CoordinatorServer:
 
     def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry | None = None) -> None:
         self.config = config
+        self.tokens = TokenTable.from_file(config.auth_tokens_file) if config.auth_tokens_file else None
+        self._credentials = (
+            None
+            if config.tls_cert_file is None or config.tls_key_file is None
+            else server_credentials(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+        )
+        check_exposure(
+            config.listen,
+            authenticated=self.tokens is not None,
+            tls=self._credentials is not None,
+            insecure=config.insecure,
+        )
         self.coordinator = Coordinator(
             config, registry or WorkflowRegistry.from_modules(list(config.workflow_modules))
         )
-        self._server = grpc.aio.server(options=server_options(config))
+        # Authentication first: a caller without a valid token gets nothing decoded for it.
+        interceptors = [AuthInterceptor(self.tokens)] if self.tokens is not None else []
+        self._server = grpc.aio.server(
+            options=server_options(config), interceptors=[*interceptors, MalformedRequestInterceptor()]
+        )
         self._health = health.aio.HealthServicer()
         self.port = 0
+        #: Bound ports of the metrics endpoint and the status page, once started (when configured).
+        self.metrics_port: int | None = None
+        self.http_port: int | None = None
+        self._stop_metrics: Callable[[], None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
+        self._status_page: StatusPage | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with ``listen=...:0``)."""
@@ -70,7 +99,7 @@ class CoordinatorServer:
             WorkflowService(self.coordinator), self._server
         )
         executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(
-            ExecutorService(self.coordinator), self._server
+            ExecutorService(self.coordinator, self.tokens), self._server
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(self.coordinator), self._server
@@ -80,7 +109,10 @@ class CoordinatorServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         try:
-            self.port = self._server.add_insecure_port(self.config.listen)
+            if self._credentials is None:
+                self.port = self._server.add_insecure_port(self.config.listen)
+            else:
+                self.port = self._server.add_secure_port(self.config.listen, self._credentials)
         except RuntimeError as error:
             await self.coordinator.stop()
             raise ConfigurationError(f"cannot listen on {self.config.listen}: {error}") from error
@@ -88,7 +120,29 @@ class CoordinatorServer:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", self.address)
+        await self._start_monitoring()
         return self.port
+
+    async def _start_monitoring(self) -> None:
+        """The metrics endpoint and the status page, each when configured."""
+        config, coordinator = self.config, self.coordinator
+        if config.metrics_port is not None:
+            self.metrics_port, self._stop_metrics = export(
+                coordinator.metrics.registry, config.monitoring_host, config.metrics_port
+            )
+            self._gauges = asyncio.create_task(
+                refresh_gauges(
+                    coordinator.metrics,
+                    lambda: coordinator.diagnose(0, check_invariants=False),
+                    config.gauge_refresh_interval,
+                ),
+                name="refresh gauges",
+            )
+            log.info("metrics at http://%s:%d/metrics", config.monitoring_host, self.metrics_port)
+        if config.http_port is not None:
+            self._status_page = StatusPage(coordinator)
+            self.http_port = await self._status_page.start(config.monitoring_host, config.http_port)
+            log.info("status page at http://%s:%d/", config.monitoring_host, self.http_port)
 
     @property
     def address(self) -> str:
@@ -99,8 +153,13 @@ class CoordinatorServer:
         """Stop taking requests, let running ones finish for ``grace`` seconds, then shut down."""
         await self._health.enter_graceful_shutdown()
         # Close executor streams first: they would otherwise hold the grace period open.
-        for session in self.coordinator.sessions:
-            session.close_stream()
+        self.coordinator.close_executor_streams()
+        if self._status_page is not None:
+            await self._status_page.stop()
+        if self._gauges is not None:
+            self._gauges.cancel()
+        if self._stop_metrics is not None:
+            await asyncio.to_thread(self._stop_metrics)
         await self._server.stop(grace)
         await self.coordinator.stop()
 
@@ -114,6 +173,11 @@ async def serve(config: CoordinatorConfig) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     print(f"coordinator listening on {server.address}", flush=True)
+    host = config.monitoring_host
+    if server.metrics_port is not None:
+        print(f"metrics at http://{host}:{server.metrics_port}/metrics", flush=True)
+    if server.http_port is not None:
+        print(f"status page at http://{host}:{server.http_port}/", flush=True)
     await stopping.wait()
     log.info("shutting down")
     await server.stop()

@@ -71,6 +71,9 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[ExecutorSession]:
         return iter(list(self._sessions.values()))
 
+    def __len__(self) -> int:
+        return len(self._sessions)
+
     def get(self, executor_id: str) -> ExecutorSession | None:
         return self._sessions.get(executor_id)
 

@@ -15,6 +15,8 @@ from conveyor.workflow import WorkflowDefinition, WorkflowRegistry
 from .model import canonical_json
 
 MAX_NAME_LENGTH = 200
+#: Operator and client reasons are stored with what they affect and shown by every reader.
+MAX_REASON_LENGTH = 2000
 
 
 def identifier(value: str, field: str, *, required: bool = True) -> str:
@@ -27,6 +29,34 @@ def identifier(value: str, field: str, *, required: bool = True) -> str:
         raise InvalidArgument(f"{field} is {len(value)} characters long; the limit is {MAX_NAME_LENGTH}")
     if value != value.strip() or not value.isprintable():
         raise InvalidArgument(f"{field} {value!r} must be printable, without surrounding whitespace")
+    return value
+
+
+def reason(value: str) -> str:
+    """A free-text reason (cancel, fail, clear, bump epoch): bounded, since it is stored and shown."""
+    if len(value) > MAX_REASON_LENGTH:
+        raise InvalidArgument(f"reason is {len(value)} characters long; the limit is {MAX_REASON_LENGTH}")
+    if "\x00" in value:
+        raise InvalidArgument("reason must not contain NUL characters (PostgreSQL text cannot store them)")
+    return value
+
+
+def storable_text(text: str) -> str:
+    """Free text (an error message) as every database can store it: PostgreSQL refuses NUL
+    characters, so they are written out as ``\\x00``."""
+    return text.replace("\x00", "\\x00")
+
+
+def step_name(value: str, what: str) -> str:
+    """A step name or task kind chosen by workflow code: stored as a name, so bounded and printable.
+
+    Raises ``ValueError`` inside the workflow, which fails it with this message.
+    """
+    if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
+        raise ValueError(
+            f"{what} {value[:60]!r} must be 1 to {MAX_NAME_LENGTH} printable characters "
+            f"(it is {len(value)} long)"
+        )
     return value
 
 

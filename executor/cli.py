@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from conveyor import logs
+from conveyor import logs, transport
 from conveyor.errors import ConfigurationError
+from conveyor.metrics import export
 from conveyor.tasks import HandlerRegistry
 
 DESCRIPTION = """\
@@ -20,6 +21,8 @@ then it exits 0.
 
 The Anthropic API key and base URL come from ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL,
 or from --anthropic-api-key-file / --anthropic-base-url.
+The coordinator's bearer token (if it requires one) comes from --token-file,
+$CONVEYOR_TOKEN_FILE or $CONVEYOR_TOKEN; --tls / --tls-ca enable TLS.
 
 example:
   conveyor executor --coordinator 127.0.0.1:50051 --concurrency 50 --handlers my_app.handlers
@@ -72,15 +75,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--httpx", action="store_true", help="use the SDK's default httpx transport instead of aiohttp"
     )
     parser.add_argument(
+        "--no-pacing",
+        action="store_true",
+        help="do not pace LLM calls to the rate limits the API reports in its anthropic-ratelimit-* "
+        "headers (a 429 still holds calls for its retry-after)",
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, default=300.0, help="seconds a graceful stop may take (default 300)"
     )
     parser.add_argument(
-        "--log-level", default=None, help="DEBUG, INFO, WARNING... (default INFO or $CONVEYOR_LOG_LEVEL)"
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: --monitoring-host)",
     )
+    parser.add_argument(
+        "--monitoring-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="address the metrics listen on (default %(default)s; they ask for no credentials)",
+    )
+    logs.add_arguments(parser)
+    transport.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    logs.configure(args.log_level)
+    logs.configure(args.log_level, args.log_format)
     try:
         return asyncio.run(_run(args))
     except (ConfigurationError, ValueError) as error:
@@ -91,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     # Imported here: the anthropic SDK alone takes most of a second to import.
     from .llm import LlmCaller
+    from .pacing import RateLimitPacer
     from .worker import Executor, ExecutorConfig, default_executor_id
 
     config = ExecutorConfig(
@@ -100,6 +121,7 @@ async def _run(args: argparse.Namespace) -> int:
         serve_llm=not args.no_llm,
         default_timeout=args.llm_timeout,
         drain_timeout=args.drain_timeout,
+        security=transport.security_from_arguments(args),
     )
     handlers = HandlerRegistry.from_modules(args.handlers)
     llm = None
@@ -115,7 +137,15 @@ async def _run(args: argparse.Namespace) -> int:
             api_key=api_key,
             timeout=args.llm_timeout,
             use_aiohttp=not args.httpx,
+            pacer=RateLimitPacer(follow_headers=not args.no_pacing),
         )
     executor = Executor(config, handlers, llm)
     executor.install_signal_handlers()
-    return await executor.run()
+    if args.metrics_port is None:
+        return await executor.run()
+    port, stop_metrics = export(executor.metrics.registry, args.monitoring_host, args.metrics_port)
+    print(f"metrics at http://{args.monitoring_host}:{port}/metrics", flush=True)
+    try:
+        return await executor.run()
+    finally:
+        stop_metrics()

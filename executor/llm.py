@@ -7,15 +7,16 @@ attempt is visible and counted. This module only *classifies* what happened:
 * 529, 5xx, 408, 409, timeouts, connection errors → transient: back off, spend an attempt;
 * any other 4xx → permanent: fail the step with the API's message.
 
-A 429 also closes a per-model *gate* in this process until ``retry-after`` passes,
-so the executor's other calls to that model wait instead of hammering the limit.
+Before each call the :class:`~executor.pacing.RateLimitPacer` waits until the
+model's rate limits (learnt from the ``anthropic-ratelimit-*`` headers of earlier
+responses) have room for it, so a busy executor runs at the limit rather than into
+it. A 429 holds the executor's other calls to that model until ``retry-after`` passes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,12 @@ from conveyor.v1.common_pb2 import (
     ErrorClass,
 )
 
+from .pacing import Demand, RateLimitPacer
+
+log = logging.getLogger(__name__)
+
 #: Statuses the API documents as transient besides 5xx.
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 409})
-#: Without a usable ``retry-after`` header, a 429 closes the gate this long.
-DEFAULT_RATE_LIMIT_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class LlmCaller:
         api_key: str | None = None,
         timeout: float = 600.0,
         use_aiohttp: bool = True,
+        pacer: RateLimitPacer | None = None,
     ) -> None:
         # The aiohttp transport sustains ~1.6x the calls/s of the default httpx one
         # at high concurrency on one core (see the brief's measurements).
@@ -59,9 +63,15 @@ class LlmCaller:
         self._client = anthropic.AsyncAnthropic(
             base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http_client
         )
-        self._gates: dict[str, float] = {}
+        self.pacer = pacer or RateLimitPacer()
 
     async def close(self) -> None:
+        if self.pacer.paced_calls:
+            log.info(
+                "%d LLM call(s) waited for rate-limit room, %.1fs in all",
+                self.pacer.paced_calls,
+                self.pacer.paced_seconds,
+            )
         await self._client.close()
 
     async def call(self, payload_json: str, timeout: float | None = None) -> CallOutcome:
@@ -72,18 +82,26 @@ class LlmCaller:
                 error_class=ERROR_CLASS_NON_RETRYABLE, message=f"LLM payload is not JSON: {error}"
             )
         model = str(payload.get("model", ""))
-        await self._wait_for_gate(model)
+        await self.pacer.acquire(model, Demand.of_payload(payload))
+        try:
+            return await self._call(model, payload, timeout)
+        finally:
+            self.pacer.release(model)
+
+    async def _call(self, model: str, payload: dict[str, Any], timeout: float | None) -> CallOutcome:
         options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
             response = await self._client.messages.with_raw_response.create(**payload, **options)
+            self.pacer.observe(model, response.headers)
             return CallOutcome(result_json=await response.text())
         except anthropic.RateLimitError as error:
             wait = _retry_after(error.response.headers)
-            self._close_gate(model, wait if wait is not None else DEFAULT_RATE_LIMIT_WAIT)
+            self.pacer.rate_limited(model, wait, error.response.headers)
             return CallOutcome(
                 error_class=ERROR_CLASS_RATE_LIMITED, message=_status_message(error), retry_after=wait
             )
         except anthropic.APIStatusError as error:
+            self.pacer.observe(model, error.response.headers)
             transient = error.status_code >= 500 or error.status_code in RETRYABLE_CLIENT_STATUSES
             return CallOutcome(
                 error_class=ERROR_CLASS_RETRYABLE if transient else ERROR_CLASS_NON_RETRYABLE,
@@ -100,20 +118,6 @@ class LlmCaller:
             return CallOutcome(
                 error_class=ERROR_CLASS_NON_RETRYABLE, message=f"invalid Messages API arguments: {error}"
             )
-
-    async def _wait_for_gate(self, model: str) -> None:
-        until = self._gates.get(model)
-        if until is None:
-            return
-        delay = until - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif self._gates.get(model) == until:
-            del self._gates[model]
-
-    def _close_gate(self, model: str, seconds: float) -> None:
-        until = time.monotonic() + seconds
-        self._gates[model] = max(until, self._gates.get(model, 0.0))
 
 
 def _status_message(error: anthropic.APIStatusError) -> str:

@@ -37,13 +37,16 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import conveyor
-from conveyor.errors import PermanentTaskError, TaskRateLimited
+from conveyor import logs
+from conveyor.errors import ConfigurationError, PermanentTaskError, TaskRateLimited
 from conveyor.tasks import HandlerRegistry
+from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import common_pb2
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
 
 from .llm import CallOutcome, LlmCaller
+from .metrics import ExecutorMetrics
 from .results import ResultReporter
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,8 @@ class ExecutorConfig:
     flush_interval: float = 0.02
     max_message_bytes: int = 64 * 1024 * 1024
     reconnect_max_delay: float = 5.0
+    #: TLS and bearer token for the coordinator connection.
+    security: ChannelSecurity = field(default_factory=ChannelSecurity)
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 100_000:
@@ -100,6 +105,9 @@ class Executor:
         self._abandon = asyncio.Event()
         self._drain_reason = ""
         self.tasks_run = 0
+        self.metrics = ExecutorMetrics(
+            config.concurrency, lambda: len(self._running), self._draining.is_set, self._reporter
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -135,7 +143,7 @@ class Executor:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        async with grpc.aio.insecure_channel(self.config.coordinator, options=options) as channel:
+        async with open_channel(self.config.coordinator, self.config.security, options=options) as channel:
             stub = ExecutorServiceStub(channel)
             reporter = asyncio.create_task(self._reporter.run(stub), name="report results")
             try:
@@ -160,6 +168,12 @@ class Executor:
             except grpc.aio.AioRpcError as error:
                 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
                     raise
+                if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                    raise ConfigurationError(
+                        f"the coordinator at {self.config.coordinator} refused this executor "
+                        f"({error.code().name}: {error.details()}); check its token (--token-file or "
+                        "$CONVEYOR_TOKEN) and --executor-id"
+                    ) from None
                 level = logging.INFO if error.code() == grpc.StatusCode.UNAVAILABLE else logging.WARNING
                 log.log(
                     level,
@@ -301,11 +315,14 @@ class Executor:
     async def _run_task(self, task: pb.Task) -> None:
         started = Timestamp()
         started.GetCurrentTime()
+        began = time.monotonic()
         timeout = task.timeout.ToTimedelta().total_seconds() or self.config.default_timeout
         try:
             outcome = await self._execute(task, timeout)
         except Exception as error:  # a bug here must not lose the task
-            log.exception("task %d crashed the executor's task runner", task.task_id)
+            log.exception(
+                "task %d crashed the executor's task runner", task.task_id, extra=_task_fields(task)
+            )
             outcome = CallOutcome(
                 error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"executor error: {error!r}"
             )
@@ -329,10 +346,35 @@ class Executor:
             )
             if outcome.retry_after is not None:
                 result.failure.retry_after.FromNanoseconds(int(outcome.retry_after * 1e9))
+        self._observe(task, outcome, time.monotonic() - began)
         self._reporter.add(result)
         del self._running[task.task_id]
         self.tasks_run += 1
         self._release_slot()
+
+    def _observe(self, task: pb.Task, outcome: CallOutcome, seconds: float) -> None:
+        """Count the attempt; log a failed one with the ids of its workflow and step."""
+        if outcome.result_json is not None:
+            self.metrics.ran(task.kind, "success", seconds)
+            return
+        error_class = common_pb2.ErrorClass.Name(outcome.error_class or 0)
+        error_class = error_class.removeprefix("ERROR_CLASS_").lower()
+        self.metrics.ran(task.kind, error_class, seconds)
+        # 429s come in bursts and the queue handles them: keep them out of the INFO log.
+        level = logging.DEBUG if outcome.error_class == common_pb2.ERROR_CLASS_RATE_LIMITED else logging.INFO
+        log.log(
+            level,
+            "task %d (workflow %s, step %d %r, attempt %d of %d) failed, %s: %s",
+            task.task_id,
+            task.workflow_id,
+            task.step_number,
+            task.name,
+            task.attempt,
+            task.max_attempts,
+            error_class.replace("_", "-"),
+            outcome.message,
+            extra=_task_fields(task),
+        )
 
     def _release_slot(self) -> None:
         if self._draining.is_set():
@@ -351,6 +393,17 @@ class Executor:
                 message=f"executor {self.config.executor_id} has no handler for task kind {task.kind!r}",
             )
         return await _run_handler(handler, task, timeout)
+
+
+def _task_fields(task: pb.Task) -> dict[str, Any]:
+    return logs.fields(
+        workflow_id=task.workflow_id,
+        step_number=task.step_number,
+        step_name=task.name,
+        task_id=task.task_id,
+        attempt=task.attempt,
+        shard=task.shard,
+    )
 
 
 async def _run_handler(handler: Any, task: pb.Task, timeout: float) -> CallOutcome:

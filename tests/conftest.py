@@ -37,7 +37,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def _postgres_schema(base_url: str) -> Iterator[str]:
     """A new schema per test, reached through ``search_path``; dropped afterwards."""
     schema = f"test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    # Pre-ping: a chaos test may have restarted the server since the schema was created.
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     try:
         with admin.connect() as connection:
             connection.execute(sa.text(f'CREATE SCHEMA "{schema}"'))

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import anthropic
 import httpx2
-import psutil  # type: ignore[import-untyped]  # no stubs installed; only used for CPU times
+import psutil
 from anthropic.types import MessageParam
 
 __all__ = ["main"]

@@ -163,3 +163,31 @@ class DiagnoseResponse(_message.Message):
     rejected_stale_results: int
     generated_at: _timestamp_pb2.Timestamp
     def __init__(self, epoch: _Optional[int] = ..., shard_count: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ..., replay_queue_depth: _Optional[int] = ..., executors: _Optional[_Iterable[_Union[ExecutorInfo, _Mapping]]] = ..., violations: _Optional[_Iterable[_Union[InvariantViolation, _Mapping]]] = ..., workflows_by_status: _Optional[_Mapping[str, int]] = ..., rejected_stale_results: _Optional[int] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CancelWorkflowsRequest(_message.Message):
+    __slots__ = ("shards", "name", "started_before", "started_after", "limit", "dry_run", "reason")
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    shards: _common_pb2.ShardSelector
+    name: str
+    started_before: _timestamp_pb2.Timestamp
+    started_after: _timestamp_pb2.Timestamp
+    limit: int
+    dry_run: bool
+    reason: str
+    def __init__(self, shards: _Optional[_Union[_common_pb2.ShardSelector, _Mapping]] = ..., name: _Optional[str] = ..., started_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ..., dry_run: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelWorkflowsResponse(_message.Message):
+    __slots__ = ("matched", "cancelled", "sample_workflow_ids")
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_WORKFLOW_IDS_FIELD_NUMBER: _ClassVar[int]
+    matched: int
+    cancelled: int
+    sample_workflow_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, matched: _Optional[int] = ..., cancelled: _Optional[int] = ..., sample_workflow_ids: _Optional[_Iterable[str]] = ...) -> None: ...

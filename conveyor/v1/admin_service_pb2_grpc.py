@@ -60,6 +60,11 @@ class AdminServiceStub:
                 request_serializer=conveyor_dot_v1_dot_admin__service__pb2.DiagnoseRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_admin__service__pb2.DiagnoseResponse.FromString,
                 _registered_method=True)
+        self.CancelWorkflows = channel.unary_unary(
+                '/conveyor.v1.AdminService/CancelWorkflows',
+                request_serializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -102,6 +107,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelWorkflows(self, request, context):
+        """Cancel, server-side and oldest first, every running workflow that matches a
+        filter, as CancelWorkflow would one by one. With dry_run nothing changes and
+        the response counts what would be cancelled. Repeating a call is safe: it
+        cancels whatever still matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +144,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Diagnose,
                     request_deserializer=conveyor_dot_v1_dot_admin__service__pb2.DiagnoseRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_admin__service__pb2.DiagnoseResponse.SerializeToString,
+            ),
+            'CancelWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelWorkflows,
+                    request_deserializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +287,33 @@ class AdminService:
             '/conveyor.v1.AdminService/Diagnose',
             conveyor_dot_v1_dot_admin__service__pb2.DiagnoseRequest.SerializeToString,
             conveyor_dot_v1_dot_admin__service__pb2.DiagnoseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.AdminService/CancelWorkflows',
+            conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsRequest.SerializeToString,
+            conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from conveyor.v1 import common_pb2 as conveyor_dot_v1_dot_common__pb2
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/workflow_service.proto\x12\x0b\x63onveyor.v1\x1a\x18\x63onveyor/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x14StartWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"E\n\x15StartWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"M\n\x15StartWorkflowsRequest\x12\x34\n\tworkflows\x18\x01 \x03(\x0b\x32!.conveyor.v1.StartWorkflowRequest\"O\n\x16StartWorkflowsResponse\x12\x35\n\tworkflows\x18\x01 \x03(\x0b\x32\".conveyor.v1.StartWorkflowResponse\"@\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x15\n\rinclude_steps\x18\x02 \x01(\x08\"\xc8\x02\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x11\n\targs_json\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstep_count\x18\x0b \x01(\x05\x12 \n\x05steps\x18\x0c \x03(\x0b\x32\x11.conveyor.v1.Step\">\n\x13GetWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow\"\x90\x01\n\x14ListWorkflowsRequest\x12-\n\x08statuses\x18\x01 \x03(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"Z\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x43ountWorkflowsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8f\x01\n\x16\x43ountWorkflowsResponse\x12\x44\n\tby_status\x18\x01 \x03(\x0b\x32\x31.conveyor.v1.CountWorkflowsResponse.ByStatusEntry\x1a/\n\rByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"<\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x16\x43\x61ncelWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow2\xa4\x04\n\x0fWorkflowService\x12V\n\rStartWorkflow\x12!.conveyor.v1.StartWorkflowRequest\x1a\".conveyor.v1.StartWorkflowResponse\x12Y\n\x0eStartWorkflows\x12\".conveyor.v1.StartWorkflowsRequest\x1a#.conveyor.v1.StartWorkflowsResponse\x12P\n\x0bGetWorkflow\x12\x1f.conveyor.v1.GetWorkflowRequest\x1a .conveyor.v1.GetWorkflowResponse\x12V\n\rListWorkflows\x12!.conveyor.v1.ListWorkflowsRequest\x1a\".conveyor.v1.ListWorkflowsResponse\x12Y\n\x0e\x43ountWorkflows\x12\".conveyor.v1.CountWorkflowsRequest\x1a#.conveyor.v1.CountWorkflowsResponse\x12Y\n\x0e\x43\x61ncelWorkflow\x12\".conveyor.v1.CancelWorkflowRequest\x1a#.conveyor.v1.CancelWorkflowResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/workflow_service.proto\x12\x0b\x63onveyor.v1\x1a\x18\x63onveyor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x14StartWorkflowRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"E\n\x15StartWorkflowResponse\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"M\n\x15StartWorkflowsRequest\x12\x34\n\tworkflows\x18\x01 \x03(\x0b\x32!.conveyor.v1.StartWorkflowRequest\"O\n\x16StartWorkflowsResponse\x12\x35\n\tworkflows\x18\x01 \x03(\x0b\x32\".conveyor.v1.StartWorkflowResponse\"@\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x15\n\rinclude_steps\x18\x02 \x01(\x08\"\xc8\x02\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x11\n\targs_json\x18\x04 \x01(\t\x12\x13\n\x0bresult_json\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstep_count\x18\x0b \x01(\x05\x12 \n\x05steps\x18\x0c \x03(\x0b\x32\x11.conveyor.v1.Step\">\n\x13GetWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow\"\x90\x01\n\x14ListWorkflowsRequest\x12-\n\x08statuses\x18\x01 \x03(\x0e\x32\x1b.conveyor.v1.WorkflowStatus\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x14\n\x0cnewest_first\x18\x05 \x01(\x08\"Z\n\x15ListWorkflowsResponse\x12(\n\tworkflows\x18\x01 \x03(\x0b\x32\x15.conveyor.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x43ountWorkflowsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8f\x01\n\x16\x43ountWorkflowsResponse\x12\x44\n\tby_status\x18\x01 \x03(\x0b\x32\x31.conveyor.v1.CountWorkflowsResponse.ByStatusEntry\x1a/\n\rByStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"<\n\x15\x43\x61ncelWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"A\n\x16\x43\x61ncelWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow\"-\n\x16\x45xplainWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\xd3\x03\n\x0fStepExplanation\x12\x13\n\x0bstep_number\x18\x01 \x01(\x05\x12\x11\n\tstep_name\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.conveyor.v1.StepKind\x12\x11\n\ttask_kind\x18\x04 \x01(\t\x12#\n\x04wait\x18\x05 \x01(\x0e\x32\x15.conveyor.v1.StepWait\x12\x13\n\x0b\x65xplanation\x18\x06 \x01(\t\x12\r\n\x05shard\x18\x07 \x01(\x05\x12\x13\n\x0btasks_ahead\x18\x08 \x01(\x03\x12\x17\n\x0fshard_executors\x18\t \x03(\t\x12\x13\n\x0b\x65xecutor_id\x18\n \x01(\t\x12\x37\n\x14since_last_heartbeat\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x0c\x61vailable_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclaimed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x0e \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x0f \x01(\x05\x12\x12\n\nlast_error\x18\x10 \x01(\t\"\x81\x02\n\x17\x45xplainWorkflowResponse\x12\'\n\x08workflow\x18\x01 \x01(\x0b\x32\x15.conveyor.v1.Workflow\x12\x31\n\tsituation\x18\x02 \x01(\x0e\x32\x1e.conveyor.v1.WorkflowSituation\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12+\n\x05steps\x18\x04 \x03(\x0b\x32\x1c.conveyor.v1.StepExplanation\x12\x1a\n\x12replay_queue_ahead\x18\x05 \x01(\x03\x12\x30\n\x0cgenerated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xf1\x01\n\x11WorkflowSituation\x12\"\n\x1eWORKFLOW_SITUATION_UNSPECIFIED\x10\x00\x12(\n$WORKFLOW_SITUATION_STEPS_IN_PROGRESS\x10\x01\x12$\n WORKFLOW_SITUATION_REPLAY_QUEUED\x10\x02\x12&\n\"WORKFLOW_SITUATION_CODE_NOT_LOADED\x10\x03\x12\x1f\n\x1bWORKFLOW_SITUATION_STRANDED\x10\x04\x12\x1f\n\x1bWORKFLOW_SITUATION_FINISHED\x10\x05*\xdb\x01\n\x08StepWait\x12\x19\n\x15STEP_WAIT_UNSPECIFIED\x10\x00\x12\x14\n\x10STEP_WAIT_QUEUED\x10\x01\x12\x19\n\x15STEP_WAIT_NO_EXECUTOR\x10\x02\x12\x15\n\x11STEP_WAIT_RUNNING\x10\x03\x12\x1b\n\x17STEP_WAIT_EXECUTOR_LOST\x10\x04\x12\x1b\n\x17STEP_WAIT_RETRY_BACKOFF\x10\x05\x12\x1a\n\x16STEP_WAIT_RATE_LIMITED\x10\x06\x12\x16\n\x12STEP_WAIT_SLEEPING\x10\x07\x32\x82\x05\n\x0fWorkflowService\x12V\n\rStartWorkflow\x12!.conveyor.v1.StartWorkflowRequest\x1a\".conveyor.v1.StartWorkflowResponse\x12Y\n\x0eStartWorkflows\x12\".conveyor.v1.StartWorkflowsRequest\x1a#.conveyor.v1.StartWorkflowsResponse\x12P\n\x0bGetWorkflow\x12\x1f.conveyor.v1.GetWorkflowRequest\x1a .conveyor.v1.GetWorkflowResponse\x12V\n\rListWorkflows\x12!.conveyor.v1.ListWorkflowsRequest\x1a\".conveyor.v1.ListWorkflowsResponse\x12Y\n\x0e\x43ountWorkflows\x12\".conveyor.v1.CountWorkflowsRequest\x1a#.conveyor.v1.CountWorkflowsResponse\x12Y\n\x0e\x43\x61ncelWorkflow\x12\".conveyor.v1.CancelWorkflowRequest\x1a#.conveyor.v1.CancelWorkflowResponse\x12\\\n\x0f\x45xplainWorkflow\x12#.conveyor.v1.ExplainWorkflowRequest\x1a$.conveyor.v1.ExplainWorkflowResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +36,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._loaded_options = None
   _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_options = b'8\001'
-  _globals['_STARTWORKFLOWREQUEST']._serialized_start=110
-  _globals['_STARTWORKFLOWREQUEST']._serialized_end=190
-  _globals['_STARTWORKFLOWRESPONSE']._serialized_start=192
-  _globals['_STARTWORKFLOWRESPONSE']._serialized_end=261
-  _globals['_STARTWORKFLOWSREQUEST']._serialized_start=263
-  _globals['_STARTWORKFLOWSREQUEST']._serialized_end=340
-  _globals['_STARTWORKFLOWSRESPONSE']._serialized_start=342
-  _globals['_STARTWORKFLOWSRESPONSE']._serialized_end=421
-  _globals['_GETWORKFLOWREQUEST']._serialized_start=423
-  _globals['_GETWORKFLOWREQUEST']._serialized_end=487
-  _globals['_WORKFLOW']._serialized_start=490
-  _globals['_WORKFLOW']._serialized_end=818
-  _globals['_GETWORKFLOWRESPONSE']._serialized_start=820
-  _globals['_GETWORKFLOWRESPONSE']._serialized_end=882
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=885
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1029
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1031
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1121
-  _globals['_COUNTWORKFLOWSREQUEST']._serialized_start=1123
-  _globals['_COUNTWORKFLOWSREQUEST']._serialized_end=1160
-  _globals['_COUNTWORKFLOWSRESPONSE']._serialized_start=1163
-  _globals['_COUNTWORKFLOWSRESPONSE']._serialized_end=1306
-  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_start=1259
-  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_end=1306
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1308
-  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1368
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=1370
-  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=1435
-  _globals['_WORKFLOWSERVICE']._serialized_start=1438
-  _globals['_WORKFLOWSERVICE']._serialized_end=1986
+  _globals['_WORKFLOWSITUATION']._serialized_start=2247
+  _globals['_WORKFLOWSITUATION']._serialized_end=2488
+  _globals['_STEPWAIT']._serialized_start=2491
+  _globals['_STEPWAIT']._serialized_end=2710
+  _globals['_STARTWORKFLOWREQUEST']._serialized_start=142
+  _globals['_STARTWORKFLOWREQUEST']._serialized_end=222
+  _globals['_STARTWORKFLOWRESPONSE']._serialized_start=224
+  _globals['_STARTWORKFLOWRESPONSE']._serialized_end=293
+  _globals['_STARTWORKFLOWSREQUEST']._serialized_start=295
+  _globals['_STARTWORKFLOWSREQUEST']._serialized_end=372
+  _globals['_STARTWORKFLOWSRESPONSE']._serialized_start=374
+  _globals['_STARTWORKFLOWSRESPONSE']._serialized_end=453
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=455
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=519
+  _globals['_WORKFLOW']._serialized_start=522
+  _globals['_WORKFLOW']._serialized_end=850
+  _globals['_GETWORKFLOWRESPONSE']._serialized_start=852
+  _globals['_GETWORKFLOWRESPONSE']._serialized_end=914
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=917
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=1061
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=1063
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=1153
+  _globals['_COUNTWORKFLOWSREQUEST']._serialized_start=1155
+  _globals['_COUNTWORKFLOWSREQUEST']._serialized_end=1192
+  _globals['_COUNTWORKFLOWSRESPONSE']._serialized_start=1195
+  _globals['_COUNTWORKFLOWSRESPONSE']._serialized_end=1338
+  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_start=1291
+  _globals['_COUNTWORKFLOWSRESPONSE_BYSTATUSENTRY']._serialized_end=1338
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_start=1340
+  _globals['_CANCELWORKFLOWREQUEST']._serialized_end=1400
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_start=1402
+  _globals['_CANCELWORKFLOWRESPONSE']._serialized_end=1467
+  _globals['_EXPLAINWORKFLOWREQUEST']._serialized_start=1469
+  _globals['_EXPLAINWORKFLOWREQUEST']._serialized_end=1514
+  _globals['_STEPEXPLANATION']._serialized_start=1517
+  _globals['_STEPEXPLANATION']._serialized_end=1984
+  _globals['_EXPLAINWORKFLOWRESPONSE']._serialized_start=1987
+  _globals['_EXPLAINWORKFLOWRESPONSE']._serialized_end=2244
+  _globals['_WORKFLOWSERVICE']._serialized_start=2713
+  _globals['_WORKFLOWSERVICE']._serialized_end=3355
 # @@protoc_insertion_point(module_scope)

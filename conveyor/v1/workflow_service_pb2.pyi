@@ -1,14 +1,50 @@
 import datetime
 
 from conveyor.v1 import common_pb2 as _common_pb2
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkflowSituation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WORKFLOW_SITUATION_UNSPECIFIED: _ClassVar[WorkflowSituation]
+    WORKFLOW_SITUATION_STEPS_IN_PROGRESS: _ClassVar[WorkflowSituation]
+    WORKFLOW_SITUATION_REPLAY_QUEUED: _ClassVar[WorkflowSituation]
+    WORKFLOW_SITUATION_CODE_NOT_LOADED: _ClassVar[WorkflowSituation]
+    WORKFLOW_SITUATION_STRANDED: _ClassVar[WorkflowSituation]
+    WORKFLOW_SITUATION_FINISHED: _ClassVar[WorkflowSituation]
+
+class StepWait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_WAIT_UNSPECIFIED: _ClassVar[StepWait]
+    STEP_WAIT_QUEUED: _ClassVar[StepWait]
+    STEP_WAIT_NO_EXECUTOR: _ClassVar[StepWait]
+    STEP_WAIT_RUNNING: _ClassVar[StepWait]
+    STEP_WAIT_EXECUTOR_LOST: _ClassVar[StepWait]
+    STEP_WAIT_RETRY_BACKOFF: _ClassVar[StepWait]
+    STEP_WAIT_RATE_LIMITED: _ClassVar[StepWait]
+    STEP_WAIT_SLEEPING: _ClassVar[StepWait]
+WORKFLOW_SITUATION_UNSPECIFIED: WorkflowSituation
+WORKFLOW_SITUATION_STEPS_IN_PROGRESS: WorkflowSituation
+WORKFLOW_SITUATION_REPLAY_QUEUED: WorkflowSituation
+WORKFLOW_SITUATION_CODE_NOT_LOADED: WorkflowSituation
+WORKFLOW_SITUATION_STRANDED: WorkflowSituation
+WORKFLOW_SITUATION_FINISHED: WorkflowSituation
+STEP_WAIT_UNSPECIFIED: StepWait
+STEP_WAIT_QUEUED: StepWait
+STEP_WAIT_NO_EXECUTOR: StepWait
+STEP_WAIT_RUNNING: StepWait
+STEP_WAIT_EXECUTOR_LOST: StepWait
+STEP_WAIT_RETRY_BACKOFF: StepWait
+STEP_WAIT_RATE_LIMITED: StepWait
+STEP_WAIT_SLEEPING: StepWait
 
 class StartWorkflowRequest(_message.Message):
     __slots__ = ("name", "args_json", "idempotency_key")
@@ -136,3 +172,61 @@ class CancelWorkflowResponse(_message.Message):
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     workflow: Workflow
     def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ...) -> None: ...
+
+class ExplainWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id",)
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+
+class StepExplanation(_message.Message):
+    __slots__ = ("step_number", "step_name", "kind", "task_kind", "wait", "explanation", "shard", "tasks_ahead", "shard_executors", "executor_id", "since_last_heartbeat", "available_at", "claimed_at", "attempt", "max_attempts", "last_error")
+    STEP_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STEP_NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    TASK_KIND_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    TASKS_AHEAD_FIELD_NUMBER: _ClassVar[int]
+    SHARD_EXECUTORS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_AT_FIELD_NUMBER: _ClassVar[int]
+    CLAIMED_AT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    step_number: int
+    step_name: str
+    kind: _common_pb2.StepKind
+    task_kind: str
+    wait: StepWait
+    explanation: str
+    shard: int
+    tasks_ahead: int
+    shard_executors: _containers.RepeatedScalarFieldContainer[str]
+    executor_id: str
+    since_last_heartbeat: _duration_pb2.Duration
+    available_at: _timestamp_pb2.Timestamp
+    claimed_at: _timestamp_pb2.Timestamp
+    attempt: int
+    max_attempts: int
+    last_error: str
+    def __init__(self, step_number: _Optional[int] = ..., step_name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.StepKind, str]] = ..., task_kind: _Optional[str] = ..., wait: _Optional[_Union[StepWait, str]] = ..., explanation: _Optional[str] = ..., shard: _Optional[int] = ..., tasks_ahead: _Optional[int] = ..., shard_executors: _Optional[_Iterable[str]] = ..., executor_id: _Optional[str] = ..., since_last_heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., available_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class ExplainWorkflowResponse(_message.Message):
+    __slots__ = ("workflow", "situation", "summary", "steps", "replay_queue_ahead", "generated_at")
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    SITUATION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_QUEUE_AHEAD_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_AT_FIELD_NUMBER: _ClassVar[int]
+    workflow: Workflow
+    situation: WorkflowSituation
+    summary: str
+    steps: _containers.RepeatedCompositeFieldContainer[StepExplanation]
+    replay_queue_ahead: int
+    generated_at: _timestamp_pb2.Timestamp
+    def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ..., situation: _Optional[_Union[WorkflowSituation, str]] = ..., summary: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepExplanation, _Mapping]]] = ..., replay_queue_ahead: _Optional[int] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -65,6 +65,11 @@ class WorkflowServiceStub:
                 request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowResponse.FromString,
                 _registered_method=True)
+        self.ExplainWorkflow = channel.unary_unary(
+                '/conveyor.v1.WorkflowService/ExplainWorkflow',
+                request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -115,6 +120,17 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainWorkflow(self, request, context):
+        """Why the workflow is where it is: what each step in progress waits for (its
+        place in the queue, the executor leasing its shard or running it, a retry
+        backoff, a timer), whether it waits for a replay, or how it finished. Plain
+        words in `summary` and per step, the same facts as fields. NOT_FOUND for an
+        unknown id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +163,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.CancelWorkflow,
                     request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowResponse.SerializeToString,
+            ),
+            'ExplainWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +333,33 @@ class WorkflowService:
             '/conveyor.v1.WorkflowService/CancelWorkflow',
             conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowRequest.SerializeToString,
             conveyor_dot_v1_dot_workflow__service__pb2.CancelWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.WorkflowService/ExplainWorkflow',
+            conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

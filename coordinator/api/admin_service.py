@@ -9,8 +9,9 @@ from conveyor.errors import InvalidArgument
 from conveyor.v1 import admin_service_pb2 as pb
 from conveyor.v1 import admin_service_pb2_grpc, common_pb2
 
-from .. import protocol
+from .. import protocol, validation
 from ..engine import Coordinator, DiagnoseReport
+from ..store import WorkflowSelection
 from .errors import rpc
 
 
@@ -22,6 +23,11 @@ def _shards(selector: common_pb2.ShardSelector) -> list[int] | None:
     if target == "all_shards" and selector.all_shards:
         return None
     raise InvalidArgument("choose the shards to act on: a shard number, or all_shards=true")
+
+
+def _time_bound(request: pb.CancelWorkflowsRequest, field: str) -> int | None:
+    """An optional Timestamp field in microseconds; None when unset."""
+    return protocol.from_timestamp(getattr(request, field), field) if request.HasField(field) else None
 
 
 def _limit(limit: int) -> int:
@@ -75,6 +81,21 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         if request.max_violations < 0:
             raise InvalidArgument("max_violations must not be negative")
         return _diagnosis_to_wire(await self._coordinator.diagnose(request.max_violations))
+
+    @rpc
+    async def CancelWorkflows(
+        self, request: pb.CancelWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelWorkflowsResponse:
+        selection = WorkflowSelection(
+            shards=_shards(request.shards),
+            name=validation.identifier(request.name, "name", required=False) or None,
+            started_before=_time_bound(request, "started_before"),
+            started_after=_time_bound(request, "started_after"),
+        )
+        matched, cancelled, sample = await self._coordinator.cancel_workflows(
+            selection, _limit(request.limit), request.dry_run, request.reason
+        )
+        return pb.CancelWorkflowsResponse(matched=matched, cancelled=cancelled, sample_workflow_ids=sample)
 
 
 def _diagnosis_to_wire(report: DiagnoseReport) -> pb.DiagnoseResponse:

@@ -13,8 +13,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from conveyor.errors import RpcError
+
+from .decoding import malformed_message
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def rpc(method: F) -> F:
             raise
         except RpcError as error:
             await context.abort(error.code, error.message[:MAX_STATUS_MESSAGE])
+        except DecodeError as error:  # a streamed message that is not protobuf (see .decoding)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_message(error))
         except Exception as error:
             log.exception("%s failed", method.__qualname__)
             await context.abort(

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 
 import grpc
 
-from conveyor.errors import InvalidArgument
+from conveyor.errors import InvalidArgument, ResourceExhausted
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1 import executor_service_pb2_grpc
 
 from .. import protocol, validation
+from ..auth import Principal, TokenTable, require_executor_identity
 from ..engine import Coordinator
 from ..model import ErrorClass
 from ..sessions import ExecutorSession
@@ -31,15 +33,39 @@ _DISPOSITION_TO_WIRE = {
 
 
 class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, tokens: TokenTable | None = None) -> None:
         self._coordinator = coordinator
+        #: With authentication on: the tokens, to hold bound executor tokens to their executor id.
+        self._tokens = tokens
+        #: Open ClaimTasks streams per client connection (gRPC peer).
+        self._streams: Counter[str] = Counter()
+
+    def _principal(self, context: grpc.aio.ServicerContext) -> Principal | None:
+        return None if self._tokens is None else self._tokens.principal_of(context.invocation_metadata())
 
     @rpc
     async def ClaimTasks(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
+        peer = context.peer()
+        limit = self._coordinator.config.max_streams_per_connection
+        if self._streams[peer] >= limit:
+            raise ResourceExhausted(
+                f"{self._streams[peer]} ClaimTasks streams are already open on this connection; the limit "
+                f"is {limit} (an executor needs one)"
+            )
+        self._streams[peer] += 1
+        try:
+            await self._serve(context, peer)
+        finally:
+            self._streams[peer] -= 1
+            if not self._streams[peer]:
+                del self._streams[peer]
+
+    async def _serve(self, context: grpc.aio.ServicerContext, peer: str) -> None:
         first = await context.read()
         if first is grpc.aio.EOF or not first.HasField("hello"):
             raise InvalidArgument("the first ClaimTasks message must be a Hello")
-        session = await self._coordinator.connect_executor(first.hello, context.peer())
+        require_executor_identity(self._principal(context), first.hello.executor_id)
+        session = await self._coordinator.connect_executor(first.hello, peer)
         reader = asyncio.create_task(self._read(context, session))
         try:
             while (message := await session.outbox.get()) is not None:
@@ -60,7 +86,8 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
                 elif kind == "heartbeat":
                     self._coordinator.executor_alive(session)
                 elif kind == "draining":
-                    await self._coordinator.executor_draining(session, message.draining.reason)
+                    reason = message.draining.reason[:MAX_ERROR_MESSAGE]
+                    await self._coordinator.executor_draining(session, reason)
                 else:
                     log.warning(
                         "executor %s sent an unexpected %s message; ignored", session.executor_id, kind
@@ -74,6 +101,7 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
     ) -> pb.RecordResultsResponse:
         config = self._coordinator.config
         executor_id = validation.identifier(request.executor_id, "executor_id")
+        require_executor_identity(self._principal(context), executor_id)
         if len(request.results) > config.max_batch_size:
             raise InvalidArgument(
                 f"{len(request.results)} results in one call; the limit is {config.max_batch_size}"
@@ -87,7 +115,10 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
 
 def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> ReportedResult:
     """Convert one result; a malformed success payload becomes a failure rather than a stuck task."""
-    started_at = protocol.from_timestamp(result.started_at)
+    try:
+        started_at = protocol.from_timestamp(result.started_at, f"results[{index}].started_at")
+    except InvalidArgument:  # the executor's clock, kept for timings only: a wild one costs no result
+        started_at = None
     outcome = result.WhichOneof("outcome")
     if outcome == "result_json":
         problem = validation.result_json(result.result_json, max_payload_bytes)
@@ -115,7 +146,7 @@ def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> Repo
             result.task_id,
             result.fencing_token,
             error_class=error_class,
-            error=result.failure.message[:MAX_ERROR_MESSAGE] or "no message",
+            error=validation.storable_text(result.failure.message[:MAX_ERROR_MESSAGE]) or "no message",
             retry_after=retry_after,
             started_at=started_at,
         )

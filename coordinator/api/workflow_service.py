@@ -10,7 +10,26 @@ from conveyor.v1 import workflow_service_pb2_grpc
 
 from .. import protocol
 from ..engine import Coordinator
+from ..explain import Explanation, Situation, StepExplanation, Wait
 from .errors import rpc
+
+_SITUATION_TO_WIRE = {
+    Situation.STEPS_IN_PROGRESS: pb.WORKFLOW_SITUATION_STEPS_IN_PROGRESS,
+    Situation.REPLAY_QUEUED: pb.WORKFLOW_SITUATION_REPLAY_QUEUED,
+    Situation.CODE_NOT_LOADED: pb.WORKFLOW_SITUATION_CODE_NOT_LOADED,
+    Situation.STRANDED: pb.WORKFLOW_SITUATION_STRANDED,
+    Situation.FINISHED: pb.WORKFLOW_SITUATION_FINISHED,
+}
+
+_WAIT_TO_WIRE = {
+    Wait.QUEUED: pb.STEP_WAIT_QUEUED,
+    Wait.NO_EXECUTOR: pb.STEP_WAIT_NO_EXECUTOR,
+    Wait.RUNNING: pb.STEP_WAIT_RUNNING,
+    Wait.EXECUTOR_LOST: pb.STEP_WAIT_EXECUTOR_LOST,
+    Wait.RETRY_BACKOFF: pb.STEP_WAIT_RETRY_BACKOFF,
+    Wait.RATE_LIMITED: pb.STEP_WAIT_RATE_LIMITED,
+    Wait.SLEEPING: pb.STEP_WAIT_SLEEPING,
+}
 
 
 def _start_request(request: pb.StartWorkflowRequest) -> tuple[str, str, str]:
@@ -84,3 +103,43 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> pb.CancelWorkflowResponse:
         record = await self._coordinator.cancel_workflow(request.workflow_id, request.reason)
         return pb.CancelWorkflowResponse(workflow=protocol.workflow_to_wire(record))
+
+    @rpc
+    async def ExplainWorkflow(
+        self, request: pb.ExplainWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainWorkflowResponse:
+        return _explanation_to_wire(await self._coordinator.explain_workflow(request.workflow_id))
+
+
+def _explanation_to_wire(explanation: Explanation) -> pb.ExplainWorkflowResponse:
+    return pb.ExplainWorkflowResponse(
+        workflow=protocol.workflow_to_wire(explanation.workflow),
+        situation=_SITUATION_TO_WIRE[explanation.situation],
+        summary=explanation.summary,
+        steps=[_step_explanation_to_wire(step) for step in explanation.steps],
+        replay_queue_ahead=explanation.replay_queue_ahead,
+        generated_at=protocol.timestamp(explanation.generated_at),
+    )
+
+
+def _step_explanation_to_wire(step: StepExplanation) -> pb.StepExplanation:
+    return pb.StepExplanation(
+        step_number=step.number,
+        step_name=step.name,
+        kind=protocol.STEP_KIND_TO_WIRE[step.kind],
+        task_kind=step.task_kind,
+        wait=_WAIT_TO_WIRE[step.wait],
+        explanation=step.text,
+        shard=step.shard or 0,
+        tasks_ahead=step.tasks_ahead,
+        shard_executors=step.shard_executors,
+        executor_id=step.executor_id,
+        since_last_heartbeat=(
+            None if step.since_last_heartbeat is None else protocol.duration(step.since_last_heartbeat)
+        ),
+        available_at=protocol.timestamp(step.available_at),
+        claimed_at=protocol.timestamp(step.claimed_at),
+        attempt=step.attempt,
+        max_attempts=step.max_attempts,
+        last_error=step.last_error,
+    )

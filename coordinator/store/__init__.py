@@ -7,13 +7,14 @@ database's reader pool from worker threads.
 from .database import ClusterFacts, Database
 from .diagnosis import ShardDepth, Violation
 from .executors import ExecutorRecords
-from .queue import ClaimedTask, Disposition, RecordOutcome, ReportedResult, TaskQueue
+from .queue import AttemptOutcome, ClaimedTask, Disposition, RecordOutcome, ReportedResult, TaskQueue
 from .replays import ReplayBatchOutcome, ReplayQueue
 from .timers import Timers
-from .workflows import Started, StartRequest, StepRecord, WorkflowRecord, Workflows
+from .workflows import Started, StartRequest, StepRecord, WorkflowRecord, Workflows, WorkflowSelection
 from .writer import Writer
 
 __all__ = [
+    "AttemptOutcome",
     "ClaimedTask",
     "ClusterFacts",
     "Database",
@@ -31,6 +32,7 @@ __all__ = [
     "Timers",
     "Violation",
     "WorkflowRecord",
+    "WorkflowSelection",
     "Workflows",
     "Writer",
 ]

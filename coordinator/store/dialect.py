@@ -23,6 +23,7 @@ from sqlalchemy import BigInteger, Engine, Integer, Table, create_engine, event,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnElement
 
 from conveyor.errors import ConfigurationError
 
@@ -45,6 +46,13 @@ class Dialect(ABC):
     @abstractmethod
     def insert_ignoring_duplicates(self, table: Table) -> Insert:
         """``INSERT`` that skips rows whose primary key already exists."""
+
+    def unindexed(self, column: ColumnElement[str]) -> ColumnElement[str]:
+        """``column`` as a term the planner will not answer from the column's own index.
+
+        PostgreSQL plans from table statistics and gets the plain column; see SQLite's.
+        """
+        return column
 
     @contextlib.contextmanager
     def migration_lock(self, connection: Connection) -> Iterator[None]:
@@ -105,6 +113,12 @@ class SQLiteDialect(Dialect):
     def insert_ignoring_duplicates(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
+    def unindexed(self, column: ColumnElement[str]) -> ColumnElement[str]:
+        # SQLite plans without statistics (nothing runs ANALYZE), so it takes any equality
+        # on an indexed column for a selective one, even `name IN (...)` that matches every
+        # row; `column || ''` keeps that index out of the plan.
+        return column.concat("")
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -162,3 +176,9 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
         return True
     return isinstance(error, exc.OperationalError | exc.InterfaceError)
+
+
+def describe_error(error: BaseException) -> str:
+    """A database error in one short line (drivers' messages run to many lines)."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {first_line}"[:300]

@@ -52,13 +52,17 @@ def enqueue_idle_workflows(
     in_progress = exists().where(
         and_(steps.c.workflow_id == workflows.c.id, steps.c.status == StepStatus.RUNNING)
     )
-    idle = connection.execute(
-        select(workflows.c.id, workflows.c.shard, workflows.c.created_at).where(
-            workflows.c.id.in_(list(workflow_ids)),
-            workflows.c.status == WorkflowStatus.RUNNING,
-            ~in_progress,
+    # The status is checked here rather than in SQL: a `status = 'running'` term let SQLite
+    # walk the status index over every running workflow instead of looking up these ids.
+    idle = [
+        row
+        for row in connection.execute(
+            select(workflows.c.id, workflows.c.shard, workflows.c.created_at, workflows.c.status).where(
+                workflows.c.id.in_(list(workflow_ids)), ~in_progress
+            )
         )
-    ).all()
+        if row.status == WorkflowStatus.RUNNING
+    ]
     if idle:
         connection.execute(
             dialect.insert_ignoring_duplicates(replay_queue),

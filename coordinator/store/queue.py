@@ -15,17 +15,20 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import ColumnElement, Select, Update, bindparam, delete, func, select, union_all, update
 from sqlalchemy.engine import Connection
 
 from conveyor.workflow import RetryPolicy
 
 from .. import retries
 from ..clock import seconds_to_us
-from ..model import ErrorClass, StepStatus
+from ..model import ClaimOrder, ErrorClass, StepStatus
 from .dialect import Dialect
 from .journal import cancel_workflows, enqueue_idle_workflows, finish_steps
 from .schema import steps, tasks
+
+#: Claim statements kept built, one per set of shards an executor leased.
+MAX_CACHED_CLAIMS = 64
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class ClaimedTask:
     shard: int
     timeout: float | None
     workflow_created_at: int
+    #: When it became claimable (enqueued, or its retry backoff ended): the start of its queue wait.
+    available_at: int
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,24 @@ class Disposition(IntEnum):
     STALE = 3
 
 
+@dataclass(frozen=True)
+class AttemptOutcome:
+    """How one accepted attempt ended, for metrics."""
+
+    task_kind: str
+    #: None for a success.
+    error_class: ErrorClass | None
+    #: The queue will run another attempt (a failure with attempts or rate-limit waits left).
+    retried: bool
+    #: Seconds from its claim to this result, when the claim time is known.
+    claimed_for: float | None
+
+
 @dataclass
 class RecordOutcome:
     dispositions: list[Disposition]
+    #: One per accepted result, in request order.
+    attempts: list[AttemptOutcome] = field(default_factory=list)
     #: Workflows that got a replay-queue row (their last running step finished).
     replays_enqueued: int = 0
     #: Earliest time a task retried by this batch becomes claimable, and where.
@@ -85,6 +105,7 @@ class RequeueOutcome:
 
 _task_state_columns = (
     tasks.c.id,
+    tasks.c.kind,
     tasks.c.workflow_id,
     tasks.c.shard,
     tasks.c.claimed_by,
@@ -141,38 +162,67 @@ def _retry_state(row: object) -> retries.RetryState:
 class TaskQueue:
     """Write units over the ``tasks`` table. Each method runs inside the writer's transaction."""
 
-    def __init__(self, dialect: Dialect, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, dialect: Dialect, rng: random.Random | None = None, order: ClaimOrder = ClaimOrder.FIFO
+    ) -> None:
         self._dialect = dialect
         self._rng = rng or random.Random()
+        self._claim_order = ("workflow_created_at", "id") if order is ClaimOrder.FIFO else ("id",)
+        self._claim_statements: dict[frozenset[int] | None, Update] = {}
 
-    def claim(
-        self,
-        connection: Connection,
-        executor_id: str,
-        shards: Collection[int],
-        kinds: Collection[str],
-        limit: int,
-        now: int,
-    ) -> list[ClaimedTask]:
-        """Lease up to ``limit`` claimable tasks of ``shards``, oldest workflow first."""
-        if limit <= 0 or not shards or not kinds:
-            return []
-        oldest = (
-            select(tasks.c.id)
-            .where(
-                tasks.c.claimed_by.is_(None),
-                tasks.c.shard.in_(list(shards)),
-                tasks.c.kind.in_(list(kinds)),
-                tasks.c.available_at <= now,
+    def _claim_statement(self, shards: frozenset[int] | None) -> Update:
+        """The claim for one set of shards, built once: it is run for every dispatch.
+
+        For a set of shards, each shard's oldest tasks come from its own walk of the
+        ``(shard, workflow_created_at, id)`` index, at most ``limit`` per shard, and the
+        oldest of those win, so the cost depends on the shards and the limit and not on
+        how many tasks are queued. (One query over all the shards had SQLite sort every
+        unclaimed task on each claim, which made a queue of 100,000 workflows crawl.)
+        For any shard, used only once an executor's own shards are drained, one query
+        over the unclaimed tasks suffices.
+        """
+        statement = self._claim_statements.get(shards)
+        if statement is not None:
+            return statement
+
+        def oldest_claimable(*where: ColumnElement[bool]) -> Select[tuple[int, int]]:
+            return (
+                select(tasks.c.id, tasks.c.workflow_created_at)
+                .where(
+                    *where,
+                    tasks.c.claimed_by.is_(None),
+                    tasks.c.kind.in_(bindparam("kinds", expanding=True)),
+                    tasks.c.available_at <= bindparam("now"),
+                )
+                .order_by(*(tasks.c[name] for name in self._claim_order))
+                .limit(bindparam("limit"))
+                .with_for_update(skip_locked=True)
             )
-            .order_by(tasks.c.workflow_created_at, tasks.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        claimed = connection.execute(
+
+        if shards is None:
+            oldest = oldest_claimable().with_only_columns(tasks.c.id)
+        else:
+            per_shard = []
+            for shard in sorted(shards):
+                candidates = oldest_claimable(tasks.c.shard == shard).subquery()
+                per_shard.append(select(candidates.c.id, candidates.c.workflow_created_at))
+            merged = union_all(*per_shard).subquery()
+            oldest = (
+                select(merged.c.id)
+                .order_by(*(merged.c[name] for name in self._claim_order))
+                .limit(bindparam("limit"))
+            )
+        # A CTE, which PostgreSQL runs exactly once: as an IN subquery it may be rescanned
+        # for each row updated, and with SKIP LOCKED the rescans claimed more than the limit.
+        claimable = oldest.cte("claimable")
+        statement = (
             update(tasks)
-            .where(tasks.c.id.in_(oldest.scalar_subquery()))
-            .values(claimed_by=executor_id, claimed_at=now, fencing_token=tasks.c.fencing_token + 1)
+            .where(tasks.c.id.in_(select(claimable.c.id)))
+            .values(
+                claimed_by=bindparam("executor_id"),
+                claimed_at=bindparam("now"),
+                fencing_token=tasks.c.fencing_token + 1,
+            )
             .returning(
                 tasks.c.id,
                 tasks.c.fencing_token,
@@ -183,7 +233,30 @@ class TaskQueue:
                 tasks.c.shard,
                 tasks.c.timeout,
                 tasks.c.workflow_created_at,
+                tasks.c.available_at,
             )
+        )
+        if len(self._claim_statements) >= MAX_CACHED_CLAIMS:  # shard sets change as executors come and go
+            self._claim_statements.clear()
+        self._claim_statements[shards] = statement
+        return statement
+
+    def claim(
+        self,
+        connection: Connection,
+        executor_id: str,
+        shards: Collection[int] | None,
+        kinds: Collection[str],
+        limit: int,
+        now: int,
+    ) -> list[ClaimedTask]:
+        """Lease up to ``limit`` claimable tasks of ``shards`` (``None``: any shard), oldest
+        workflow first (by default)."""
+        if limit <= 0 or (shards is not None and not shards) or not kinds:
+            return []
+        claimed = connection.execute(
+            self._claim_statement(None if shards is None else frozenset(shards)),
+            {"executor_id": executor_id, "kinds": list(kinds), "limit": limit, "now": now},
         ).all()
         if not claimed:
             return []
@@ -209,6 +282,7 @@ class TaskQueue:
                 shard=row.shard,
                 timeout=row.timeout,
                 workflow_created_at=row.workflow_created_at,
+                available_at=row.available_at,
             )
             for row in claimed
         ]
@@ -241,7 +315,9 @@ class TaskQueue:
                 continue
             outcome.dispositions[index] = Disposition.ACCEPTED
             started_at = result.started_at or row.claimed_at
+            claimed_for = (now - row.claimed_at) / 1e6 if row.claimed_at is not None else None
             if result.error_class is None:
+                outcome.attempts.append(AttemptOutcome(row.kind, None, False, claimed_for))
                 finished.append(
                     self._final(
                         row,
@@ -259,6 +335,8 @@ class TaskQueue:
             verdict = retries.after_failure(
                 _retry_state(row), result.error_class, result.error, result.retry_after, self._rng
             )
+            will_retry = not isinstance(verdict, retries.GiveUp)
+            outcome.attempts.append(AttemptOutcome(row.kind, result.error_class, will_retry, claimed_for))
             if isinstance(verdict, retries.GiveUp):
                 finished.append(
                     self._final(
@@ -352,12 +430,19 @@ class TaskQueue:
         """Return to the queue the tasks leased to ``executor_id`` that it says it does not hold.
 
         They were pushed to it on a stream that broke before they arrived, so they
-        never started: no attempt is spent.
+        never started: no attempt is spent. The difference is taken here rather than
+        with ``NOT IN (held)``: ``held`` comes from the executor and may be longer than
+        a statement can carry, while the tasks leased to it are bounded by its capacity.
         """
-        query = update(tasks).where(tasks.c.claimed_by == executor_id)
-        if held:
-            query = query.where(tasks.c.id.not_in(list(held)))
-        return connection.execute(query.values(claimed_by=None, claimed_at=None)).rowcount
+        leased = connection.execute(select(tasks.c.id).where(tasks.c.claimed_by == executor_id)).scalars()
+        unheld = sorted(set(leased) - set(held))
+        if not unheld:
+            return 0
+        return connection.execute(
+            update(tasks)
+            .where(tasks.c.claimed_by == executor_id, tasks.c.id.in_(unheld))
+            .values(claimed_by=None, claimed_at=None)
+        ).rowcount
 
     def requeue_lost(self, connection: Connection, executor_id: str, now: int) -> RequeueOutcome:
         """The executor's lease expired: retry its tasks elsewhere at once, or fail those out of attempts."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
+from conveyor import logs
 from conveyor.workflow import WorkflowRegistry
 
 from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
@@ -40,6 +41,8 @@ class ReplayBatchOutcome:
     task_shards: set[int] = field(default_factory=set)
     #: The earliest timer a new sleep step set.
     next_wake_at: int | None = None
+    #: Seconds each replayed workflow waited in the replay queue: the gap between its steps.
+    replay_delays: list[float] = field(default_factory=list)
 
 
 _update_progress = (
@@ -75,9 +78,13 @@ class ReplayQueue:
                 workflows.c.status,
                 workflows.c.shard,
                 workflows.c.created_at,
+                replay_queue.c.enqueued_at,
             )
             .join(replay_queue, replay_queue.c.workflow_id == workflows.c.id)
-            .where(workflows.c.name.in_(self._registry.names()))
+            # Not through the name index: the plan must walk the replay queue's FIFO index and
+            # stop at the limit, not visit every workflow ever started (which SQLite chose,
+            # making each batch cost as much as the whole history).
+            .where(self._dialect.unindexed(workflows.c.name).in_(self._registry.names()))
             .order_by(replay_queue.c.workflow_created_at, replay_queue.c.workflow_id)
             .limit(limit)
             .with_for_update(of=replay_queue, skip_locked=True)
@@ -94,6 +101,7 @@ class ReplayQueue:
                 continue  # finished, or waiting on a step whose result will enqueue it again
             result = self._replay_one(row, journal, now)
             outcome.replayed += 1
+            outcome.replay_delays.append(max(0, now - row.enqueued_at) / 1e6)
             for step in result.new_steps:
                 new_steps.append((row.id, row.shard, row.created_at, step))
             finished = result.status is not WorkflowStatus.RUNNING
@@ -123,7 +131,9 @@ class ReplayQueue:
             args = json.loads(row.args) if row.args else []  # type: ignore[attr-defined]
             return replay(definition, row.id, args, journal, now_us=now, rng=self._rng)  # type: ignore[attr-defined]
         except Exception as error:  # a bug in replay itself must not wedge the queue
-            log.exception("replaying workflow %s failed unexpectedly", row.id)  # type: ignore[attr-defined]
+            workflow_id = row.id  # type: ignore[attr-defined]
+            fields = logs.fields(workflow_id=workflow_id)
+            log.exception("replaying workflow %s failed unexpectedly", workflow_id, extra=fields)
             return ReplayOutcome(WorkflowStatus.FAILED, error=f"internal error during replay: {error!r}")
 
     @staticmethod

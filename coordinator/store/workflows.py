@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -63,6 +63,29 @@ class WorkflowRecord:
     completed_at: int | None
     step_count: int
     steps: tuple[StepRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkflowSelection:
+    """Running workflows picked by a filter, as ``CancelWorkflows`` takes them; None means any."""
+
+    shards: Collection[int] | None = None
+    name: str | None = None
+    #: Only workflows with ``created_at`` strictly before / after these times.
+    started_before: int | None = None
+    started_after: int | None = None
+
+    def oldest_first(self) -> Select[str]:
+        query = select(workflows.c.id).where(workflows.c.status == WorkflowStatus.RUNNING)
+        if self.shards is not None:
+            query = query.where(workflows.c.shard.in_(list(self.shards)))
+        if self.name:
+            query = query.where(workflows.c.name == self.name)
+        if self.started_before is not None:
+            query = query.where(workflows.c.created_at < self.started_before)
+        if self.started_after is not None:
+            query = query.where(workflows.c.created_at > self.started_after)
+        return query.order_by(workflows.c.created_at)
 
 
 _workflow_columns = (
@@ -171,6 +194,25 @@ class Workflows:
             )
         cancel_workflows(connection, [workflow_id], reason, now)
         return self.get(connection, workflow_id, include_steps=False)
+
+    @staticmethod
+    def count_selected(
+        connection: Connection, selection: WorkflowSelection, limit: int, sample_size: int
+    ) -> tuple[int, list[str]]:
+        """How many workflows ``selection`` holds (at most ``limit``; 0: no limit), and the oldest ids."""
+        query = selection.oldest_first()
+        limited = query.limit(limit) if limit > 0 else query
+        count = connection.execute(select(func.count()).select_from(limited.subquery())).scalar_one()
+        sample = min(sample_size, limit) if limit > 0 else sample_size
+        return count, list(connection.execute(query.limit(sample)).scalars())
+
+    @staticmethod
+    def cancel_selected(
+        connection: Connection, selection: WorkflowSelection, limit: int, reason: str, now: int
+    ) -> list[str]:
+        """Cancel the oldest ``limit`` workflows of ``selection``; returns their ids."""
+        ids = list(connection.execute(selection.oldest_first().limit(limit)).scalars())
+        return cancel_workflows(connection, ids, reason, now)
 
     def get(self, connection: Connection, workflow_id: str, *, include_steps: bool) -> WorkflowRecord:
         row = connection.execute(select(*_workflow_columns).where(workflows.c.id == workflow_id)).first()

@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConveyorError, Unavailable
 
-from .dialect import is_transient
+from .dialect import describe_error, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +127,17 @@ class Writer:
                 if is_transient(error) and time.monotonic() + delay < deadline:
                     log.warning(
                         "database write failed (%s); retrying %d unit(s) in %.2fs",
-                        _brief(error),
+                        describe_error(error),
                         len(batch),
                         delay,
                     )
                     time.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
-                log.error("database write failed for good: %s", _brief(error))
+                log.error("database write failed for good: %s", describe_error(error))
                 unavailable = Unavailable(
-                    f"the database is unavailable ({_brief(error)}); the request was not applied, retry later"
+                    f"the database is unavailable ({describe_error(error)}); the request was not applied, "
+                    "retry later"
                 )
                 outcomes = [(None, unavailable)] * len(batch)
             break
@@ -184,8 +185,3 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-def _brief(error: BaseException) -> str:
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first_line}"[:300]

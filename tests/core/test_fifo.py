@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from typing import Any
 
 from conveyor import WorkflowContext, workflow
 from conveyor.v1 import executor_service_pb2 as executor_pb
+from coordinator.model import ClaimOrder
 from support import ManualExecutor, Stack, eventually, llm_message_json, registry_of
 
 ACCEPTED = executor_pb.RESULT_DISPOSITION_ACCEPTED
@@ -152,3 +154,68 @@ async def test_a_pushed_batch_never_exceeds_the_free_credits_nor_fifty_tasks(mak
         assert [len(batch) for batch in executor.batches] == [3, 7, 50, 50, 10]
         # The grants were served oldest first, without overlap or gaps.
         assert [task.workflow_id for task in executor.received] == [s.workflow_id for s in started[:120]]
+
+
+async def test_the_task_id_claim_order_runs_every_first_step_before_any_second(make_stack) -> None:
+    """``claim_order=task-id`` (the benchmarks' pre-FIFO baseline) hands out the oldest *task*
+    first, so a newer workflow's step 0, enqueued before the older workflow's step 1, goes
+    first: the opposite of the default order in the first test of this module."""
+    stack = await make_stack(registry_of(four_steps), claim_order=ClaimOrder.TASK_ID)
+    older, newer = await stack.client.start_workflows(
+        [("four_steps", {"topic": "old"}), ("four_steps", {"topic": "new"})]
+    )
+    labels = {older.workflow_id: "older", newer.workflow_id: "newer"}
+    await eventually(lambda: settled(stack))
+
+    claims: list[tuple[str, int]] = []
+    async with ManualExecutor(stack.server.address, "task-id-one-slot", capacity=1) as executor:
+        await executor.connect()
+        for _ in range(8):
+            await executor.credit(1)
+            [task] = await executor.take(1)
+            claims.append((labels[task.workflow_id], task.step_number))
+            assert await executor.report(executor.success(task, echo(task))) == [ACCEPTED]
+            await eventually(lambda: settled(stack))
+
+    assert claims == [
+        ("older", 0),
+        ("newer", 0),
+        ("older", 1),
+        ("older", 2),
+        ("newer", 1),
+        ("newer", 2),
+        ("older", 3),
+        ("newer", 3),
+    ]
+
+
+async def test_an_executor_whose_shards_are_drained_takes_the_oldest_tasks_of_other_shards(
+    make_stack,
+) -> None:
+    """Shard leases route each shard's tasks to its holder first; an executor with free slots
+    and nothing left on its own shards takes the oldest tasks of the other shards rather than
+    idle while they wait (unevenly hashed shards would otherwise stretch a batch's tail)."""
+    stack = await make_stack(registry_of(one_step), shards=2)
+    started: list[Any] = []
+    shard_of: dict[str, int] = {}
+    # Ids are random, so start workflows until each of the two shards has at least two.
+    while min(Counter(shard_of.values()).get(shard, 0) for shard in (0, 1)) < 2:
+        batch = await stack.client.start_workflows([("one_step", {"n": len(started) + n}) for n in range(6)])
+        started += batch
+        shard_of |= {s.workflow_id: (await stack.client.get_workflow(s.workflow_id)).shard for s in batch}
+    await eventually(lambda: settled(stack))
+    async with (
+        ManualExecutor(stack.server.address, "fifo-owner-a", capacity=12) as a,
+        ManualExecutor(stack.server.address, "fifo-owner-b", capacity=12) as b,
+    ):
+        await a.connect()
+        await b.connect()
+        await eventually(lambda: a.assignments and b.assignments and a.assignments[-1] != [0, 1])
+        own = set(b.assignments[-1])
+        mine = [s.workflow_id for s in started if shard_of[s.workflow_id] in own]
+        others = [s.workflow_id for s in started if shard_of[s.workflow_id] not in own]
+        await b.credit(len(mine) + 2)
+        received = [task.workflow_id for task in await b.take(len(mine) + 2)]
+        assert b.untaken() == 0 and a.untaken() == 0
+
+    assert received == mine + others[:2]  # its own shard first, then the others' oldest

@@ -29,13 +29,23 @@ SUBCOMMANDS = [
     "simulator",
     "start",
     "get",
+    "list",
+    "count",
+    "wait",
+    "explain",
+    "cancel",
     "admin fail-pending",
     "admin bump-epoch",
     "admin clear-replay-queue",
     "admin clear-task-queue",
     "admin diagnose",
 ]
-CLIENT_COMMANDS = [["get", "wf-123"], ["admin", "diagnose"]]
+CLIENT_COMMANDS = [
+    ["get", "wf-123"],
+    ["admin", "diagnose"],
+    ["explain", "wf-123"],
+    ["cancel", "--all", "--dry-run"],
+]
 
 #: Runs the entry point once per command line in this interpreter; prints one JSON result per run.
 HELP_PAGES_SCRIPT = """
@@ -118,7 +128,18 @@ def test_top_level_help_lists_every_command_and_how_to_get_examples(runs: dict[s
     result = runs["--help"]
 
     assert result.returncode == 0, result.stderr
-    for command in ("coordinator", "executor", "simulator", "start", "get", "admin"):
+    for command in (
+        "coordinator",
+        "executor",
+        "simulator",
+        "start",
+        "get",
+        "list",
+        "wait",
+        "explain",
+        "cancel",
+        "admin",
+    ):
         assert f"conveyor {command}" in result.stdout
     assert "conveyor start NAME --args JSON" in result.stdout
     assert "--help` for a command's options and an example" in result.stdout

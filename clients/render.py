@@ -1,0 +1,188 @@
+"""How the CLI shows what the client returns: rich tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from conveyor.v1 import admin_service_pb2
+
+from .models import Explanation, Workflow, WorkflowStatus
+
+STATUS_STYLE = {
+    WorkflowStatus.RUNNING: "cyan",
+    WorkflowStatus.COMPLETED: "green",
+    WorkflowStatus.FAILED: "red",
+    WorkflowStatus.CANCELLED: "yellow",
+}
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON; dataclasses become objects, datetimes ISO 8601 strings."""
+    print(json.dumps(_plain(value), indent=2, default=_json_default))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """A protobuf message as JSON-ready data, with the .proto's field names."""
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _status(status: WorkflowStatus) -> str:
+    return f"[{STATUS_STYLE[status]}]{status.value}[/]"
+
+
+def workflow(console: Console, workflow: Workflow) -> None:
+    """One workflow with its steps, timings and errors."""
+    console.print(f"[bold]{workflow.name}[/bold] {workflow.id}  status: [bold]{_status(workflow.status)}[/]")
+    started, finished = _when(workflow.created_at), _when(workflow.completed_at)
+    console.print(f"shard {workflow.shard}, started {started}, finished {finished}")
+    if workflow.error:
+        console.print(Text.assemble(("error: ", "red"), workflow.error))
+    if workflow.result is not None:
+        console.print(f"result: {json.dumps(workflow.result)[:2000]}", markup=False)
+    table = Table("#", "kind", "name", "status", "attempt", "queued s", "ran s", "executor", "error")
+    for step in workflow.steps:
+        queued = ran = ""
+        if step.created_at and step.started_at:
+            queued = f"{(step.started_at - step.created_at).total_seconds():.2f}"
+        if step.started_at and step.completed_at:
+            ran = f"{(step.completed_at - step.started_at).total_seconds():.2f}"
+        table.add_row(
+            str(step.number),
+            step.kind,
+            step.name,
+            step.status,
+            str(step.attempt),
+            queued,
+            ran,
+            step.executor_id,
+            Text(step.error[:80]),
+        )
+    if workflow.steps:
+        console.print(table)
+
+
+def workflow_list(console: Console, workflows: Iterable[Workflow]) -> int:
+    """A table of workflows (without steps); returns how many rows it has."""
+    table = Table("id", "name", "status", "shard", "started", "finished", "steps", "error")
+    for item in workflows:
+        table.add_row(
+            item.id,
+            item.name,
+            _status(item.status),
+            str(item.shard),
+            _when(item.created_at),
+            _when(item.completed_at),
+            str(item.step_count),
+            Text(item.error[:60]),
+        )
+    if table.row_count:
+        console.print(table)
+    else:
+        console.print("no workflow matches")
+    return table.row_count
+
+
+def counts(console: Console, by_status: Mapping[WorkflowStatus, int]) -> None:
+    table = Table("status", "workflows")
+    for status, count in by_status.items():
+        table.add_row(_status(status), str(count))
+    table.add_row("[bold]total[/bold]", f"[bold]{sum(by_status.values())}[/bold]")
+    console.print(table)
+
+
+def explanation(console: Console, explanation: Explanation) -> None:
+    workflow = explanation.workflow
+    console.print(f"[bold]{workflow.name}[/bold] {workflow.id}  status: [bold]{_status(workflow.status)}[/]")
+    if not explanation.steps:
+        console.print(explanation.summary, markup=False, highlight=False)
+        return
+    waiting = len(explanation.steps)
+    console.print(f"running; waiting for {waiting} step{'s' if waiting > 1 else ''}:")
+    for step in explanation.steps:
+        console.print(f"  - {step.text}", markup=False, highlight=False)
+
+
+def diagnosis(console: Console, report: admin_service_pb2.DiagnoseResponse, shard: int | None) -> None:
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.workflows_by_status.items())) or "none"
+    console.print(
+        f"epoch {report.epoch}, {report.shard_count} shards; workflows: {statuses}; "
+        f"replay queue {report.replay_queue_depth}; stale results rejected {report.rejected_stale_results}"
+    )
+    executors = Table("executor", "state", "epoch", "shards", "capacity", "claimed", "last heartbeat")
+    for info in report.executors:
+        executors.add_row(
+            info.executor_id,
+            info.state,
+            str(info.epoch),
+            shard_ranges(info.shards),
+            str(info.capacity),
+            str(info.claimed_tasks),
+            f"{info.since_last_heartbeat.ToTimedelta().total_seconds():.1f}s ago",
+        )
+    console.print(executors if executors.row_count else "no executor is connected")
+    shards = Table("shard", "queued", "delayed", "claimed", "oldest queued", "replay", "leased by")
+    for stats in report.shards:
+        busy = stats.queued_tasks or stats.delayed_tasks or stats.claimed_tasks or stats.replay_queue_depth
+        if (shard is None and busy) or stats.shard == shard:
+            age = (
+                stats.oldest_queued_age.ToTimedelta().total_seconds()
+                if stats.HasField("oldest_queued_age")
+                else None
+            )
+            shards.add_row(
+                str(stats.shard),
+                str(stats.queued_tasks),
+                str(stats.delayed_tasks),
+                str(stats.claimed_tasks),
+                f"{age:.1f}s" if age is not None else "-",
+                str(stats.replay_queue_depth),
+                stats.executor_id or "none",
+            )
+    console.print(shards if shards.row_count else "no shard has queued, claimed or delayed work")
+    if not report.violations:
+        console.print("[green]invariants hold[/green]")
+    for violation in report.violations:
+        console.print(f"[red]{violation.kind}[/red] ({violation.count}): {violation.description}")
+        console.print("  e.g. " + ", ".join(violation.workflow_ids[:5]))
+
+
+def shard_ranges(shards: Iterable[int]) -> str:
+    """Compact shard lists: 0-24,50."""
+    parts: list[str] = []
+    for shard in sorted(shards):
+        if parts and "-" in parts[-1] and int(parts[-1].split("-")[1]) == shard - 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{shard}"
+        elif parts and "-" not in parts[-1] and int(parts[-1]) == shard - 1:
+            parts[-1] = f"{parts[-1]}-{shard}"
+        else:
+            parts.append(str(shard))
+    return ",".join(parts) or "-"

@@ -1,0 +1,109 @@
+"""The Node.js client (clients/node) runs its example against a live coordinator, on both databases.
+
+``npm ci`` installs the locked dependencies once; a stamp holding the lock file's
+hash makes later runs skip it until package-lock.json changes. Skipped, saying
+so, only where Node.js or npm is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conveyor import WorkflowContext, workflow
+from support import registry_of
+from toolkit import MakeStack
+
+NODE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
+NODE, NPM = shutil.which("node"), shutil.which("npm")
+STAMP = NODE_CLIENT / "node_modules" / ".conveyor-lock-sha256"
+
+pytestmark = pytest.mark.skipif(
+    NODE is None or NPM is None, reason="Node.js and npm are not installed: the Node.js client is not tested"
+)
+
+
+@workflow
+async def double(ctx: WorkflowContext, value: int) -> dict[str, int]:
+    return {"doubled": value * 2, "nonce_step": int(ctx.random() >= 0)}
+
+
+@workflow
+async def refuse(ctx: WorkflowContext) -> None:
+    raise RuntimeError("refused on purpose")
+
+
+WORKFLOWS = registry_of(double, refuse)
+
+
+@pytest.fixture(scope="session")
+def node_client() -> Path:
+    """clients/node with its dependencies installed (``npm ci``, skipped while the lock is unchanged)."""
+    lock_hash = hashlib.sha256((NODE_CLIENT / "package-lock.json").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text() != lock_hash:
+        result = subprocess.run(
+            [str(NPM), "ci", "--no-audit", "--no-fund"],
+            cwd=NODE_CLIENT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+        STAMP.write_text(lock_hash)
+    return NODE_CLIENT
+
+
+async def run_example(directory: Path, address: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(NODE), "example.js", "--coordinator", address, *arguments],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_the_node_example_starts_a_workflow_waits_for_it_and_diagnoses(
+    make_stack: MakeStack, node_client: Path
+) -> None:
+    stack = await make_stack(WORKFLOWS, shards=8)
+
+    result = await run_example(
+        node_client, stack.server.address, "--workflow", "double", "--args", '{"value": 21}', "--json"
+    )
+
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert (output["status"], output["result"]) == ("completed", {"doubled": 42, "nonce_step": 1})
+    assert output["diagnose"] == {
+        "epoch": "1",
+        "shard_count": 8,
+        "workflows_by_status": {"completed": "1"},
+        "violations": [],
+    }
+    workflow_record = await stack.client.get_workflow(output["workflow_id"])
+    assert workflow_record.result == {"doubled": 42, "nonce_step": 1}
+
+
+async def test_the_node_example_reports_failures_and_errors_in_its_exit_code(
+    make_stack: MakeStack, node_client: Path
+) -> None:
+    stack = await make_stack(WORKFLOWS)
+
+    failed, unknown = await asyncio.gather(
+        run_example(node_client, stack.server.address, "--workflow", "refuse", "--args", "{}"),
+        run_example(node_client, stack.server.address, "--workflow", "nosuch", "--args", "{}"),
+    )
+
+    assert failed.returncode == 1, failed.stderr
+    assert "failed: RuntimeError: refused on purpose" in failed.stdout
+    assert "invariants hold" in failed.stdout
+    assert unknown.returncode == 2
+    assert "INVALID_ARGUMENT: unknown workflow 'nosuch'" in unknown.stderr
