@@ -140,7 +140,7 @@ class Coordinator:
         self.shard_count, self.epoch = facts.shard_count, facts.epoch
         dialect = self.database.dialect
         self.workflows = Workflows(facts.shard_count, CreationClock(facts.last_created_at))
-        self.queue = TaskQueue(dialect, order=self.config.claim_order)
+        self.queue = TaskQueue(dialect, order=self.config.claim_order, shard_count=facts.shard_count)
         self.replays = ReplayQueue(dialect, self.registry)
         self.timers = Timers(dialect)
         self.sessions = SessionRegistry(facts.shard_count)

@@ -17,7 +17,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, Engine, Integer, Table, create_engine, event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,8 +27,12 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from conveyor.errors import ConfigurationError
 
+T = TypeVar("T")
+
 #: SQLite only auto-increments a column declared exactly ``INTEGER PRIMARY KEY``.
 AUTOINCREMENT_ID = BigInteger().with_variant(Integer(), "sqlite")
+#: Page cache per SQLite connection, in KiB (see ``SQLiteDialect.create_engine``).
+SQLITE_PAGE_CACHE_KIB = 64 * 1024
 
 
 class Dialect(ABC):
@@ -47,7 +51,7 @@ class Dialect(ABC):
     def insert_ignoring_duplicates(self, table: Table) -> Insert:
         """``INSERT`` that skips rows whose primary key already exists."""
 
-    def unindexed(self, column: ColumnElement[str]) -> ColumnElement[str]:
+    def unindexed(self, column: ColumnElement[T]) -> ColumnElement[T]:
         """``column`` as a term the planner will not answer from the column's own index.
 
         PostgreSQL plans from table statistics and gets the plain column; see SQLite's.
@@ -98,6 +102,10 @@ class SQLiteDialect(Dialect):
                 f"PRAGMA synchronous={synchronous}",
                 "PRAGMA foreign_keys=ON",
                 "PRAGMA busy_timeout=30000",
+                # SQLite's default page cache (2 MiB) holds only the top of the queue and
+                # journal indexes once a database has tens of thousands of workflows; every
+                # other page read then costs a system call.
+                f"PRAGMA cache_size=-{SQLITE_PAGE_CACHE_KIB}",
             ):
                 cursor.execute(pragma)
             cursor.close()
@@ -113,10 +121,12 @@ class SQLiteDialect(Dialect):
     def insert_ignoring_duplicates(self, table: Table) -> Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
-    def unindexed(self, column: ColumnElement[str]) -> ColumnElement[str]:
+    def unindexed(self, column: ColumnElement[T]) -> ColumnElement[T]:
         # SQLite plans without statistics (nothing runs ANALYZE), so it takes any equality
         # on an indexed column for a selective one, even `name IN (...)` that matches every
-        # row; `column || ''` keeps that index out of the plan.
+        # row; `column || ''` (or `column + 0` for a number) keeps that index out of the plan.
+        if column.type.python_type is int:
+            return column + 0
         return column.concat("")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 from sqlalchemy import ColumnElement, Select, Update, bindparam, delete, func, select, union_all, update
 from sqlalchemy.engine import Connection
@@ -159,29 +159,55 @@ def _retry_state(row: object) -> retries.RetryState:
     )
 
 
+class _ClaimPlan(Enum):
+    #: One walk of the cross-shard FIFO index, skipping tasks of shards not held.
+    WALK = "walk"
+    #: Each shard's own walk of its FIFO index, then the oldest of all those.
+    SHARD_BY_SHARD = "shard by shard"
+
+
 class TaskQueue:
     """Write units over the ``tasks`` table. Each method runs inside the writer's transaction."""
 
     def __init__(
-        self, dialect: Dialect, rng: random.Random | None = None, order: ClaimOrder = ClaimOrder.FIFO
+        self,
+        dialect: Dialect,
+        rng: random.Random | None = None,
+        order: ClaimOrder = ClaimOrder.FIFO,
+        shard_count: int | None = None,
     ) -> None:
         self._dialect = dialect
+        #: Picks how a claim over a set of shards is planned (see `_plan`); unknown, every
+        #: set is claimed shard by shard.
+        self._shard_count = shard_count if shard_count is not None else 2**31
         self._rng = rng or random.Random()
         self._claim_order = ("workflow_created_at", "id") if order is ClaimOrder.FIFO else ("id",)
-        self._claim_statements: dict[frozenset[int] | None, Update] = {}
+        self._claim_statements: dict[tuple[frozenset[int] | None, _ClaimPlan], Update] = {}
+        #: Shard sets whose last walk came back short: their shards are nearly dry, so a walk
+        #: would read through other shards' tasks; they are claimed shard by shard until full.
+        self._dry: set[frozenset[int]] = set()
 
-    def _claim_statement(self, shards: frozenset[int] | None) -> Update:
-        """The claim for one set of shards, built once: it is run for every dispatch.
+    def _plan(self, shards: frozenset[int] | None) -> _ClaimPlan:
+        """How to find the oldest claimable tasks of ``shards``, reading as few rows as possible.
 
-        For a set of shards, each shard's oldest tasks come from its own walk of the
+        For a few of many shards, each shard's oldest come from its own walk of the
         ``(shard, workflow_created_at, id)`` index, at most ``limit`` per shard, and the
-        oldest of those win, so the cost depends on the shards and the limit and not on
-        how many tasks are queued. (One query over all the shards had SQLite sort every
-        unclaimed task on each claim, which made a queue of 100,000 workflows crawl.)
-        For any shard, used only once an executor's own shards are drained, one query
-        over the unclaimed tasks suffices.
+        oldest of those win: about ``k x limit`` rows read for k shards. For most of the
+        shards (k of n with k*k > n, e.g. two executors sharing 100), one walk of the
+        cross-shard ``(workflow_created_at, id)`` index, skipping other shards' tasks, reads
+        about ``limit x n / k`` (for 100 tasks from 50 of 100 shards with 100,000 queued on
+        SQLite: 0.2 ms against 4 ms). Neither depends on how many tasks are queued, except
+        a walk over shards that have run dry, which `claim` notices and stops doing.
         """
-        statement = self._claim_statements.get(shards)
+        if shards is None:
+            return _ClaimPlan.WALK
+        if len(shards) ** 2 > self._shard_count and shards not in self._dry:
+            return _ClaimPlan.WALK
+        return _ClaimPlan.SHARD_BY_SHARD
+
+    def _claim_statement(self, shards: frozenset[int] | None, plan: _ClaimPlan) -> Update:
+        """The claim for one set of shards (``None``: any shard), built once: it runs for every dispatch."""
+        statement = self._claim_statements.get((shards, plan))
         if statement is not None:
             return statement
 
@@ -190,7 +216,8 @@ class TaskQueue:
                 select(tasks.c.id, tasks.c.workflow_created_at)
                 .where(
                     *where,
-                    tasks.c.claimed_by.is_(None),
+                    # Walk the FIFO order's index, not the claimed_by one (see `unindexed`).
+                    self._dialect.unindexed(tasks.c.claimed_by).is_(None),
                     tasks.c.kind.in_(bindparam("kinds", expanding=True)),
                     tasks.c.available_at <= bindparam("now"),
                 )
@@ -201,6 +228,9 @@ class TaskQueue:
 
         if shards is None:
             oldest = oldest_claimable().with_only_columns(tasks.c.id)
+        elif plan is _ClaimPlan.WALK:
+            held = self._dialect.unindexed(tasks.c.shard).in_(sorted(shards))
+            oldest = oldest_claimable(held).with_only_columns(tasks.c.id)
         else:
             per_shard = []
             for shard in sorted(shards):
@@ -238,7 +268,7 @@ class TaskQueue:
         )
         if len(self._claim_statements) >= MAX_CACHED_CLAIMS:  # shard sets change as executors come and go
             self._claim_statements.clear()
-        self._claim_statements[shards] = statement
+        self._claim_statements[shards, plan] = statement
         return statement
 
     def claim(
@@ -254,10 +284,19 @@ class TaskQueue:
         workflow first (by default)."""
         if limit <= 0 or (shards is not None and not shards) or not kinds:
             return []
+        held = None if shards is None else frozenset(shards)
+        plan = self._plan(held)
         claimed = connection.execute(
-            self._claim_statement(None if shards is None else frozenset(shards)),
+            self._claim_statement(held, plan),
             {"executor_id": executor_id, "kinds": list(kinds), "limit": limit, "now": now},
         ).all()
+        if held is not None:
+            if plan is _ClaimPlan.WALK and len(claimed) < limit:
+                if len(self._dry) >= MAX_CACHED_CLAIMS:
+                    self._dry.clear()
+                self._dry.add(held)
+            elif len(claimed) == limit:
+                self._dry.discard(held)
         if not claimed:
             return []
         details = {

@@ -68,6 +68,7 @@ workflows = Table(
     Index(None, "created_at"),
     Index(None, "status", "created_at"),
     Index(None, "name", "created_at"),
+    Index(None, "name", "status"),
 )
 
 #: The journal: one row per step a workflow took, numbered from 0.
@@ -136,6 +137,8 @@ tasks = Table(
     Column("fencing_token", BigInteger, nullable=False),
     Column("last_error", Text),
     Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
+    # The same order across shards: the claim that falls back to any shard walks it.
+    Index(None, "workflow_created_at", "id"),
     Index(None, "claimed_by"),
 )
 

@@ -107,9 +107,15 @@ class TaskQueueMachine(RuleBasedStateMachine):
         self.now += 1
         return self.now
 
-    @initialize()
-    def fresh_tasks(self) -> None:
-        """Empty tables, then WORKFLOWS running workflows with STEPS_PER_WORKFLOW queued LLM tasks each."""
+    @initialize(shard_by_shard=st.booleans())
+    def fresh_tasks(self, shard_by_shard: bool) -> None:
+        """Empty tables, then WORKFLOWS running workflows with STEPS_PER_WORKFLOW queued LLM tasks each.
+
+        Claims over SHARDS are planned either shard by shard (as for a few of many shards)
+        or as one walk of the cross-shard order (as for most of them); both must behave alike.
+        """
+        shard_count = 100 if shard_by_shard else len(SHARDS)
+        self.queue = TaskQueue(self.database.dialect, rng=random.Random(0), shard_count=shard_count)
         with self.database.writer.begin() as connection:
             for table in reversed(ALL_TABLES):
                 connection.execute(sa.delete(table))
