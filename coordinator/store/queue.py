@@ -226,12 +226,11 @@ class TaskQueue:
                 .with_for_update(skip_locked=True)
             )
 
-        if shards is None:
-            oldest = oldest_claimable().with_only_columns(tasks.c.id)
-        elif plan is _ClaimPlan.WALK:
-            held = self._dialect.unindexed(tasks.c.shard).in_(sorted(shards))
-            oldest = oldest_claimable(held).with_only_columns(tasks.c.id)
+        if plan is _ClaimPlan.WALK:
+            held = () if shards is None else (self._dialect.unindexed(tasks.c.shard).in_(sorted(shards)),)
+            oldest = oldest_claimable(*held).with_only_columns(tasks.c.id)
         else:
+            assert shards is not None  # any shard is always one walk
             per_shard = []
             for shard in sorted(shards):
                 candidates = oldest_claimable(tasks.c.shard == shard).subquery()

@@ -8,51 +8,14 @@ output, JSON and exit codes are checked, and so is what they did to the workflow
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from cli_runs import CliRun, run_in_one_interpreter
 from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
 from support import Stack, eventually, registry_of
 from toolkit import MakeStack, task_rows, wait_finished
-
-ENTRY_POINT = Path(sys.executable).with_name("conveyor")
-ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-
-#: Runs the entry point once per command line in one interpreter; prints one JSON result per run.
-RUNNER = """
-import contextlib, io, json, runpy, sys
-entry_point, command_lines = sys.argv[1], json.loads(sys.argv[2])
-for args in command_lines:
-    sys.argv = ["conveyor", *args]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            if entry_point:
-                runpy.run_path(entry_point, run_name="__main__")
-            else:
-                runpy.run_module("conveyor.cli", run_name="__main__")
-            code = 0
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-    print(json.dumps({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()}), flush=True)
-"""
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 @workflow
@@ -73,21 +36,9 @@ async def parked(ctx: WorkflowContext, item: int) -> Any:
 WORKFLOWS = registry_of(instant, broken, parked)
 
 
-async def run_commands(address: str, command_lines: list[list[str]]) -> list[Run]:
+async def run_commands(address: str, command_lines: list[list[str]]) -> list[CliRun]:
     lines = [[*line, "--coordinator", address] for line in command_lines]
-    entry_point = str(ENTRY_POINT) if ENTRY_POINT.exists() else ""
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-c", RUNNER, entry_point, json.dumps(lines)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=ENV,
-    )
-    assert result.returncode == 0, result.stderr
-    runs = [Run(**json.loads(line)) for line in result.stdout.splitlines()]
-    assert len(runs) == len(lines), result.stderr
-    return runs
+    return await asyncio.to_thread(run_in_one_interpreter, lines, columns=200, timeout=240)
 
 
 async def prepare(stack: Stack) -> dict[str, Any]:
@@ -139,7 +90,7 @@ async def test_every_client_command_works_against_a_live_coordinator(make_stack:
     }
     runs = dict(zip(commands, await run_commands(stack.server.address, list(commands.values())), strict=True))
 
-    def ok(name: str) -> Run:
+    def ok(name: str) -> CliRun:
         run = runs[name]
         assert run.code == 0, (name, run)
         return run
