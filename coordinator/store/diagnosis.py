@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, case, exists, func, not_, select
+from sqlalchemy import CompoundSelect, Select, and_, case, exists, func, not_, select, union
 from sqlalchemy.engine import Connection
 
 from ..model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
@@ -82,8 +82,7 @@ def invariant_violations(
         and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING)
     )
     task_of_step = exists().where(tasks.c.id == steps.c.id)
-    leftover_task = exists().where(tasks.c.workflow_id == workflows.c.id)
-    checks: list[tuple[str, str, Select[tuple[str]]]] = [
+    checks: list[tuple[str, str, Select[tuple[str]] | CompoundSelect[tuple[str]]]] = [
         (
             "running_without_progress",
             "running workflows with no step in progress and no replay-queue entry: "
@@ -109,8 +108,16 @@ def invariant_violations(
         (
             "finished_with_pending_work",
             "finished workflows that still have tasks or a replay-queue entry",
-            select(workflows.c.id).where(
-                workflows.c.status != WorkflowStatus.RUNNING, leftover_task | queued_replay
+            # Driven from the two queues (bounded by work in progress) into workflows by
+            # primary key: asked from the workflows side, it read every finished workflow
+            # and, without an index on tasks.workflow_id, scanned the tasks for each one.
+            union(
+                select(tasks.c.workflow_id.label("id"))
+                .join(workflows, workflows.c.id == tasks.c.workflow_id)
+                .where(workflows.c.status != WorkflowStatus.RUNNING),
+                select(replay_queue.c.workflow_id.label("id"))
+                .join(workflows, workflows.c.id == replay_queue.c.workflow_id)
+                .where(workflows.c.status != WorkflowStatus.RUNNING),
             ),
         ),
         (

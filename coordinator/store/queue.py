@@ -15,7 +15,18 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
-from sqlalchemy import ColumnElement, Select, Update, bindparam, delete, func, select, union_all, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Update,
+    bindparam,
+    delete,
+    func,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from conveyor.workflow import RetryPolicy
@@ -29,6 +40,16 @@ from .schema import steps, tasks
 
 #: Claim statements kept built, one per set of shards an executor leased.
 MAX_CACHED_CLAIMS = 64
+
+# The partial indexes' predicates, spelled as literals: SQLite uses a partial index only for
+# a query whose WHERE contains the index's terms, and a bound parameter never matches.
+_UNCLAIMED = tasks.c.claimed_by.is_(None)
+_NOT_DELAYED = tasks.c.delayed == literal_column("0")
+_DELAYED = tasks.c.delayed == literal_column("1")
+
+#: Delayed tasks whose wait has passed become claimable: run first by every claim, it reads
+#: only the due front of ``ix_tasks_delayed_available_at``.
+_promote_due = update(tasks).where(_DELAYED, tasks.c.available_at <= bindparam("now")).values(delayed=0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +150,7 @@ _retry_task = (
         attempt=bindparam("attempt"),
         rate_limit_waits=bindparam("rate_limit_waits"),
         available_at=bindparam("available_at"),
+        delayed=bindparam("delayed"),
         last_error=bindparam("note"),
     )
 )
@@ -182,7 +204,7 @@ class TaskQueue:
         self._shard_count = shard_count if shard_count is not None else 2**31
         self._rng = rng or random.Random()
         self._claim_order = ("workflow_created_at", "id") if order is ClaimOrder.FIFO else ("id",)
-        self._claim_statements: dict[tuple[frozenset[int] | None, _ClaimPlan], Update] = {}
+        self._claim_statements: dict[tuple[frozenset[int] | None, tuple[str, ...], _ClaimPlan], Update] = {}
         #: Shard sets whose last walk came back short: their shards are nearly dry, so a walk
         #: would read through other shards' tasks; they are claimed shard by shard until full.
         self._dry: set[frozenset[int]] = set()
@@ -205,20 +227,31 @@ class TaskQueue:
             return _ClaimPlan.WALK
         return _ClaimPlan.SHARD_BY_SHARD
 
-    def _claim_statement(self, shards: frozenset[int] | None, plan: _ClaimPlan) -> Update:
-        """The claim for one set of shards (``None``: any shard), built once: it runs for every dispatch."""
-        statement = self._claim_statements.get((shards, plan))
+    def _claim_statement(
+        self, shards: frozenset[int] | None, kinds: tuple[str, ...], plan: _ClaimPlan
+    ) -> Update:
+        """The claim for one set of shards (``None``: any shard) and task kinds, built once:
+        it runs for every dispatch.
+
+        Every walk is of one kind (and one shard, shard by shard) over the partial indexes
+        ``ix_tasks_ready_fifo`` / ``ix_tasks_ready_shard_fifo``, which hold only claimable
+        tasks: claimed ones, delayed ones and those of other kinds are not in the walk at
+        all, so its cost does not grow with them. The walks' oldest are merged in FIFO order.
+        """
+        statement = self._claim_statements.get((shards, kinds, plan))
         if statement is not None:
             return statement
 
-        def oldest_claimable(*where: ColumnElement[bool]) -> Select[tuple[int, int]]:
+        def oldest_claimable(kind: str, *where: ColumnElement[bool]) -> Select[tuple[int, int]]:
             return (
                 select(tasks.c.id, tasks.c.workflow_created_at)
                 .where(
+                    tasks.c.kind == kind,
                     *where,
-                    # Walk the FIFO order's index, not the claimed_by one (see `unindexed`).
-                    self._dialect.unindexed(tasks.c.claimed_by).is_(None),
-                    tasks.c.kind.in_(bindparam("kinds", expanding=True)),
+                    _UNCLAIMED,
+                    _NOT_DELAYED,
+                    # Redundant once `_promote_due` ran; kept so that a task given a future
+                    # `available_at` without `delayed` still waits (it is merely walked).
                     tasks.c.available_at <= bindparam("now"),
                 )
                 .order_by(*(tasks.c[name] for name in self._claim_order))
@@ -228,14 +261,20 @@ class TaskQueue:
 
         if plan is _ClaimPlan.WALK:
             held = () if shards is None else (self._dialect.unindexed(tasks.c.shard).in_(sorted(shards)),)
-            oldest = oldest_claimable(*held).with_only_columns(tasks.c.id)
+            walks = [oldest_claimable(kind, *held) for kind in kinds]
         else:
             assert shards is not None  # any shard is always one walk
-            per_shard = []
-            for shard in sorted(shards):
-                candidates = oldest_claimable(tasks.c.shard == shard).subquery()
-                per_shard.append(select(candidates.c.id, candidates.c.workflow_created_at))
-            merged = union_all(*per_shard).subquery()
+            walks = [
+                oldest_claimable(kind, tasks.c.shard == shard) for shard in sorted(shards) for kind in kinds
+            ]
+        if len(walks) == 1:
+            oldest = walks[0].with_only_columns(tasks.c.id)
+        else:
+            each = []
+            for walk in walks:
+                candidates = walk.subquery()
+                each.append(select(candidates.c.id, candidates.c.workflow_created_at))
+            merged = union_all(*each).subquery()
             oldest = (
                 select(merged.c.id)
                 .order_by(*(merged.c[name] for name in self._claim_order))
@@ -267,7 +306,7 @@ class TaskQueue:
         )
         if len(self._claim_statements) >= MAX_CACHED_CLAIMS:  # shard sets change as executors come and go
             self._claim_statements.clear()
-        self._claim_statements[shards, plan] = statement
+        self._claim_statements[shards, kinds, plan] = statement
         return statement
 
     def claim(
@@ -285,9 +324,10 @@ class TaskQueue:
             return []
         held = None if shards is None else frozenset(shards)
         plan = self._plan(held)
+        connection.execute(_promote_due, {"now": now})
         claimed = connection.execute(
-            self._claim_statement(held, plan),
-            {"executor_id": executor_id, "kinds": list(kinds), "limit": limit, "now": now},
+            self._claim_statement(held, tuple(sorted(set(kinds))), plan),
+            {"executor_id": executor_id, "limit": limit, "now": now},
         ).all()
         if held is not None:
             if plan is _ClaimPlan.WALK and len(claimed) < limit:
@@ -390,6 +430,7 @@ class TaskQueue:
                         "attempt": verdict.next_attempt,
                         "rate_limit_waits": verdict.rate_limit_waits,
                         "available_at": available_at,
+                        "delayed": int(available_at > now),
                         "note": verdict.note,
                         "finished_attempt": row.attempt,
                         "started_at": started_at,
@@ -514,6 +555,7 @@ class TaskQueue:
                         "attempt": verdict.next_attempt,
                         "rate_limit_waits": verdict.rate_limit_waits,
                         "available_at": now,
+                        "delayed": 0,
                         "note": verdict.note,
                         "finished_attempt": row.attempt,
                         "started_at": row.claimed_at,
@@ -585,9 +627,10 @@ class TaskQueue:
         return cleared, len(cancelled)
 
     def earliest_delayed(self, connection: Connection, now: int) -> int | None:
-        """When the next task waiting out a backoff becomes claimable."""
+        """When the next task waiting out a backoff becomes claimable.
+
+        Reads the front of ``ix_tasks_delayed_available_at``, not the whole queue.
+        """
         return connection.execute(
-            select(func.min(tasks.c.available_at)).where(
-                tasks.c.claimed_by.is_(None), tasks.c.available_at > now
-            )
+            select(func.min(tasks.c.available_at)).where(_DELAYED, tasks.c.available_at > now)
         ).scalar()

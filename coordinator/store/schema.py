@@ -136,10 +136,53 @@ tasks = Table(
     # Bumped by every claim; a result must carry the current value to be accepted.
     Column("fencing_token", BigInteger, nullable=False),
     Column("last_error", Text),
+    # 1 while waiting out a retry backoff or rate-limit wait (``available_at`` in the
+    # future when it was set), 0 otherwise. It keeps waiting tasks out of the claim's
+    # index; the claim itself clears it once ``available_at`` has passed (see
+    # `coordinator.store.queue`). An integer, not a boolean: the partial indexes below
+    # compare it with the literal 0/1 that both databases spell the same way.
+    Column("delayed", Integer, nullable=False, server_default=text("0")),
     Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
     # The same order across shards: the claim that falls back to any shard walks it.
     Index(None, "workflow_created_at", "id"),
-    Index(None, "claimed_by"),
+    # Exactly the claimable tasks, in FIFO order per kind (and per shard): a claim walks
+    # only rows it can take, however many tasks are claimed, waiting out a backoff, or of
+    # kinds no connected executor serves.
+    Index(
+        "ix_tasks_ready_fifo",
+        "kind",
+        "workflow_created_at",
+        "id",
+        postgresql_where=text("claimed_by IS NULL AND delayed = 0"),
+        sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
+    ),
+    Index(
+        "ix_tasks_ready_shard_fifo",
+        "kind",
+        "shard",
+        "workflow_created_at",
+        "id",
+        postgresql_where=text("claimed_by IS NULL AND delayed = 0"),
+        sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
+    ),
+    # Tasks waiting out a backoff, by when they become claimable: the claim's promotion
+    # and the retry timer's "next due" read only the front of it.
+    Index(
+        "ix_tasks_delayed_available_at",
+        "available_at",
+        postgresql_where=text("delayed = 1"),
+        sqlite_where=text("delayed = 1"),
+    ),
+    # A lease's tasks (expiry, release, Diagnose's per-executor counts); unclaimed rows,
+    # nearly all of them, are left out.
+    Index(
+        "ix_tasks_claimed_by",
+        "claimed_by",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
+    # Cancels delete a workflow's tasks; Diagnose joins tasks to their workflows.
+    Index(None, "workflow_id"),
 )
 
 #: Workflows due for a replay. Invariant: a running workflow with no step in
