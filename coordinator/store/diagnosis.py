@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import CompoundSelect, Select, and_, case, exists, func, not_, select, union
+from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, case, exists, func, not_, select, union
 from sqlalchemy.engine import Connection
 
 from ..model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
@@ -82,6 +82,10 @@ def invariant_violations(
         and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING)
     )
     task_of_step = exists().where(tasks.c.id == steps.c.id)
+
+    def finished(workflow_id: ColumnElement[str]) -> ColumnElement[bool]:
+        return exists().where(workflows.c.id == workflow_id, workflows.c.status != WorkflowStatus.RUNNING)
+
     checks: list[tuple[str, str, Select[tuple[str]] | CompoundSelect[tuple[str]]]] = [
         (
             "running_without_progress",
@@ -111,21 +115,23 @@ def invariant_violations(
             # Driven from the two queues (bounded by work in progress) into workflows by
             # primary key: asked from the workflows side, it read every finished workflow
             # and, without an index on tasks.workflow_id, scanned the tasks for each one.
+            # (EXISTS, not a join: SQLite, planning without statistics, turned the join
+            # around and read every finished workflow.)
             union(
-                select(tasks.c.workflow_id.label("id"))
-                .join(workflows, workflows.c.id == tasks.c.workflow_id)
-                .where(workflows.c.status != WorkflowStatus.RUNNING),
-                select(replay_queue.c.workflow_id.label("id"))
-                .join(workflows, workflows.c.id == replay_queue.c.workflow_id)
-                .where(workflows.c.status != WorkflowStatus.RUNNING),
+                select(tasks.c.workflow_id.label("id")).where(finished(tasks.c.workflow_id)),
+                select(replay_queue.c.workflow_id.label("id")).where(finished(replay_queue.c.workflow_id)),
             ),
         ),
         (
             "unregistered_workflow",
             "workflows waiting for a replay whose code this coordinator did not load (--workflows)",
-            select(workflows.c.id)
-            .join(replay_queue, replay_queue.c.workflow_id == workflows.c.id)
-            .where(not_(workflows.c.name.in_(list(registered_names)))),
+            # From the replay queue into workflows by key, as above.
+            select(replay_queue.c.workflow_id).where(
+                exists().where(
+                    workflows.c.id == replay_queue.c.workflow_id,
+                    not_(workflows.c.name.in_(list(registered_names))),
+                )
+            ),
         ),
     ]
     violations = []
