@@ -224,4 +224,17 @@ shard_leases = Table(
     PrimaryKeyConstraint("pool", "shard"),
 )
 
-ALL_TABLES = (cluster, workflows, steps, tasks, replay_queue, executors, shard_leases)
+#: How many workflows of each name are in each status, kept by database triggers on
+#: ``workflows`` (created by migration 0003, see `coordinator.store.counts`) in the same
+#: transaction as every insert, status change and delete, whichever code makes it.
+#: ``CountWorkflows`` and ``Diagnose`` read this instead of counting ``workflows``.
+workflow_counts = Table(
+    "workflow_counts",
+    metadata,
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", "status"),
+)
+
+ALL_TABLES = (cluster, workflows, steps, tasks, replay_queue, executors, shard_leases, workflow_counts)
