@@ -210,6 +210,15 @@ def explain(connection: Connection, dialect: str, sql: str, parameters: Any) -> 
             and not is_partial(connection, dialect, node["Index Name"])
         ):
             plan.full_scans.add(node["Relation Name"])
+        if kind == "Bitmap Heap Scan":
+            # Its bitmap read a whole (non-partial) index when a child has no condition.
+            for child in node.get("Plans", []):
+                if (
+                    child["Node Type"] == "Bitmap Index Scan"
+                    and "Index Cond" not in child
+                    and not is_partial(connection, dialect, child["Index Name"])
+                ):
+                    plan.full_scans.add(node["Relation Name"])
         for child in node.get("Plans", []):
             walk(child)
 
