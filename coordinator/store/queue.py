@@ -212,14 +212,15 @@ class TaskQueue:
     def _plan(self, shards: frozenset[int] | None) -> _ClaimPlan:
         """How to find the oldest claimable tasks of ``shards``, reading as few rows as possible.
 
-        For a few of many shards, each shard's oldest come from its own walk of the
-        ``(shard, workflow_created_at, id)`` index, at most ``limit`` per shard, and the
-        oldest of those win: about ``k x limit`` rows read for k shards. For most of the
-        shards (k of n with k*k > n, e.g. two executors sharing 100), one walk of the
-        cross-shard ``(workflow_created_at, id)`` index, skipping other shards' tasks, reads
-        about ``limit x n / k`` (for 100 tasks from 50 of 100 shards with 100,000 queued on
-        SQLite: 0.2 ms against 4 ms). Neither depends on how many tasks are queued, except
-        a walk over shards that have run dry, which `claim` notices and stops doing.
+        Both walk only claimable tasks (``ix_tasks_ready_*``: unclaimed, not delayed), one
+        walk per task kind served. For a few of many shards, each shard's oldest come from
+        its own walk of ``(kind, shard, workflow_created_at, id)``, at most ``limit`` per
+        shard and kind, and the oldest of those win: about ``k x limit`` rows read for k
+        shards. For most of the shards (k of n with k*k > n, e.g. two executors sharing 100),
+        one walk of the cross-shard ``(kind, workflow_created_at, id)``, skipping other
+        shards' claimable tasks, reads about ``limit x n / k``. Neither depends on how many
+        tasks are queued, claimed, delayed or of other kinds, except a walk over shards that
+        have run dry, which `claim` notices and stops doing.
         """
         if shards is None:
             return _ClaimPlan.WALK
