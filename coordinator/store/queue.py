@@ -150,7 +150,10 @@ _retry_task = (
         attempt=bindparam("attempt"),
         rate_limit_waits=bindparam("rate_limit_waits"),
         available_at=bindparam("available_at"),
-        delayed=bindparam("delayed"),
+        # Out of the claim's index until `_promote_due` sees `available_at` pass, which for
+        # a retry due at once is the very next claim. Set here, not per caller, so that every
+        # path that re-queues through this statement keeps the claim's index right.
+        delayed=1,
         last_error=bindparam("note"),
     )
 )
@@ -431,7 +434,6 @@ class TaskQueue:
                         "attempt": verdict.next_attempt,
                         "rate_limit_waits": verdict.rate_limit_waits,
                         "available_at": available_at,
-                        "delayed": int(available_at > now),
                         "note": verdict.note,
                         "finished_attempt": row.attempt,
                         "started_at": started_at,
@@ -556,7 +558,6 @@ class TaskQueue:
                         "attempt": verdict.next_attempt,
                         "rate_limit_waits": verdict.rate_limit_waits,
                         "available_at": now,
-                        "delayed": 0,
                         "note": verdict.note,
                         "finished_attempt": row.attempt,
                         "started_at": row.claimed_at,
