@@ -246,6 +246,11 @@ def run(args: argparse.Namespace) -> int:
                 "database_mib": run_database.size_bytes() / 2**20,
                 "operations": timings,
             }
+        # As each database finishes: a long run interrupted later still shows these.
+        for operation, timing in timings.items():
+            console.print(
+                f"  {kind} {operation}: median {timing['median_ms']:.2f} ms, worst {timing['max_ms']:.2f} ms"
+            )
     operations = list(next(iter(results.values()))["operations"])
     rows = [
         [

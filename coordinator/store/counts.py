@@ -5,14 +5,15 @@ Counting ``workflows`` itself reads every row (an index holds them all too), and
 workflows that is most of the database's work. Triggers, rather than code in each
 write path, keep the counts right for every statement that inserts, re-statuses or
 deletes a workflow, in its own transaction, including ones added later. The DDL lives
-here, not in the migration, so that a test can check it and later migrations reuse it;
-migrations run it through :func:`create_triggers` / :func:`drop_triggers`.
+here, in one place per dialect; migration 0003 runs it through :func:`create_triggers`
+and :func:`drop_triggers`.
 """
 
 from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
+# SQLite: row-level triggers; SQLite updates a row in place, so each costs one lookup.
 _SQLITE_UPSERT = (
     "INSERT INTO workflow_counts (name, status, total) VALUES (NEW.name, NEW.status, 1) "
     "ON CONFLICT (name, status) DO UPDATE SET total = total + 1;"
@@ -35,31 +36,42 @@ SQLITE_TRIGGERS = {
     ),
 }
 
-POSTGRES_FUNCTION = """
-CREATE FUNCTION conveyor_count_workflows() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE workflow_counts SET total = total - 1 WHERE name = OLD.name AND status = OLD.status;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO workflow_counts (name, status, total) VALUES (NEW.name, NEW.status, 1)
-        ON CONFLICT (name, status) DO UPDATE SET total = workflow_counts.total + 1;
-    END IF;
-    RETURN NULL;
-END
-$$
+# PostgreSQL: statement-level triggers over transition tables, one upsert per (name, status)
+# per statement. Row-level ones updated one counter row once per workflow, and within one
+# transaction each update walks the row's growing chain of versions: quadratic, minutes
+# for a statement that inserts or cancels 100,000 workflows.
+_POSTGRES_APPLY = """
+    INSERT INTO workflow_counts (name, status, total)
+    SELECT name, status, sum(delta) FROM ({changes}) AS changes
+    GROUP BY name, status HAVING sum(delta) <> 0
+    ON CONFLICT (name, status) DO UPDATE SET total = workflow_counts.total + EXCLUDED.total;
 """
+_POSTGRES_CHANGES = {
+    "insert": "SELECT name, status, 1 AS delta FROM new_rows",
+    "update": "SELECT name, status, 1 AS delta FROM new_rows UNION ALL SELECT name, status, -1 FROM old_rows",
+    "delete": "SELECT name, status, -1 AS delta FROM old_rows",
+}
+_POSTGRES_REFERENCING = {
+    "insert": "NEW TABLE AS new_rows",
+    "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+    "delete": "OLD TABLE AS old_rows",
+}
+
+POSTGRES_FUNCTIONS = {
+    f"conveyor_count_workflows_{event}": (
+        f"CREATE FUNCTION conveyor_count_workflows_{event}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        + _POSTGRES_APPLY.format(changes=changes)
+        + "RETURN NULL; END $$"
+    )
+    for event, changes in _POSTGRES_CHANGES.items()
+}
 
 POSTGRES_TRIGGERS = {
-    "trg_workflows_count_insert_delete": (
-        "CREATE TRIGGER trg_workflows_count_insert_delete AFTER INSERT OR DELETE ON workflows "
-        "FOR EACH ROW EXECUTE FUNCTION conveyor_count_workflows()"
-    ),
-    "trg_workflows_count_update": (
-        "CREATE TRIGGER trg_workflows_count_update AFTER UPDATE OF name, status ON workflows FOR EACH ROW "
-        "WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.name IS DISTINCT FROM NEW.name) "
-        "EXECUTE FUNCTION conveyor_count_workflows()"
-    ),
+    f"trg_workflows_count_{event}": (
+        f"CREATE TRIGGER trg_workflows_count_{event} AFTER {event.upper()} ON workflows "
+        f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION conveyor_count_workflows_{event}()"
+    )
+    for event, referencing in _POSTGRES_REFERENCING.items()
 }
 
 #: Counts of the workflows already there when the triggers are created.
@@ -71,8 +83,7 @@ BACKFILL = (
 
 def create_triggers(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
-        connection.exec_driver_sql(POSTGRES_FUNCTION)
-        statements = list(POSTGRES_TRIGGERS.values())
+        statements = [*POSTGRES_FUNCTIONS.values(), *POSTGRES_TRIGGERS.values()]
     else:
         statements = list(SQLITE_TRIGGERS.values())
     for statement in statements:
@@ -83,7 +94,8 @@ def drop_triggers(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         for name in POSTGRES_TRIGGERS:
             connection.exec_driver_sql(f"DROP TRIGGER {name} ON workflows")
-        connection.exec_driver_sql("DROP FUNCTION conveyor_count_workflows()")
+        for name in POSTGRES_FUNCTIONS:
+            connection.exec_driver_sql(f"DROP FUNCTION {name}()")
     else:
         for name in SQLITE_TRIGGERS:
             connection.exec_driver_sql(f"DROP TRIGGER {name}")
