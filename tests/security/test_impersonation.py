@@ -21,7 +21,7 @@ from conveyor.transport import ChannelSecurity
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from coordinator.auth import TokenTable
 from security.tokens import BOUND_EXECUTOR, Tokens
-from support import ManualExecutor, eventually, llm_message_json, registry_of
+from support import ManualExecutor, llm_message_json, registry_of
 from toolkit import MakeStack, snapshot, task_rows
 
 ACCEPTED = executor_pb.RESULT_DISPOSITION_ACCEPTED
