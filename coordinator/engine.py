@@ -428,11 +428,22 @@ class Coordinator:
         return session
 
     async def _forget_failed_session(self, session: ExecutorSession) -> None:
-        self.sessions.discard(session)
+        """Treat a session whose Hello failed like a stream that closed at once: it gives up its
+        shards and credits now; it is forgotten unless it holds tasks, which it keeps (until it
+        reconnects or its lease expires and they are requeued) as any disconnected executor does."""
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
         try:
+            holding = await self._read(
+                lambda c: c.execute(
+                    select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
+                ).scalar_one()
+            )
+            if holding == 0:
+                self.sessions.discard(session)
             await self._rebalance()
-        except Exception:  # the in-memory leases are already right; saving them is retried later
-            log.exception("saving shard leases after executor %s failed to connect", session.executor_id)
+        except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
+            log.exception("cleaning up after executor %s failed to connect", session.executor_id)
 
     async def _welcome(self, session: ExecutorSession, released: int) -> None:
         """The rest of a Hello once the session is registered: welcome, leases, wake-ups."""
