@@ -42,7 +42,7 @@ from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .model import WorkflowStatus
-from .sessions import ExecutorSession, SessionRegistry, SessionState
+from .sessions import ExecutorSession, SessionRegistry, SessionState, pool_name
 from .store import (
     ClaimedTask,
     Database,
@@ -377,6 +377,11 @@ class Coordinator:
             raise InvalidArgument(
                 'hello.task_kinds must name between 1 and 100 task kinds ("llm" for LLM steps)'
             )
+        if len(pool_name(kinds)) > validation.MAX_NAME_LENGTH:  # the pool is stored as a name, whole
+            raise InvalidArgument(
+                f"hello.task_kinds, joined with commas, are {len(pool_name(kinds))} characters; the limit "
+                f"is {validation.MAX_NAME_LENGTH} (serve fewer kinds per executor, or shorter names)"
+            )
         if self.sessions.get(executor_id) is None and len(self.sessions) >= self.config.max_executors:
             raise ResourceExhausted(
                 f"{len(self.sessions)} executors are connected, the most this coordinator takes "
@@ -413,6 +418,36 @@ class Coordinator:
         previous = self.sessions.put(session)
         if previous is not None:
             previous.close_stream()
+        try:
+            await self._welcome(session, released)
+        except BaseException:
+            # No stream will serve this session: unregister it now, or it would hold shards
+            # and credits (and count against max_executors) until its lease expired.
+            await asyncio.shield(self._forget_failed_session(session))
+            raise
+        return session
+
+    async def _forget_failed_session(self, session: ExecutorSession) -> None:
+        """Treat a session whose Hello failed like a stream that closed at once: it gives up its
+        shards and credits now; it is forgotten unless it holds tasks, which it keeps (until it
+        reconnects or its lease expires and they are requeued) as any disconnected executor does."""
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
+        try:
+            holding = await self._read(
+                lambda c: c.execute(
+                    select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
+                ).scalar_one()
+            )
+            if holding == 0:
+                self.sessions.discard(session)
+            await self._rebalance()
+        except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
+            log.exception("cleaning up after executor %s failed to connect", session.executor_id)
+
+    async def _welcome(self, session: ExecutorSession, released: int) -> None:
+        """The rest of a Hello once the session is registered: welcome, leases, wake-ups."""
+        executor_id, epoch, state = session.executor_id, session.epoch, session.state
         session.send(
             pb.ClaimTasksResponse(
                 welcome=pb.Welcome(
@@ -431,18 +466,17 @@ class Coordinator:
         log.info(
             "executor %s connected from %s: epoch %d (%s), capacity %d, kinds %s%s",
             executor_id,
-            peer,
+            session.peer,
             epoch,
             state.value,
-            hello.capacity,
-            ",".join(sorted(kinds)),
+            session.capacity,
+            session.pool,
             f", {released} undelivered task(s) returned to the queue" if released else "",
             extra=logs.fields(executor_id=executor_id),
         )
         await self._rebalance()
         if released:
             self._wake_all()
-        return session
 
     def executor_alive(self, session: ExecutorSession) -> None:
         session.last_seen = time.monotonic()

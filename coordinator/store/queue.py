@@ -11,6 +11,7 @@ same FIFO position, when its lease expires.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
@@ -191,6 +192,17 @@ class _ClaimPlan(Enum):
     SHARD_BY_SHARD = "shard by shard"
 
 
+#: Fencing tokens are random numbers of this many bits (non-negative in a BIGINT column).
+FENCING_TOKEN_BITS = 62
+
+
+def new_fencing_token() -> int:
+    """The fencing token of one claim: unguessable, so a result can only come from the executor the
+    task was leased to (or whoever it told), never from one that guessed; one claim's tasks all go to
+    the same executor, so they may share it. Never 0, the token of a task nobody claimed yet."""
+    return 1 + secrets.randbelow(2**FENCING_TOKEN_BITS - 1)
+
+
 class TaskQueue:
     """Write units over the ``tasks`` table. Each method runs inside the writer's transaction."""
 
@@ -293,7 +305,8 @@ class TaskQueue:
             .values(
                 claimed_by=bindparam("executor_id"),
                 claimed_at=bindparam("now"),
-                fencing_token=tasks.c.fencing_token + 1,
+                # Random, not a counter: a token must not be guessable by another executor.
+                fencing_token=bindparam("fencing_token"),
             )
             .returning(
                 tasks.c.id,
@@ -331,7 +344,12 @@ class TaskQueue:
         connection.execute(_promote_due, {"now": now})
         claimed = connection.execute(
             self._claim_statement(held, tuple(sorted(set(kinds))), plan),
-            {"executor_id": executor_id, "limit": limit, "now": now},
+            {
+                "executor_id": executor_id,
+                "limit": limit,
+                "now": now,
+                "fencing_token": new_fencing_token(),
+            },
         ).all()
         if held is not None:
             if plan is _ClaimPlan.WALK and len(claimed) < limit:
