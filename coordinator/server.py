@@ -10,8 +10,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from conveyor.errors import ConfigurationError
 from conveyor import monitoring
+from conveyor.errors import ConfigurationError
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
