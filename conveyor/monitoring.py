@@ -95,11 +95,12 @@ class MonitoringServer:
         self,
         app: web.Application,
         *,
-        max_connections: int = MAX_CONNECTIONS,
-        idle_timeout: float = IDLE_TIMEOUT,
+        max_connections: int | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
-        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle_timeout)
-        self._max_connections = max_connections
+        idle = IDLE_TIMEOUT if idle_timeout is None else idle_timeout
+        self._runner = web.AppRunner(app, access_log=None, keepalive_timeout=idle)
+        self._max_connections = MAX_CONNECTIONS if max_connections is None else max_connections
         self._server: asyncio.Server | None = None
         self.port = 0
 
