@@ -124,7 +124,9 @@ async def test_the_metrics_endpoint_bounds_and_times_out_idle_connections(
         assert await asyncio.wait_for(reader.read(), 60) == b""
         writer.close()
     # And the endpoint serves again.
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-            assert response.status == 200
-            assert "conveyor_workflows_started_total" in await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        assert response.status == 200
+        assert "conveyor_workflows_started_total" in await response.text()
