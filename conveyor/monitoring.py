@@ -43,7 +43,7 @@ MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 15.0
 #: Whether a presented token may read this server's pages.
 Authorize = Callable[[str], bool]
-_REALM = 'Bearer realm="conveyor monitoring", Basic realm="conveyor monitoring"'
+_REALM = 'Basic realm="conveyor monitoring", charset="UTF-8"'
 _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
