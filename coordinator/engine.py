@@ -380,7 +380,6 @@ class Coordinator:
             raise InvalidArgument(
                 'hello.task_kinds must name between 1 and 100 task kinds ("llm" for LLM steps)'
             )
-        self._reserve_executor_slot(executor_id)
         epoch = hello.epoch or self.epoch
         state = SessionState.LIVE if epoch == self.epoch else SessionState.DRAINING
         session = ExecutorSession(
@@ -408,6 +407,9 @@ class Coordinator:
             )
             return self.queue.release_unheld(connection, executor_id, held)
 
+        # Reserved right before the first await, released right before registering: nothing
+        # that can raise sits between the reservation and the try, so it cannot leak.
+        self._reserve_executor_slot(executor_id)
         try:
             released = await self._write(register, "register executor")
         finally:
