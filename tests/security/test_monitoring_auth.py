@@ -100,6 +100,12 @@ async def test_monitoring_endpoints_need_a_monitoring_or_admin_token(
                 assert status == 200, (path, accepted, status)
         status, text = await get(port_of(stack, "/api/overview"), "/api/overview", bearer(monitoring_token))
         assert "secret-executor-id" in text
+        # A browser opening the page is asked for the token (as the password).
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{stack.server.http_port}/") as response,
+        ):
+            assert response.headers["WWW-Authenticate"].startswith("Basic ")
         call.cancel()
 
 
