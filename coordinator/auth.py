@@ -9,6 +9,7 @@ service                     role        who
 ``ExecutorService``         executor    executors (a token may be bound to one executor id)
 ``AdminService``, any other admin       operators (reflection included)
 ``grpc.health.v1.Health``   (none)      load balancers and orchestrators hold no token
+metrics, status page (HTTP) monitoring  Prometheus and dashboards (admin tokens work too)
 ==========================  ==========  ==================================================
 
 No token, or one the coordinator does not know, is ``UNAUTHENTICATED``; a known
@@ -56,6 +57,8 @@ class Role(StrEnum):
     CLIENT = "client"
     EXECUTOR = "executor"
     ADMIN = "admin"
+    #: Reads the metrics endpoint and the status page (:mod:`conveyor.monitoring`); no gRPC service.
+    MONITORING = "monitoring"
 
 
 #: The role each service requires; a service not listed here requires ADMIN.
@@ -121,6 +124,11 @@ class TokenTable:
             if hmac.compare_digest(digest, presented):
                 found = principal
         return found
+
+    def may_monitor(self, token: str) -> bool:
+        """Whether ``token`` may read the metrics and the status page: the monitoring or admin role."""
+        principal = self.authenticate(token)
+        return principal is not None and bool(principal.roles & {Role.MONITORING, Role.ADMIN})
 
     def principal_of(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal | None:
         """The principal of a call, from its ``authorization: Bearer`` metadata."""
@@ -244,7 +252,7 @@ def _parse(text: str, source: str) -> list[tuple[str, Principal]]:
             roles = frozenset(Role(role) for role in fields[0].split(","))
         except ValueError:
             raise ConfigurationError(
-                f"{where}: unknown role in {fields[0]!r}; roles are client, executor and admin"
+                f"{where}: unknown role in {fields[0]!r}; roles are client, executor, admin and monitoring"
             ) from None
         token = fields[1]
         if len(token) < MIN_TOKEN_LENGTH:

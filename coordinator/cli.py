@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     monitoring = parser.add_argument_group(
         "monitoring",
-        "Neither the metrics nor the status page asks for credentials: keep them off public networks.",
+        "With --auth-tokens-file, the metrics and the status page ask for a token of the monitoring "
+        "(or admin) role; without it they ask for none, so they then only listen on a loopback address "
+        "unless given --insecure.",
     )
     monitoring.add_argument(
         "--metrics-port",
@@ -105,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="bearer tokens and their roles, one per line: 'ROLES TOKEN [EXECUTOR-ID]' "
-        "(roles: client, executor, admin)",
+        "(roles: client, executor, admin, monitoring)",
     )
     security.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain: serve TLS")
     security.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
@@ -118,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback --listen address without --auth-tokens-file",
+        help="allow a non-loopback --listen or --monitoring-host address without --auth-tokens-file",
     )
     logs.add_arguments(parser)
 

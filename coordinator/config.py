@@ -51,11 +51,17 @@ class CoordinatorConfig:
     max_executors: int = 1000
     #: Most ClaimTasks streams open on one client connection (an executor needs one).
     max_streams_per_connection: int = 4
+    #: Largest message on a stream (a ClaimTasks Hello, credit, heartbeat): a Hello of 100,000
+    #: held task ids is about 1 MiB.
+    max_stream_message_bytes: int = 2 * MiB
+    #: Seconds a new ClaimTasks stream may take to send its Hello before it is closed.
+    hello_timeout: float = 30.0
     #: Serve Prometheus metrics on this port (0: any free port); None: no metrics endpoint.
     metrics_port: int | None = None
     #: Serve the live status page on this port (0: any free port); None: no page.
     http_port: int | None = None
-    #: Where the metrics endpoint and the status page listen. Neither asks for credentials.
+    #: Where the metrics endpoint and the status page listen. With ``auth_tokens_file`` both ask
+    #: for a monitoring (or admin) token; without, only a loopback address unless ``insecure``.
     monitoring_host: str = "127.0.0.1"
     #: How often the queue, workflow and executor gauges are refreshed from the database.
     gauge_refresh_interval: float = 5.0

@@ -20,6 +20,7 @@ leases, credits) is rebuilt from executors reconnecting after a restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -125,6 +126,8 @@ class Coordinator:
         self.shard_count = 0
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Executor ids whose Hello passed the max_executors check and is being registered.
+        self._connecting: collections.Counter[str] = collections.Counter()
         self._replay_needed = asyncio.Event()
         self._dispatch_needed = asyncio.Event()
         self._timer_due = asyncio.Event()
@@ -382,11 +385,6 @@ class Coordinator:
                 f"hello.task_kinds, joined with commas, are {len(pool_name(kinds))} characters; the limit "
                 f"is {validation.MAX_NAME_LENGTH} (serve fewer kinds per executor, or shorter names)"
             )
-        if self.sessions.get(executor_id) is None and len(self.sessions) >= self.config.max_executors:
-            raise ResourceExhausted(
-                f"{len(self.sessions)} executors are connected, the most this coordinator takes "
-                f"(max_executors); executor {executor_id} was refused"
-            )
         epoch = hello.epoch or self.epoch
         state = SessionState.LIVE if epoch == self.epoch else SessionState.DRAINING
         session = ExecutorSession(
@@ -414,7 +412,16 @@ class Coordinator:
             )
             return self.queue.release_unheld(connection, executor_id, held)
 
-        released = await self._write(register, "register executor")
+        # Reserved right before the first await, released right before registering: nothing
+        # that can raise sits between the reservation and the try, so it cannot leak.
+        self._reserve_executor_slot(executor_id)
+        try:
+            released = await self._write(register, "register executor")
+        finally:
+            self._connecting[executor_id] -= 1
+            if not self._connecting[executor_id]:
+                del self._connecting[executor_id]
+        # No await between releasing the reservation and registering: the count stays exact.
         previous = self.sessions.put(session)
         if previous is not None:
             previous.close_stream()
@@ -477,6 +484,22 @@ class Coordinator:
         await self._rebalance()
         if released:
             self._wake_all()
+
+    def _reserve_executor_slot(self, executor_id: str) -> None:
+        """Count a newcomer against ``max_executors`` until it is registered.
+
+        The Hello's database write is awaited between the check and the registration;
+        without a reservation every Hello arriving meanwhile passed the same check, and
+        1,100 simultaneous Hellos were all welcomed against a limit of 1,000.
+        """
+        if self.sessions.get(executor_id) is None and executor_id not in self._connecting:
+            newcomers = sum(1 for other in self._connecting if self.sessions.get(other) is None)
+            if len(self.sessions) + newcomers >= self.config.max_executors:
+                raise ResourceExhausted(
+                    f"{len(self.sessions) + newcomers} executors are connected or connecting, the most "
+                    f"this coordinator takes (max_executors); executor {executor_id} was refused"
+                )
+        self._connecting[executor_id] += 1
 
     def executor_alive(self, session: ExecutorSession) -> None:
         session.last_seen = time.monotonic()

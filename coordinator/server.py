@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from conveyor import monitoring
 from conveyor.errors import ConfigurationError
-from conveyor.metrics import export
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -26,6 +25,7 @@ from conveyor.workflow import WorkflowRegistry
 from .api.admin_service import AdminService
 from .api.decoding import MalformedRequestInterceptor
 from .api.executor_service import ExecutorService
+from .api.limits import StreamMessageSizeInterceptor
 from .api.workflow_service import WorkflowService
 from .auth import AuthInterceptor, TokenTable
 from .auth_tls import check_exposure, server_credentials
@@ -75,20 +75,33 @@ class CoordinatorServer:
             tls=self._credentials is not None,
             insecure=config.insecure,
         )
+        if config.metrics_port is not None or config.http_port is not None:
+            monitoring.check_exposure(
+                config.monitoring_host,
+                authenticated=self.tokens is not None,
+                insecure=config.insecure,
+                what="the metrics and the status page",
+                fix="Give --auth-tokens-file FILE (the monitoring role reads them)",
+            )
         self.coordinator = Coordinator(
             config, registry or WorkflowRegistry.from_modules(list(config.workflow_modules))
         )
         # Authentication first: a caller without a valid token gets nothing decoded for it.
         interceptors = [AuthInterceptor(self.tokens)] if self.tokens is not None else []
         self._server = grpc.aio.server(
-            options=server_options(config), interceptors=[*interceptors, MalformedRequestInterceptor()]
+            options=server_options(config),
+            interceptors=[
+                *interceptors,
+                MalformedRequestInterceptor(),
+                StreamMessageSizeInterceptor(config.max_stream_message_bytes),
+            ],
         )
         self._health = health.aio.HealthServicer()
         self.port = 0
         #: Bound ports of the metrics endpoint and the status page, once started (when configured).
         self.metrics_port: int | None = None
         self.http_port: int | None = None
-        self._stop_metrics: Callable[[], None] | None = None
+        self._metrics: monitoring.MonitoringServer | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._status_page: StatusPage | None = None
 
@@ -127,9 +140,10 @@ class CoordinatorServer:
         """The metrics endpoint and the status page, each when configured."""
         config, coordinator = self.config, self.coordinator
         if config.metrics_port is not None:
-            self.metrics_port, self._stop_metrics = export(
-                coordinator.metrics.registry, config.monitoring_host, config.metrics_port
+            self._metrics = await monitoring.serve_metrics(
+                coordinator.metrics.registry, config.monitoring_host, config.metrics_port, self._authorize
             )
+            self.metrics_port = self._metrics.port
             self._gauges = asyncio.create_task(
                 refresh_gauges(
                     coordinator.metrics,
@@ -140,9 +154,14 @@ class CoordinatorServer:
             )
             log.info("metrics at http://%s:%d/metrics", config.monitoring_host, self.metrics_port)
         if config.http_port is not None:
-            self._status_page = StatusPage(coordinator)
+            self._status_page = StatusPage(coordinator, self._authorize)
             self.http_port = await self._status_page.start(config.monitoring_host, config.http_port)
             log.info("status page at http://%s:%d/", config.monitoring_host, self.http_port)
+
+    @property
+    def _authorize(self) -> monitoring.Authorize | None:
+        """With authentication on: who may read the metrics and the status page."""
+        return None if self.tokens is None else self.tokens.may_monitor
 
     @property
     def address(self) -> str:
@@ -158,8 +177,8 @@ class CoordinatorServer:
             await self._status_page.stop()
         if self._gauges is not None:
             self._gauges.cancel()
-        if self._stop_metrics is not None:
-            await asyncio.to_thread(self._stop_metrics)
+        if self._metrics is not None:
+            await self._metrics.stop()
         await self._server.stop(grace)
         await self.coordinator.stop()
 

@@ -9,7 +9,7 @@ from collections import Counter
 
 import grpc
 
-from conveyor.errors import InvalidArgument, ResourceExhausted
+from conveyor.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1 import executor_service_pb2_grpc
 
@@ -64,7 +64,14 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
                 del self._streams[peer]
 
     async def _serve(self, context: grpc.aio.ServicerContext, peer: str) -> None:
-        first = await context.read()
+        timeout = self._coordinator.config.hello_timeout
+        try:
+            # A stream that never says Hello would otherwise hold its slot and memory forever.
+            first = await asyncio.wait_for(context.read(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no Hello within {timeout:g}s of opening ClaimTasks (hello_timeout); send the Hello first"
+            ) from None
         if first is grpc.aio.EOF or not first.HasField("hello"):
             raise InvalidArgument("the first ClaimTasks message must be a Hello")
         self._check_identity(context, first.hello.executor_id)
