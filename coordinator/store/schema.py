@@ -136,10 +136,20 @@ tasks = Table(
     # Bumped by every claim; a result must carry the current value to be accepted.
     Column("fencing_token", BigInteger, nullable=False),
     Column("last_error", Text),
+    # Start-to-close deadline of the claimed attempt (claimed_at + timeout + grace): past it the
+    # coordinator takes the task back from its executor. Meaningful only while claimed.
+    Column("deadline_at", BigInteger),
     Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
     # The same order across shards: the claim that falls back to any shard walks it.
     Index(None, "workflow_created_at", "id"),
     Index(None, "claimed_by"),
+    # Only claimed tasks (at most the executors' total capacity): the deadline sweep's index.
+    Index(
+        "ix_tasks_deadline_at",
+        "deadline_at",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
 )
 
 #: Workflows due for a replay. Invariant: a running workflow with no step in
