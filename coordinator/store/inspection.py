@@ -34,12 +34,12 @@ class QueuedTask:
     available_at: int
     claimed_by: str | None
     claimed_at: int | None
-    #: The claimed attempt's start-to-close deadline.
-    deadline_at: int | None
     #: Why the previous attempt ended, while a retry is pending.
     last_error: str | None
     #: Unclaimed, claimable tasks of the same kind ahead of this one on its shard, in claim order.
     tasks_ahead: int
+    #: The claimed attempt's start-to-close deadline.
+    deadline_at: int | None = None
 
 
 @dataclass(frozen=True)
