@@ -343,6 +343,7 @@ class Executor:
         started.GetCurrentTime()
         began = time.monotonic()
         timeout = task.timeout.ToTimedelta().total_seconds() or self.config.default_timeout
+        cancelled = False
         try:
             outcome = await self._execute(task, timeout)
         except asyncio.CancelledError:
@@ -353,6 +354,7 @@ class Executor:
             if current is not None:
                 current.uncancel()  # handled: later awaits of this task must not see it
             self.tasks_cancelled += 1
+            cancelled = True
             log.info(
                 "task %d (workflow %s, step %d %r) stopped: the coordinator cancelled it (%s)",
                 task.task_id,
@@ -391,7 +393,10 @@ class Executor:
             )
             if outcome.retry_after is not None:
                 result.failure.retry_after.FromNanoseconds(int(outcome.retry_after * 1e9))
-        self._observe(task, outcome, time.monotonic() - began)
+        if cancelled:  # logged above; not a failure of the task itself
+            self.metrics.ran(task.kind, "cancelled", time.monotonic() - began)
+        else:
+            self._observe(task, outcome, time.monotonic() - began)
         self._reporter.add(result)
         del self._running[task.task_id]
         self._running_tokens.pop(task.task_id, None)
