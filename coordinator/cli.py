@@ -64,6 +64,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without heartbeat before an executor's tasks are re-queued (default 10)",
     )
     parser.add_argument(
+        "--task-timeout",
+        type=float,
+        default=600.0,
+        help="start-to-close deadline in seconds of a task attempt (LLM call or handler) whose step "
+        "sets no timeout; past it plus --task-deadline-grace the coordinator takes the task back "
+        "and retries it (default 600)",
+    )
+    parser.add_argument(
+        "--task-deadline-grace",
+        type=float,
+        default=30.0,
+        help="seconds added to every attempt's timeout before the coordinator takes it back, for the "
+        "executor to report its own timeout first (default 30)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -138,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             max_payload_bytes=args.max_payload_bytes,
             heartbeat_interval=args.heartbeat_interval,
             lease_ttl=args.lease_ttl,
+            default_task_timeout=args.task_timeout,
+            task_deadline_grace=args.task_deadline_grace,
             sqlite_synchronous=args.sqlite_synchronous,
             claim_order=ClaimOrder(args.claim_order),
             auth_tokens_file=args.auth_tokens_file,

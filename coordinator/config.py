@@ -28,6 +28,12 @@ class CoordinatorConfig:
     heartbeat_interval: float = 1.0
     #: An executor silent this long loses its shards and tasks.
     lease_ttl: float = 10.0
+    #: Start-to-close deadline of a task attempt whose step sets no ``timeout`` (LLM calls and
+    #: handler tasks alike); the executor's own default timeout should not exceed it.
+    default_task_timeout: float = 600.0
+    #: Added to every attempt's timeout before the coordinator takes the task back: time for the
+    #: executor, whose own timeout fires first, to report the failure itself.
+    task_deadline_grace: float = 30.0
     #: Workflows replayed per transaction.
     replay_batch_size: int = 100
     #: How long the writer waits for more work to share a transaction.
@@ -73,6 +79,14 @@ class CoordinatorConfig:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}s) must exceed two heartbeat intervals "
                 f"({self.heartbeat_interval}s each), or one late heartbeat loses the lease"
+            )
+        if not 0 < self.default_task_timeout <= 7 * 86400:
+            raise ValueError(
+                f"default_task_timeout must be between 0 and 604800 seconds, not {self.default_task_timeout}"
+            )
+        if not 0 <= self.task_deadline_grace <= 3600:
+            raise ValueError(
+                f"task_deadline_grace must be between 0 and 3600 seconds, not {self.task_deadline_grace}"
             )
         if not 1 <= self.max_batch_size <= 1000:
             raise ValueError("max_batch_size must be between 1 and 1000")

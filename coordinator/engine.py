@@ -61,9 +61,12 @@ from .store import (
     Workflows,
     WorkflowSelection,
     Writer,
+    deadlines,
     diagnosis,
     inspection,
 )
+from .store.deadlines import Claim, ExpiryOutcome
+from .store.queue import TaskDeadlines
 from .store.reader import Reader
 from .store.schema import tasks
 
@@ -79,6 +82,8 @@ HEARTBEAT_PERSIST_INTERVAL = 5.0
 BULK_CANCEL_BATCH = 500
 #: Workflow ids a CancelWorkflows answer lists, for the operator to check the filter.
 BULK_CANCEL_SAMPLE = 20
+#: Longest the deadline loop waits before reading the earliest deadline again.
+DEADLINE_CHECK_INTERVAL = 1.0
 
 
 @dataclass
@@ -93,6 +98,10 @@ class CoordinatorStats:
     tasks_claimed: int = 0
     replays: int = 0
     leases_expired: int = 0
+    #: Attempts taken back at their start-to-close deadline.
+    deadlines_expired: int = 0
+    #: Attempts executors were told to stop (CancelTasks).
+    attempts_cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,12 @@ class Coordinator:
         self.shard_count, self.epoch = facts.shard_count, facts.epoch
         dialect = self.database.dialect
         self.workflows = Workflows(facts.shard_count, CreationClock(facts.last_created_at))
-        self.queue = TaskQueue(dialect, order=self.config.claim_order, shard_count=facts.shard_count)
+        self.queue = TaskQueue(
+            dialect,
+            order=self.config.claim_order,
+            shard_count=facts.shard_count,
+            deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
+        )
         self.replays = ReplayQueue(dialect, self.registry)
         self.timers = Timers(dialect)
         self.sessions = SessionRegistry(facts.shard_count)
@@ -162,6 +176,7 @@ class Coordinator:
             self._retry_loop,
             self._lease_loop,
             self._sweep_loop,
+            self._deadline_loop,
         )
         for loop in loops:
             self._loops.append(asyncio.create_task(self._supervised(loop), name=loop.__name__))
@@ -242,6 +257,63 @@ class Coordinator:
         """Run the read-only ``query`` in one snapshot on the reader pool (for the status page)."""
         return await self._read(query, snapshot=True)
 
+    async def _write_revoking(
+        self,
+        unit: Callable[[Connection], T],
+        label: str,
+        reason: str,
+        claims: Callable[[Connection], list[Claim]] = deadlines.claimed_tasks,
+    ) -> T:
+        """Run ``unit`` and tell executors to stop every attempt it took away from them.
+
+        ``claims`` reads, before the unit, the claims it may revoke (by default all of
+        them, which the executors' capacity bounds); those that no longer stand after it,
+        in the same transaction, are sent a CancelTasks.
+        """
+
+        def run(connection: Connection) -> tuple[T, list[Claim]]:
+            before = claims(connection)
+            result = unit(connection)
+            return result, deadlines.revoked_since(connection, before)
+
+        result, revoked = await self._write(run, label)
+        self._send_cancels(revoked, reason)
+        return result
+
+    def _send_cancels(
+        self, claims: Collection[Claim], reason: str, sessions: Collection[ExecutorSession] | None = None
+    ) -> None:
+        """Tell each executor holding one of ``claims`` to stop that attempt (CancelTasks).
+
+        An executor that is not connected is told when it reconnects (:meth:`connect_executor`
+        cancels every held task that is no longer its own). ``sessions`` pins the sessions to
+        use (a session not yet in the registry).
+        """
+        by_executor: dict[str, list[Claim]] = {}
+        for claim in claims:
+            by_executor.setdefault(claim.executor_id, []).append(claim)
+        pinned = {session.executor_id: session for session in sessions or ()}
+        size = self.config.max_batch_size
+        for executor_id, held in by_executor.items():
+            session = pinned.get(executor_id) or self.sessions.get(executor_id)
+            if session is None or session.state is SessionState.DISCONNECTED:
+                continue
+            self.stats.attempts_cancelled += len(held)
+            attempts = [pb.TaskAttempt(task_id=c.task_id, fencing_token=c.fencing_token) for c in held]
+            for start in range(0, len(held), size):
+                session.send(
+                    pb.ClaimTasksResponse(
+                        cancel=pb.CancelTasks(tasks=attempts[start : start + size], reason=reason)
+                    )
+                )
+            log.info(
+                "told executor %s to stop %d attempt(s): %s",
+                executor_id,
+                len(held),
+                reason,
+                extra=logs.fields(executor_id=executor_id),
+            )
+
     def _wake_holders(self, shards: set[int]) -> None:
         for session in self.sessions.holders(shards):
             session.maybe_work = True
@@ -318,7 +390,7 @@ class Coordinator:
     async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord:
         validation.identifier(workflow_id, "workflow_id")
         validation.reason(reason)
-        record = await self._write(
+        record = await self._write_revoking(
             functools.partial(
                 self.workflows.cancel,
                 workflow_id=workflow_id,
@@ -326,6 +398,8 @@ class Coordinator:
                 now=now_us(),
             ),
             "cancel",
+            f"workflow {workflow_id} was cancelled",
+            functools.partial(deadlines.claimed_tasks, workflow_id=workflow_id),
         )
         self._count_finished(WorkflowStatus.CANCELLED, 1)
         return record
@@ -416,7 +490,9 @@ class Coordinator:
         # that can raise sits between the reservation and the try, so it cannot leak.
         self._reserve_executor_slot(executor_id)
         try:
-            released = await self._write(register, "register executor")
+            released, moved = await self._write(
+                lambda c: (register(c), deadlines.moved_away(c, executor_id, held)), "register executor"
+            )
         finally:
             self._connecting[executor_id] -= 1
             if not self._connecting[executor_id]:
@@ -426,7 +502,7 @@ class Coordinator:
         if previous is not None:
             previous.close_stream()
         try:
-            await self._welcome(session, released)
+            await self._welcome(session, released, moved)
         except BaseException:
             # No stream will serve this session: unregister it now, or it would hold shards
             # and credits (and count against max_executors) until its lease expired.
@@ -452,8 +528,9 @@ class Coordinator:
         except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
             log.exception("cleaning up after executor %s failed to connect", session.executor_id)
 
-    async def _welcome(self, session: ExecutorSession, released: int) -> None:
-        """The rest of a Hello once the session is registered: welcome, leases, wake-ups."""
+    async def _welcome(self, session: ExecutorSession, released: int, moved: list[Claim]) -> None:
+        """The rest of a Hello once the session is registered: welcome, cancels of the held
+        tasks taken back while it was away, leases, wake-ups."""
         executor_id, epoch, state = session.executor_id, session.epoch, session.state
         session.send(
             pb.ClaimTasksResponse(
@@ -470,6 +547,7 @@ class Coordinator:
         if state is SessionState.DRAINING:
             reason = f"epoch {epoch} is not the current one ({self.epoch})"
             session.send(pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=reason)))
+        self._send_cancels(moved, "the task was taken back from this executor while it was away", [session])
         log.info(
             "executor %s connected from %s: epoch %d (%s), capacity %d, kinds %s%s",
             executor_id,
@@ -612,7 +690,7 @@ class Coordinator:
     async def fail_pending_tasks(self, shards: Collection[int] | None, limit: int, reason: str) -> int:
         self._check_shards(shards)
         validation.reason(reason)
-        failed, replays = await self._write(
+        failed, replays = await self._write_revoking(
             functools.partial(
                 self.queue.fail_pending,
                 shards=shards,
@@ -621,6 +699,7 @@ class Coordinator:
                 now=now_us(),
             ),
             "fail pending tasks",
+            "the task was force-failed by an operator (FailPendingTasks)",
         )
         if replays:
             self._replay_needed.set()
@@ -672,7 +751,7 @@ class Coordinator:
     ) -> tuple[int, int]:
         self._check_shards(shards)
         validation.reason(reason)
-        cleared, cancelled = await self._write(
+        cleared, cancelled = await self._write_revoking(
             functools.partial(
                 self.queue.clear,
                 shards=shards,
@@ -681,6 +760,7 @@ class Coordinator:
                 now=now_us(),
             ),
             "clear task queue",
+            "the task queue was cleared by an operator (ClearTaskQueue)",
         )
         self._count_finished(WorkflowStatus.CANCELLED, cancelled)
         log.warning("operator cleared %d task(s) on %s", cleared, _describe_shards(shards))
@@ -715,7 +795,7 @@ class Coordinator:
         cancelled = 0
         while limit == 0 or cancelled < limit:
             batch = BULK_CANCEL_BATCH if limit == 0 else min(BULK_CANCEL_BATCH, limit - cancelled)
-            ids = await self._write(
+            ids = await self._write_revoking(
                 functools.partial(
                     Workflows.cancel_selected,
                     selection=selection,
@@ -724,6 +804,7 @@ class Coordinator:
                     now=now_us(),
                 ),
                 "cancel workflows",
+                "the workflow was cancelled by an operator (CancelWorkflows)",
             )
             cancelled += len(ids)
             self._count_finished(WorkflowStatus.CANCELLED, len(ids))
@@ -950,6 +1031,50 @@ class Coordinator:
             outcome.failed,
             extra=logs.fields(executor_id=session.executor_id),
         )
+        self._wake_holders(outcome.shards)
+        if outcome.replays_enqueued:
+            self._replay_needed.set()
+
+    async def _deadline_loop(self) -> None:
+        """Take back attempts past their start-to-close deadline (``tasks.deadline_at``).
+
+        Level-triggered: each pass reads the earliest deadline from the database, so a
+        pass that fails (the supervisor restarts the loop) loses nothing, and a deadline
+        stamped by any claim is seen within DEADLINE_CHECK_INTERVAL without a wake-up.
+        """
+        while True:
+            now = now_us()
+            due = await self._read(deadlines.earliest_deadline)
+            if due is not None and due <= now:
+                outcome = await self._write(
+                    functools.partial(
+                        deadlines.expire_overdue,
+                        dialect=self.database.dialect,
+                        now=now,
+                        default_timeout=self.config.default_task_timeout,
+                        grace=self.config.task_deadline_grace,
+                    ),
+                    "expire deadlines",
+                )
+                self._deadlines_expired(outcome)
+                if outcome.revoked:
+                    continue  # more may be due: read again at once
+            wait = DEADLINE_CHECK_INTERVAL if due is None else (due - now) / 1e6
+            await asyncio.sleep(min(DEADLINE_CHECK_INTERVAL, max(0.01, wait)))
+
+    def _deadlines_expired(self, outcome: ExpiryOutcome) -> None:
+        if not outcome.revoked:
+            return
+        self.stats.deadlines_expired += len(outcome.revoked)
+        log.warning(
+            "%d attempt(s) passed their start-to-close deadline without a result: %d retried, %d failed "
+            "after their last attempt (the executor's handler or call may be hung; see ExplainWorkflow)",
+            len(outcome.revoked),
+            outcome.retried,
+            outcome.failed,
+        )
+        self._send_cancels(outcome.revoked, "the attempt passed its start-to-close deadline")
+        self._retry_alarm.request(outcome.next_retry_at)
         self._wake_holders(outcome.shards)
         if outcome.replays_enqueued:
             self._replay_needed.set()

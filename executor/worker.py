@@ -95,6 +95,10 @@ class Executor:
         if not self._kinds:
             raise ValueError("this executor serves no task kinds: enable LLM steps or load --handlers")
         self._running: dict[int, asyncio.Task[None]] = {}
+        #: The fencing token each running task was delivered with (a cancel names the attempt).
+        self._running_tokens: dict[int, int] = {}
+        #: Running tasks the coordinator told us to stop (CancelTasks), and why.
+        self._cancelled: dict[int, str] = {}
         self._reporter = ResultReporter(config.executor_id, flush_interval=config.flush_interval)
         self._outgoing: asyncio.Queue[pb.ClaimTasksRequest | _Credit | None] = asyncio.Queue()
         self._unsent_credits = 0
@@ -105,6 +109,8 @@ class Executor:
         self._abandon = asyncio.Event()
         self._drain_reason = ""
         self.tasks_run = 0
+        #: Attempts stopped because the coordinator no longer wanted them.
+        self.tasks_cancelled = 0
         self.metrics = ExecutorMetrics(
             config.concurrency, lambda: len(self._running), self._draining.is_set, self._reporter
         )
@@ -221,6 +227,8 @@ class Executor:
                     log.debug("leasing shards %s", list(message.shards.shards))
                 elif kind == "drain":
                     self.drain(f"coordinator: {message.drain.reason}")
+                elif kind == "cancel":
+                    self._cancel(message.cancel)
         except asyncio.CancelledError:
             if not self._abandon.is_set():
                 raise
@@ -310,15 +318,54 @@ class Executor:
     def _start(self, task: pb.Task) -> None:
         if task.task_id in self._running:
             return  # already running: the coordinator re-sent it after a reconnect
+        self._running_tokens[task.task_id] = task.fencing_token
         self._running[task.task_id] = asyncio.create_task(self._run_task(task), name=f"task {task.task_id}")
+
+    def _cancel(self, cancel: pb.CancelTasks) -> None:
+        """Stop the attempts the coordinator no longer wants (its result would be rejected).
+
+        Cancelling the task's asyncio task aborts the in-flight SDK request (its connection
+        is closed, so the API stops generating) or stops waiting for a handler; the attempt
+        is then reported as cancelled and its slot granted back (see `_run_task`). A cancel
+        for an older delivery of a task than the one running leaves it running.
+        """
+        for attempt in cancel.tasks:
+            running = self._running.get(attempt.task_id)
+            token = self._running_tokens.get(attempt.task_id)
+            if running is None or token is None or token > attempt.fencing_token:
+                continue
+            if attempt.task_id not in self._cancelled:
+                self._cancelled[attempt.task_id] = cancel.reason or "no reason given"
+                running.cancel()
 
     async def _run_task(self, task: pb.Task) -> None:
         started = Timestamp()
         started.GetCurrentTime()
         began = time.monotonic()
         timeout = task.timeout.ToTimedelta().total_seconds() or self.config.default_timeout
+        cancelled = False
         try:
             outcome = await self._execute(task, timeout)
+        except asyncio.CancelledError:
+            reason = self._cancelled.pop(task.task_id, None)
+            if reason is None:
+                raise  # the executor is shutting down, not a cancel from the coordinator
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # handled: later awaits of this task must not see it
+            self.tasks_cancelled += 1
+            cancelled = True
+            log.info(
+                "task %d (workflow %s, step %d %r) stopped: the coordinator cancelled it (%s)",
+                task.task_id,
+                task.workflow_id,
+                task.step_number,
+                task.name,
+                reason,
+                extra=_task_fields(task),
+            )
+            message = f"cancelled by the coordinator: {reason}"
+            outcome = CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=message)
         except Exception as error:  # a bug here must not lose the task
             log.exception(
                 "task %d crashed the executor's task runner", task.task_id, extra=_task_fields(task)
@@ -346,11 +393,21 @@ class Executor:
             )
             if outcome.retry_after is not None:
                 result.failure.retry_after.FromNanoseconds(int(outcome.retry_after * 1e9))
-        self._observe(task, outcome, time.monotonic() - began)
+        if cancelled:  # logged above; not a failure of the task itself
+            self.metrics.ran(task.kind, "cancelled", time.monotonic() - began)
+        else:
+            self._observe(task, outcome, time.monotonic() - began)
         self._reporter.add(result)
         del self._running[task.task_id]
+        self._running_tokens.pop(task.task_id, None)
+        self._cancelled.pop(task.task_id, None)
         self.tasks_run += 1
         self._release_slot()
+
+    @property
+    def running_tasks(self) -> int:
+        """Tasks running now (slots in use)."""
+        return len(self._running)
 
     def _observe(self, task: pb.Task, outcome: CallOutcome, seconds: float) -> None:
         """Count the attempt; log a failed one with the ids of its workflow and step."""

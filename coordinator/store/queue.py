@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
     Update,
     bindparam,
+    cast,
     delete,
     func,
     literal_column,
@@ -185,6 +187,21 @@ def _retry_state(row: object) -> retries.RetryState:
     )
 
 
+@dataclass(frozen=True)
+class TaskDeadlines:
+    """The start-to-close deadline a claim gives its attempt: the step's timeout (or
+    ``default_timeout``) plus ``grace``, for the executor to report after its own timeout fires."""
+
+    default_timeout: float = 600.0
+    grace: float = 30.0
+
+    def claim_expression(self) -> ColumnElement[int]:
+        default_us = bindparam("deadline_default_us", seconds_to_us(self.default_timeout), BigInteger)
+        grace_us = bindparam("deadline_grace_us", seconds_to_us(self.grace), BigInteger)
+        timeout_us = cast(tasks.c.timeout * 1_000_000, BigInteger)
+        return bindparam("now") + func.coalesce(timeout_us, default_us) + grace_us
+
+
 class _ClaimPlan(Enum):
     #: One walk of the cross-shard FIFO index, skipping tasks of shards not held.
     WALK = "walk"
@@ -212,8 +229,11 @@ class TaskQueue:
         rng: random.Random | None = None,
         order: ClaimOrder = ClaimOrder.FIFO,
         shard_count: int | None = None,
+        deadlines: TaskDeadlines | None = None,
     ) -> None:
         self._dialect = dialect
+        #: What a claim stamps into ``deadline_at`` (see :class:`TaskDeadlines`).
+        self._deadline_at = (deadlines or TaskDeadlines()).claim_expression()
         #: Picks how a claim over a set of shards is planned (see `_plan`); unknown, every
         #: set is claimed shard by shard.
         self._shard_count = shard_count if shard_count is not None else 2**31
@@ -305,6 +325,7 @@ class TaskQueue:
             .values(
                 claimed_by=bindparam("executor_id"),
                 claimed_at=bindparam("now"),
+                deadline_at=self._deadline_at,
                 # Random, not a counter: a token must not be guessable by another executor.
                 fencing_token=bindparam("fencing_token"),
             )
