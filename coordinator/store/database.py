@@ -33,8 +33,17 @@ class ClusterFacts:
 class Database:
     """The engines of one database: a writer (used by one thread) and a reader pool."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", reader_pool_size: int = 4) -> None:
-        self.dialect: Dialect = dialect_for(url, sqlite_synchronous=sqlite_synchronous)
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        reader_pool_size: int = 4,
+        sqlite_busy_timeout: float = 30.0,
+    ) -> None:
+        self.dialect: Dialect = dialect_for(
+            url, sqlite_synchronous=sqlite_synchronous, sqlite_busy_timeout=sqlite_busy_timeout
+        )
         self.writer: Engine = self.dialect.create_engine(writer=True, pool_size=1)
         self.reader: Engine = self.dialect.create_engine(writer=False, pool_size=reader_pool_size)
 

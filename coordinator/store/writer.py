@@ -71,6 +71,11 @@ class Writer:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs (false once it died or was stopped)."""
+        return self._thread.is_alive()
+
     async def stop(self) -> None:
         """Finish the units already submitted, then stop the thread."""
         self._queue.put(_STOP)
