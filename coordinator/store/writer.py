@@ -166,8 +166,8 @@ class Writer:
             except _UnknownOutcome as outcome:
                 unknown = outcome
                 error: BaseException = outcome.cause
-            except Exception as failure:
-                error = failure
+            except Exception as raised:
+                error = raised
             else:
                 break
             self._discard_connection()
