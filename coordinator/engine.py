@@ -63,6 +63,7 @@ from .store import (
     diagnosis,
     inspection,
 )
+from .store.ownership import DatabaseLock
 from .store.reader import Reader
 from .store.schema import tasks
 
@@ -146,7 +147,19 @@ class Coordinator:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        # The database's exclusive lock comes first, before even migrating: a second
+        # coordinator would requeue the first one's running tasks (see store/ownership.py).
+        self.lock = DatabaseLock(self.database.dialect)
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         await asyncio.to_thread(self.database.migrate)
+        await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         self.shard_count, self.epoch = facts.shard_count, facts.epoch
         dialect = self.database.dialect
@@ -159,6 +172,7 @@ class Coordinator:
             self.database.writer,
             group_commit_window=self.config.group_commit_window,
             retry_deadline=self.config.database_retry_deadline,
+            guard=self.lock.check,
         )
         self.writer.start()
         self.reader = Reader(self.database, retry_deadline=self.config.database_retry_deadline)
@@ -198,6 +212,7 @@ class Coordinator:
         self._retry_alarm.cancel()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
+        await asyncio.to_thread(self.lock.release)
 
     async def _recover(self) -> None:
         """Pick up where a previous coordinator process left off.
@@ -258,6 +273,8 @@ class Coordinator:
         loop has ended (its work would never be done) while the coordinator is not stopping.
         """
         problems = []
+        if self.lock.fenced is not None:
+            problems.append(self.lock.fenced)
         if not self.writer.alive:
             problems.append("the database writer thread has died; restart the coordinator")
         for task in self._loops:

@@ -14,6 +14,7 @@ from conveyor.errors import ConfigurationError
 
 from ..clock import now_us
 from .dialect import Dialect, dialect_for
+from .ownership import DatabaseLock
 from .schema import cluster, workflows
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,11 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
+
+    def record_holder(self, lock: DatabaseLock) -> None:
+        """Name the coordinator holding ``lock`` in the database, for a second one's refusal."""
+        with self.writer.begin() as connection:
+            lock.record_holder(connection)
 
     def open_cluster(self, requested_shards: int | None) -> ClusterFacts:
         """Read the cluster row, creating it with ``requested_shards`` on a new database.

@@ -79,8 +79,11 @@ class Writer:
         group_commit_window: float = 0.001,
         max_units_per_transaction: int = 256,
         retry_deadline: float = 60.0,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        #: Called before every commit; raises to refuse it (the database lock was lost).
+        self._guard = guard
         self._window = group_commit_window
         self._max_units = max_units_per_transaction
         self._retry_deadline = retry_deadline
@@ -193,10 +196,11 @@ class Writer:
                     f"the database is unavailable ({describe_error(error)}); the request was not applied, "
                     "retry later"
                 )
-            outcomes = [(None, Unavailable(message))] * len(batch)
+            failure = error if isinstance(error, ConveyorError) else Unavailable(message)
+            outcomes = [(None, failure)] * len(batch)
             break
-        for pending, (result, failure) in zip(batch, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(_resolve, pending.future, result, failure)
+        for pending, (result, refused) in zip(batch, outcomes, strict=True):
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, result, refused)
 
     def _transaction(self, batch: list[_Pending]) -> Outcomes:
         if self._connection is None:
@@ -224,6 +228,8 @@ class Writer:
             # table holds one row, or two while a commit's outcome is being checked.
             connection.execute(delete(write_commits).where(write_commits.c.id != marker))
             connection.execute(insert(write_commits).values(id=marker, committed_at=now_us()))
+            if self._guard is not None:
+                self._guard()
         except BaseException:
             if transaction.is_active:
                 try:
