@@ -532,6 +532,8 @@ class Coordinator:
     async def executor_stream_closed(self, session: ExecutorSession) -> None:
         if self._stopping or self.sessions.get(session.executor_id) is not session:
             return  # shutting down, or replaced by a newer connection of the same executor
+        if session.state is SessionState.DISCONNECTED:
+            return  # its lease expired: _expire closed the stream and is requeueing its tasks
         holding = await self._read(
             lambda c: c.execute(
                 select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
