@@ -164,24 +164,63 @@ class DatabaseLock:
         )
 
     def check(self) -> None:
-        """Raise :class:`DatabaseInUse` unless the lock is still held (the writer calls this
-        before every commit). Losing it is final: the coordinator is fenced until restarted."""
+        """Raise unless the lock is still held; the writer calls this before every commit.
+
+        A dead lock connection (a network blip, a database restart) does not by itself
+        mean another coordinator took over: the lock is taken again on a new connection,
+        provided nobody held it in between (the holder row still names this coordinator).
+        While the database is unreachable this raises the connection error, which the
+        writer retries like any other. If another coordinator holds or held the lock, this
+        one is fenced for good: :class:`DatabaseInUse` from then on, until restarted.
+        """
         if self.fenced is not None:
             raise DatabaseInUse(self.fenced)
-        if self._connection is None:
+        if self._engine is None:
             return  # SQLite: the file lock lasts as long as the process
         with self._mutex:
-            try:
-                self._connection.execute(text("SELECT 1")).scalar_one()
+            if self._connection is not None:
+                try:
+                    self._connection.execute(text("SELECT 1")).scalar_one()
+                    return
+                except Exception as error:
+                    log.warning("the database lock connection died (%s); taking the lock again", error)
+                    with contextlib.suppress(Exception):
+                        self._connection.invalidate()
+                        self._connection.close()
+                    self._connection = None
+            self._reacquire()  # raises the connection error while the database is unreachable
+        if self.fenced is not None:
+            log.error("%s", self.fenced)
+            raise DatabaseInUse(self.fenced)
+
+    def _reacquire(self) -> None:
+        assert self._engine is not None
+        connection = self._engine.connect()
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            got = connection.execute(text(f"SELECT pg_try_advisory_lock({_LOCK_KEY})")).scalar_one()
+            holder = None
+            if got:
+                holder = connection.execute(
+                    select(
+                        coordinator_holder.c.host, coordinator_holder.c.pid, coordinator_holder.c.started_at
+                    )
+                ).first()
+            if got and holder is not None and tuple(holder) == (self.host, self.pid, self.started_at):
+                self.backend_pid = int(connection.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                self._connection = connection
+                log.warning("took the database lock again; nobody held it in between")
                 return
-            except Exception as error:
-                self.fenced = (
-                    f"this coordinator lost its exclusive lock on the database (the lock connection died: "
-                    f"{type(error).__name__}) and another coordinator may hold it now, so it no longer "
-                    "writes; restart it"
-                )
-        log.error("%s", self.fenced)
-        raise DatabaseInUse(self.fenced)
+        except BaseException:
+            connection.close()
+            raise
+        connection.close()  # ends the session, releasing the lock if it was just taken
+        named = "" if holder is None else f" ({describe_holder(holder.host, holder.pid, holder.started_at)})"
+        self.fenced = (
+            "this coordinator lost its exclusive lock on the database (its lock connection died) and "
+            + ("another coordinator holds it now" if not got else f"another coordinator held it since{named}")
+            + ", so it no longer writes; restart it"
+        )
 
     def release(self) -> None:
         if self._file is not None:

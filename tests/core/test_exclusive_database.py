@@ -20,6 +20,8 @@ from conveyor import WorkflowContext, workflow
 from conveyor.errors import ConveyorError, DatabaseInUse, Unavailable
 from coordinator.config import CoordinatorConfig
 from coordinator.server import CoordinatorServer
+from coordinator.store.ownership import ADVISORY_CLASS
+from coordinator.store.schema import coordinator_holder
 from support import Stack, eventually, registry_of
 
 
@@ -58,7 +60,9 @@ async def test_a_second_coordinator_refuses_the_database_until_the_first_stops(d
         await first.close()
 
 
-async def test_a_coordinator_that_loses_its_lock_connection_stops_writing(database_url: str) -> None:
+async def test_a_coordinator_whose_lock_was_taken_by_another_stops_writing(database_url: str) -> None:
+    """The lock connection dies and another coordinator takes the lock: the first must not
+    write any more (fenced), even once the other lets go; health says NOT_SERVING."""
     if not database_url.startswith("postgresql"):
         pytest.skip(
             "SQLite's lock is a file lock held by the process itself: it cannot be lost while it runs"
@@ -68,15 +72,25 @@ async def test_a_coordinator_that_loses_its_lock_connection_stops_writing(databa
         await first.start_coordinator()
         assert first.client is not None and first.server is not None
         lock = first.coordinator.lock
-        admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as connection:
-            connection.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": lock.backend_pid})
-        admin.dispose()
+        usurper = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+        with usurper.connect() as connection:
+            # Kill the lock connection and wait for its lock in one go: the blocking waiter
+            # is granted the lock the moment it is freed, before the first can take it again.
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(:pid), pg_advisory_lock("
+                    f"{ADVISORY_CLASS}, hashtext(current_database() || '.' || current_schema()))"
+                ),
+                {"pid": lock.backend_pid},
+            )
+            connection.execute(coordinator_holder.update().values(host="usurper", pid=1))
+            with pytest.raises(Unavailable) as refused:
+                await first.client.start_workflows([("hello", {"n": 1})])
+            assert "lost its exclusive lock" in str(refused.value)
+        usurper.dispose()  # the usurper is gone: the lock is free again, but the first stays fenced
 
-        with pytest.raises(Unavailable) as refused:
-            await first.client.start_workflows([("hello", {"n": 1})])
-        assert "lost its exclusive lock" in str(refused.value)
-
+        with pytest.raises(Unavailable, match="lost its exclusive lock"):
+            await first.client.start_workflows([("hello", {"n": 2})])
         async with grpc.aio.insecure_channel(first.server.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
 
@@ -88,9 +102,35 @@ async def test_a_coordinator_that_loses_its_lock_connection_stops_writing(databa
         healthy, reason = first.coordinator.healthy()
         assert not healthy and "lost its exclusive lock" in reason
 
-        # The lock is free for another coordinator, which the fenced one cannot disturb.
+        # Another coordinator may start; the fenced one cannot disturb it.
         other = second_server(database_url)
         await other.start()
         await other.stop(grace=0.5)
+    finally:
+        await first.close()
+
+
+async def test_a_lock_connection_that_dies_with_nobody_taking_over_is_replaced(database_url: str) -> None:
+    """A dead lock connection alone (a network blip) costs nothing: nobody held the lock in
+    between, so the coordinator takes it again and goes on writing."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip(
+            "SQLite's lock is a file lock held by the process itself: it cannot be lost while it runs"
+        )
+    first = Stack(database_url, registry_of(hello))
+    try:
+        await first.start_coordinator()
+        assert first.client is not None
+        lock = first.coordinator.lock
+        old_backend = lock.backend_pid
+        admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": old_backend})
+        admin.dispose()
+        await first.client.start_workflows([("hello", {"n": 1})])
+        assert lock.backend_pid != old_backend and lock.fenced is None
+        assert first.coordinator.healthy() == (True, "serving")
+        with pytest.raises(DatabaseInUse):
+            await second_server(database_url).start()
     finally:
         await first.close()
