@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conveyor import logs
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, DatabaseInUse
 
 from .config import CoordinatorConfig
 from .model import ClaimOrder
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             monitoring_host=args.monitoring_host,
         )
         asyncio.run(serve(config))
-    except (ConfigurationError, ValueError) as error:
+    except (ConfigurationError, DatabaseInUse, ValueError) as error:
         print(f"conveyor coordinator: {error}", file=sys.stderr)
         return 2
     return 0

@@ -66,6 +66,7 @@ from .store import (
     inspection,
 )
 from .store.deadlines import Claim, ExpiryOutcome
+from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
 from .store.schema import tasks
@@ -76,6 +77,9 @@ T = TypeVar("T")
 
 #: How often idle executors are offered work even without a wake-up, in case one was missed.
 SAFETY_SWEEP_INTERVAL = 1.0
+#: How often the sweep re-arms every loop's wake-up (replays, timers, retry backoffs), so
+#: work left by a lost wake-up (a failed write, a crashed loop) is found without new traffic.
+REARM_INTERVAL = 5.0
 #: How often executors' last heartbeats are copied to the database, for operators.
 HEARTBEAT_PERSIST_INTERVAL = 5.0
 #: Workflows cancelled per write transaction by CancelWorkflows, so other writes interleave.
@@ -128,7 +132,13 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry) -> None:
         self.config = config
         self.registry = registry
-        self.database = Database(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+        # A write waiting on another process's SQLite lock must not outlast the retry deadline,
+        # or a locked file holds every unit far past the moment it should fail as Unavailable.
+        self.database = Database(
+            config.database_url,
+            sqlite_synchronous=config.sqlite_synchronous,
+            sqlite_busy_timeout=min(30.0, config.database_retry_deadline),
+        )
         self.stats = CoordinatorStats()
         self.metrics = CoordinatorMetrics(self.stats)
         self.epoch = 0
@@ -143,11 +153,25 @@ class Coordinator:
         self._retry_due = asyncio.Event()
         self._timer_alarm = Alarm(self._timer_due.set)
         self._retry_alarm = Alarm(self._retry_due.set)
+        #: Failures of each background loop since start-up (each one re-armed every loop).
+        self._loop_failures: dict[str, int] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        # The database's exclusive lock comes first, before even migrating: a second
+        # coordinator would requeue the first one's running tasks (see store/ownership.py).
+        self.lock = DatabaseLock(self.database.dialect)
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         await asyncio.to_thread(self.database.migrate)
+        await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         self.shard_count, self.epoch = facts.shard_count, facts.epoch
         dialect = self.database.dialect
@@ -165,6 +189,7 @@ class Coordinator:
             self.database.writer,
             group_commit_window=self.config.group_commit_window,
             retry_deadline=self.config.database_retry_deadline,
+            guard=self.lock.check,
         )
         self.writer.start()
         self.reader = Reader(self.database, retry_deadline=self.config.database_retry_deadline)
@@ -205,6 +230,7 @@ class Coordinator:
         self._retry_alarm.cancel()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
+        await asyncio.to_thread(self.lock.release)
 
     async def _recover(self) -> None:
         """Pick up where a previous coordinator process left off.
@@ -231,7 +257,12 @@ class Coordinator:
         self._retry_due.set()
 
     async def _supervised(self, loop: Callable[[], Any]) -> None:
-        """Keep a background loop running through database outages and bugs."""
+        """Keep a background loop running through database outages and bugs.
+
+        Wake-ups are level-triggered: a loop clears its event before doing the work, so
+        a loop that failed half-way may have swallowed the only wake-up for work still
+        waiting. Every restart therefore re-arms every loop, and they re-check.
+        """
         while True:
             try:
                 await loop()
@@ -242,7 +273,37 @@ class Coordinator:
                 log.warning("%s: %s; retrying in 1s", loop.__name__, error)
             except Exception:
                 log.exception("%s crashed; restarting it in 1s", loop.__name__)
+            self._loop_failures[loop.__name__] = self._loop_failures.get(loop.__name__, 0) + 1
             await asyncio.sleep(1.0)
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Set every loop's wake-up: each re-checks its work (a no-op when there is none)."""
+        self._replay_needed.set()
+        self._timer_due.set()
+        self._retry_due.set()
+        self._wake_all()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Whether the coordinator can still make progress, and if not, why (for health checks).
+
+        Unhealthy when the writer thread has died (every write would hang) or a background
+        loop has ended (its work would never be done) while the coordinator is not stopping.
+        """
+        problems = []
+        if self.lock.fenced is not None:
+            problems.append(self.lock.fenced)
+        if not self.writer.alive:
+            problems.append("the database writer thread has died; restart the coordinator")
+        for task in self._loops:
+            if task.done() and not self._stopping:
+                reason = "cancelled" if task.cancelled() else repr(task.exception())
+                problems.append(
+                    f"background loop {task.get_name()} has ended ({reason}); restart the coordinator"
+                )
+        if problems:
+            return False, "; ".join(problems)
+        return True, "serving"
 
     # ------------------------------------------------------------------ helpers
 
@@ -606,6 +667,8 @@ class Coordinator:
     async def executor_stream_closed(self, session: ExecutorSession) -> None:
         if self._stopping or self.sessions.get(session.executor_id) is not session:
             return  # shutting down, or replaced by a newer connection of the same executor
+        if session.state is SessionState.DISCONNECTED:
+            return  # its lease expired: _expire closed the stream and is requeueing its tasks
         holding = await self._read(
             lambda c: c.execute(
                 select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
@@ -1006,12 +1069,17 @@ class Coordinator:
                 )
 
     async def _expire(self, session: ExecutorSession) -> None:
-        """The executor missed its lease: its tasks go back to the queue, its shards to others."""
+        """The executor missed its lease: its tasks go back to the queue, its shards to others.
+
+        The session is forgotten only once the requeue has committed: if the write fails
+        (database down), the session stays registered, out of the leases, and the lease
+        loop expires it again on its next round, so its tasks are not stranded.
+        """
         if self.sessions.get(session.executor_id) is not session:
             return  # it reconnected (a new session) since the lease loop looked
-        self.sessions.discard(session)
         session.close_stream()
-        self.stats.leases_expired += 1
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
         save_leases = self._rebalance_leases()
 
         def requeue(connection: Connection) -> Any:
@@ -1020,8 +1088,12 @@ class Coordinator:
 
         # Submitted before anything else awaits: a reconnect of the same executor from now
         # on registers after this requeue, so it cannot lose tasks it holds to it.
-        outcome = await self._write(requeue, "expire lease")
-        await save_leases
+        try:
+            outcome = await self._write(requeue, "expire lease")
+        finally:
+            await save_leases
+        self.sessions.discard(session)
+        self.stats.leases_expired += 1
         log.warning(
             "executor %s lost its lease (no heartbeat for %.0fs): %d task(s) back in the queue, %d failed "
             "after their last attempt",
@@ -1080,9 +1152,13 @@ class Coordinator:
             self._replay_needed.set()
 
     async def _sweep_loop(self) -> None:
+        last_rearm = time.monotonic()
         while True:
             await asyncio.sleep(SAFETY_SWEEP_INTERVAL)
             self._wake_all()
+            if time.monotonic() - last_rearm >= REARM_INTERVAL:
+                last_rearm = time.monotonic()
+                self._rearm()
 
 
 def _describe_shards(shards: Collection[int] | None) -> str:

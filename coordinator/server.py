@@ -42,6 +42,9 @@ SERVICE_NAMES = (
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 
+#: How often the health service is brought in line with :meth:`Coordinator.healthy`.
+HEALTH_CHECK_INTERVAL = 0.5
+
 
 def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
     return [
@@ -104,6 +107,7 @@ class CoordinatorServer:
         self._metrics: monitoring.MonitoringServer | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._status_page: StatusPage | None = None
+        self._health_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with ``listen=...:0``)."""
@@ -133,6 +137,7 @@ class CoordinatorServer:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", self.address)
+        self._health_watch = asyncio.create_task(self._watch_health(), name="watch health")
         await self._start_monitoring()
         return self.port
 
@@ -158,6 +163,28 @@ class CoordinatorServer:
             self.http_port = await self._status_page.start(config.monitoring_host, config.http_port)
             log.info("status page at http://%s:%d/", config.monitoring_host, self.http_port)
 
+    async def _watch_health(self) -> None:
+        """Mirror :meth:`Coordinator.healthy` into the gRPC health service, so an orchestrator
+        restarts a coordinator that can no longer make progress instead of routing to it."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            healthy, reason = self.coordinator.healthy()
+            if healthy == serving:
+                continue
+            serving = healthy
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if healthy
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVICE_NAMES):
+                await self._health.set(name, status)
+            if healthy:
+                log.warning("coordinator healthy again: health is SERVING")
+            else:
+                log.error("coordinator unhealthy, health is NOT_SERVING: %s", reason)
+
     @property
     def _authorize(self) -> monitoring.Authorize | None:
         """With authentication on: who may read the metrics and the status page."""
@@ -170,6 +197,8 @@ class CoordinatorServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests, let running ones finish for ``grace`` seconds, then shut down."""
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         await self._health.enter_graceful_shutdown()
         # Close executor streams first: they would otherwise hold the grace period open.
         self.coordinator.close_executor_streams()

@@ -247,4 +247,37 @@ workflow_counts = Table(
     PrimaryKeyConstraint("name", "status"),
 )
 
-ALL_TABLES = (cluster, workflows, steps, tasks, replay_queue, executors, shard_leases, workflow_counts)
+#: The marker of the writer's last committed transaction. Each write transaction inserts a
+#: new id (and deletes the older ones): when the connection dies during COMMIT, the writer
+#: looks for its marker to learn whether the transaction committed, instead of re-running
+#: units that are not idempotent (claims, starts without a key, epoch bumps).
+write_commits = Table(
+    "write_commits",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("committed_at", BigInteger, nullable=False),
+)
+
+#: One row: the coordinator holding this database's exclusive lock, for the message a
+#: second coordinator refuses to start with (the lock itself is not a row, see database.py).
+coordinator_holder = Table(
+    "coordinator_holder",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host", String(NAME_LENGTH), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+)
+
+ALL_TABLES = (
+    cluster,
+    workflows,
+    steps,
+    tasks,
+    replay_queue,
+    executors,
+    shard_leases,
+    write_commits,
+    coordinator_holder,
+    workflow_counts,
+)
