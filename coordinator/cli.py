@@ -64,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without heartbeat before an executor's tasks are re-queued (default 10)",
     )
     parser.add_argument(
+        "--replay-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one replay of workflow code may run before that workflow is failed; workflow "
+        "code that blocks or computes for longer belongs in a task handler (default 10)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             max_payload_bytes=args.max_payload_bytes,
             heartbeat_interval=args.heartbeat_interval,
             lease_ttl=args.lease_ttl,
+            replay_timeout=args.replay_timeout,
             sqlite_synchronous=args.sqlite_synchronous,
             claim_order=ClaimOrder(args.claim_order),
             auth_tokens_file=args.auth_tokens_file,

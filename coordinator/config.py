@@ -30,6 +30,8 @@ class CoordinatorConfig:
     lease_ttl: float = 10.0
     #: Workflows replayed per transaction.
     replay_batch_size: int = 100
+    #: Longest one replay of workflow code may run before its workflow is failed (blocking code).
+    replay_timeout: float = 10.0
     #: How long the writer waits for more work to share a transaction.
     group_commit_window: float = 0.001
     #: SQLite ``PRAGMA synchronous``: FULL survives power loss, NORMAL only process crashes.
@@ -67,6 +69,10 @@ class CoordinatorConfig:
             raise ValueError(
                 f"lease_ttl ({self.lease_ttl}s) must exceed two heartbeat intervals "
                 f"({self.heartbeat_interval}s each), or one late heartbeat loses the lease"
+            )
+        if not 0 < self.replay_timeout <= 3600:
+            raise ValueError(
+                f"replay_timeout must be more than 0 and at most 3600 seconds, not {self.replay_timeout}"
             )
         if not 1 <= self.max_batch_size <= 1000:
             raise ValueError("max_batch_size must be between 1 and 1000")

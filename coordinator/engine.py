@@ -42,6 +42,7 @@ from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .model import WorkflowStatus
+from .replay_runner import ReplayCall, ReplayRunner
 from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import (
     ClaimedTask,
@@ -64,6 +65,7 @@ from .store import (
     inspection,
 )
 from .store.reader import Reader
+from .store.replays import ReplayBatchOutcome
 from .store.schema import tasks
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,8 @@ class Coordinator:
         dialect = self.database.dialect
         self.workflows = Workflows(facts.shard_count, CreationClock(facts.last_created_at))
         self.queue = TaskQueue(dialect, order=self.config.claim_order, shard_count=facts.shard_count)
-        self.replays = ReplayQueue(dialect, self.registry)
+        self.replays = ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes)
+        self.replay_runner = ReplayRunner(self.config.replay_timeout)
         self.timers = Timers(dialect)
         self.sessions = SessionRegistry(facts.shard_count)
         self.writer = Writer(
@@ -185,6 +188,7 @@ class Coordinator:
                 await task
         self._timer_alarm.cancel()
         self._retry_alarm.cancel()
+        self.replay_runner.stop()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
 
@@ -733,21 +737,40 @@ class Coordinator:
 
     # --------------------------------------------------------------------- loops
 
+    def replay_healthy(self) -> bool:
+        """False if the thread that runs workflow code is dead (for the health service)."""
+        return self.replay_runner.healthy()
+
     async def _replay_loop(self) -> None:
         limit = self.config.replay_batch_size
         while True:
             await self._replay_needed.wait()
             self._replay_needed.clear()
             while True:
-                outcome = await self._write(lambda c: self.replays.replay_batch(c, limit, now_us()), "replay")
+                outcome = await self._replay_batch(limit)
                 self.stats.replays += outcome.replayed
                 self.metrics.replayed(outcome)
                 for status, count in outcome.finished.items():
                     self._count_finished(status, count)
                 self._wake_holders(outcome.task_shards)
                 self._timer_alarm.request(outcome.next_wake_at)
-                if outcome.taken < limit:
+                if outcome.taken + outcome.left < limit:
+                    if outcome.left:
+                        self._replay_needed.set()  # changed while replaying: replay the new state
                     break
+
+    async def _replay_batch(self, limit: int) -> ReplayBatchOutcome:
+        """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
+        due = await self._read(lambda c: self.replays.due(c, limit), snapshot=True)
+        now = now_us()
+        calls = [
+            ReplayCall(item.workflow_id, functools.partial(self.replays.replay_one, item, now))
+            for item in due
+            if item.replayable
+        ]
+        results = await self.replay_runner.run(calls)
+        outcomes = {call.workflow_id: result for call, result in zip(calls, results, strict=True)}
+        return await self._write(lambda c: self.replays.apply(c, due, outcomes, now), "replay")
 
     async def _dispatch_loop(self) -> None:
         while True:

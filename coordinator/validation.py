@@ -43,8 +43,9 @@ def reason(value: str) -> str:
 
 def storable_text(text: str) -> str:
     """Free text (an error message) as every database can store it: PostgreSQL refuses NUL
-    characters, so they are written out as ``\\x00``."""
-    return text.replace("\x00", "\\x00")
+    characters, so they are written out as ``\\x00``; lone surrogates (not Unicode, refused by
+    both databases) as ``\\udXXX``."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def step_name(value: str, what: str) -> str:
@@ -117,9 +118,11 @@ def result_json(text: str, limit: int) -> str | None:
     if size > limit:
         return f"the step's result is {size} bytes; the limit is {limit} bytes"
     try:
-        json.loads(text)
+        canonical_json(json.loads(text))
     except json.JSONDecodeError as error:
         return f"the executor returned a result that is not JSON: {error}"
     except RecursionError:
         return "the executor returned a result nested too deeply to decode"
+    except ValueError as error:  # a lone surrogate: replaying it would hand workflow code unstorable text
+        return f"the executor returned a result the database cannot store: {error}"
     return None
