@@ -691,3 +691,36 @@ def test_journal_with_steps_the_code_no_longer_asks_for_fails_as_non_determinism
         "non-determinism at step 1: the workflow finished without asking for task step 'count' that the "
         "journal records there"
     ), outcome.error
+
+
+# --- durations are bounded where workflow code gives them (issue 9, item 1) ----------------------
+
+
+async def task_with_timeout(ctx: WorkflowContext, timeout: float) -> Any:
+    return await ctx.task("work", None, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, 1e13, float("inf"), float("nan")])
+def test_step_timeout_outside_the_bound_fails_the_workflow_and_takes_no_step(timeout: float) -> None:
+    outcome = run(task_with_timeout, args={"timeout": timeout})
+
+    assert (outcome.status, outcome.new_steps) == (WorkflowStatus.FAILED, ())
+    assert outcome.error is not None
+    assert (
+        f"step timeout is {timeout!r} seconds; it must be more than 0 and at most 315360000" in outcome.error
+    )
+
+
+async def exits_in_finally(ctx: WorkflowContext) -> None:
+    try:
+        await ctx.task("work", None)
+    finally:
+        raise SystemExit(1)
+
+
+def test_sys_exit_while_the_replay_is_torn_down_does_not_escape() -> None:
+    """The workflow waits on a step; tearing the replay down runs its finally block, which exits."""
+    outcome = run(exits_in_finally)
+
+    assert outcome.status is WorkflowStatus.RUNNING
+    assert [step.kind for step in outcome.new_steps] == [StepKind.TASK]
