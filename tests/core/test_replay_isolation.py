@@ -213,7 +213,7 @@ async def test_blocking_workflow_code_fails_its_workflow_after_the_replay_timeou
     make_stack: MakeStack,
 ) -> None:
     RELEASE.clear()
-    stack = await make_stack(WORKFLOWS, replay_timeout=1.0)
+    stack = await make_stack(WORKFLOWS, replay_timeout=3.0)
     try:
         blocked = await stack.client.start_workflow("blocks")
         failed = await wait_finished(stack.client, blocked.workflow_id, within=60)
@@ -222,7 +222,7 @@ async def test_blocking_workflow_code_fails_its_workflow_after_the_replay_timeou
         RELEASE.set()
 
     assert failed.status is WorkflowStatus.FAILED
-    assert "did not finish replaying within 1s (--replay-timeout)" in (failed.error or ""), failed.error
+    assert "did not finish replaying within 3s (--replay-timeout)" in (failed.error or ""), failed.error
     assert stack.coordinator.replay_runner.timeouts == 1
     assert stack.coordinator.replay_healthy()
 
