@@ -762,6 +762,8 @@ class Coordinator:
     async def _replay_batch(self, limit: int) -> ReplayBatchOutcome:
         """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
         due = await self._read(lambda c: self.replays.due(c, limit), snapshot=True)
+        if not due:
+            return ReplayBatchOutcome()
         now = now_us()
         calls = [
             ReplayCall(item.workflow_id, functools.partial(self.replays.replay_one, item, now))
