@@ -79,6 +79,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "executor to report its own timeout first (default 30)",
     )
     parser.add_argument(
+        "--replay-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one replay of workflow code may run before that workflow is failed; workflow "
+        "code that blocks or computes for longer belongs in a task handler (default 10)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -155,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
             lease_ttl=args.lease_ttl,
             default_task_timeout=args.task_timeout,
             task_deadline_grace=args.task_deadline_grace,
+            replay_timeout=args.replay_timeout,
             sqlite_synchronous=args.sqlite_synchronous,
             claim_order=ClaimOrder(args.claim_order),
             auth_tokens_file=args.auth_tokens_file,

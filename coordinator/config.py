@@ -36,6 +36,8 @@ class CoordinatorConfig:
     task_deadline_grace: float = 30.0
     #: Workflows replayed per transaction.
     replay_batch_size: int = 100
+    #: Longest one replay of workflow code may run before its workflow is failed (blocking code).
+    replay_timeout: float = 10.0
     #: How long the writer waits for more work to share a transaction.
     group_commit_window: float = 0.001
     #: SQLite ``PRAGMA synchronous``: FULL survives power loss, NORMAL only process crashes.
@@ -87,6 +89,10 @@ class CoordinatorConfig:
         if not 0 <= self.task_deadline_grace <= 3600:
             raise ValueError(
                 f"task_deadline_grace must be between 0 and 3600 seconds, not {self.task_deadline_grace}"
+            )
+        if not 0 < self.replay_timeout <= 3600:
+            raise ValueError(
+                f"replay_timeout must be more than 0 and at most 3600 seconds, not {self.replay_timeout}"
             )
         if not 1 <= self.max_batch_size <= 1000:
             raise ValueError("max_batch_size must be between 1 and 1000")

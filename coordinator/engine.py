@@ -43,6 +43,7 @@ from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .model import WorkflowStatus
+from .replay_runner import ReplayCall, ReplayRunner
 from .sessions import ExecutorSession, SessionRegistry, SessionState, pool_name
 from .store import (
     ClaimedTask,
@@ -69,6 +70,7 @@ from .store.deadlines import Claim, ExpiryOutcome
 from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
+from .store.replays import ReplayBatchOutcome
 from .store.schema import tasks
 
 log = logging.getLogger(__name__)
@@ -182,7 +184,8 @@ class Coordinator:
             shard_count=facts.shard_count,
             deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
         )
-        self.replays = ReplayQueue(dialect, self.registry)
+        self.replays = ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes)
+        self.replay_runner = ReplayRunner(self.config.replay_timeout)
         self.timers = Timers(dialect)
         self.sessions = SessionRegistry(facts.shard_count)
         self.writer = Writer(
@@ -228,6 +231,7 @@ class Coordinator:
                 await task
         self._timer_alarm.cancel()
         self._retry_alarm.cancel()
+        self.replay_runner.stop()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
         await asyncio.to_thread(self.lock.release)
@@ -287,14 +291,17 @@ class Coordinator:
     def healthy(self) -> tuple[bool, str]:
         """Whether the coordinator can still make progress, and if not, why (for health checks).
 
-        Unhealthy when the writer thread has died (every write would hang) or a background
-        loop has ended (its work would never be done) while the coordinator is not stopping.
+        Unhealthy when the database lock was lost, the writer thread or the replay runner's
+        thread has died (every write or replay would hang) or a background loop has ended
+        (its work would never be done) while the coordinator is not stopping.
         """
         problems = []
         if self.lock.fenced is not None:
             problems.append(self.lock.fenced)
         if not self.writer.alive:
             problems.append("the database writer thread has died; restart the coordinator")
+        if not self.replay_runner.healthy():
+            problems.append("the thread that runs workflow code has died; restart the coordinator")
         for task in self._loops:
             if task.done() and not self._stopping:
                 reason = "cancelled" if task.cancelled() else repr(task.exception())
@@ -940,15 +947,32 @@ class Coordinator:
             await self._replay_needed.wait()
             self._replay_needed.clear()
             while True:
-                outcome = await self._write(lambda c: self.replays.replay_batch(c, limit, now_us()), "replay")
+                outcome = await self._replay_batch(limit)
                 self.stats.replays += outcome.replayed
                 self.metrics.replayed(outcome)
                 for status, count in outcome.finished.items():
                     self._count_finished(status, count)
                 self._wake_holders(outcome.task_shards)
                 self._timer_alarm.request(outcome.next_wake_at)
-                if outcome.taken < limit:
+                if outcome.taken + outcome.left < limit:
+                    if outcome.left:
+                        self._replay_needed.set()  # changed while replaying: replay the new state
                     break
+
+    async def _replay_batch(self, limit: int) -> ReplayBatchOutcome:
+        """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
+        due = await self._read(lambda c: self.replays.due(c, limit), snapshot=True)
+        if not due:
+            return ReplayBatchOutcome()
+        now = now_us()
+        calls = [
+            ReplayCall(item.workflow_id, functools.partial(self.replays.replay_one, item, now))
+            for item in due
+            if item.replayable
+        ]
+        results = await self.replay_runner.run(calls)
+        outcomes = {call.workflow_id: result for call, result in zip(calls, results, strict=True)}
+        return await self._write(lambda c: self.replays.apply(c, due, outcomes, now), "replay")
 
     async def _dispatch_loop(self) -> None:
         while True:

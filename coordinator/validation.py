@@ -44,8 +44,9 @@ def reason(value: str) -> str:
 
 def storable_text(text: str) -> str:
     """Free text (an error message) as every database can store it: PostgreSQL refuses NUL
-    characters, so they are written out as ``\\x00``."""
-    return text.replace("\x00", "\\x00")
+    characters, so they are written out as ``\\x00``; lone surrogates (not Unicode, refused by
+    both databases) as ``\\udXXX``."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def step_name(value: str, what: str) -> str:
@@ -140,11 +141,11 @@ def result_json(text: str, limit: int) -> str | None:
     if size > limit:
         return f"the step's result is {size} bytes; the limit is {limit} bytes"
     try:
-        loads(text)
+        canonical_json(loads(text))
     except json.JSONDecodeError as error:
         return f"the executor returned a result that is not JSON: {error}"
     except RecursionError:
         return "the executor returned a result nested too deeply to decode"
-    except ValueError as error:  # a huge integer, NaN, Infinity
-        return f"the executor returned a result holding a value JSON cannot carry: {error}"
+    except ValueError as error:  # a huge integer, NaN, Infinity, a lone surrogate
+        return f"the executor returned a result the coordinator cannot accept or store: {error}"
     return None
