@@ -83,7 +83,9 @@ async def test_a_batch_the_coordinator_refuses_does_not_stop_the_executors_repor
     is refused (RESOURCE_EXHAUSTED). The executor must not re-send it forever at the head of
     its queue: it sends them apart, and every workflow completes."""
     GATE["release"] = release = asyncio.Event()
-    stack = await make_stack(registry_of(big_result), max_message_bytes=64 * 1024, max_payload_bytes=16 * 1024)
+    stack = await make_stack(
+        registry_of(big_result), max_message_bytes=64 * 1024, max_payload_bytes=16 * 1024
+    )
     executor = stack.start_executor(handlers=handlers_of(big), llm=False, concurrency=10)
     started = await stack.client.start_workflows([("big_result", {"n": n}) for n in range(10)])
     await eventually(lambda: len(executor._running) == 10, timeout=30)
