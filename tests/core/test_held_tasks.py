@@ -16,7 +16,6 @@ from typing import Any
 
 from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
-from executor.worker import Executor
 from support import Stack, eventually, registry_of
 from toolkit import MakeStack, handlers_of, task_rows, wait_finished
 
@@ -36,15 +35,13 @@ async def hold(ctx: WorkflowContext, n: int) -> Any:
     return await ctx.task("held", n, retry=RetryPolicy(max_attempts=3, initial_backoff=0.05))
 
 
-async def start(make_stack: MakeStack) -> tuple[Stack, Executor, str]:
+async def start(make_stack: MakeStack) -> tuple[Stack, str]:
     STATE.update(calls=0, release=asyncio.Event())
     stack = await make_stack(registry_of(hold))
-    executor = stack.start_executor(
-        handlers=handlers_of(held), llm=False, executor_id="holder", concurrency=2
-    )
+    stack.start_executor(handlers=handlers_of(held), llm=False, executor_id="holder", concurrency=2)
     started = await stack.client.start_workflow("hold", {"n": 1})
     await eventually(lambda: STATE["calls"] == 1)
-    return stack, executor, started.workflow_id
+    return stack, started.workflow_id
 
 
 async def miss_the_lease(stack: Stack) -> None:
@@ -79,7 +76,7 @@ async def _leased_again(stack: Stack, workflow_id: str) -> bool:
 async def test_lease_expires_then_the_executor_reconnects_and_reports_with_the_newer_token(
     make_stack: MakeStack,
 ) -> None:
-    stack, executor, workflow_id = await start(make_stack)
+    stack, workflow_id = await start(make_stack)
     await miss_the_lease(stack)  # the stream is ended; the executor reconnects holding the task
     await finishes_once(stack, workflow_id)
 
@@ -87,7 +84,7 @@ async def test_lease_expires_then_the_executor_reconnects_and_reports_with_the_n
 async def test_executor_reconnects_then_its_lease_expires_and_it_reports_with_the_newer_token(
     make_stack: MakeStack,
 ) -> None:
-    stack, executor, workflow_id = await start(make_stack)
+    stack, workflow_id = await start(make_stack)
     first = stack.coordinator.sessions.get("holder")
     first.close_stream()  # a network blip: it reconnects in time
     await eventually(lambda: stack.coordinator.sessions.get("holder") not in (None, first))
