@@ -68,7 +68,7 @@ from .store import (
 )
 from .store.deadlines import Claim, ExpiryOutcome
 from .store.ownership import DatabaseLock
-from .store.queue import TaskDeadlines
+from .store.queue import RequeueOutcome, TaskDeadlines
 from .store.reader import Reader
 from .store.replays import ReplayBatchOutcome
 from .store.schema import tasks
@@ -157,6 +157,10 @@ class Coordinator:
         self._retry_alarm = Alarm(self._retry_due.set)
         #: Failures of each background loop since start-up (each one re-armed every loop).
         self._loop_failures: dict[str, int] = {}
+        #: Held by a registration and by an epoch bump from reading the epoch until the
+        #: session is in (or the sessions are drained for) it: interleaved, a Hello could
+        #: register into the epoch a bump had just ended, and idle there never drained.
+        self._membership = asyncio.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -220,7 +224,9 @@ class Coordinator:
         """First step of a shutdown: end every executor's stream; they reconnect to the next coordinator."""
         self._stopping = True
         for session in self.sessions:
-            session.close_stream()
+            session.close_stream(
+                "UNAVAILABLE", "the coordinator is shutting down; reconnect with the tasks held"
+            )
 
     async def stop(self) -> None:
         self.close_executor_streams()
@@ -514,6 +520,10 @@ class Coordinator:
 
     async def connect_executor(self, hello: pb.Hello, peer: str) -> ExecutorSession:
         """Register an executor from its Hello; its stream then reads ``session.outbox``."""
+        async with self._membership:
+            return await self._connect_executor(hello, peer)
+
+    async def _connect_executor(self, hello: pb.Hello, peer: str) -> ExecutorSession:
         executor_id = validation.identifier(hello.executor_id, "hello.executor_id")
         if not 1 <= hello.capacity <= 100_000:
             raise InvalidArgument(f"hello.capacity must be between 1 and 100000, not {hello.capacity}")
@@ -528,7 +538,9 @@ class Coordinator:
                 f"is {validation.MAX_NAME_LENGTH} (serve fewer kinds per executor, or shorter names)"
             )
         epoch = hello.epoch or self.epoch
-        state = SessionState.LIVE if epoch == self.epoch else SessionState.DRAINING
+        # An executor that was draining before its stream dropped still is: it gets no new
+        # work, but its heartbeats keep the tasks it is finishing leased to it.
+        state = SessionState.LIVE if epoch == self.epoch and not hello.draining else SessionState.DRAINING
         session = ExecutorSession(
             executor_id,
             epoch,
@@ -540,6 +552,12 @@ class Coordinator:
             credits=max(0, min(hello.free_slots, hello.capacity)) if state is SessionState.LIVE else 0,
         )
         held = list(hello.held_task_ids)
+        # Epoch 0 is a process that was never welcomed: whatever was leased to this id was
+        # delivered to an earlier process (which may have died of it), so those tasks
+        # spend an attempt. A process that reconnects (epoch set) lists all it received;
+        # what it does not list never arrived and goes back for free.
+        restarted = hello.epoch == 0
+        lost = RequeueOutcome()
 
         def register(connection: Connection) -> int:
             ExecutorRecords.save(
@@ -552,6 +570,10 @@ class Coordinator:
                 peer=peer,
                 now=session.connected_at_us,
             )
+            if restarted:
+                nonlocal lost
+                lost = self.queue.requeue_lost(connection, executor_id, now_us(), keep=held, restarted=True)
+                return lost.requeued + lost.failed
             return self.queue.release_unheld(connection, executor_id, held)
 
         # Reserved right before the first await, released right before registering: nothing
@@ -566,11 +588,13 @@ class Coordinator:
             if not self._connecting[executor_id]:
                 del self._connecting[executor_id]
         # No await between releasing the reservation and registering: the count stays exact.
+        if lost.replays_enqueued:
+            self._replay_needed.set()
         previous = self.sessions.put(session)
         if previous is not None:
-            previous.close_stream()
+            previous.close_stream("ABORTED", f"executor {executor_id} connected again on a newer stream")
         try:
-            await self._welcome(session, released, moved)
+            await self._welcome(session, released, moved, restarted=restarted)
         except BaseException:
             # No stream will serve this session: unregister it now, or it would hold shards
             # and credits (and count against max_executors) until its lease expired.
@@ -596,7 +620,9 @@ class Coordinator:
         except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
             log.exception("cleaning up after executor %s failed to connect", session.executor_id)
 
-    async def _welcome(self, session: ExecutorSession, released: int, moved: list[Claim]) -> None:
+    async def _welcome(
+        self, session: ExecutorSession, released: int, moved: list[Claim], *, restarted: bool
+    ) -> None:
         """The rest of a Hello once the session is registered: welcome, cancels of the held
         tasks taken back while it was away, leases, wake-ups."""
         executor_id, epoch, state = session.executor_id, session.epoch, session.state
@@ -612,7 +638,7 @@ class Coordinator:
                 )
             )
         )
-        if state is SessionState.DRAINING:
+        if state is SessionState.DRAINING and epoch != self.epoch:
             reason = f"epoch {epoch} is not the current one ({self.epoch})"
             session.send(pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=reason)))
         self._send_cancels(moved, "the task was taken back from this executor while it was away", [session])
@@ -624,7 +650,13 @@ class Coordinator:
             state.value,
             session.capacity,
             session.pool,
-            f", {released} undelivered task(s) returned to the queue" if released else "",
+            (
+                f", {released} task(s) of its previous process returned to the queue (an attempt spent)"
+                if restarted and released
+                else f", {released} undelivered task(s) returned to the queue"
+                if released
+                else ""
+            ),
             extra=logs.fields(executor_id=executor_id),
         )
         await self._rebalance()
@@ -779,18 +811,19 @@ class Coordinator:
     async def bump_epoch(self, reason: str) -> tuple[int, int]:
         """Start a new epoch; returns it and how many executors were told to drain."""
         validation.reason(reason)
-        self.epoch = await self._write(ExecutorRecords.bump_epoch, "bump epoch")
-        drained = 0
-        for session in self.sessions:
-            if session.epoch < self.epoch and session.state is SessionState.LIVE:
-                session.state = SessionState.DRAINING
-                session.credits = 0
-                session.send(
-                    pb.ClaimTasksResponse(
-                        drain=pb.Drain(epoch=self.epoch, reason=reason or f"epoch {self.epoch} started")
+        async with self._membership:
+            self.epoch = await self._write(ExecutorRecords.bump_epoch, "bump epoch")
+            drained = 0
+            for session in self.sessions:
+                if session.epoch < self.epoch and session.state is SessionState.LIVE:
+                    session.state = SessionState.DRAINING
+                    session.credits = 0
+                    session.send(
+                        pb.ClaimTasksResponse(
+                            drain=pb.Drain(epoch=self.epoch, reason=reason or f"epoch {self.epoch} started")
+                        )
                     )
-                )
-                drained += 1
+                    drained += 1
         await self._rebalance()
         log.warning(
             "epoch bumped to %d: %d executor(s) draining (%s)", self.epoch, drained, reason or "no reason"
@@ -1101,7 +1134,11 @@ class Coordinator:
         """
         if self.sessions.get(session.executor_id) is not session:
             return  # it reconnected (a new session) since the lease loop looked
-        session.close_stream()
+        session.close_stream(
+            "ABORTED",
+            f"no heartbeat for {self.config.lease_ttl:.0f}s: the lease expired and the tasks held went "
+            "back to the queue; reconnect (a task sent again carries a newer fencing token: report with it)",
+        )
         session.state = SessionState.DISCONNECTED
         session.credits = 0
         save_leases = self._rebalance_leases()

@@ -91,13 +91,15 @@ def rate_limit_wait(retry_after: float | None) -> float:
     return min(max(retry_after, 0.0), MAX_RATE_LIMIT_WAIT)
 
 
-def after_lost_lease(state: RetryState, executor_id: str) -> Retry | GiveUp:
+def after_lost_lease(
+    state: RetryState, executor_id: str, cause: str = "stopped heartbeating", detail: str = "lease expired"
+) -> Retry | GiveUp:
     """The executor running the task vanished: the attempt counts, the retry is immediate.
 
     Counting it is what stops a task that crashes its executor from crashing every
     executor in turn; retrying at once keeps the task's place at the FIFO head.
     """
-    message = f"executor {executor_id!r} stopped heartbeating during attempt {state.attempt} (lease expired)"
+    message = f"executor {executor_id!r} {cause} during attempt {state.attempt} ({detail})"
     if state.attempt >= state.policy.max_attempts:
         return GiveUp(f"failed after {state.attempt} attempt(s): {message}")
     return Retry(0.0, state.attempt + 1, state.rate_limit_waits, message)

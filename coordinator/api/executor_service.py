@@ -80,6 +80,10 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
         try:
             while (message := await session.outbox.get()) is not None:
                 await context.write(message)
+            if session.close_code:
+                # Never OK without a reason: the executor learns why and reconnects.
+                context.set_code(grpc.StatusCode[session.close_code])
+                context.set_details(session.close_reason)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -116,11 +120,23 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
             raise InvalidArgument(
                 f"{len(request.results)} results in one call; the limit is {config.max_batch_size}"
             )
-        results = [_reported(index, r, config.max_payload_bytes) for index, r in enumerate(request.results)]
-        if not results:
+        if not request.results:
             return pb.RecordResultsResponse()
-        dispositions = await self._coordinator.record_results(executor_id, results)
-        return pb.RecordResultsResponse(dispositions=[_DISPOSITION_TO_WIRE[d] for d in dispositions])
+        # Each result stands alone: a malformed one is refused with its reason and the
+        # rest are applied, so one bad result can neither strand nor hold back the others.
+        dispositions = [pb.RESULT_DISPOSITION_REFUSED] * len(request.results)
+        reasons = [""] * len(request.results)
+        good: list[tuple[int, ReportedResult]] = []
+        for index, result in enumerate(request.results):
+            try:
+                good.append((index, _reported(index, result, config.max_payload_bytes)))
+            except InvalidArgument as error:
+                reasons[index] = str(error)
+        if good:
+            applied = await self._coordinator.record_results(executor_id, [r for _i, r in good])
+            for (index, _result), disposition in zip(good, applied, strict=True):
+                dispositions[index] = _DISPOSITION_TO_WIRE[disposition]
+        return pb.RecordResultsResponse(dispositions=dispositions, reasons=reasons)
 
 
 def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> ReportedResult:
@@ -148,7 +164,8 @@ def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> Repo
         if error_class is None:
             raise InvalidArgument(f"results[{index}].failure.error_class is not set")
         retry_after = (
-            protocol.from_duration(result.failure.retry_after)
+            # Bounded here, where it enters: retries clamps the top, nothing else the bottom.
+            max(0.0, protocol.from_duration(result.failure.retry_after))
             if result.failure.HasField("retry_after")
             else None
         )

@@ -29,8 +29,9 @@ from .journal import enqueue_idle_workflows, finish_steps
 from .queue import _note_retry_on_step, _retry_state, _retry_task, _task_state_columns
 from .schema import steps, tasks
 
-#: The token of a cancel for a task that no longer exists: every attempt of it is unwanted.
-GONE_TOKEN = 2**63 - 1
+#: The token of a cancel that stops every attempt of its task the executor runs (fencing
+#: tokens are random and never 0; see CancelTasks in executor_service.proto).
+ANY_ATTEMPT = 0
 #: Overdue tasks taken back per write transaction; the loop comes back at once for more.
 EXPIRY_BATCH = 500
 
@@ -175,24 +176,20 @@ def claimed_tasks(
 def moved_away(connection: Connection, executor_id: str, held: Collection[int]) -> list[Claim]:
     """Tasks an executor says it holds (reconnecting) that are no longer claimed by it.
 
-    Its lease expired while it was away, or an operator or a deadline took them back: the
-    attempts it still runs must stop. The claim returned carries the task's current token
-    (the executor's is no newer), or the largest token if the task is gone.
+    Its lease expired while it was away, or an operator or a deadline took them back: every
+    attempt of them it still runs must stop (ANY_ATTEMPT: the coordinator does not know
+    which token the executor holds, and none of them is current).
     """
-    moved = []
+    moved: list[Claim] = []
     for chunk in _chunks(sorted(set(held))):
-        current = {
-            row.id: row
-            for row in connection.execute(
-                select(tasks.c.id, tasks.c.claimed_by, tasks.c.fencing_token).where(tasks.c.id.in_(chunk))
-            )
-        }
-        for task_id in chunk:
-            row = current.get(task_id)
-            if row is None:
-                moved.append(Claim(task_id, executor_id, GONE_TOKEN))
-            elif row.claimed_by != executor_id:
-                moved.append(Claim(task_id, executor_id, row.fencing_token))
+        still_ours = set(
+            connection.execute(
+                select(tasks.c.id).where(tasks.c.id.in_(chunk), tasks.c.claimed_by == executor_id)
+            ).scalars()
+        )
+        moved.extend(
+            Claim(task_id, executor_id, ANY_ATTEMPT) for task_id in chunk if task_id not in still_ours
+        )
     return moved
 
 

@@ -565,15 +565,40 @@ class TaskQueue:
             .values(claimed_by=None, claimed_at=None)
         ).rowcount
 
-    def requeue_lost(self, connection: Connection, executor_id: str, now: int) -> RequeueOutcome:
-        """The executor's lease expired: retry its tasks elsewhere at once, or fail those out of attempts."""
+    def requeue_lost(
+        self,
+        connection: Connection,
+        executor_id: str,
+        now: int,
+        *,
+        keep: Collection[int] = (),
+        restarted: bool = False,
+    ) -> RequeueOutcome:
+        """The executor's lease expired: retry its tasks elsewhere at once, or fail those out of attempts.
+
+        With ``restarted`` the executor came back as a new process under the same id:
+        the tasks leased to it that it does not list in ``keep`` (the ones it still
+        holds) died with the old process, and cost an attempt just as a lost lease does.
+        """
         outcome = RequeueOutcome()
-        rows = connection.execute(select(*_task_state_columns).where(tasks.c.claimed_by == executor_id)).all()
+        kept = set(keep)
+        rows = [
+            row
+            for row in connection.execute(
+                select(*_task_state_columns).where(tasks.c.claimed_by == executor_id)
+            ).all()
+            if row.id not in kept
+        ]
         retried: list[dict[str, object]] = []
         finished: list[dict[str, object]] = []
         failed_workflows: set[str] = set()
         for row in rows:
-            verdict = retries.after_lost_lease(_retry_state(row), executor_id)
+            state = _retry_state(row)
+            verdict = (
+                retries.after_lost_lease(state, executor_id, "restarted", "its process was replaced")
+                if restarted
+                else retries.after_lost_lease(state, executor_id)
+            )
             outcome.shards.add(row.shard)
             if isinstance(verdict, retries.GiveUp):
                 failed_workflows.add(row.workflow_id)
