@@ -105,3 +105,31 @@ async def test_a_step_without_a_timeout_gets_the_default_deadline_and_carries_on
 
         finished = await wait_finished(stack.client, started.workflow_id)
         assert (finished.status, finished.result) == (WorkflowStatus.COMPLETED, "on time")
+
+
+async def test_a_failed_expiry_pass_is_retried_and_the_deadline_still_enforced(
+    make_stack, monkeypatch
+) -> None:
+    """The deadline loop is level-triggered: a pass that fails (the database down, a bug) loses
+    nothing, because the restarted loop reads the overdue tasks from the database again."""
+    from coordinator.store import deadlines
+
+    real = deadlines.expire_overdue
+    failures: list[int] = []
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("simulated failure of the expiry write")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(deadlines, "expire_overdue", failing_once)
+    stack: Stack = await make_stack(registry_of(hangs), task_deadline_grace=0.2)
+    [started] = await stack.client.start_workflows([("hangs", {"n": 1})])
+    async with ManualExecutor(stack.server.address, "hung", task_kinds=["hang"]) as hung:
+        await hung.connect(free_slots=1)
+        [first] = await hung.take(1)
+        await eventually(lambda: (first.task_id, first.fencing_token) in cancels_of(hung))
+        assert failures == [1]
+        retried = (await stack.client.explain_workflow(started.workflow_id)).steps[0]
+        assert retried.attempt == 2 and "start-to-close deadline" in retried.last_error
