@@ -574,7 +574,12 @@ class Coordinator:
                 nonlocal lost
                 lost = self.queue.requeue_lost(connection, executor_id, now_us(), keep=held, restarted=True)
                 return lost.requeued + lost.failed
-            return self.queue.release_unheld(connection, executor_id, held)
+            released = self.queue.release_unheld(connection, executor_id, held)
+            # Held tasks requeued while it was away and not claimed since stay its own;
+            # those another executor claimed meanwhile (or that are gone) are cancelled
+            # on it right after the Welcome (deadlines.moved_away).
+            self.queue.reclaim_held(connection, executor_id, held, now_us())
+            return released
 
         # Reserved right before the first await, released right before registering: nothing
         # that can raise sits between the reservation and the try, so it cannot leak.

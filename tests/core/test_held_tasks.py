@@ -1,12 +1,14 @@
 """Held tasks across reconnects and lease expiry: one rule.
 
 An executor whose lease expired while it still ran a task (a long GC pause, a VM
-pause, a slow reconnect) gets that task back on its new stream, re-claimed for it
-with a newer fencing token. The rule: the executor does not run it twice, it adopts
-the newer token and reports the result with it (a result already sent with the
-older token and answered STALE is sent again with the newer one). Tested for both
-orders: the lease expiring and then the executor reconnecting, and the executor
-reconnecting first and its new lease expiring afterwards.
+pause, a slow reconnect) has that task requeued with an attempt spent. The rule:
+the attempt it still runs is never run twice. If nobody claimed the task meanwhile,
+its Hello (listing the task as held) leases it back under the same token; if the task
+is claimed again for this same executor, it adopts the newer token and reports the
+result with it (a result already sent with the older token and answered STALE is
+sent again with the newer one); if another executor claimed it, the holder is told
+to cancel it. Tested for both orders: the lease expiring and then the executor
+reconnecting, and the executor reconnecting first and its new lease expiring afterwards.
 """
 
 from __future__ import annotations
