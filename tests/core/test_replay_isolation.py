@@ -185,7 +185,7 @@ async def test_workflow_code_that_exits_fails_alone_and_the_coordinator_keeps_wr
     assert f"workflow code raised {expected}" in (failed.error or ""), failed.error
     assert "the workflow is failed instead" in (failed.error or "")
     await assert_others_still_run(stack)
-    assert stack.coordinator.replay_healthy()
+    assert stack.coordinator.healthy() == (True, "serving")
 
 
 async def test_blocking_workflow_code_does_not_stall_the_writer(make_stack: MakeStack) -> None:
@@ -224,7 +224,7 @@ async def test_blocking_workflow_code_fails_its_workflow_after_the_replay_timeou
     assert failed.status is WorkflowStatus.FAILED
     assert "did not finish replaying within 3s (--replay-timeout)" in (failed.error or ""), failed.error
     assert stack.coordinator.replay_runner.timeouts == 1
-    assert stack.coordinator.replay_healthy()
+    assert stack.coordinator.healthy() == (True, "serving")
 
 
 async def test_an_outcome_the_database_refuses_fails_that_workflow_and_the_rest_of_the_batch_is_written(
