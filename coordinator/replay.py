@@ -8,8 +8,22 @@ the journal is a new step. The loop runs until nothing is ready, at which point 
 workflow has either returned, raised, or is waiting on steps that are still
 running; the outcome says which, plus the new steps to start.
 
-Replay is pure: it reads nothing and writes nothing. The store applies its outcome
-in the same transaction that read the journal.
+Replay runs in *waves*, the way the workflow really ran: a workflow advances only
+once every step it started has finished, so the results of the steps taken before a
+quiescent point became known together, at that point, never earlier. Replay holds a
+recorded result back until the loop is quiescent again and then resolves every step
+of that wave in journal order, so the workflow code sees results at the same points
+as in its first run and takes the same positions, whatever it composes (``gather``
+over multi-step branches, nested gathers, helper coroutines, tasks). Only
+``ctx.now()`` / ``ctx.random()`` resolve at once, as they did the first time.
+
+Replay compares, position by position, each step's kind, name and canonical
+arguments with the journal, and requires the code to ask for every journaled step:
+a journal entry the code no longer asks for is non-determinism too.
+
+Replay is pure: it reads nothing and writes nothing. It runs workflow code, so the
+coordinator runs it on the replay runner's thread (:mod:`coordinator.replay_runner`),
+and the store applies its outcome in a short write that first re-checks the workflow.
 """
 
 from __future__ import annotations

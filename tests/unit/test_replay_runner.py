@@ -7,6 +7,7 @@ import threading
 from coordinator.model import WorkflowStatus
 from coordinator.replay import ReplayOutcome
 from coordinator.replay_runner import ReplayCall, ReplayRunner
+from support import eventually
 
 DONE = ReplayOutcome(WorkflowStatus.COMPLETED, result_json="1")
 
@@ -55,3 +56,26 @@ async def test_a_replay_that_overruns_fails_and_the_next_one_runs_on_a_fresh_thr
     assert done == DONE
     assert threads == ["conveyor-replay-1", "conveyor-replay-2"]
     assert runner.timeouts == 1
+
+
+async def test_an_overrunning_busy_loop_is_interrupted_so_its_thread_ends() -> None:
+    """Python cannot kill a thread; the runner raises ReplayTimedOut into it, which stops a
+    pure-Python loop at its next bytecode instead of leaving it burning CPU for ever."""
+    give_up = threading.Event()
+    spinning: list[threading.Thread] = []
+
+    def spins() -> ReplayOutcome:
+        spinning.append(threading.current_thread())
+        while not give_up.is_set():
+            pass
+        return DONE
+
+    runner = ReplayRunner(timeout=5)
+    try:
+        (overran,) = await runner.run([ReplayCall("wf-1", spins)])
+        await eventually(lambda: not spinning[0].is_alive(), timeout=60)
+    finally:
+        give_up.set()
+        runner.stop()
+
+    assert overran.status is WorkflowStatus.FAILED
