@@ -20,6 +20,7 @@ leases, credits) is rebuilt from executors reconnecting after a restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -42,7 +43,7 @@ from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .model import WorkflowStatus
-from .sessions import ExecutorSession, SessionRegistry, SessionState
+from .sessions import ExecutorSession, SessionRegistry, SessionState, pool_name
 from .store import (
     ClaimedTask,
     Database,
@@ -60,10 +61,13 @@ from .store import (
     Workflows,
     WorkflowSelection,
     Writer,
+    deadlines,
     diagnosis,
     inspection,
 )
-from .store.queue import RequeueOutcome
+from .store.deadlines import Claim, ExpiryOutcome
+from .store.ownership import DatabaseLock
+from .store.queue import RequeueOutcome, TaskDeadlines
 from .store.reader import Reader
 from .store.schema import tasks
 
@@ -73,12 +77,17 @@ T = TypeVar("T")
 
 #: How often idle executors are offered work even without a wake-up, in case one was missed.
 SAFETY_SWEEP_INTERVAL = 1.0
+#: How often the sweep re-arms every loop's wake-up (replays, timers, retry backoffs), so
+#: work left by a lost wake-up (a failed write, a crashed loop) is found without new traffic.
+REARM_INTERVAL = 5.0
 #: How often executors' last heartbeats are copied to the database, for operators.
 HEARTBEAT_PERSIST_INTERVAL = 5.0
 #: Workflows cancelled per write transaction by CancelWorkflows, so other writes interleave.
 BULK_CANCEL_BATCH = 500
 #: Workflow ids a CancelWorkflows answer lists, for the operator to check the filter.
 BULK_CANCEL_SAMPLE = 20
+#: Longest the deadline loop waits before reading the earliest deadline again.
+DEADLINE_CHECK_INTERVAL = 1.0
 
 
 @dataclass
@@ -93,6 +102,10 @@ class CoordinatorStats:
     tasks_claimed: int = 0
     replays: int = 0
     leases_expired: int = 0
+    #: Attempts taken back at their start-to-close deadline.
+    deadlines_expired: int = 0
+    #: Attempts executors were told to stop (CancelTasks).
+    attempts_cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,13 +132,21 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry) -> None:
         self.config = config
         self.registry = registry
-        self.database = Database(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+        # A write waiting on another process's SQLite lock must not outlast the retry deadline,
+        # or a locked file holds every unit far past the moment it should fail as Unavailable.
+        self.database = Database(
+            config.database_url,
+            sqlite_synchronous=config.sqlite_synchronous,
+            sqlite_busy_timeout=min(30.0, config.database_retry_deadline),
+        )
         self.stats = CoordinatorStats()
         self.metrics = CoordinatorMetrics(self.stats)
         self.epoch = 0
         self.shard_count = 0
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Executor ids whose Hello passed the max_executors check and is being registered.
+        self._connecting: collections.Counter[str] = collections.Counter()
         self._replay_needed = asyncio.Event()
         self._dispatch_needed = asyncio.Event()
         self._timer_due = asyncio.Event()
@@ -136,16 +157,35 @@ class Coordinator:
         #: session is in (or the sessions are drained for) it: interleaved, a Hello could
         #: register into the epoch a bump had just ended, and idle there never drained.
         self._membership = asyncio.Lock()
+        #: Failures of each background loop since start-up (each one re-armed every loop).
+        self._loop_failures: dict[str, int] = {}
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        # The database's exclusive lock comes first, before even migrating: a second
+        # coordinator would requeue the first one's running tasks (see store/ownership.py).
+        self.lock = DatabaseLock(self.database.dialect)
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         await asyncio.to_thread(self.database.migrate)
+        await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         self.shard_count, self.epoch = facts.shard_count, facts.epoch
         dialect = self.database.dialect
         self.workflows = Workflows(facts.shard_count, CreationClock(facts.last_created_at))
-        self.queue = TaskQueue(dialect, order=self.config.claim_order, shard_count=facts.shard_count)
+        self.queue = TaskQueue(
+            dialect,
+            order=self.config.claim_order,
+            shard_count=facts.shard_count,
+            deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
+        )
         self.replays = ReplayQueue(dialect, self.registry)
         self.timers = Timers(dialect)
         self.sessions = SessionRegistry(facts.shard_count)
@@ -153,6 +193,7 @@ class Coordinator:
             self.database.writer,
             group_commit_window=self.config.group_commit_window,
             retry_deadline=self.config.database_retry_deadline,
+            guard=self.lock.check,
         )
         self.writer.start()
         self.reader = Reader(self.database, retry_deadline=self.config.database_retry_deadline)
@@ -164,6 +205,7 @@ class Coordinator:
             self._retry_loop,
             self._lease_loop,
             self._sweep_loop,
+            self._deadline_loop,
         )
         for loop in loops:
             self._loops.append(asyncio.create_task(self._supervised(loop), name=loop.__name__))
@@ -194,6 +236,7 @@ class Coordinator:
         self._retry_alarm.cancel()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
+        await asyncio.to_thread(self.lock.release)
 
     async def _recover(self) -> None:
         """Pick up where a previous coordinator process left off.
@@ -220,7 +263,12 @@ class Coordinator:
         self._retry_due.set()
 
     async def _supervised(self, loop: Callable[[], Any]) -> None:
-        """Keep a background loop running through database outages and bugs."""
+        """Keep a background loop running through database outages and bugs.
+
+        Wake-ups are level-triggered: a loop clears its event before doing the work, so
+        a loop that failed half-way may have swallowed the only wake-up for work still
+        waiting. Every restart therefore re-arms every loop, and they re-check.
+        """
         while True:
             try:
                 await loop()
@@ -231,7 +279,37 @@ class Coordinator:
                 log.warning("%s: %s; retrying in 1s", loop.__name__, error)
             except Exception:
                 log.exception("%s crashed; restarting it in 1s", loop.__name__)
+            self._loop_failures[loop.__name__] = self._loop_failures.get(loop.__name__, 0) + 1
             await asyncio.sleep(1.0)
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Set every loop's wake-up: each re-checks its work (a no-op when there is none)."""
+        self._replay_needed.set()
+        self._timer_due.set()
+        self._retry_due.set()
+        self._wake_all()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Whether the coordinator can still make progress, and if not, why (for health checks).
+
+        Unhealthy when the writer thread has died (every write would hang) or a background
+        loop has ended (its work would never be done) while the coordinator is not stopping.
+        """
+        problems = []
+        if self.lock.fenced is not None:
+            problems.append(self.lock.fenced)
+        if not self.writer.alive:
+            problems.append("the database writer thread has died; restart the coordinator")
+        for task in self._loops:
+            if task.done() and not self._stopping:
+                reason = "cancelled" if task.cancelled() else repr(task.exception())
+                problems.append(
+                    f"background loop {task.get_name()} has ended ({reason}); restart the coordinator"
+                )
+        if problems:
+            return False, "; ".join(problems)
+        return True, "serving"
 
     # ------------------------------------------------------------------ helpers
 
@@ -245,6 +323,63 @@ class Coordinator:
     async def read(self, query: Callable[[Connection], T]) -> T:
         """Run the read-only ``query`` in one snapshot on the reader pool (for the status page)."""
         return await self._read(query, snapshot=True)
+
+    async def _write_revoking(
+        self,
+        unit: Callable[[Connection], T],
+        label: str,
+        reason: str,
+        claims: Callable[[Connection], list[Claim]] = deadlines.claimed_tasks,
+    ) -> T:
+        """Run ``unit`` and tell executors to stop every attempt it took away from them.
+
+        ``claims`` reads, before the unit, the claims it may revoke (by default all of
+        them, which the executors' capacity bounds); those that no longer stand after it,
+        in the same transaction, are sent a CancelTasks.
+        """
+
+        def run(connection: Connection) -> tuple[T, list[Claim]]:
+            before = claims(connection)
+            result = unit(connection)
+            return result, deadlines.revoked_since(connection, before)
+
+        result, revoked = await self._write(run, label)
+        self._send_cancels(revoked, reason)
+        return result
+
+    def _send_cancels(
+        self, claims: Collection[Claim], reason: str, sessions: Collection[ExecutorSession] | None = None
+    ) -> None:
+        """Tell each executor holding one of ``claims`` to stop that attempt (CancelTasks).
+
+        An executor that is not connected is told when it reconnects (:meth:`connect_executor`
+        cancels every held task that is no longer its own). ``sessions`` pins the sessions to
+        use (a session not yet in the registry).
+        """
+        by_executor: dict[str, list[Claim]] = {}
+        for claim in claims:
+            by_executor.setdefault(claim.executor_id, []).append(claim)
+        pinned = {session.executor_id: session for session in sessions or ()}
+        size = self.config.max_batch_size
+        for executor_id, held in by_executor.items():
+            session = pinned.get(executor_id) or self.sessions.get(executor_id)
+            if session is None or session.state is SessionState.DISCONNECTED:
+                continue
+            self.stats.attempts_cancelled += len(held)
+            attempts = [pb.TaskAttempt(task_id=c.task_id, fencing_token=c.fencing_token) for c in held]
+            for start in range(0, len(held), size):
+                session.send(
+                    pb.ClaimTasksResponse(
+                        cancel=pb.CancelTasks(tasks=attempts[start : start + size], reason=reason)
+                    )
+                )
+            log.info(
+                "told executor %s to stop %d attempt(s): %s",
+                executor_id,
+                len(held),
+                reason,
+                extra=logs.fields(executor_id=executor_id),
+            )
 
     def _wake_holders(self, shards: set[int]) -> None:
         for session in self.sessions.holders(shards):
@@ -322,7 +457,7 @@ class Coordinator:
     async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord:
         validation.identifier(workflow_id, "workflow_id")
         validation.reason(reason)
-        record = await self._write(
+        record = await self._write_revoking(
             functools.partial(
                 self.workflows.cancel,
                 workflow_id=workflow_id,
@@ -330,6 +465,8 @@ class Coordinator:
                 now=now_us(),
             ),
             "cancel",
+            f"workflow {workflow_id} was cancelled",
+            functools.partial(deadlines.claimed_tasks, workflow_id=workflow_id),
         )
         self._count_finished(WorkflowStatus.CANCELLED, 1)
         return record
@@ -388,10 +525,10 @@ class Coordinator:
             raise InvalidArgument(
                 'hello.task_kinds must name between 1 and 100 task kinds ("llm" for LLM steps)'
             )
-        if self.sessions.get(executor_id) is None and len(self.sessions) >= self.config.max_executors:
-            raise ResourceExhausted(
-                f"{len(self.sessions)} executors are connected, the most this coordinator takes "
-                f"(max_executors); executor {executor_id} was refused"
+        if len(pool_name(kinds)) > validation.MAX_NAME_LENGTH:  # the pool is stored as a name, whole
+            raise InvalidArgument(
+                f"hello.task_kinds, joined with commas, are {len(pool_name(kinds))} characters; the limit "
+                f"is {validation.MAX_NAME_LENGTH} (serve fewer kinds per executor, or shorter names)"
             )
         epoch = hello.epoch or self.epoch
         # An executor that was draining before its stream dropped still is: it gets no new
@@ -432,12 +569,62 @@ class Coordinator:
                 return lost.requeued + lost.failed
             return self.queue.release_unheld(connection, executor_id, held)
 
-        released = await self._write(register, "register executor")
+        # Reserved right before the first await, released right before registering: nothing
+        # that can raise sits between the reservation and the try, so it cannot leak.
+        self._reserve_executor_slot(executor_id)
+        try:
+            released, moved = await self._write(
+                lambda c: (register(c), deadlines.moved_away(c, executor_id, held)), "register executor"
+            )
+        finally:
+            self._connecting[executor_id] -= 1
+            if not self._connecting[executor_id]:
+                del self._connecting[executor_id]
+        # No await between releasing the reservation and registering: the count stays exact.
         if lost.replays_enqueued:
             self._replay_needed.set()
+        if restarted and released:
+            log.warning(
+                "executor %s started anew: %d task(s) its previous process held returned to the queue, "
+                "an attempt spent each (it may have died running them)",
+                executor_id,
+                released,
+                extra=logs.fields(executor_id=executor_id),
+            )
         previous = self.sessions.put(session)
         if previous is not None:
             previous.close_stream("ABORTED", f"executor {executor_id} connected again on a newer stream")
+        try:
+            await self._welcome(session, released, moved)
+        except BaseException:
+            # No stream will serve this session: unregister it now, or it would hold shards
+            # and credits (and count against max_executors) until its lease expired.
+            await asyncio.shield(self._forget_failed_session(session))
+            raise
+        return session
+
+    async def _forget_failed_session(self, session: ExecutorSession) -> None:
+        """Treat a session whose Hello failed like a stream that closed at once: it gives up its
+        shards and credits now; it is forgotten unless it holds tasks, which it keeps (until it
+        reconnects or its lease expires and they are requeued) as any disconnected executor does."""
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
+        try:
+            holding = await self._read(
+                lambda c: c.execute(
+                    select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
+                ).scalar_one()
+            )
+            if holding == 0:
+                self.sessions.discard(session)
+            await self._rebalance()
+        except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
+            log.exception("cleaning up after executor %s failed to connect", session.executor_id)
+
+    async def _welcome(self, session: ExecutorSession, released: int, moved: list[Claim]) -> None:
+        """The rest of a Hello once the session is registered: welcome, cancels of the held
+        tasks taken back while it was away, leases, wake-ups."""
+        executor_id, epoch, state = session.executor_id, session.epoch, session.state
         session.send(
             pb.ClaimTasksResponse(
                 welcome=pb.Welcome(
@@ -453,27 +640,37 @@ class Coordinator:
         if state is SessionState.DRAINING and epoch != self.epoch:
             reason = f"epoch {epoch} is not the current one ({self.epoch})"
             session.send(pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=reason)))
+        self._send_cancels(moved, "the task was taken back from this executor while it was away", [session])
         log.info(
             "executor %s connected from %s: epoch %d (%s), capacity %d, kinds %s%s",
             executor_id,
-            peer,
+            session.peer,
             epoch,
             state.value,
-            hello.capacity,
-            ",".join(sorted(kinds)),
-            (
-                f", {released} task(s) of its previous process returned to the queue (an attempt spent)"
-                if restarted and released
-                else f", {released} undelivered task(s) returned to the queue"
-                if released
-                else ""
-            ),
+            session.capacity,
+            session.pool,
+            f", {released} undelivered task(s) returned to the queue" if released else "",
             extra=logs.fields(executor_id=executor_id),
         )
         await self._rebalance()
         if released:
             self._wake_all()
-        return session
+
+    def _reserve_executor_slot(self, executor_id: str) -> None:
+        """Count a newcomer against ``max_executors`` until it is registered.
+
+        The Hello's database write is awaited between the check and the registration;
+        without a reservation every Hello arriving meanwhile passed the same check, and
+        1,100 simultaneous Hellos were all welcomed against a limit of 1,000.
+        """
+        if self.sessions.get(executor_id) is None and executor_id not in self._connecting:
+            newcomers = sum(1 for other in self._connecting if self.sessions.get(other) is None)
+            if len(self.sessions) + newcomers >= self.config.max_executors:
+                raise ResourceExhausted(
+                    f"{len(self.sessions) + newcomers} executors are connected or connecting, the most "
+                    f"this coordinator takes (max_executors); executor {executor_id} was refused"
+                )
+        self._connecting[executor_id] += 1
 
     def executor_alive(self, session: ExecutorSession) -> None:
         session.last_seen = time.monotonic()
@@ -502,6 +699,8 @@ class Coordinator:
     async def executor_stream_closed(self, session: ExecutorSession) -> None:
         if self._stopping or self.sessions.get(session.executor_id) is not session:
             return  # shutting down, or replaced by a newer connection of the same executor
+        if session.state is SessionState.DISCONNECTED:
+            return  # its lease expired: _expire closed the stream and is requeueing its tasks
         holding = await self._read(
             lambda c: c.execute(
                 select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
@@ -586,7 +785,7 @@ class Coordinator:
     async def fail_pending_tasks(self, shards: Collection[int] | None, limit: int, reason: str) -> int:
         self._check_shards(shards)
         validation.reason(reason)
-        failed, replays = await self._write(
+        failed, replays = await self._write_revoking(
             functools.partial(
                 self.queue.fail_pending,
                 shards=shards,
@@ -595,6 +794,7 @@ class Coordinator:
                 now=now_us(),
             ),
             "fail pending tasks",
+            "the task was force-failed by an operator (FailPendingTasks)",
         )
         if replays:
             self._replay_needed.set()
@@ -647,7 +847,7 @@ class Coordinator:
     ) -> tuple[int, int]:
         self._check_shards(shards)
         validation.reason(reason)
-        cleared, cancelled = await self._write(
+        cleared, cancelled = await self._write_revoking(
             functools.partial(
                 self.queue.clear,
                 shards=shards,
@@ -656,6 +856,7 @@ class Coordinator:
                 now=now_us(),
             ),
             "clear task queue",
+            "the task queue was cleared by an operator (ClearTaskQueue)",
         )
         self._count_finished(WorkflowStatus.CANCELLED, cancelled)
         log.warning("operator cleared %d task(s) on %s", cleared, _describe_shards(shards))
@@ -690,7 +891,7 @@ class Coordinator:
         cancelled = 0
         while limit == 0 or cancelled < limit:
             batch = BULK_CANCEL_BATCH if limit == 0 else min(BULK_CANCEL_BATCH, limit - cancelled)
-            ids = await self._write(
+            ids = await self._write_revoking(
                 functools.partial(
                     Workflows.cancel_selected,
                     selection=selection,
@@ -699,6 +900,7 @@ class Coordinator:
                     now=now_us(),
                 ),
                 "cancel workflows",
+                "the workflow was cancelled by an operator (CancelWorkflows)",
             )
             cancelled += len(ids)
             self._count_finished(WorkflowStatus.CANCELLED, len(ids))
@@ -900,16 +1102,21 @@ class Coordinator:
                 )
 
     async def _expire(self, session: ExecutorSession) -> None:
-        """The executor missed its lease: its tasks go back to the queue, its shards to others."""
+        """The executor missed its lease: its tasks go back to the queue, its shards to others.
+
+        The session is forgotten only once the requeue has committed: if the write fails
+        (database down), the session stays registered, out of the leases, and the lease
+        loop expires it again on its next round, so its tasks are not stranded.
+        """
         if self.sessions.get(session.executor_id) is not session:
             return  # it reconnected (a new session) since the lease loop looked
-        self.sessions.discard(session)
         session.close_stream(
             "ABORTED",
             f"no heartbeat for {self.config.lease_ttl:.0f}s: the lease expired and the tasks held went "
-            "back to the queue; reconnect (a task sent again carries a newer fencing token: report with it)",
+            "back to the queue; reconnect (what it still runs is cancelled)",
         )
-        self.stats.leases_expired += 1
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
         save_leases = self._rebalance_leases()
 
         def requeue(connection: Connection) -> Any:
@@ -918,8 +1125,12 @@ class Coordinator:
 
         # Submitted before anything else awaits: a reconnect of the same executor from now
         # on registers after this requeue, so it cannot lose tasks it holds to it.
-        outcome = await self._write(requeue, "expire lease")
-        await save_leases
+        try:
+            outcome = await self._write(requeue, "expire lease")
+        finally:
+            await save_leases
+        self.sessions.discard(session)
+        self.stats.leases_expired += 1
         log.warning(
             "executor %s lost its lease (no heartbeat for %.0fs): %d task(s) back in the queue, %d failed "
             "after their last attempt",
@@ -933,10 +1144,58 @@ class Coordinator:
         if outcome.replays_enqueued:
             self._replay_needed.set()
 
+    async def _deadline_loop(self) -> None:
+        """Take back attempts past their start-to-close deadline (``tasks.deadline_at``).
+
+        Level-triggered: each pass reads the earliest deadline from the database, so a
+        pass that fails (the supervisor restarts the loop) loses nothing, and a deadline
+        stamped by any claim is seen within DEADLINE_CHECK_INTERVAL without a wake-up.
+        """
+        while True:
+            now = now_us()
+            due = await self._read(deadlines.earliest_deadline)
+            if due is not None and due <= now:
+                outcome = await self._write(
+                    functools.partial(
+                        deadlines.expire_overdue,
+                        dialect=self.database.dialect,
+                        now=now,
+                        default_timeout=self.config.default_task_timeout,
+                        grace=self.config.task_deadline_grace,
+                    ),
+                    "expire deadlines",
+                )
+                self._deadlines_expired(outcome)
+                if outcome.revoked:
+                    continue  # more may be due: read again at once
+            wait = DEADLINE_CHECK_INTERVAL if due is None else (due - now) / 1e6
+            await asyncio.sleep(min(DEADLINE_CHECK_INTERVAL, max(0.01, wait)))
+
+    def _deadlines_expired(self, outcome: ExpiryOutcome) -> None:
+        if not outcome.revoked:
+            return
+        self.stats.deadlines_expired += len(outcome.revoked)
+        log.warning(
+            "%d attempt(s) passed their start-to-close deadline without a result: %d retried, %d failed "
+            "after their last attempt (the executor's handler or call may be hung; see ExplainWorkflow)",
+            len(outcome.revoked),
+            outcome.retried,
+            outcome.failed,
+        )
+        self._send_cancels(outcome.revoked, "the attempt passed its start-to-close deadline")
+        self._retry_alarm.request(outcome.next_retry_at)
+        self._wake_holders(outcome.shards)
+        if outcome.replays_enqueued:
+            self._replay_needed.set()
+
     async def _sweep_loop(self) -> None:
+        last_rearm = time.monotonic()
         while True:
             await asyncio.sleep(SAFETY_SWEEP_INTERVAL)
             self._wake_all()
+            if time.monotonic() - last_rearm >= REARM_INTERVAL:
+                last_rearm = time.monotonic()
+                self._rearm()
 
 
 def _describe_shards(shards: Collection[int] | None) -> str:

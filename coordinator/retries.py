@@ -6,6 +6,7 @@ visible event with a recorded error. This module is the policy, free of I/O.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def after_failure(
     if error_class is ErrorClass.RATE_LIMITED:
         if state.rate_limit_waits >= policy.max_rate_limit_waits:
             return GiveUp(f"rate limited {state.rate_limit_waits + 1} times, giving up: {message}")
-        wait = min(retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT, MAX_RATE_LIMIT_WAIT)
+        wait = rate_limit_wait(retry_after)
         wait += rng.uniform(0, RATE_LIMIT_JITTER * wait)
         return Retry(
             wait,
@@ -77,6 +78,17 @@ def after_failure(
         state.rate_limit_waits,
         f"attempt {state.attempt} failed, retrying in {delay:.1f}s: {message}",
     )
+
+
+def rate_limit_wait(retry_after: float | None) -> float:
+    """How long to wait after a rate-limited attempt: what the API asked, clamped at both ends (a
+    wait in the past means now; a wait past the maximum, or no number at all, is looked at again
+    after the maximum or the default) so the time of the retry is always one the database holds."""
+    if retry_after is None:
+        return DEFAULT_RATE_LIMIT_WAIT
+    if math.isnan(retry_after):
+        return MAX_RATE_LIMIT_WAIT
+    return min(max(retry_after, 0.0), MAX_RATE_LIMIT_WAIT)
 
 
 def after_lost_lease(

@@ -52,6 +52,8 @@ class ResultReporter:
         #: Newer fencing tokens adopted for held results (the task was re-claimed for
         #: this executor after its lease expired), by task id.
         self._newer_tokens: dict[int, int] = {}
+        #: Held results of cancelled attempts: a newer delivery of their task runs anew.
+        self._not_adoptable: set[int] = set()
         self._arrived = asyncio.Event()
         self._batch_full = asyncio.Event()
         self._drained = asyncio.Event()
@@ -62,7 +64,12 @@ class ResultReporter:
         #: After a refused batch: how many results to send one per call, to isolate the refused.
         self._singles = 0
 
-    def add(self, result: pb.TaskResult) -> None:
+    def add(self, result: pb.TaskResult, *, adoptable: bool = True) -> None:
+        """Hold ``result`` until reported; ``adoptable=False`` (a cancelled attempt's) keeps its token."""
+        if not adoptable:
+            self._not_adoptable.add(result.task_id)
+        else:
+            self._not_adoptable.discard(result.task_id)
         self._pending.append(result)
         self._drained.clear()
         self._arrived.set()
@@ -81,7 +88,7 @@ class ResultReporter:
         STALE is sent again with the newer one.
         """
         held = [r for r in (*self._in_flight, *self._pending) if r.task_id == task_id]
-        if not held:
+        if not held or task_id in self._not_adoptable:
             return False
         newest = max(fencing_token, self._newer_tokens.get(task_id, 0))
         self._newer_tokens[task_id] = newest
@@ -155,6 +162,7 @@ class ResultReporter:
                 again.append(result)
                 continue
             self._newer_tokens.pop(result.task_id, None)
+            self._not_adoptable.discard(result.task_id)
             if disposition == pb.RESULT_DISPOSITION_REFUSED:
                 # Never re-sent as it was: a refused success becomes a failure naming the
                 # reason, a refused failure is dropped (its lease expiring retries the task).

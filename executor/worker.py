@@ -115,9 +115,12 @@ class Executor:
         if not self._kinds:
             raise ValueError("this executor serves no task kinds: enable LLM steps or load --handlers")
         self._running: dict[int, asyncio.Task[None]] = {}
-        #: The newest fencing token of each running task: a task re-claimed for this
-        #: executor (its lease expired meanwhile) comes again with a newer one.
-        self._tokens: dict[int, int] = {}
+        #: The fencing token each running task was delivered with (a cancel names the attempt).
+        self._running_tokens: dict[int, int] = {}
+        #: Running tasks the coordinator told us to stop (CancelTasks), and why.
+        self._cancelled: dict[int, str] = {}
+        #: A task delivered again while its cancelled attempt winds down: started when it ends.
+        self._redelivered: dict[int, pb.Task] = {}
         #: Set once the stream was closed because the drain finished (idle).
         self._closed_drained = False
         self._drain_timed_out = False
@@ -132,6 +135,8 @@ class Executor:
         self._abandon = asyncio.Event()
         self._drain_reason = ""
         self.tasks_run = 0
+        #: Attempts stopped because the coordinator no longer wanted them.
+        self.tasks_cancelled = 0
         self.metrics = ExecutorMetrics(
             config.concurrency, lambda: len(self._running), self._draining.is_set, self._reporter
         )
@@ -271,6 +276,8 @@ class Executor:
                     log.debug("leasing shards %s", list(message.shards.shards))
                 elif kind == "drain":
                     self.drain(f"coordinator: {message.drain.reason}")
+                elif kind == "cancel":
+                    self._cancel(message.cancel)
         except asyncio.CancelledError:
             if not self._abandon.is_set():
                 raise
@@ -363,16 +370,40 @@ class Executor:
         adopted for the result, and the slot the coordinator counted for it is given back.
         """
         if task.task_id in self._running:
-            self._tokens[task.task_id] = max(self._tokens.get(task.task_id, 0), task.fencing_token)
-            log.info("task %d came again with a newer token; still running it", task.task_id)
+            if task.task_id in self._cancelled:
+                # Taken back and re-claimed for us while the cancelled attempt still winds
+                # down: run the new attempt once the old one has ended (one task per id).
+                self._redelivered[task.task_id] = task
+                return
+            token = self._running_tokens.get(task.task_id, 0)
+            if task.fencing_token > token:
+                self._running_tokens[task.task_id] = task.fencing_token
+                log.info("task %d came again with a newer token; still running it", task.task_id)
             self._release_slot()
             return
         if self._reporter.adopt(task.task_id, task.fencing_token):
             log.info("task %d came again with a newer token; its result is reported with it", task.task_id)
             self._release_slot()
             return
-        self._tokens[task.task_id] = task.fencing_token
+        self._running_tokens[task.task_id] = task.fencing_token
         self._running[task.task_id] = asyncio.create_task(self._run_task(task), name=f"task {task.task_id}")
+
+    def _cancel(self, cancel: pb.CancelTasks) -> None:
+        """Stop the attempts the coordinator no longer wants (its result would be rejected).
+
+        Cancelling the task's asyncio task aborts the in-flight SDK request (its connection
+        is closed, so the API stops generating) or stops waiting for a handler; the attempt
+        is then reported as cancelled and its slot granted back (see `_run_task`). A cancel
+        for an older delivery of a task than the one running leaves it running.
+        """
+        for attempt in cancel.tasks:
+            running = self._running.get(attempt.task_id)
+            token = self._running_tokens.get(attempt.task_id)
+            if running is None or token is None or token > attempt.fencing_token:
+                continue
+            if attempt.task_id not in self._cancelled:
+                self._cancelled[attempt.task_id] = cancel.reason or "no reason given"
+                running.cancel()
 
     async def _run_task(self, task: pb.Task) -> None:
         started = Timestamp()
@@ -381,8 +412,29 @@ class Executor:
         timeout = bounded_seconds(
             _seconds(task.timeout), 0.001, MAX_TASK_TIMEOUT, self.config.default_timeout
         )
+        cancelled = False
         try:
             outcome = await self._execute(task, timeout)
+        except asyncio.CancelledError:
+            reason = self._cancelled.pop(task.task_id, None)
+            if reason is None:
+                raise  # the executor is shutting down, not a cancel from the coordinator
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # handled: later awaits of this task must not see it
+            self.tasks_cancelled += 1
+            cancelled = True
+            log.info(
+                "task %d (workflow %s, step %d %r) stopped: the coordinator cancelled it (%s)",
+                task.task_id,
+                task.workflow_id,
+                task.step_number,
+                task.name,
+                reason,
+                extra=_task_fields(task),
+            )
+            message = f"cancelled by the coordinator: {reason}"
+            outcome = CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=message)
         except Exception as error:  # a bug here must not lose the task
             log.exception(
                 "task %d crashed the executor's task runner", task.task_id, extra=_task_fields(task)
@@ -392,7 +444,10 @@ class Executor:
             )
         finished = Timestamp()
         finished.GetCurrentTime()
-        token = self._tokens.pop(task.task_id, task.fencing_token)
+        # The newest token delivered for this task (see _start); a cancelled attempt keeps its own.
+        token = task.fencing_token
+        if not cancelled:
+            token = self._running_tokens.get(task.task_id, token)
         result = pb.TaskResult(
             task_id=task.task_id, fencing_token=token, started_at=started, finished_at=finished
         )
@@ -414,11 +469,26 @@ class Executor:
                 # wedge, and this must never raise (the result would be lost, the slot leaked).
                 wait = bounded_seconds(outcome.retry_after, 0.0, MAX_RETRY_AFTER, 0.0)
                 result.failure.retry_after.FromNanoseconds(int(wait * 1e9))
-        self._observe(task, outcome, time.monotonic() - began)
-        self._reporter.add(result)
+        if cancelled:  # logged above; not a failure of the task itself
+            self.metrics.ran(task.kind, "cancelled", time.monotonic() - began)
+        else:
+            self._observe(task, outcome, time.monotonic() - began)
+        # A cancelled attempt's result is never moved onto a newer token (see ResultReporter.adopt).
+        self._reporter.add(result, adoptable=not cancelled)
         del self._running[task.task_id]
+        self._running_tokens.pop(task.task_id, None)
+        self._cancelled.pop(task.task_id, None)
         self.tasks_run += 1
+        again = self._redelivered.pop(task.task_id, None)
+        if again is not None:
+            self._start(again)  # uses the slot this attempt frees, and the credit it came with
+            return
         self._release_slot()
+
+    @property
+    def running_tasks(self) -> int:
+        """Tasks running now (slots in use)."""
+        return len(self._running)
 
     def _observe(self, task: pb.Task, outcome: CallOutcome, seconds: float) -> None:
         """Count the attempt; log a failed one with the ids of its workflow and step."""

@@ -76,16 +76,34 @@ class Draining(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ClaimTasksResponse(_message.Message):
-    __slots__ = ("welcome", "tasks", "shards", "drain")
+    __slots__ = ("welcome", "tasks", "shards", "drain", "cancel")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     tasks: TaskBatch
     shards: ShardAssignment
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., tasks: _Optional[_Union[TaskBatch, _Mapping]] = ..., shards: _Optional[_Union[ShardAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    cancel: CancelTasks
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., tasks: _Optional[_Union[TaskBatch, _Mapping]] = ..., shards: _Optional[_Union[ShardAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., cancel: _Optional[_Union[CancelTasks, _Mapping]] = ...) -> None: ...
+
+class CancelTasks(_message.Message):
+    __slots__ = ("tasks", "reason")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskAttempt]
+    reason: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class TaskAttempt(_message.Message):
+    __slots__ = ("task_id", "fencing_token")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    fencing_token: int
+    def __init__(self, task_id: _Optional[int] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("epoch", "heartbeat_interval", "lease_ttl", "max_batch_size", "max_payload_bytes", "shard_count")

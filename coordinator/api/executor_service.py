@@ -9,12 +9,12 @@ from collections import Counter
 
 import grpc
 
-from conveyor.errors import InvalidArgument, ResourceExhausted
+from conveyor.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1 import executor_service_pb2_grpc
 
 from .. import protocol, validation
-from ..auth import Principal, TokenTable, require_executor_identity
+from ..auth import TokenTable, require_executor_identity
 from ..engine import Coordinator
 from ..model import ErrorClass
 from ..sessions import ExecutorSession
@@ -40,8 +40,11 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
         #: Open ClaimTasks streams per client connection (gRPC peer).
         self._streams: Counter[str] = Counter()
 
-    def _principal(self, context: grpc.aio.ServicerContext) -> Principal | None:
-        return None if self._tokens is None else self._tokens.principal_of(context.invocation_metadata())
+    def _check_identity(self, context: grpc.aio.ServicerContext, executor_id: str) -> None:
+        """Refuse a caller whose token may not act as ``executor_id`` (see :mod:`coordinator.auth`)."""
+        if self._tokens is not None:
+            principal = self._tokens.principal_of(context.invocation_metadata())
+            require_executor_identity(principal, executor_id, self._tokens.bound_executor_ids)
 
     @rpc
     async def ClaimTasks(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
@@ -61,10 +64,17 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
                 del self._streams[peer]
 
     async def _serve(self, context: grpc.aio.ServicerContext, peer: str) -> None:
-        first = await context.read()
+        timeout = self._coordinator.config.hello_timeout
+        try:
+            # A stream that never says Hello would otherwise hold its slot and memory forever.
+            first = await asyncio.wait_for(context.read(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no Hello within {timeout:g}s of opening ClaimTasks (hello_timeout); send the Hello first"
+            ) from None
         if first is grpc.aio.EOF or not first.HasField("hello"):
             raise InvalidArgument("the first ClaimTasks message must be a Hello")
-        require_executor_identity(self._principal(context), first.hello.executor_id)
+        self._check_identity(context, first.hello.executor_id)
         session = await self._coordinator.connect_executor(first.hello, peer)
         reader = asyncio.create_task(self._read(context, session))
         try:
@@ -105,7 +115,7 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
     ) -> pb.RecordResultsResponse:
         config = self._coordinator.config
         executor_id = validation.identifier(request.executor_id, "executor_id")
-        require_executor_identity(self._principal(context), executor_id)
+        self._check_identity(context, executor_id)
         if len(request.results) > config.max_batch_size:
             raise InvalidArgument(
                 f"{len(request.results)} results in one call; the limit is {config.max_batch_size}"

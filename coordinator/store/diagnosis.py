@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from sqlalchemy import Select, and_, case, exists, func, not_, select
+from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, case, exists, func, not_, select, union
 from sqlalchemy.engine import Connection
 
 from ..model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
@@ -82,8 +82,11 @@ def invariant_violations(
         and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING)
     )
     task_of_step = exists().where(tasks.c.id == steps.c.id)
-    leftover_task = exists().where(tasks.c.workflow_id == workflows.c.id)
-    checks: list[tuple[str, str, Select[tuple[str]]]] = [
+
+    def finished(workflow_id: ColumnElement[str]) -> ColumnElement[bool]:
+        return exists().where(workflows.c.id == workflow_id, workflows.c.status != WorkflowStatus.RUNNING)
+
+    checks: list[tuple[str, str, Select[tuple[str]] | CompoundSelect[tuple[str]]]] = [
         (
             "running_without_progress",
             "running workflows with no step in progress and no replay-queue entry: "
@@ -109,16 +112,26 @@ def invariant_violations(
         (
             "finished_with_pending_work",
             "finished workflows that still have tasks or a replay-queue entry",
-            select(workflows.c.id).where(
-                workflows.c.status != WorkflowStatus.RUNNING, leftover_task | queued_replay
+            # Driven from the two queues (bounded by work in progress) into workflows by
+            # primary key: asked from the workflows side, it read every finished workflow
+            # and, without an index on tasks.workflow_id, scanned the tasks for each one.
+            # (EXISTS, not a join: SQLite, planning without statistics, turned the join
+            # around and read every finished workflow.)
+            union(
+                select(tasks.c.workflow_id.label("id")).where(finished(tasks.c.workflow_id)),
+                select(replay_queue.c.workflow_id.label("id")).where(finished(replay_queue.c.workflow_id)),
             ),
         ),
         (
             "unregistered_workflow",
             "workflows waiting for a replay whose code this coordinator did not load (--workflows)",
-            select(workflows.c.id)
-            .join(replay_queue, replay_queue.c.workflow_id == workflows.c.id)
-            .where(not_(workflows.c.name.in_(list(registered_names)))),
+            # From the replay queue into workflows by key, as above.
+            select(replay_queue.c.workflow_id).where(
+                exists().where(
+                    workflows.c.id == replay_queue.c.workflow_id,
+                    not_(workflows.c.name.in_(list(registered_names))),
+                )
+            ),
         ),
     ]
     violations = []

@@ -11,11 +11,25 @@ same FIFO position, when its lease expires.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
-from sqlalchemy import ColumnElement, Select, Update, bindparam, delete, func, select, union_all, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Select,
+    Update,
+    bindparam,
+    cast,
+    delete,
+    func,
+    literal_column,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.engine import Connection
 
 from conveyor.workflow import RetryPolicy
@@ -29,6 +43,16 @@ from .schema import steps, tasks
 
 #: Claim statements kept built, one per set of shards an executor leased.
 MAX_CACHED_CLAIMS = 64
+
+# The partial indexes' predicates, spelled as literals: SQLite uses a partial index only for
+# a query whose WHERE contains the index's terms, and a bound parameter never matches.
+_UNCLAIMED = tasks.c.claimed_by.is_(None)
+_NOT_DELAYED = tasks.c.delayed == literal_column("0")
+_DELAYED = tasks.c.delayed == literal_column("1")
+
+#: Delayed tasks whose wait has passed become claimable: run first by every claim, it reads
+#: only the due front of ``ix_tasks_delayed_available_at``.
+_promote_due = update(tasks).where(_DELAYED, tasks.c.available_at <= bindparam("now")).values(delayed=0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +153,10 @@ _retry_task = (
         attempt=bindparam("attempt"),
         rate_limit_waits=bindparam("rate_limit_waits"),
         available_at=bindparam("available_at"),
+        # Out of the claim's index until `_promote_due` sees `available_at` pass, which for
+        # a retry due at once is the very next claim. Set here, not per caller, so that every
+        # path that re-queues through this statement keeps the claim's index right.
+        delayed=1,
         last_error=bindparam("note"),
     )
 )
@@ -159,11 +187,37 @@ def _retry_state(row: object) -> retries.RetryState:
     )
 
 
+@dataclass(frozen=True)
+class TaskDeadlines:
+    """The start-to-close deadline a claim gives its attempt: the step's timeout (or
+    ``default_timeout``) plus ``grace``, for the executor to report after its own timeout fires."""
+
+    default_timeout: float = 600.0
+    grace: float = 30.0
+
+    def claim_expression(self) -> ColumnElement[int]:
+        default_us = bindparam("deadline_default_us", seconds_to_us(self.default_timeout), BigInteger)
+        grace_us = bindparam("deadline_grace_us", seconds_to_us(self.grace), BigInteger)
+        timeout_us = cast(tasks.c.timeout * 1_000_000, BigInteger)
+        return bindparam("now") + func.coalesce(timeout_us, default_us) + grace_us
+
+
 class _ClaimPlan(Enum):
     #: One walk of the cross-shard FIFO index, skipping tasks of shards not held.
     WALK = "walk"
     #: Each shard's own walk of its FIFO index, then the oldest of all those.
     SHARD_BY_SHARD = "shard by shard"
+
+
+#: Fencing tokens are random numbers of this many bits (non-negative in a BIGINT column).
+FENCING_TOKEN_BITS = 62
+
+
+def new_fencing_token() -> int:
+    """The fencing token of one claim: unguessable, so a result can only come from the executor the
+    task was leased to (or whoever it told), never from one that guessed; one claim's tasks all go to
+    the same executor, so they may share it. Never 0, the token of a task nobody claimed yet."""
+    return 1 + secrets.randbelow(2**FENCING_TOKEN_BITS - 1)
 
 
 class TaskQueue:
@@ -175,14 +229,17 @@ class TaskQueue:
         rng: random.Random | None = None,
         order: ClaimOrder = ClaimOrder.FIFO,
         shard_count: int | None = None,
+        deadlines: TaskDeadlines | None = None,
     ) -> None:
         self._dialect = dialect
+        #: What a claim stamps into ``deadline_at`` (see :class:`TaskDeadlines`).
+        self._deadline_at = (deadlines or TaskDeadlines()).claim_expression()
         #: Picks how a claim over a set of shards is planned (see `_plan`); unknown, every
         #: set is claimed shard by shard.
         self._shard_count = shard_count if shard_count is not None else 2**31
         self._rng = rng or random.Random()
         self._claim_order = ("workflow_created_at", "id") if order is ClaimOrder.FIFO else ("id",)
-        self._claim_statements: dict[tuple[frozenset[int] | None, _ClaimPlan], Update] = {}
+        self._claim_statements: dict[tuple[frozenset[int] | None, tuple[str, ...], _ClaimPlan], Update] = {}
         #: Shard sets whose last walk came back short: their shards are nearly dry, so a walk
         #: would read through other shards' tasks; they are claimed shard by shard until full.
         self._dry: set[frozenset[int]] = set()
@@ -190,14 +247,15 @@ class TaskQueue:
     def _plan(self, shards: frozenset[int] | None) -> _ClaimPlan:
         """How to find the oldest claimable tasks of ``shards``, reading as few rows as possible.
 
-        For a few of many shards, each shard's oldest come from its own walk of the
-        ``(shard, workflow_created_at, id)`` index, at most ``limit`` per shard, and the
-        oldest of those win: about ``k x limit`` rows read for k shards. For most of the
-        shards (k of n with k*k > n, e.g. two executors sharing 100), one walk of the
-        cross-shard ``(workflow_created_at, id)`` index, skipping other shards' tasks, reads
-        about ``limit x n / k`` (for 100 tasks from 50 of 100 shards with 100,000 queued on
-        SQLite: 0.2 ms against 4 ms). Neither depends on how many tasks are queued, except
-        a walk over shards that have run dry, which `claim` notices and stops doing.
+        Both walk only claimable tasks (``ix_tasks_ready_*``: unclaimed, not delayed), one
+        walk per task kind served. For a few of many shards, each shard's oldest come from
+        its own walk of ``(kind, shard, workflow_created_at, id)``, at most ``limit`` per
+        shard and kind, and the oldest of those win: about ``k x limit`` rows read for k
+        shards. For most of the shards (k of n with k*k > n, e.g. two executors sharing 100),
+        one walk of the cross-shard ``(kind, workflow_created_at, id)``, skipping other
+        shards' claimable tasks, reads about ``limit x n / k``. Neither depends on how many
+        tasks are queued, claimed, delayed or of other kinds, except a walk over shards that
+        have run dry, which `claim` notices and stops doing.
         """
         if shards is None:
             return _ClaimPlan.WALK
@@ -205,20 +263,31 @@ class TaskQueue:
             return _ClaimPlan.WALK
         return _ClaimPlan.SHARD_BY_SHARD
 
-    def _claim_statement(self, shards: frozenset[int] | None, plan: _ClaimPlan) -> Update:
-        """The claim for one set of shards (``None``: any shard), built once: it runs for every dispatch."""
-        statement = self._claim_statements.get((shards, plan))
+    def _claim_statement(
+        self, shards: frozenset[int] | None, kinds: tuple[str, ...], plan: _ClaimPlan
+    ) -> Update:
+        """The claim for one set of shards (``None``: any shard) and task kinds, built once:
+        it runs for every dispatch.
+
+        Every walk is of one kind (and one shard, shard by shard) over the partial indexes
+        ``ix_tasks_ready_fifo`` / ``ix_tasks_ready_shard_fifo``, which hold only claimable
+        tasks: claimed ones, delayed ones and those of other kinds are not in the walk at
+        all, so its cost does not grow with them. The walks' oldest are merged in FIFO order.
+        """
+        statement = self._claim_statements.get((shards, kinds, plan))
         if statement is not None:
             return statement
 
-        def oldest_claimable(*where: ColumnElement[bool]) -> Select[tuple[int, int]]:
+        def oldest_claimable(kind: str, *where: ColumnElement[bool]) -> Select[tuple[int, int]]:
             return (
                 select(tasks.c.id, tasks.c.workflow_created_at)
                 .where(
+                    tasks.c.kind == kind,
                     *where,
-                    # Walk the FIFO order's index, not the claimed_by one (see `unindexed`).
-                    self._dialect.unindexed(tasks.c.claimed_by).is_(None),
-                    tasks.c.kind.in_(bindparam("kinds", expanding=True)),
+                    _UNCLAIMED,
+                    _NOT_DELAYED,
+                    # Redundant once `_promote_due` ran; kept so that a task given a future
+                    # `available_at` without `delayed` still waits (it is merely walked).
                     tasks.c.available_at <= bindparam("now"),
                 )
                 .order_by(*(tasks.c[name] for name in self._claim_order))
@@ -228,14 +297,20 @@ class TaskQueue:
 
         if plan is _ClaimPlan.WALK:
             held = () if shards is None else (self._dialect.unindexed(tasks.c.shard).in_(sorted(shards)),)
-            oldest = oldest_claimable(*held).with_only_columns(tasks.c.id)
+            walks = [oldest_claimable(kind, *held) for kind in kinds]
         else:
             assert shards is not None  # any shard is always one walk
-            per_shard = []
-            for shard in sorted(shards):
-                candidates = oldest_claimable(tasks.c.shard == shard).subquery()
-                per_shard.append(select(candidates.c.id, candidates.c.workflow_created_at))
-            merged = union_all(*per_shard).subquery()
+            walks = [
+                oldest_claimable(kind, tasks.c.shard == shard) for shard in sorted(shards) for kind in kinds
+            ]
+        if len(walks) == 1:
+            oldest = walks[0].with_only_columns(tasks.c.id)
+        else:
+            each = []
+            for walk in walks:
+                candidates = walk.subquery()
+                each.append(select(candidates.c.id, candidates.c.workflow_created_at))
+            merged = union_all(*each).subquery()
             oldest = (
                 select(merged.c.id)
                 .order_by(*(merged.c[name] for name in self._claim_order))
@@ -250,7 +325,9 @@ class TaskQueue:
             .values(
                 claimed_by=bindparam("executor_id"),
                 claimed_at=bindparam("now"),
-                fencing_token=tasks.c.fencing_token + 1,
+                deadline_at=self._deadline_at,
+                # Random, not a counter: a token must not be guessable by another executor.
+                fencing_token=bindparam("fencing_token"),
             )
             .returning(
                 tasks.c.id,
@@ -267,7 +344,7 @@ class TaskQueue:
         )
         if len(self._claim_statements) >= MAX_CACHED_CLAIMS:  # shard sets change as executors come and go
             self._claim_statements.clear()
-        self._claim_statements[shards, plan] = statement
+        self._claim_statements[shards, kinds, plan] = statement
         return statement
 
     def claim(
@@ -285,9 +362,15 @@ class TaskQueue:
             return []
         held = None if shards is None else frozenset(shards)
         plan = self._plan(held)
+        connection.execute(_promote_due, {"now": now})
         claimed = connection.execute(
-            self._claim_statement(held, plan),
-            {"executor_id": executor_id, "kinds": list(kinds), "limit": limit, "now": now},
+            self._claim_statement(held, tuple(sorted(set(kinds))), plan),
+            {
+                "executor_id": executor_id,
+                "limit": limit,
+                "now": now,
+                "fencing_token": new_fencing_token(),
+            },
         ).all()
         if held is not None:
             if plan is _ClaimPlan.WALK and len(claimed) < limit:
@@ -610,9 +693,10 @@ class TaskQueue:
         return cleared, len(cancelled)
 
     def earliest_delayed(self, connection: Connection, now: int) -> int | None:
-        """When the next task waiting out a backoff becomes claimable."""
+        """When the next task waiting out a backoff becomes claimable.
+
+        Reads the front of ``ix_tasks_delayed_available_at``, not the whole queue.
+        """
         return connection.execute(
-            select(func.min(tasks.c.available_at)).where(
-                tasks.c.claimed_by.is_(None), tasks.c.available_at > now
-            )
+            select(func.min(tasks.c.available_at)).where(_DELAYED, tasks.c.available_at > now)
         ).scalar()

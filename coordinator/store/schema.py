@@ -136,10 +136,63 @@ tasks = Table(
     # Bumped by every claim; a result must carry the current value to be accepted.
     Column("fencing_token", BigInteger, nullable=False),
     Column("last_error", Text),
+    # Start-to-close deadline of the claimed attempt (claimed_at + timeout + grace): past it the
+    # coordinator takes the task back from its executor. Meaningful only while claimed.
+    Column("deadline_at", BigInteger),
+    # 1 while waiting out a retry backoff or rate-limit wait (``available_at`` in the
+    # future when it was set), 0 otherwise. It keeps waiting tasks out of the claim's
+    # index; the claim itself clears it once ``available_at`` has passed (see
+    # `coordinator.store.queue`). An integer, not a boolean: the partial indexes below
+    # compare it with the literal 0/1 that both databases spell the same way.
+    Column("delayed", Integer, nullable=False, server_default=text("0")),
     Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
     # The same order across shards: the claim that falls back to any shard walks it.
     Index(None, "workflow_created_at", "id"),
-    Index(None, "claimed_by"),
+    # Exactly the claimable tasks, in FIFO order per kind (and per shard): a claim walks
+    # only rows it can take, however many tasks are claimed, waiting out a backoff, or of
+    # kinds no connected executor serves.
+    Index(
+        "ix_tasks_ready_fifo",
+        "kind",
+        "workflow_created_at",
+        "id",
+        postgresql_where=text("claimed_by IS NULL AND delayed = 0"),
+        sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
+    ),
+    Index(
+        "ix_tasks_ready_shard_fifo",
+        "kind",
+        "shard",
+        "workflow_created_at",
+        "id",
+        postgresql_where=text("claimed_by IS NULL AND delayed = 0"),
+        sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
+    ),
+    # Tasks waiting out a backoff, by when they become claimable: the claim's promotion
+    # and the retry timer's "next due" read only the front of it.
+    Index(
+        "ix_tasks_delayed_available_at",
+        "available_at",
+        postgresql_where=text("delayed = 1"),
+        sqlite_where=text("delayed = 1"),
+    ),
+    # A lease's tasks (expiry, release, Diagnose's per-executor counts); unclaimed rows,
+    # nearly all of them, are left out.
+    Index(
+        "ix_tasks_claimed_by",
+        "claimed_by",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
+    # Cancels delete a workflow's tasks; Diagnose joins tasks to their workflows.
+    Index(None, "workflow_id"),
+    # Only claimed tasks (at most the executors' total capacity): the deadline sweep's index.
+    Index(
+        "ix_tasks_deadline_at",
+        "deadline_at",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
 )
 
 #: Workflows due for a replay. Invariant: a running workflow with no step in
@@ -181,4 +234,50 @@ shard_leases = Table(
     PrimaryKeyConstraint("pool", "shard"),
 )
 
-ALL_TABLES = (cluster, workflows, steps, tasks, replay_queue, executors, shard_leases)
+#: How many workflows of each name are in each status, kept by database triggers on
+#: ``workflows`` (created by migration 0003, see `coordinator.store.counts`) in the same
+#: transaction as every insert, status change and delete, whichever code makes it.
+#: ``CountWorkflows`` and ``Diagnose`` read this instead of counting ``workflows``.
+workflow_counts = Table(
+    "workflow_counts",
+    metadata,
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("total", BigInteger, nullable=False),
+    PrimaryKeyConstraint("name", "status"),
+)
+
+#: The marker of the writer's last committed transaction. Each write transaction inserts a
+#: new id (and deletes the older ones): when the connection dies during COMMIT, the writer
+#: looks for its marker to learn whether the transaction committed, instead of re-running
+#: units that are not idempotent (claims, starts without a key, epoch bumps).
+write_commits = Table(
+    "write_commits",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("committed_at", BigInteger, nullable=False),
+)
+
+#: One row: the coordinator holding this database's exclusive lock, for the message a
+#: second coordinator refuses to start with (the lock itself is not a row, see database.py).
+coordinator_holder = Table(
+    "coordinator_holder",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host", String(NAME_LENGTH), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+)
+
+ALL_TABLES = (
+    cluster,
+    workflows,
+    steps,
+    tasks,
+    replay_queue,
+    executors,
+    shard_leases,
+    write_commits,
+    coordinator_holder,
+    workflow_counts,
+)

@@ -96,3 +96,29 @@ def postgres_url() -> str:
     if not url:
         pytest.skip("CONVEYOR_TEST_POSTGRES_URL is empty: PostgreSQL runs skipped")
     return url
+
+
+def test_bigdb_quick_on_both_databases(tmp_path: Path, postgres_url: str) -> None:
+    assert (
+        main(
+            [
+                "bigdb",
+                "--quick",
+                "--db",
+                "sqlite,postgresql",
+                "--postgres-url",
+                postgres_url,
+                "--results",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    [directory] = [path for path in tmp_path.iterdir() if path.name.endswith("-bigdb")]
+    document = json.loads((directory / "results.json").read_text())
+    assert document["scenario"] == "bigdb" and document["machine"]["logical_cpus"] >= 1
+    for kind in ("sqlite", "postgresql"):
+        operations = document["results"][kind]["operations"]
+        assert {"diagnose", "claim (any shard)", "cancel", "count by status"} <= set(operations)
+        assert all(timing["median_ms"] > 0 for timing in operations.values())
+    assert "Diagnose median" in (directory / "summary.md").read_text()

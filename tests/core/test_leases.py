@@ -156,7 +156,7 @@ async def test_an_executor_that_reconnects_within_the_ttl_keeps_the_tasks_it_hol
         [resent] = await again.take(1)
         assert resent.task_id == lost.task_id
         assert resent.attempt == lost.attempt == 1  # never ran, so no attempt was spent
-        assert resent.fencing_token > lost.fencing_token
+        assert resent.fencing_token != lost.fencing_token  # a new claim, a new (random) token
         stale = again.success(lost, llm_message_json("old token"))
         assert await again.report(stale) == [STALE]
         assert await again.report(again.success(resent, llm_message_json("resent"))) == [ACCEPTED]
