@@ -595,11 +595,19 @@ class Coordinator:
         # No await between releasing the reservation and registering: the count stays exact.
         if lost.replays_enqueued:
             self._replay_needed.set()
+        if restarted and released:
+            log.warning(
+                "executor %s started anew: %d task(s) its previous process held returned to the queue, "
+                "an attempt spent each (it may have died running them)",
+                executor_id,
+                released,
+                extra=logs.fields(executor_id=executor_id),
+            )
         previous = self.sessions.put(session)
         if previous is not None:
             previous.close_stream("ABORTED", f"executor {executor_id} connected again on a newer stream")
         try:
-            await self._welcome(session, released, moved, restarted=restarted)
+            await self._welcome(session, released, moved)
         except BaseException:
             # No stream will serve this session: unregister it now, or it would hold shards
             # and credits (and count against max_executors) until its lease expired.
@@ -625,9 +633,7 @@ class Coordinator:
         except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
             log.exception("cleaning up after executor %s failed to connect", session.executor_id)
 
-    async def _welcome(
-        self, session: ExecutorSession, released: int, moved: list[Claim], *, restarted: bool
-    ) -> None:
+    async def _welcome(self, session: ExecutorSession, released: int, moved: list[Claim]) -> None:
         """The rest of a Hello once the session is registered: welcome, cancels of the held
         tasks taken back while it was away, leases, wake-ups."""
         executor_id, epoch, state = session.executor_id, session.epoch, session.state
@@ -655,13 +661,7 @@ class Coordinator:
             state.value,
             session.capacity,
             session.pool,
-            (
-                f", {released} task(s) of its previous process returned to the queue (an attempt spent)"
-                if restarted and released
-                else f", {released} undelivered task(s) returned to the queue"
-                if released
-                else ""
-            ),
+            f", {released} undelivered task(s) returned to the queue" if released else "",
             extra=logs.fields(executor_id=executor_id),
         )
         await self._rebalance()
@@ -1142,7 +1142,7 @@ class Coordinator:
         session.close_stream(
             "ABORTED",
             f"no heartbeat for {self.config.lease_ttl:.0f}s: the lease expired and the tasks held went "
-            "back to the queue; reconnect (a task sent again carries a newer fencing token: report with it)",
+            "back to the queue; reconnect (what it still runs is cancelled)",
         )
         session.state = SessionState.DISCONNECTED
         session.credits = 0

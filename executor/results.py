@@ -53,6 +53,8 @@ class ResultReporter:
         #: was re-claimed for this executor after its lease expired), by task id. Tokens
         #: are random, not increasing: the latest delivery's is the current one.
         self._adopted_tokens: dict[int, int] = {}
+        #: Held results of cancelled attempts: a newer delivery of their task runs anew.
+        self._not_adoptable: set[int] = set()
         self._arrived = asyncio.Event()
         self._batch_full = asyncio.Event()
         self._drained = asyncio.Event()
@@ -63,7 +65,12 @@ class ResultReporter:
         #: After a refused batch: how many results to send one per call, to isolate the refused.
         self._singles = 0
 
-    def add(self, result: pb.TaskResult) -> None:
+    def add(self, result: pb.TaskResult, *, adoptable: bool = True) -> None:
+        """Hold ``result`` until reported; ``adoptable=False`` (a cancelled attempt's) keeps its token."""
+        if not adoptable:
+            self._not_adoptable.add(result.task_id)
+        else:
+            self._not_adoptable.discard(result.task_id)
         self._pending.append(result)
         self._drained.clear()
         self._arrived.set()
@@ -82,7 +89,7 @@ class ResultReporter:
         STALE is sent again with the newer one.
         """
         held = [r for r in (*self._in_flight, *self._pending) if r.task_id == task_id]
-        if not held:
+        if not held or task_id in self._not_adoptable:
             return False
         self._adopted_tokens[task_id] = fencing_token
         for result in self._pending:
@@ -155,6 +162,7 @@ class ResultReporter:
                 again.append(result)
                 continue
             self._adopted_tokens.pop(result.task_id, None)
+            self._not_adoptable.discard(result.task_id)
             if disposition == pb.RESULT_DISPOSITION_REFUSED:
                 # Never re-sent as it was: a refused success becomes a failure naming the
                 # reason, a refused failure is dropped (its lease expiring retries the task).

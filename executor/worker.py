@@ -121,6 +121,8 @@ class Executor:
         self._tokens: dict[int, int] = {}
         #: Running tasks the coordinator told us to stop (CancelTasks), and why.
         self._cancelled: dict[int, str] = {}
+        #: A task delivered again while its cancelled attempt winds down: started when it ends.
+        self._redelivered: dict[int, pb.Task] = {}
         #: Set once the stream was closed because the drain finished (idle).
         self._closed_drained = False
         self._drain_timed_out = False
@@ -370,6 +372,11 @@ class Executor:
         adopted for the result, and the slot the coordinator counted for it is given back.
         """
         if task.task_id in self._running:
+            if task.task_id in self._cancelled:
+                # Taken back and re-claimed for us while the cancelled attempt still winds
+                # down: run the new attempt once the old one has ended (one task per id).
+                self._redelivered[task.task_id] = task
+                return
             self._tokens[task.task_id] = task.fencing_token  # tokens are random: the latest is current
             log.info("task %d came again with a newer token; still running it", task.task_id)
             self._release_slot()
@@ -439,7 +446,9 @@ class Executor:
             )
         finished = Timestamp()
         finished.GetCurrentTime()
-        token = self._tokens.pop(task.task_id, task.fencing_token)
+        # The latest token delivered for this task (see _start); a cancelled attempt keeps its own.
+        latest = self._tokens.pop(task.task_id, task.fencing_token)
+        token = task.fencing_token if cancelled else latest
         result = pb.TaskResult(
             task_id=task.task_id, fencing_token=token, started_at=started, finished_at=finished
         )
@@ -465,10 +474,15 @@ class Executor:
             self.metrics.ran(task.kind, "cancelled", time.monotonic() - began)
         else:
             self._observe(task, outcome, time.monotonic() - began)
-        self._reporter.add(result)
+        # A cancelled attempt's result is never moved onto a newer token (see ResultReporter.adopt).
+        self._reporter.add(result, adoptable=not cancelled)
         del self._running[task.task_id]
         self._cancelled.pop(task.task_id, None)
         self.tasks_run += 1
+        again = self._redelivered.pop(task.task_id, None)
+        if again is not None:
+            self._start(again)  # uses the slot this attempt frees, and the credit it came with
+            return
         self._release_slot()
 
     @property
