@@ -132,6 +132,8 @@ def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
         canonical_json(args)
     except RecursionError:
         raise InvalidArgument("args_json is nested too deeply to encode") from None
+    except ValueError as error:  # a lone surrogate ("\ud800"): not Unicode, no database stores it
+        raise InvalidArgument(f"args_json holds text the database cannot store: {error}") from None
     return args
 
 
