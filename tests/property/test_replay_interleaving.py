@@ -29,19 +29,24 @@ NOW_US = 1_700_000_000_000_000
 Tree = list[Any]
 
 
+def label(tree: Any, counter: list[int]) -> Tree:
+    """Give every leaf a unique label, in tree order (drawn shapes carry bare leaf kinds)."""
+    if isinstance(tree, str):
+        counter[0] += 1
+        return [tree, f"{tree[0]}{counter[0]}"]
+    kind, children = tree
+    return [kind, [label(child, counter) for child in children]]
+
+
 def trees() -> st.SearchStrategy[Tree]:
-    counter = iter(range(1_000_000))
-    leaf = st.one_of(
-        st.builds(lambda: ["step", f"s{next(counter)}"]),
-        st.builds(lambda: ["instant", f"i{next(counter)}"]),
-    )
-    return st.recursive(
-        leaf,
+    shapes = st.recursive(
+        st.sampled_from(["step", "instant"]),
         lambda children: st.tuples(
             st.sampled_from(["seq", "gather", "tasks"]), st.lists(children, min_size=1, max_size=4)
         ).map(list),
         max_leaves=14,
     )
+    return shapes.map(lambda shape: label(shape, [0]))
 
 
 async def run_tree(ctx: WorkflowContext, tree: Tree, before: str) -> Any:
