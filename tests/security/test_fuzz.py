@@ -418,13 +418,13 @@ async def test_work_left_by_an_accepted_call_is_not_blamed_on_a_refused_one(make
     running = await stack.client.start_workflow("greet", {"name": "ada"})
     await eventually(lambda: task_rows(stack.database_url, running.workflow_id))
     replays = stack.coordinator.replays
-    replay_batch = replays.replay_batch
+    apply = replays.apply
 
-    def slow_replay_batch(*args: Any, **kwargs: Any) -> Any:
-        time.sleep(1.0)  # a busy machine: the replay loop gets to it late (no assertion on time)
-        return replay_batch(*args, **kwargs)
+    def slow_apply(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # a busy machine: the replay's write lands late (no assertion on time)
+        return apply(*args, **kwargs)
 
-    replays.replay_batch = slow_replay_batch
+    replays.apply = slow_apply  # type: ignore[method-assign]
     loop = asyncio.get_running_loop()
     probe = Probe(
         settled=lambda: asyncio.run_coroutine_threadsafe(settled_snapshot(stack.database_url), loop).result(),
