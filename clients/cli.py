@@ -355,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> None:
-    print(f"conveyor: {message}", file=sys.stderr)
+    # Messages often quote what the coordinator or another caller sent: keep escapes off the terminal.
+    print(f"conveyor: {render.visible(message, multiline=True)}", file=sys.stderr)
 
 
 def _usage(message: str) -> int:
@@ -524,7 +525,7 @@ async def _cancel(client: AsyncClient, args: argparse.Namespace) -> int | None:
     count = outcome.matched if args.dry_run else outcome.cancelled
     print(f"{verb} {count} running workflow(s)")
     if outcome.sample_workflow_ids:
-        print("oldest: " + ", ".join(outcome.sample_workflow_ids[:5]))
+        print(render.visible("oldest: " + ", ".join(outcome.sample_workflow_ids[:5])))
     return None
 
 

@@ -152,6 +152,8 @@ class StepExplanation:
     since_last_heartbeat: float | None
     available_at: datetime | None
     claimed_at: datetime | None
+    #: When the coordinator takes a running attempt back if it has not reported (running steps).
+    deadline_at: datetime | None
     attempt: int
     max_attempts: int
     last_error: str
@@ -176,6 +178,7 @@ class StepExplanation:
             ),
             available_at=_time(step.available_at),
             claimed_at=_time(step.claimed_at),
+            deadline_at=_time(step.deadline_at),
             attempt=step.attempt,
             max_attempts=step.max_attempts,
             last_error=step.last_error,

@@ -1,4 +1,13 @@
-"""How the CLI shows what the client returns: rich tables for people, JSON for scripts."""
+"""How the CLI shows what the client returns: rich tables for people, JSON for scripts.
+
+Every string that comes from the coordinator (ids, names, reasons, error messages) was
+chosen by someone else: an executor id like ``sec-[/]-x`` is valid, and rendered as
+rich markup it crashed ``get`` and ``admin diagnose`` with a MarkupError; an ANSI escape
+in a cancel reason rewrote the operator's terminal. So such text reaches the console
+only through :func:`cell` (a :class:`~rich.text.Text`, never parsed as markup) or
+:func:`shown` (markup-escaped), both with control characters written out by
+:func:`visible`. Markup appears only in the literals of this module.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -23,6 +33,25 @@ STATUS_STYLE = {
     WorkflowStatus.FAILED: "red",
     WorkflowStatus.CANCELLED: "yellow",
 }
+
+
+def visible(text: str, *, multiline: bool = False) -> str:
+    """``text`` with every non-printable character (ANSI escapes, carriage returns, bidi
+    overrides; newlines and tabs too unless ``multiline``) written out as ``\\x1b``-style escapes."""
+    if text.isprintable():
+        return text
+    kept = "\n\t" if multiline else ""
+    return "".join(c if c.isprintable() or c in kept else repr(c)[1:-1] for c in text)
+
+
+def cell(text: str, *, style: str = "") -> Text:
+    """Foreign text for a table cell or a print: shown as it is, never read as markup."""
+    return Text(visible(text), style=style)
+
+
+def shown(text: str) -> str:
+    """Foreign text to embed in a markup string."""
+    return escape(visible(text))
 
 
 def print_json(value: Any) -> None:
@@ -59,15 +88,20 @@ def _status(status: WorkflowStatus) -> str:
     return f"[{STATUS_STYLE[status]}]{status.value}[/]"
 
 
+def _heading(workflow: Workflow) -> str:
+    status = _status(workflow.status)
+    return f"[bold]{shown(workflow.name)}[/bold] {shown(workflow.id)}  status: [bold]{status}[/]"
+
+
 def workflow(console: Console, workflow: Workflow) -> None:
     """One workflow with its steps, timings and errors."""
-    console.print(f"[bold]{workflow.name}[/bold] {workflow.id}  status: [bold]{_status(workflow.status)}[/]")
+    console.print(_heading(workflow))
     started, finished = _when(workflow.created_at), _when(workflow.completed_at)
     console.print(f"shard {workflow.shard}, started {started}, finished {finished}")
     if workflow.error:
-        console.print(Text.assemble(("error: ", "red"), workflow.error))
+        console.print(Text.assemble(("error: ", "red"), visible(workflow.error, multiline=True)))
     if workflow.result is not None:
-        console.print(f"result: {json.dumps(workflow.result)[:2000]}", markup=False)
+        console.print(f"result: {json.dumps(workflow.result)[:2000]}", markup=False, highlight=False)
     table = Table("#", "kind", "name", "status", "attempt", "queued s", "ran s", "executor", "error")
     for step in workflow.steps:
         queued = ran = ""
@@ -77,14 +111,14 @@ def workflow(console: Console, workflow: Workflow) -> None:
             ran = f"{(step.completed_at - step.started_at).total_seconds():.2f}"
         table.add_row(
             str(step.number),
-            step.kind,
-            step.name,
-            step.status,
+            cell(step.kind),
+            cell(step.name),
+            cell(step.status),
             str(step.attempt),
             queued,
             ran,
-            step.executor_id,
-            Text(step.error[:80]),
+            cell(step.executor_id),
+            cell(step.error[:80]),
         )
     if workflow.steps:
         console.print(table)
@@ -95,14 +129,14 @@ def workflow_list(console: Console, workflows: Iterable[Workflow]) -> int:
     table = Table("id", "name", "status", "shard", "started", "finished", "steps", "error")
     for item in workflows:
         table.add_row(
-            item.id,
-            item.name,
+            cell(item.id),
+            cell(item.name),
             _status(item.status),
             str(item.shard),
             _when(item.created_at),
             _when(item.completed_at),
             str(item.step_count),
-            Text(item.error[:60]),
+            cell(item.error[:60]),
         )
     if table.row_count:
         console.print(table)
@@ -121,18 +155,18 @@ def counts(console: Console, by_status: Mapping[WorkflowStatus, int]) -> None:
 
 def explanation(console: Console, explanation: Explanation) -> None:
     workflow = explanation.workflow
-    console.print(f"[bold]{workflow.name}[/bold] {workflow.id}  status: [bold]{_status(workflow.status)}[/]")
+    console.print(_heading(workflow))
     if not explanation.steps:
-        console.print(explanation.summary, markup=False, highlight=False)
+        console.print(cell(explanation.summary), highlight=False)
         return
     waiting = len(explanation.steps)
     console.print(f"running; waiting for {waiting} step{'s' if waiting > 1 else ''}:")
     for step in explanation.steps:
-        console.print(f"  - {step.text}", markup=False, highlight=False)
+        console.print(cell(f"  - {step.text}"), highlight=False)
 
 
 def diagnosis(console: Console, report: admin_service_pb2.DiagnoseResponse, shard: int | None) -> None:
-    statuses = ", ".join(f"{k} {v}" for k, v in sorted(report.workflows_by_status.items())) or "none"
+    statuses = ", ".join(f"{shown(k)} {v}" for k, v in sorted(report.workflows_by_status.items())) or "none"
     console.print(
         f"epoch {report.epoch}, {report.shard_count} shards; workflows: {statuses}; "
         f"replay queue {report.replay_queue_depth}; stale results rejected {report.rejected_stale_results}"
@@ -140,8 +174,8 @@ def diagnosis(console: Console, report: admin_service_pb2.DiagnoseResponse, shar
     executors = Table("executor", "state", "epoch", "shards", "capacity", "claimed", "last heartbeat")
     for info in report.executors:
         executors.add_row(
-            info.executor_id,
-            info.state,
+            cell(info.executor_id),
+            cell(info.state),
             str(info.epoch),
             shard_ranges(info.shards),
             str(info.capacity),
@@ -165,14 +199,16 @@ def diagnosis(console: Console, report: admin_service_pb2.DiagnoseResponse, shar
                 str(stats.claimed_tasks),
                 f"{age:.1f}s" if age is not None else "-",
                 str(stats.replay_queue_depth),
-                stats.executor_id or "none",
+                cell(stats.executor_id or "none"),
             )
     console.print(shards if shards.row_count else "no shard has queued, claimed or delayed work")
     if not report.violations:
         console.print("[green]invariants hold[/green]")
     for violation in report.violations:
-        console.print(f"[red]{violation.kind}[/red] ({violation.count}): {violation.description}")
-        console.print("  e.g. " + ", ".join(violation.workflow_ids[:5]))
+        console.print(
+            f"[red]{shown(violation.kind)}[/red] ({violation.count}): {shown(violation.description)}"
+        )
+        console.print(cell("  e.g. " + ", ".join(violation.workflow_ids[:5])))
 
 
 def shard_ranges(shards: Iterable[int]) -> str:

@@ -13,6 +13,8 @@
     │   ├── Unauthenticated       UNAUTHENTICATED: no or unknown credentials
     │   ├── PermissionDenied      PERMISSION_DENIED: credentials of another role
     │   ├── Unavailable           UNAVAILABLE: coordinator or database unreachable; retry
+    │   │   └── DatabaseInUse     another coordinator holds the database (refused at start-up,
+    │   │                         or this one lost its lock and stopped writing: fenced)
     │   ├── DeadlineExceeded      DEADLINE_EXCEEDED
     │   └── InternalError         INTERNAL / UNKNOWN: a bug; the message says where
     ├── WorkflowError             raised inside workflow code, or recorded as its failure
@@ -87,6 +89,15 @@ class PermissionDenied(RpcError):
 
 class Unavailable(RpcError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+class DatabaseInUse(Unavailable):
+    """Another coordinator holds the database's exclusive lock, or this one lost it.
+
+    Two coordinators on one database would each recover and requeue the other's work, so a
+    coordinator takes the lock for its whole life and refuses to start without it; one
+    that loses it (its lock connection died) stops writing until it is restarted.
+    """
 
 
 class DeadlineExceeded(RpcError):

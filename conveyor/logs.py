@@ -32,6 +32,30 @@ def fields(**values: Any) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
+def escaped(text: str) -> str:
+    """``text`` on one line: newlines, carriage returns, ANSI escapes and every other
+    non-printable character written out (``\\n``, ``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """The ``text`` format, one record per line whatever its message holds.
+
+    Messages quote what peers sent (executor ids, draining reasons, error messages):
+    a newline in an executor's Draining.reason forged a whole coordinator log line, and
+    an ANSI escape reached the operator's terminal. The message is escaped; a traceback,
+    which is the process's own text, is appended as usual.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escaped(super().formatMessage(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the id fields, and any traceback."""
 
@@ -56,7 +80,7 @@ def configure(level: str | None = None, log_format: str = "text") -> None:
     if log_format not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(
         level=(level or os.environ.get("CONVEYOR_LOG_LEVEL", "INFO")).upper(), handlers=[handler]
     )

@@ -31,6 +31,7 @@ waits for all of them.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,10 @@ from typing import Any, Protocol, TypeVar
 from .errors import ConfigurationError
 
 WORKFLOW_MARK = "__conveyor_workflow__"
+#: Longest sleep, step timeout or retry backoff workflow code may ask for.
+MAX_DURATION_SECONDS = 10 * 365 * 24 * 3600.0
+#: Most attempts (or rate-limit waits) a retry policy may allow.
+MAX_RETRY_COUNT = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -59,14 +64,21 @@ class RetryPolicy:
     max_rate_limit_waits: int = 20
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
-        if self.initial_backoff < 0 or self.max_backoff < 0:
-            raise ValueError("backoff times must not be negative")
-        if self.multiplier < 1:
-            raise ValueError(f"multiplier must be at least 1, not {self.multiplier}")
-        if self.max_rate_limit_waits < 0:
-            raise ValueError("max_rate_limit_waits must not be negative")
+        # Stored in integer and float columns and added to int64 microsecond clocks: bounded here,
+        # where workflow code sets them, so a wild value fails its own workflow and nothing else.
+        if not 1 <= self.max_attempts <= MAX_RETRY_COUNT:
+            raise ValueError(f"max_attempts must be 1 to {MAX_RETRY_COUNT}, not {self.max_attempts}")
+        for label, seconds in (("initial_backoff", self.initial_backoff), ("max_backoff", self.max_backoff)):
+            if not 0 <= seconds <= MAX_DURATION_SECONDS:  # also refuses NaN
+                raise ValueError(
+                    f"{label} must be 0 to {MAX_DURATION_SECONDS:.0f} seconds (10 years), not {seconds}"
+                )
+        if not (self.multiplier >= 1 and math.isfinite(self.multiplier)):
+            raise ValueError(f"multiplier must be a finite number of at least 1, not {self.multiplier}")
+        if not 0 <= self.max_rate_limit_waits <= MAX_RETRY_COUNT:
+            raise ValueError(
+                f"max_rate_limit_waits must be 0 to {MAX_RETRY_COUNT}, not {self.max_rate_limit_waits}"
+            )
 
     def backoff(self, failed_attempts: int) -> float:
         """The un-jittered delay after ``failed_attempts`` failures (1 for the first)."""

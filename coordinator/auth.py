@@ -9,6 +9,7 @@ service                     role        who
 ``ExecutorService``         executor    executors (a token may be bound to one executor id)
 ``AdminService``, any other admin       operators (reflection included)
 ``grpc.health.v1.Health``   (none)      load balancers and orchestrators hold no token
+metrics, status page (HTTP) monitoring  Prometheus and dashboards (admin tokens work too)
 ==========================  ==========  ==================================================
 
 No token, or one the coordinator does not know, is ``UNAUTHENTICATED``; a known
@@ -24,8 +25,13 @@ The token file (``--auth-tokens-file``) has one token per line::
     admin,client       0d1e2f3a4b5c6d7e8f90a1b2c3d4e5f6
 
 ROLES is one role or several joined by commas. An executor token with an
-EXECUTOR-ID may only connect and report results as that executor, so a stolen
-or misconfigured executor token cannot touch another executor's tasks.
+EXECUTOR-ID may only connect and report results as that executor, and that
+executor id is reserved for it: no other token (an unbound executor token
+included) may connect or report as it. So a stolen or misconfigured executor
+token cannot touch a bound executor's tasks. Unbound executor tokens are trusted
+alike (any of them may act as any executor id not bound to a token); production
+configurations should give every executor its own bound token, and the coordinator
+warns at start-up when a file holds an unbound one (see docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class Role(StrEnum):
     CLIENT = "client"
     EXECUTOR = "executor"
     ADMIN = "admin"
+    #: Reads the metrics endpoint and the status page (:mod:`conveyor.monitoring`); no gRPC service.
+    MONITORING = "monitoring"
 
 
 #: The role each service requires; a service not listed here requires ADMIN.
@@ -82,6 +90,10 @@ class TokenTable:
         self._entries = [(_digest(token), principal) for token, principal in tokens]
         if len({digest for digest, _ in self._entries}) != len(self._entries):
             raise ConfigurationError("the same token is listed twice; give each holder its own token")
+        #: Executor ids some token is bound to: reserved for that token alone.
+        self.bound_executor_ids = frozenset(
+            principal.executor_id for _, principal in self._entries if principal.executor_id is not None
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> TokenTable:
@@ -94,6 +106,14 @@ class TokenTable:
         table = cls(_parse(text, str(path)))
         if not table._entries:
             raise ConfigurationError(f"{path} lists no tokens; every call would be refused")
+        for _, principal in table._entries:
+            if Role.EXECUTOR in principal.roles and principal.executor_id is None:
+                log.warning(
+                    "the %s is not bound to an executor id: its holder may act as any executor not bound "
+                    "to a token of its own; in production give each executor its own token with its id "
+                    "as the third field",
+                    principal.label,
+                )
         return table
 
     def authenticate(self, token: str) -> Principal | None:
@@ -104,6 +124,11 @@ class TokenTable:
             if hmac.compare_digest(digest, presented):
                 found = principal
         return found
+
+    def may_monitor(self, token: str) -> bool:
+        """Whether ``token`` may read the metrics and the status page: the monitoring or admin role."""
+        principal = self.authenticate(token)
+        return principal is not None and bool(principal.roles & {Role.MONITORING, Role.ADMIN})
 
     def principal_of(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Principal | None:
         """The principal of a call, from its ``authorization: Bearer`` metadata."""
@@ -118,13 +143,24 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
-def require_executor_identity(principal: Principal | None, executor_id: str) -> None:
-    """Refuse a bound executor token acting as another executor."""
-    if principal is not None and principal.executor_id not in (None, executor_id):
+def require_executor_identity(
+    principal: Principal | None, executor_id: str, bound_executor_ids: frozenset[str] = frozenset()
+) -> None:
+    """Refuse a bound executor token acting as another executor, and any other token acting
+    as an executor id that is bound to a token (``bound_executor_ids``)."""
+    if principal is None:
+        return
+    if principal.executor_id not in (None, executor_id):
         raise PermissionDenied(
             f"this token belongs to executor {principal.executor_id!r} and cannot act as executor "
             f"{executor_id!r}; start the executor with --executor-id {principal.executor_id} or give it "
             "its own token"
+        )
+    if principal.executor_id is None and executor_id in bound_executor_ids:
+        raise PermissionDenied(
+            f"executor id {executor_id!r} is bound to its own token in the coordinator's tokens file; "
+            "only that token may act as it (start this executor with another --executor-id, or with "
+            "that executor's token)"
         )
 
 
@@ -216,7 +252,7 @@ def _parse(text: str, source: str) -> list[tuple[str, Principal]]:
             roles = frozenset(Role(role) for role in fields[0].split(","))
         except ValueError:
             raise ConfigurationError(
-                f"{where}: unknown role in {fields[0]!r}; roles are client, executor and admin"
+                f"{where}: unknown role in {fields[0]!r}; roles are client, executor, admin and monitoring"
             ) from None
         token = fields[1]
         if len(token) < MIN_TOKEN_LENGTH:

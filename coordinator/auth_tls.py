@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 
 import grpc
 
 from conveyor.errors import ConfigurationError
+from conveyor.monitoring import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +51,6 @@ def check_exposure(listen: str, *, authenticated: bool, tls: bool, insecure: boo
             "listening on %s without TLS: bearer tokens cross the network in clear; add --tls-cert/--tls-key",
             listen,
         )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an IP address or ``localhost``) is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name (or a wildcard) may resolve to anything: treat it as exposed
 
 
 def _read(path: Path, flag: str) -> bytes:

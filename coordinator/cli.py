@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from conveyor import logs
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, DatabaseInUse
 
 from .config import CoordinatorConfig
 from .model import ClaimOrder
@@ -64,6 +64,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds without heartbeat before an executor's tasks are re-queued (default 10)",
     )
     parser.add_argument(
+        "--task-timeout",
+        type=float,
+        default=600.0,
+        help="start-to-close deadline in seconds of a task attempt (LLM call or handler) whose step "
+        "sets no timeout; past it plus --task-deadline-grace the coordinator takes the task back "
+        "and retries it (default 600)",
+    )
+    parser.add_argument(
+        "--task-deadline-grace",
+        type=float,
+        default=30.0,
+        help="seconds added to every attempt's timeout before the coordinator takes it back, for the "
+        "executor to report its own timeout first (default 30)",
+    )
+    parser.add_argument(
+        "--replay-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one replay of workflow code may run before that workflow is failed; workflow "
+        "code that blocks or computes for longer belongs in a task handler (default 10)",
+    )
+    parser.add_argument(
         "--sqlite-synchronous",
         choices=("FULL", "NORMAL"),
         default="FULL",
@@ -78,7 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     monitoring = parser.add_argument_group(
         "monitoring",
-        "Neither the metrics nor the status page asks for credentials: keep them off public networks.",
+        "With --auth-tokens-file, the metrics and the status page ask for a token of the monitoring "
+        "(or admin) role; without it they ask for none, so they then only listen on a loopback address "
+        "unless given --insecure.",
     )
     monitoring.add_argument(
         "--metrics-port",
@@ -105,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="bearer tokens and their roles, one per line: 'ROLES TOKEN [EXECUTOR-ID]' "
-        "(roles: client, executor, admin)",
+        "(roles: client, executor, admin, monitoring)",
     )
     security.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain: serve TLS")
     security.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM private key of --tls-cert")
@@ -118,7 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     security.add_argument(
         "--insecure",
         action="store_true",
-        help="allow a non-loopback --listen address without --auth-tokens-file",
+        help="allow a non-loopback --listen or --monitoring-host address without --auth-tokens-file",
     )
     logs.add_arguments(parser)
 
@@ -136,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
             max_payload_bytes=args.max_payload_bytes,
             heartbeat_interval=args.heartbeat_interval,
             lease_ttl=args.lease_ttl,
+            default_task_timeout=args.task_timeout,
+            task_deadline_grace=args.task_deadline_grace,
+            replay_timeout=args.replay_timeout,
             sqlite_synchronous=args.sqlite_synchronous,
             claim_order=ClaimOrder(args.claim_order),
             auth_tokens_file=args.auth_tokens_file,
@@ -148,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             monitoring_host=args.monitoring_host,
         )
         asyncio.run(serve(config))
-    except (ConfigurationError, ValueError) as error:
+    except (ConfigurationError, DatabaseInUse, ValueError) as error:
         print(f"conveyor coordinator: {error}", file=sys.stderr)
         return 2
     return 0

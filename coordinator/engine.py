@@ -20,6 +20,7 @@ leases, credits) is rebuilt from executors reconnecting after a restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -42,7 +43,8 @@ from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
 from .metrics import CoordinatorMetrics
 from .model import WorkflowStatus
-from .sessions import ExecutorSession, SessionRegistry, SessionState
+from .replay_runner import ReplayCall, ReplayRunner
+from .sessions import ExecutorSession, SessionRegistry, SessionState, pool_name
 from .store import (
     ClaimedTask,
     Database,
@@ -60,10 +62,15 @@ from .store import (
     Workflows,
     WorkflowSelection,
     Writer,
+    deadlines,
     diagnosis,
     inspection,
 )
+from .store.deadlines import Claim, ExpiryOutcome
+from .store.ownership import DatabaseLock
+from .store.queue import RequeueOutcome, TaskDeadlines
 from .store.reader import Reader
+from .store.replays import ReplayBatchOutcome
 from .store.schema import tasks
 
 log = logging.getLogger(__name__)
@@ -72,12 +79,17 @@ T = TypeVar("T")
 
 #: How often idle executors are offered work even without a wake-up, in case one was missed.
 SAFETY_SWEEP_INTERVAL = 1.0
+#: How often the sweep re-arms every loop's wake-up (replays, timers, retry backoffs), so
+#: work left by a lost wake-up (a failed write, a crashed loop) is found without new traffic.
+REARM_INTERVAL = 5.0
 #: How often executors' last heartbeats are copied to the database, for operators.
 HEARTBEAT_PERSIST_INTERVAL = 5.0
 #: Workflows cancelled per write transaction by CancelWorkflows, so other writes interleave.
 BULK_CANCEL_BATCH = 500
 #: Workflow ids a CancelWorkflows answer lists, for the operator to check the filter.
 BULK_CANCEL_SAMPLE = 20
+#: Longest the deadline loop waits before reading the earliest deadline again.
+DEADLINE_CHECK_INTERVAL = 1.0
 
 
 @dataclass
@@ -92,6 +104,10 @@ class CoordinatorStats:
     tasks_claimed: int = 0
     replays: int = 0
     leases_expired: int = 0
+    #: Attempts taken back at their start-to-close deadline.
+    deadlines_expired: int = 0
+    #: Attempts executors were told to stop (CancelTasks).
+    attempts_cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -118,36 +134,69 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry) -> None:
         self.config = config
         self.registry = registry
-        self.database = Database(config.database_url, sqlite_synchronous=config.sqlite_synchronous)
+        # A write waiting on another process's SQLite lock must not outlast the retry deadline,
+        # or a locked file holds every unit far past the moment it should fail as Unavailable.
+        self.database = Database(
+            config.database_url,
+            sqlite_synchronous=config.sqlite_synchronous,
+            sqlite_busy_timeout=min(30.0, config.database_retry_deadline),
+        )
         self.stats = CoordinatorStats()
         self.metrics = CoordinatorMetrics(self.stats)
         self.epoch = 0
         self.shard_count = 0
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Executor ids whose Hello passed the max_executors check and is being registered.
+        self._connecting: collections.Counter[str] = collections.Counter()
         self._replay_needed = asyncio.Event()
         self._dispatch_needed = asyncio.Event()
         self._timer_due = asyncio.Event()
         self._retry_due = asyncio.Event()
         self._timer_alarm = Alarm(self._timer_due.set)
         self._retry_alarm = Alarm(self._retry_due.set)
+        #: Failures of each background loop since start-up (each one re-armed every loop).
+        self._loop_failures: dict[str, int] = {}
+        #: Held by a registration and by an epoch bump from reading the epoch until the
+        #: session is in (or the sessions are drained for) it: interleaved, a Hello could
+        #: register into the epoch a bump had just ended, and idle there never drained.
+        self._membership = asyncio.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        # The database's exclusive lock comes first, before even migrating: a second
+        # coordinator would requeue the first one's running tasks (see store/ownership.py).
+        self.lock = DatabaseLock(self.database.dialect)
+        await asyncio.to_thread(self.lock.acquire)
+        try:
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         await asyncio.to_thread(self.database.migrate)
+        await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         self.shard_count, self.epoch = facts.shard_count, facts.epoch
         dialect = self.database.dialect
         self.workflows = Workflows(facts.shard_count, CreationClock(facts.last_created_at))
-        self.queue = TaskQueue(dialect, order=self.config.claim_order, shard_count=facts.shard_count)
-        self.replays = ReplayQueue(dialect, self.registry)
+        self.queue = TaskQueue(
+            dialect,
+            order=self.config.claim_order,
+            shard_count=facts.shard_count,
+            deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
+        )
+        self.replays = ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes)
+        self.replay_runner = ReplayRunner(self.config.replay_timeout)
         self.timers = Timers(dialect)
         self.sessions = SessionRegistry(facts.shard_count)
         self.writer = Writer(
             self.database.writer,
             group_commit_window=self.config.group_commit_window,
             retry_deadline=self.config.database_retry_deadline,
+            guard=self.lock.check,
         )
         self.writer.start()
         self.reader = Reader(self.database, retry_deadline=self.config.database_retry_deadline)
@@ -159,6 +208,7 @@ class Coordinator:
             self._retry_loop,
             self._lease_loop,
             self._sweep_loop,
+            self._deadline_loop,
         )
         for loop in loops:
             self._loops.append(asyncio.create_task(self._supervised(loop), name=loop.__name__))
@@ -174,7 +224,9 @@ class Coordinator:
         """First step of a shutdown: end every executor's stream; they reconnect to the next coordinator."""
         self._stopping = True
         for session in self.sessions:
-            session.close_stream()
+            session.close_stream(
+                "UNAVAILABLE", "the coordinator is shutting down; reconnect with the tasks held"
+            )
 
     async def stop(self) -> None:
         self.close_executor_streams()
@@ -185,8 +237,10 @@ class Coordinator:
                 await task
         self._timer_alarm.cancel()
         self._retry_alarm.cancel()
+        self.replay_runner.stop()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
+        await asyncio.to_thread(self.lock.release)
 
     async def _recover(self) -> None:
         """Pick up where a previous coordinator process left off.
@@ -213,7 +267,12 @@ class Coordinator:
         self._retry_due.set()
 
     async def _supervised(self, loop: Callable[[], Any]) -> None:
-        """Keep a background loop running through database outages and bugs."""
+        """Keep a background loop running through database outages and bugs.
+
+        Wake-ups are level-triggered: a loop clears its event before doing the work, so
+        a loop that failed half-way may have swallowed the only wake-up for work still
+        waiting. Every restart therefore re-arms every loop, and they re-check.
+        """
         while True:
             try:
                 await loop()
@@ -224,7 +283,40 @@ class Coordinator:
                 log.warning("%s: %s; retrying in 1s", loop.__name__, error)
             except Exception:
                 log.exception("%s crashed; restarting it in 1s", loop.__name__)
+            self._loop_failures[loop.__name__] = self._loop_failures.get(loop.__name__, 0) + 1
             await asyncio.sleep(1.0)
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Set every loop's wake-up: each re-checks its work (a no-op when there is none)."""
+        self._replay_needed.set()
+        self._timer_due.set()
+        self._retry_due.set()
+        self._wake_all()
+
+    def healthy(self) -> tuple[bool, str]:
+        """Whether the coordinator can still make progress, and if not, why (for health checks).
+
+        Unhealthy when the database lock was lost, the writer thread or the replay runner's
+        thread has died (every write or replay would hang) or a background loop has ended
+        (its work would never be done) while the coordinator is not stopping.
+        """
+        problems = []
+        if self.lock.fenced is not None:
+            problems.append(self.lock.fenced)
+        if not self.writer.alive:
+            problems.append("the database writer thread has died; restart the coordinator")
+        if not self.replay_runner.healthy():
+            problems.append("the thread that runs workflow code has died; restart the coordinator")
+        for task in self._loops:
+            if task.done() and not self._stopping:
+                reason = "cancelled" if task.cancelled() else repr(task.exception())
+                problems.append(
+                    f"background loop {task.get_name()} has ended ({reason}); restart the coordinator"
+                )
+        if problems:
+            return False, "; ".join(problems)
+        return True, "serving"
 
     # ------------------------------------------------------------------ helpers
 
@@ -238,6 +330,63 @@ class Coordinator:
     async def read(self, query: Callable[[Connection], T]) -> T:
         """Run the read-only ``query`` in one snapshot on the reader pool (for the status page)."""
         return await self._read(query, snapshot=True)
+
+    async def _write_revoking(
+        self,
+        unit: Callable[[Connection], T],
+        label: str,
+        reason: str,
+        claims: Callable[[Connection], list[Claim]] = deadlines.claimed_tasks,
+    ) -> T:
+        """Run ``unit`` and tell executors to stop every attempt it took away from them.
+
+        ``claims`` reads, before the unit, the claims it may revoke (by default all of
+        them, which the executors' capacity bounds); those that no longer stand after it,
+        in the same transaction, are sent a CancelTasks.
+        """
+
+        def run(connection: Connection) -> tuple[T, list[Claim]]:
+            before = claims(connection)
+            result = unit(connection)
+            return result, deadlines.revoked_since(connection, before)
+
+        result, revoked = await self._write(run, label)
+        self._send_cancels(revoked, reason)
+        return result
+
+    def _send_cancels(
+        self, claims: Collection[Claim], reason: str, sessions: Collection[ExecutorSession] | None = None
+    ) -> None:
+        """Tell each executor holding one of ``claims`` to stop that attempt (CancelTasks).
+
+        An executor that is not connected is told when it reconnects (:meth:`connect_executor`
+        cancels every held task that is no longer its own). ``sessions`` pins the sessions to
+        use (a session not yet in the registry).
+        """
+        by_executor: dict[str, list[Claim]] = {}
+        for claim in claims:
+            by_executor.setdefault(claim.executor_id, []).append(claim)
+        pinned = {session.executor_id: session for session in sessions or ()}
+        size = self.config.max_batch_size
+        for executor_id, held in by_executor.items():
+            session = pinned.get(executor_id) or self.sessions.get(executor_id)
+            if session is None or session.state is SessionState.DISCONNECTED:
+                continue
+            self.stats.attempts_cancelled += len(held)
+            attempts = [pb.TaskAttempt(task_id=c.task_id, fencing_token=c.fencing_token) for c in held]
+            for start in range(0, len(held), size):
+                session.send(
+                    pb.ClaimTasksResponse(
+                        cancel=pb.CancelTasks(tasks=attempts[start : start + size], reason=reason)
+                    )
+                )
+            log.info(
+                "told executor %s to stop %d attempt(s): %s",
+                executor_id,
+                len(held),
+                reason,
+                extra=logs.fields(executor_id=executor_id),
+            )
 
     def _wake_holders(self, shards: set[int]) -> None:
         for session in self.sessions.holders(shards):
@@ -315,7 +464,7 @@ class Coordinator:
     async def cancel_workflow(self, workflow_id: str, reason: str) -> WorkflowRecord:
         validation.identifier(workflow_id, "workflow_id")
         validation.reason(reason)
-        record = await self._write(
+        record = await self._write_revoking(
             functools.partial(
                 self.workflows.cancel,
                 workflow_id=workflow_id,
@@ -323,6 +472,8 @@ class Coordinator:
                 now=now_us(),
             ),
             "cancel",
+            f"workflow {workflow_id} was cancelled",
+            functools.partial(deadlines.claimed_tasks, workflow_id=workflow_id),
         )
         self._count_finished(WorkflowStatus.CANCELLED, 1)
         return record
@@ -369,6 +520,10 @@ class Coordinator:
 
     async def connect_executor(self, hello: pb.Hello, peer: str) -> ExecutorSession:
         """Register an executor from its Hello; its stream then reads ``session.outbox``."""
+        async with self._membership:
+            return await self._connect_executor(hello, peer)
+
+    async def _connect_executor(self, hello: pb.Hello, peer: str) -> ExecutorSession:
         executor_id = validation.identifier(hello.executor_id, "hello.executor_id")
         if not 1 <= hello.capacity <= 100_000:
             raise InvalidArgument(f"hello.capacity must be between 1 and 100000, not {hello.capacity}")
@@ -377,13 +532,15 @@ class Coordinator:
             raise InvalidArgument(
                 'hello.task_kinds must name between 1 and 100 task kinds ("llm" for LLM steps)'
             )
-        if self.sessions.get(executor_id) is None and len(self.sessions) >= self.config.max_executors:
-            raise ResourceExhausted(
-                f"{len(self.sessions)} executors are connected, the most this coordinator takes "
-                f"(max_executors); executor {executor_id} was refused"
+        if len(pool_name(kinds)) > validation.MAX_NAME_LENGTH:  # the pool is stored as a name, whole
+            raise InvalidArgument(
+                f"hello.task_kinds, joined with commas, are {len(pool_name(kinds))} characters; the limit "
+                f"is {validation.MAX_NAME_LENGTH} (serve fewer kinds per executor, or shorter names)"
             )
         epoch = hello.epoch or self.epoch
-        state = SessionState.LIVE if epoch == self.epoch else SessionState.DRAINING
+        # An executor that was draining before its stream dropped still is: it gets no new
+        # work, but its heartbeats keep the tasks it is finishing leased to it.
+        state = SessionState.LIVE if epoch == self.epoch and not hello.draining else SessionState.DRAINING
         session = ExecutorSession(
             executor_id,
             epoch,
@@ -395,6 +552,12 @@ class Coordinator:
             credits=max(0, min(hello.free_slots, hello.capacity)) if state is SessionState.LIVE else 0,
         )
         held = list(hello.held_task_ids)
+        # Epoch 0 is a process that was never welcomed: whatever was leased to this id was
+        # delivered to an earlier process (which may have died of it), so those tasks
+        # spend an attempt. A process that reconnects (epoch set) lists all it received;
+        # what it does not list never arrived and goes back for free.
+        restarted = hello.epoch == 0
+        lost = RequeueOutcome()
 
         def register(connection: Connection) -> int:
             ExecutorRecords.save(
@@ -407,12 +570,73 @@ class Coordinator:
                 peer=peer,
                 now=session.connected_at_us,
             )
-            return self.queue.release_unheld(connection, executor_id, held)
+            if restarted:
+                nonlocal lost
+                lost = self.queue.requeue_lost(connection, executor_id, now_us(), keep=held, restarted=True)
+                return lost.requeued + lost.failed
+            released = self.queue.release_unheld(connection, executor_id, held)
+            # Held tasks requeued while it was away and not claimed since stay its own;
+            # those another executor claimed meanwhile (or that are gone) are cancelled
+            # on it right after the Welcome (deadlines.moved_away).
+            self.queue.reclaim_held(connection, executor_id, held, now_us())
+            return released
 
-        released = await self._write(register, "register executor")
+        # Reserved right before the first await, released right before registering: nothing
+        # that can raise sits between the reservation and the try, so it cannot leak.
+        self._reserve_executor_slot(executor_id)
+        try:
+            released, moved = await self._write(
+                lambda c: (register(c), deadlines.moved_away(c, executor_id, held)), "register executor"
+            )
+        finally:
+            self._connecting[executor_id] -= 1
+            if not self._connecting[executor_id]:
+                del self._connecting[executor_id]
+        # No await between releasing the reservation and registering: the count stays exact.
+        if lost.replays_enqueued:
+            self._replay_needed.set()
+        if restarted and released:
+            log.warning(
+                "executor %s started anew: %d task(s) its previous process held returned to the queue, "
+                "an attempt spent each (it may have died running them)",
+                executor_id,
+                released,
+                extra=logs.fields(executor_id=executor_id),
+            )
         previous = self.sessions.put(session)
         if previous is not None:
-            previous.close_stream()
+            previous.close_stream("ABORTED", f"executor {executor_id} connected again on a newer stream")
+        try:
+            await self._welcome(session, released, moved)
+        except BaseException:
+            # No stream will serve this session: unregister it now, or it would hold shards
+            # and credits (and count against max_executors) until its lease expired.
+            await asyncio.shield(self._forget_failed_session(session))
+            raise
+        return session
+
+    async def _forget_failed_session(self, session: ExecutorSession) -> None:
+        """Treat a session whose Hello failed like a stream that closed at once: it gives up its
+        shards and credits now; it is forgotten unless it holds tasks, which it keeps (until it
+        reconnects or its lease expires and they are requeued) as any disconnected executor does."""
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
+        try:
+            holding = await self._read(
+                lambda c: c.execute(
+                    select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
+                ).scalar_one()
+            )
+            if holding == 0:
+                self.sessions.discard(session)
+            await self._rebalance()
+        except Exception:  # disconnected, it holds no shards; lease expiry finishes the job
+            log.exception("cleaning up after executor %s failed to connect", session.executor_id)
+
+    async def _welcome(self, session: ExecutorSession, released: int, moved: list[Claim]) -> None:
+        """The rest of a Hello once the session is registered: welcome, cancels of the held
+        tasks taken back while it was away, leases, wake-ups."""
+        executor_id, epoch, state = session.executor_id, session.epoch, session.state
         session.send(
             pb.ClaimTasksResponse(
                 welcome=pb.Welcome(
@@ -425,24 +649,40 @@ class Coordinator:
                 )
             )
         )
-        if state is SessionState.DRAINING:
+        if state is SessionState.DRAINING and epoch != self.epoch:
             reason = f"epoch {epoch} is not the current one ({self.epoch})"
             session.send(pb.ClaimTasksResponse(drain=pb.Drain(epoch=self.epoch, reason=reason)))
+        self._send_cancels(moved, "the task was taken back from this executor while it was away", [session])
         log.info(
             "executor %s connected from %s: epoch %d (%s), capacity %d, kinds %s%s",
             executor_id,
-            peer,
+            session.peer,
             epoch,
             state.value,
-            hello.capacity,
-            ",".join(sorted(kinds)),
+            session.capacity,
+            session.pool,
             f", {released} undelivered task(s) returned to the queue" if released else "",
             extra=logs.fields(executor_id=executor_id),
         )
         await self._rebalance()
         if released:
             self._wake_all()
-        return session
+
+    def _reserve_executor_slot(self, executor_id: str) -> None:
+        """Count a newcomer against ``max_executors`` until it is registered.
+
+        The Hello's database write is awaited between the check and the registration;
+        without a reservation every Hello arriving meanwhile passed the same check, and
+        1,100 simultaneous Hellos were all welcomed against a limit of 1,000.
+        """
+        if self.sessions.get(executor_id) is None and executor_id not in self._connecting:
+            newcomers = sum(1 for other in self._connecting if self.sessions.get(other) is None)
+            if len(self.sessions) + newcomers >= self.config.max_executors:
+                raise ResourceExhausted(
+                    f"{len(self.sessions) + newcomers} executors are connected or connecting, the most "
+                    f"this coordinator takes (max_executors); executor {executor_id} was refused"
+                )
+        self._connecting[executor_id] += 1
 
     def executor_alive(self, session: ExecutorSession) -> None:
         session.last_seen = time.monotonic()
@@ -471,6 +711,8 @@ class Coordinator:
     async def executor_stream_closed(self, session: ExecutorSession) -> None:
         if self._stopping or self.sessions.get(session.executor_id) is not session:
             return  # shutting down, or replaced by a newer connection of the same executor
+        if session.state is SessionState.DISCONNECTED:
+            return  # its lease expired: _expire closed the stream and is requeueing its tasks
         holding = await self._read(
             lambda c: c.execute(
                 select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
@@ -555,7 +797,7 @@ class Coordinator:
     async def fail_pending_tasks(self, shards: Collection[int] | None, limit: int, reason: str) -> int:
         self._check_shards(shards)
         validation.reason(reason)
-        failed, replays = await self._write(
+        failed, replays = await self._write_revoking(
             functools.partial(
                 self.queue.fail_pending,
                 shards=shards,
@@ -564,6 +806,7 @@ class Coordinator:
                 now=now_us(),
             ),
             "fail pending tasks",
+            "the task was force-failed by an operator (FailPendingTasks)",
         )
         if replays:
             self._replay_needed.set()
@@ -573,18 +816,19 @@ class Coordinator:
     async def bump_epoch(self, reason: str) -> tuple[int, int]:
         """Start a new epoch; returns it and how many executors were told to drain."""
         validation.reason(reason)
-        self.epoch = await self._write(ExecutorRecords.bump_epoch, "bump epoch")
-        drained = 0
-        for session in self.sessions:
-            if session.epoch < self.epoch and session.state is SessionState.LIVE:
-                session.state = SessionState.DRAINING
-                session.credits = 0
-                session.send(
-                    pb.ClaimTasksResponse(
-                        drain=pb.Drain(epoch=self.epoch, reason=reason or f"epoch {self.epoch} started")
+        async with self._membership:
+            self.epoch = await self._write(ExecutorRecords.bump_epoch, "bump epoch")
+            drained = 0
+            for session in self.sessions:
+                if session.epoch < self.epoch and session.state is SessionState.LIVE:
+                    session.state = SessionState.DRAINING
+                    session.credits = 0
+                    session.send(
+                        pb.ClaimTasksResponse(
+                            drain=pb.Drain(epoch=self.epoch, reason=reason or f"epoch {self.epoch} started")
+                        )
                     )
-                )
-                drained += 1
+                    drained += 1
         await self._rebalance()
         log.warning(
             "epoch bumped to %d: %d executor(s) draining (%s)", self.epoch, drained, reason or "no reason"
@@ -615,7 +859,7 @@ class Coordinator:
     ) -> tuple[int, int]:
         self._check_shards(shards)
         validation.reason(reason)
-        cleared, cancelled = await self._write(
+        cleared, cancelled = await self._write_revoking(
             functools.partial(
                 self.queue.clear,
                 shards=shards,
@@ -624,6 +868,7 @@ class Coordinator:
                 now=now_us(),
             ),
             "clear task queue",
+            "the task queue was cleared by an operator (ClearTaskQueue)",
         )
         self._count_finished(WorkflowStatus.CANCELLED, cancelled)
         log.warning("operator cleared %d task(s) on %s", cleared, _describe_shards(shards))
@@ -658,7 +903,7 @@ class Coordinator:
         cancelled = 0
         while limit == 0 or cancelled < limit:
             batch = BULK_CANCEL_BATCH if limit == 0 else min(BULK_CANCEL_BATCH, limit - cancelled)
-            ids = await self._write(
+            ids = await self._write_revoking(
                 functools.partial(
                     Workflows.cancel_selected,
                     selection=selection,
@@ -667,6 +912,7 @@ class Coordinator:
                     now=now_us(),
                 ),
                 "cancel workflows",
+                "the workflow was cancelled by an operator (CancelWorkflows)",
             )
             cancelled += len(ids)
             self._count_finished(WorkflowStatus.CANCELLED, len(ids))
@@ -739,15 +985,32 @@ class Coordinator:
             await self._replay_needed.wait()
             self._replay_needed.clear()
             while True:
-                outcome = await self._write(lambda c: self.replays.replay_batch(c, limit, now_us()), "replay")
+                outcome = await self._replay_batch(limit)
                 self.stats.replays += outcome.replayed
                 self.metrics.replayed(outcome)
                 for status, count in outcome.finished.items():
                     self._count_finished(status, count)
                 self._wake_holders(outcome.task_shards)
                 self._timer_alarm.request(outcome.next_wake_at)
-                if outcome.taken < limit:
+                if outcome.taken + outcome.left < limit:
+                    if outcome.left:
+                        self._replay_needed.set()  # changed while replaying: replay the new state
                     break
+
+    async def _replay_batch(self, limit: int) -> ReplayBatchOutcome:
+        """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
+        due = await self._read(lambda c: self.replays.due(c, limit), snapshot=True)
+        if not due:
+            return ReplayBatchOutcome()
+        now = now_us()
+        calls = [
+            ReplayCall(item.workflow_id, functools.partial(self.replays.replay_one, item, now))
+            for item in due
+            if item.replayable
+        ]
+        results = await self.replay_runner.run(calls)
+        outcomes = {call.workflow_id: result for call, result in zip(calls, results, strict=True)}
+        return await self._write(lambda c: self.replays.apply(c, due, outcomes, now), "replay")
 
     async def _dispatch_loop(self) -> None:
         while True:
@@ -868,12 +1131,21 @@ class Coordinator:
                 )
 
     async def _expire(self, session: ExecutorSession) -> None:
-        """The executor missed its lease: its tasks go back to the queue, its shards to others."""
+        """The executor missed its lease: its tasks go back to the queue, its shards to others.
+
+        The session is forgotten only once the requeue has committed: if the write fails
+        (database down), the session stays registered, out of the leases, and the lease
+        loop expires it again on its next round, so its tasks are not stranded.
+        """
         if self.sessions.get(session.executor_id) is not session:
             return  # it reconnected (a new session) since the lease loop looked
-        self.sessions.discard(session)
-        session.close_stream()
-        self.stats.leases_expired += 1
+        session.close_stream(
+            "ABORTED",
+            f"no heartbeat for {self.config.lease_ttl:.0f}s: the lease expired and the tasks held went "
+            "back to the queue; reconnect (what it still runs is cancelled)",
+        )
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
         save_leases = self._rebalance_leases()
 
         def requeue(connection: Connection) -> Any:
@@ -882,8 +1154,12 @@ class Coordinator:
 
         # Submitted before anything else awaits: a reconnect of the same executor from now
         # on registers after this requeue, so it cannot lose tasks it holds to it.
-        outcome = await self._write(requeue, "expire lease")
-        await save_leases
+        try:
+            outcome = await self._write(requeue, "expire lease")
+        finally:
+            await save_leases
+        self.sessions.discard(session)
+        self.stats.leases_expired += 1
         log.warning(
             "executor %s lost its lease (no heartbeat for %.0fs): %d task(s) back in the queue, %d failed "
             "after their last attempt",
@@ -897,10 +1173,58 @@ class Coordinator:
         if outcome.replays_enqueued:
             self._replay_needed.set()
 
+    async def _deadline_loop(self) -> None:
+        """Take back attempts past their start-to-close deadline (``tasks.deadline_at``).
+
+        Level-triggered: each pass reads the earliest deadline from the database, so a
+        pass that fails (the supervisor restarts the loop) loses nothing, and a deadline
+        stamped by any claim is seen within DEADLINE_CHECK_INTERVAL without a wake-up.
+        """
+        while True:
+            now = now_us()
+            due = await self._read(deadlines.earliest_deadline)
+            if due is not None and due <= now:
+                outcome = await self._write(
+                    functools.partial(
+                        deadlines.expire_overdue,
+                        dialect=self.database.dialect,
+                        now=now,
+                        default_timeout=self.config.default_task_timeout,
+                        grace=self.config.task_deadline_grace,
+                    ),
+                    "expire deadlines",
+                )
+                self._deadlines_expired(outcome)
+                if outcome.revoked:
+                    continue  # more may be due: read again at once
+            wait = DEADLINE_CHECK_INTERVAL if due is None else (due - now) / 1e6
+            await asyncio.sleep(min(DEADLINE_CHECK_INTERVAL, max(0.01, wait)))
+
+    def _deadlines_expired(self, outcome: ExpiryOutcome) -> None:
+        if not outcome.revoked:
+            return
+        self.stats.deadlines_expired += len(outcome.revoked)
+        log.warning(
+            "%d attempt(s) passed their start-to-close deadline without a result: %d retried, %d failed "
+            "after their last attempt (the executor's handler or call may be hung; see ExplainWorkflow)",
+            len(outcome.revoked),
+            outcome.retried,
+            outcome.failed,
+        )
+        self._send_cancels(outcome.revoked, "the attempt passed its start-to-close deadline")
+        self._retry_alarm.request(outcome.next_retry_at)
+        self._wake_holders(outcome.shards)
+        if outcome.replays_enqueued:
+            self._replay_needed.set()
+
     async def _sweep_loop(self) -> None:
+        last_rearm = time.monotonic()
         while True:
             await asyncio.sleep(SAFETY_SWEEP_INTERVAL)
             self._wake_all()
+            if time.monotonic() - last_rearm >= REARM_INTERVAL:
+                last_rearm = time.monotonic()
+                self._rearm()
 
 
 def _describe_shards(shards: Collection[int] | None) -> str:

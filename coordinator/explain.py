@@ -74,6 +74,8 @@ class StepExplanation:
     since_last_heartbeat: float | None = None
     available_at: int | None = None
     claimed_at: int | None = None
+    #: RUNNING, EXECUTOR_LOST: when the coordinator takes the attempt back without a result.
+    deadline_at: int | None = None
     attempt: int = 0
     max_attempts: int = 0
     last_error: str = ""
@@ -195,16 +197,18 @@ def _explain_step(
         holder = by_id.get(task.claimed_by)
         since = holder.seconds_since_heartbeat if holder is not None else None
         running_for = _seconds((now - task.claimed_at) / 1e6) if task.claimed_at else "a while"
+        deadline = _deadline(task.deadline_at, now, task.attempt, task.max_attempts)
         if holder is not None and holder.connected:
             draining = "" if holder.live else " (draining)"
             return replace(
                 base,
                 wait=Wait.RUNNING,
                 text=f"{title} is running on executor {holder.executor_id}{draining} for {running_for}, "
-                f"{attempts}; last heartbeat {_seconds(holder.seconds_since_heartbeat)} ago",
+                f"{attempts}; last heartbeat {_seconds(holder.seconds_since_heartbeat)} ago{deadline}",
                 executor_id=holder.executor_id,
                 since_last_heartbeat=since,
                 claimed_at=task.claimed_at,
+                deadline_at=task.deadline_at,
             )
         if since is not None:
             fate = (
@@ -219,10 +223,11 @@ def _explain_step(
             base,
             wait=Wait.EXECUTOR_LOST,
             text=f"{title} was claimed by executor {task.claimed_by}, {absence}, and the task then goes "
-            f"back to the queue unless the executor reconnects ({attempts})",
+            f"back to the queue unless the executor reconnects ({attempts}){deadline}",
             executor_id=task.claimed_by,
             since_last_heartbeat=since,
             claimed_at=task.claimed_at,
+            deadline_at=task.deadline_at,
         )
     if task.available_at > now:
         due = f"at {_clock(task.available_at)} (in {_seconds((task.available_at - now) / 1e6)})"
@@ -277,6 +282,17 @@ def _explain_step(
         shard_executors=tuple(p.executor_id for p in holders),
         since_last_heartbeat=holders[0].seconds_since_heartbeat,
     )
+
+
+def _deadline(deadline_at: int | None, now: int, attempt: int, max_attempts: int) -> str:
+    """The start-to-close deadline of a claimed attempt, and what happens when it passes."""
+    if deadline_at is None:
+        return ""
+    fate = "retried" if attempt < max_attempts else "failed (its last attempt)"
+    if deadline_at > now:
+        when = f"at {_clock(deadline_at)} (in {_seconds((deadline_at - now) / 1e6)})"
+        return f"; without a result by its deadline {when} it is taken back and {fate}"
+    return f"; its deadline passed at {_clock(deadline_at)}: it is being taken back and {fate}"
 
 
 def _clock(us: int) -> str:

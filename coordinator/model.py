@@ -60,6 +60,17 @@ EXECUTOR_STEP_KINDS = frozenset({StepKind.LLM, StepKind.TASK})
 def canonical_json(value: Any) -> str:
     """The one JSON spelling of ``value``, so equal arguments compare equal as text.
 
-    Raises ``TypeError`` / ``ValueError`` for values JSON cannot carry (objects, NaN).
+    Raises ``TypeError`` / ``ValueError`` for values JSON cannot carry (objects, NaN) or the
+    database cannot store (strings with lone surrogates).
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    # A lone surrogate ("\ud800" in JSON, or surrogateescape-decoded bytes) is a Python str but not
+    # Unicode text: neither database can store it, so it is refused here, where values enter.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"a string holds the lone surrogate {text[error.start]!r} (at character {error.start} of "
+            "the JSON), which is not Unicode text; decode bytes properly or send them base64-encoded"
+        ) from None
+    return text

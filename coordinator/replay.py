@@ -8,8 +8,22 @@ the journal is a new step. The loop runs until nothing is ready, at which point 
 workflow has either returned, raised, or is waiting on steps that are still
 running; the outcome says which, plus the new steps to start.
 
-Replay is pure: it reads nothing and writes nothing. The store applies its outcome
-in the same transaction that read the journal.
+Replay runs in *waves*, the way the workflow really ran: a workflow advances only
+once every step it started has finished, so the results of the steps taken before a
+quiescent point became known together, at that point, never earlier. Replay holds a
+recorded result back until the loop is quiescent again and then resolves every step
+of that wave in journal order, so the workflow code sees results at the same points
+as in its first run and takes the same positions, whatever it composes (``gather``
+over multi-step branches, nested gathers, helper coroutines, tasks). Only
+``ctx.now()`` / ``ctx.random()`` resolve at once, as they did the first time.
+
+Replay compares, position by position, each step's kind, name and canonical
+arguments with the journal, and requires the code to ask for every journaled step:
+a journal entry the code no longer asks for is non-determinism too.
+
+Replay is pure: it reads nothing and writes nothing. It runs workflow code, so the
+coordinator runs it on the replay runner's thread (:mod:`coordinator.replay_runner`),
+and the store applies its outcome in a short write that first re-checks the workflow.
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from conveyor.errors import NonDeterminismError, StepFailed, WorkflowError
 from conveyor.workflow import (
     DEFAULT_LLM_RETRY,
     DEFAULT_TASK_RETRY,
+    MAX_DURATION_SECONDS,
     LlmResponse,
     RetryPolicy,
     WorkflowDefinition,
@@ -113,14 +128,15 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         #: Set when workflow code used something replay forbids (timers, the clock).
         self.fatal_error: WorkflowError | None = None
 
-    def run_until_quiescent(self, max_callbacks: int) -> None:
+    def run_until_quiescent(self, max_callbacks: int) -> int:
+        """Run ready callbacks until none is left; returns how many ran."""
         previous = asyncio._get_running_loop()
         asyncio._set_running_loop(self)
         self._running = True
         try:
-            for _ in range(max_callbacks):
+            for ran in range(max_callbacks):
                 if not self._ready:
-                    return
+                    return ran
                 self._ready.popleft()._run()
             raise WorkflowError(
                 f"workflow code ran {max_callbacks} event-loop callbacks without finishing or "
@@ -222,6 +238,10 @@ class _ReplayContext:
         self._rng = rng
         self._cursor = 0
         self.new_steps: list[NewStep] = []
+        #: Recorded results of the current wave, resolved together once the loop is quiescent.
+        self._deferred: list[Callable[[], None]] = []
+        #: The current wave holds a step that is still running or new: the workflow waits here.
+        self.waiting = False
         #: An error that fails the workflow whatever the workflow code does with it.
         self.fatal_error: WorkflowError | None = None
         self.sealed = False
@@ -245,6 +265,7 @@ class _ReplayContext:
         timeout: float | None = None,
         **create_args: Any,
     ) -> LlmResponse:
+        _step_timeout(timeout)
         request = {"model": model, "messages": messages, "max_tokens": max_tokens, **create_args}
         args_json = _json_arguments("ctx.llm()", request)
         return await self._take_step(
@@ -269,6 +290,7 @@ class _ReplayContext:
         if not kind or kind == LLM_TASK_KIND:
             raise ValueError(f"ctx.task() needs a handler kind other than {LLM_TASK_KIND!r}; got {kind!r}")
         validation.step_name(kind, "ctx.task() kind")
+        _step_timeout(timeout)
         step_name = name or kind
         args_json = _json_arguments("ctx.task()", {"kind": kind, "payload": payload})
         return await self._take_step(
@@ -281,9 +303,20 @@ class _ReplayContext:
             _loads,
         )
 
+    @property
+    def cursor(self) -> int:
+        """The journal positions taken so far."""
+        return self._cursor
+
+    def resolve_wave(self) -> bool:
+        """Resolve the recorded results held back in this wave; False if there were none."""
+        deferred, self._deferred = self._deferred, []
+        for resolve in deferred:
+            resolve()
+        return bool(deferred)
+
     async def sleep(self, seconds: float, *, name: str = "sleep") -> None:
-        if seconds < 0:
-            raise ValueError(f"ctx.sleep() needs a non-negative duration, not {seconds}")
+        _duration(seconds, "ctx.sleep() duration", allow_zero=True)
         args_json = _json_arguments("ctx.sleep()", {"seconds": seconds})
         await self._take_step(
             StepKind.SLEEP,
@@ -343,15 +376,24 @@ class _ReplayContext:
                 error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json))
                 self.fatal_error = self.fatal_error or error
                 raise error
-            if entry.status is StepStatus.COMPLETED:
+            if entry.status is StepStatus.COMPLETED and kind in (StepKind.NOW, StepKind.RANDOM):
+                # Taken and resolved on the spot the first time: the same now.
                 future.set_result(decode(entry.result_json or "null"))
+            elif entry.status is StepStatus.COMPLETED:
+                result_json = entry.result_json or "null"
+                self._deferred.append(lambda: _settle(future, lambda: decode(result_json)))
             elif entry.status in (StepStatus.FAILED, StepStatus.CANCELLED):
-                future.set_exception(StepFailed(number, name, entry.error or entry.status.value))
+                failure = StepFailed(number, name, entry.error or entry.status.value)
+                self._deferred.append(lambda: _settle_failed(future, failure))
+            else:
+                self.waiting = True
             return future
         step = make_new(number)
         self.new_steps.append(step)
         if step.result_json is not None:
             future.set_result(decode(step.result_json))
+        else:
+            self.waiting = True
         return future
 
 
@@ -376,10 +418,18 @@ def replay(
     except TypeError as error:
         return _failed(f"arguments do not match workflow {definition.name!r}{definition.signature}: {error}")
     main = loop.create_task(coroutine)
+    budget = MAX_CALLBACKS_PER_REPLAY
     try:
-        loop.run_until_quiescent(MAX_CALLBACKS_PER_REPLAY)
+        while True:
+            budget -= loop.run_until_quiescent(budget)
+            if ctx.fatal_error is not None or loop.fatal_error is not None or ctx.waiting:
+                break
+            if not ctx.resolve_wave():
+                break
     except WorkflowError as error:
         ctx.fatal_error = ctx.fatal_error or error
+    except BaseException as error:  # sys.exit(), KeyboardInterrupt: fail the workflow alone
+        ctx.fatal_error = ctx.fatal_error or WorkflowError(_escaped(error))
     ctx.fatal_error = ctx.fatal_error or loop.fatal_error
     try:
         return _decide(ctx, main, journal)
@@ -390,6 +440,8 @@ def replay(
 def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[JournalEntry]) -> ReplayOutcome:
     if ctx.fatal_error is not None:
         return _failed(str(ctx.fatal_error))
+    if ctx.cursor < len(journal):
+        return _failed(_unconsumed_message(journal, ctx.cursor, finished=main.done()))
     if main.done():
         # A finished workflow starts nothing more, but the ctx.now()/ctx.random() values
         # its last run took may be in its result or error: journal them too.
@@ -401,13 +453,12 @@ def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[Jour
             return _failed(_describe_exception(error), taken)
         try:
             result_json = canonical_json(main.result())
+        except RecursionError:
+            return _failed("workflow returned a value nested too deeply to encode as JSON", taken)
         except (TypeError, ValueError) as bad_result:
             return _failed(f"workflow returned a value that is not JSON-serializable: {bad_result}", taken)
         return ReplayOutcome(WorkflowStatus.COMPLETED, new_steps=taken, result_json=result_json)
-    waits_on_step = any(
-        step.kind in (StepKind.LLM, StepKind.TASK, StepKind.SLEEP) for step in ctx.new_steps
-    ) or any(entry.status is StepStatus.RUNNING for entry in journal)
-    if not waits_on_step:
+    if not ctx.waiting:
         return _failed(
             "workflow is waiting on something that is not a Conveyor step (an asyncio.Event, Queue "
             "or bare Future?) and can never resume; await only ctx.llm/ctx.task/ctx.sleep results"
@@ -422,9 +473,63 @@ def _tear_down(loop: _ReplayLoop, ctx: _ReplayContext) -> None:
     for task in pending:
         task.cancel()
     if pending:
-        with contextlib.suppress(WorkflowError):
+        # Whatever the workflow's finally blocks raise (even sys.exit()) changes nothing now.
+        with contextlib.suppress(BaseException):
             loop.run_until_quiescent(10_000)
     loop.close()
+
+
+def _settle(future: asyncio.Future[T], decode: Callable[[], T]) -> None:
+    if future.done():  # the workflow cancelled its wait on the step
+        return
+    try:
+        future.set_result(decode())
+    except Exception as error:  # a recorded result this code cannot read fails where it is awaited
+        future.set_exception(error)
+
+
+def _settle_failed(future: asyncio.Future[Any], failure: StepFailed) -> None:
+    if not future.done():
+        future.set_exception(failure)
+
+
+def _escaped(error: BaseException) -> str:
+    return (
+        f"workflow code raised {error!r}, which would stop the coordinator "
+        "(sys.exit(), KeyboardInterrupt or another BaseException); the workflow is failed instead. "
+        "Raise an ordinary exception to fail a workflow"
+    )
+
+
+def _unconsumed_message(journal: Sequence[JournalEntry], cursor: int, *, finished: bool) -> str:
+    entry = journal[cursor]
+    extra = len(journal) - cursor - 1
+    more = f" (and {extra} later step(s))" if extra else ""
+    state = "finished" if finished else "stopped asking for steps"
+    return (
+        f"non-determinism at step {entry.number}: the workflow {state} without asking for "
+        f"{entry.kind.value} step {entry.name!r} that the journal records there{more}. Workflow code "
+        "must make the same calls in the same order on every replay; start a new workflow for "
+        "changed code"
+    )
+
+
+def _duration(value: float, what: str, *, allow_zero: bool) -> None:
+    """A duration workflow code gave: a finite number of seconds within the bound, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number of seconds, not {type(value).__name__}")
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value <= MAX_DURATION_SECONDS):  # also refuses NaN
+        lowest = "0" if allow_zero else "more than 0"
+        raise ValueError(
+            f"{what} is {value!r} seconds; it must be {lowest} and at most {MAX_DURATION_SECONDS:.0f} "
+            "(10 years)"
+        )
+
+
+def _step_timeout(timeout: float | None) -> None:
+    if timeout is not None:
+        _duration(timeout, "step timeout", allow_zero=False)
 
 
 def _failed(error: str, new_steps: tuple[NewStep, ...] = ()) -> ReplayOutcome:

@@ -6,6 +6,7 @@ visible event with a recorded error. This module is the policy, free of I/O.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def after_failure(
     if error_class is ErrorClass.RATE_LIMITED:
         if state.rate_limit_waits >= policy.max_rate_limit_waits:
             return GiveUp(f"rate limited {state.rate_limit_waits + 1} times, giving up: {message}")
-        wait = min(retry_after if retry_after is not None else DEFAULT_RATE_LIMIT_WAIT, MAX_RATE_LIMIT_WAIT)
+        wait = rate_limit_wait(retry_after)
         wait += rng.uniform(0, RATE_LIMIT_JITTER * wait)
         return Retry(
             wait,
@@ -79,13 +80,26 @@ def after_failure(
     )
 
 
-def after_lost_lease(state: RetryState, executor_id: str) -> Retry | GiveUp:
+def rate_limit_wait(retry_after: float | None) -> float:
+    """How long to wait after a rate-limited attempt: what the API asked, clamped at both ends (a
+    wait in the past means now; a wait past the maximum, or no number at all, is looked at again
+    after the maximum or the default) so the time of the retry is always one the database holds."""
+    if retry_after is None:
+        return DEFAULT_RATE_LIMIT_WAIT
+    if math.isnan(retry_after):
+        return MAX_RATE_LIMIT_WAIT
+    return min(max(retry_after, 0.0), MAX_RATE_LIMIT_WAIT)
+
+
+def after_lost_lease(
+    state: RetryState, executor_id: str, cause: str = "stopped heartbeating", detail: str = "lease expired"
+) -> Retry | GiveUp:
     """The executor running the task vanished: the attempt counts, the retry is immediate.
 
     Counting it is what stops a task that crashes its executor from crashing every
     executor in turn; retrying at once keeps the task's place at the FIFO head.
     """
-    message = f"executor {executor_id!r} stopped heartbeating during attempt {state.attempt} (lease expired)"
+    message = f"executor {executor_id!r} {cause} during attempt {state.attempt} ({detail})"
     if state.attempt >= state.policy.max_attempts:
         return GiveUp(f"failed after {state.attempt} attempt(s): {message}")
     return Retry(0.0, state.attempt + 1, state.rate_limit_waits, message)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from conveyor import monitoring
 from conveyor.errors import ConfigurationError
-from conveyor.metrics import export
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -26,6 +25,7 @@ from conveyor.workflow import WorkflowRegistry
 from .api.admin_service import AdminService
 from .api.decoding import MalformedRequestInterceptor
 from .api.executor_service import ExecutorService
+from .api.limits import StreamMessageSizeInterceptor
 from .api.workflow_service import WorkflowService
 from .auth import AuthInterceptor, TokenTable
 from .auth_tls import check_exposure, server_credentials
@@ -41,6 +41,9 @@ SERVICE_NAMES = (
     executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name,
     admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
+
+#: How often the health service is brought in line with :meth:`Coordinator.healthy`.
+HEALTH_CHECK_INTERVAL = 0.5
 
 
 def server_options(config: CoordinatorConfig) -> list[tuple[str, int]]:
@@ -75,22 +78,36 @@ class CoordinatorServer:
             tls=self._credentials is not None,
             insecure=config.insecure,
         )
+        if config.metrics_port is not None or config.http_port is not None:
+            monitoring.check_exposure(
+                config.monitoring_host,
+                authenticated=self.tokens is not None,
+                insecure=config.insecure,
+                what="the metrics and the status page",
+                fix="Give --auth-tokens-file FILE (the monitoring role reads them)",
+            )
         self.coordinator = Coordinator(
             config, registry or WorkflowRegistry.from_modules(list(config.workflow_modules))
         )
         # Authentication first: a caller without a valid token gets nothing decoded for it.
         interceptors = [AuthInterceptor(self.tokens)] if self.tokens is not None else []
         self._server = grpc.aio.server(
-            options=server_options(config), interceptors=[*interceptors, MalformedRequestInterceptor()]
+            options=server_options(config),
+            interceptors=[
+                *interceptors,
+                MalformedRequestInterceptor(),
+                StreamMessageSizeInterceptor(config.max_stream_message_bytes),
+            ],
         )
         self._health = health.aio.HealthServicer()
         self.port = 0
         #: Bound ports of the metrics endpoint and the status page, once started (when configured).
         self.metrics_port: int | None = None
         self.http_port: int | None = None
-        self._stop_metrics: Callable[[], None] | None = None
+        self._metrics: monitoring.MonitoringServer | None = None
         self._gauges: asyncio.Task[None] | None = None
         self._status_page: StatusPage | None = None
+        self._health_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with ``listen=...:0``)."""
@@ -120,6 +137,7 @@ class CoordinatorServer:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("listening on %s", self.address)
+        self._health_watch = asyncio.create_task(self._watch_health(), name="watch health")
         await self._start_monitoring()
         return self.port
 
@@ -127,9 +145,10 @@ class CoordinatorServer:
         """The metrics endpoint and the status page, each when configured."""
         config, coordinator = self.config, self.coordinator
         if config.metrics_port is not None:
-            self.metrics_port, self._stop_metrics = export(
-                coordinator.metrics.registry, config.monitoring_host, config.metrics_port
+            self._metrics = await monitoring.serve_metrics(
+                coordinator.metrics.registry, config.monitoring_host, config.metrics_port, self._authorize
             )
+            self.metrics_port = self._metrics.port
             self._gauges = asyncio.create_task(
                 refresh_gauges(
                     coordinator.metrics,
@@ -140,9 +159,36 @@ class CoordinatorServer:
             )
             log.info("metrics at http://%s:%d/metrics", config.monitoring_host, self.metrics_port)
         if config.http_port is not None:
-            self._status_page = StatusPage(coordinator)
+            self._status_page = StatusPage(coordinator, self._authorize)
             self.http_port = await self._status_page.start(config.monitoring_host, config.http_port)
             log.info("status page at http://%s:%d/", config.monitoring_host, self.http_port)
+
+    async def _watch_health(self) -> None:
+        """Mirror :meth:`Coordinator.healthy` into the gRPC health service, so an orchestrator
+        restarts a coordinator that can no longer make progress instead of routing to it."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL)
+            healthy, reason = self.coordinator.healthy()
+            if healthy == serving:
+                continue
+            serving = healthy
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if healthy
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *SERVICE_NAMES):
+                await self._health.set(name, status)
+            if healthy:
+                log.warning("coordinator healthy again: health is SERVING")
+            else:
+                log.error("coordinator unhealthy, health is NOT_SERVING: %s", reason)
+
+    @property
+    def _authorize(self) -> monitoring.Authorize | None:
+        """With authentication on: who may read the metrics and the status page."""
+        return None if self.tokens is None else self.tokens.may_monitor
 
     @property
     def address(self) -> str:
@@ -151,6 +197,8 @@ class CoordinatorServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking requests, let running ones finish for ``grace`` seconds, then shut down."""
+        if self._health_watch is not None:
+            self._health_watch.cancel()
         await self._health.enter_graceful_shutdown()
         # Close executor streams first: they would otherwise hold the grace period open.
         self.coordinator.close_executor_streams()
@@ -158,8 +206,8 @@ class CoordinatorServer:
             await self._status_page.stop()
         if self._gauges is not None:
             self._gauges.cancel()
-        if self._stop_metrics is not None:
-            await asyncio.to_thread(self._stop_metrics)
+        if self._metrics is not None:
+            await self._metrics.stop()
         await self._server.stop(grace)
         await self.coordinator.stop()
 

@@ -49,6 +49,10 @@ class ExecutorSession:
     last_seen: float = field(default_factory=time.monotonic)
     #: Messages for the executor's stream; ``None`` closes the stream.
     outbox: asyncio.Queue[pb.ClaimTasksResponse | None] = field(default_factory=asyncio.Queue)
+    #: The gRPC status name and reason the stream ends with when the coordinator ends it
+    #: (empty: the executor ended it, and it ends OK).
+    close_code: str = ""
+    close_reason: str = ""
 
     @property
     def pool(self) -> str:
@@ -57,7 +61,10 @@ class ExecutorSession:
     def send(self, message: pb.ClaimTasksResponse) -> None:
         self.outbox.put_nowait(message)
 
-    def close_stream(self) -> None:
+    def close_stream(self, code: str = "", reason: str = "") -> None:
+        """End the stream; the coordinator ending it says why (``code`` is a ``grpc.StatusCode`` name)."""
+        if code and not self.close_code:
+            self.close_code, self.close_reason = code, reason
         self.outbox.put_nowait(None)
 
 

@@ -23,6 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
+from conveyor.monitoring import Authorize, MonitoringServer
+
 from .engine import Coordinator, DiagnoseReport
 from .store import status
 
@@ -34,6 +36,8 @@ CACHE_SECONDS = 1.0
 DEFAULT_STAIRCASE_ROWS = 500
 MAX_STAIRCASE_ROWS = 5000
 LATEST_FAILURES = 10
+#: Most answers cached at once (the overview and a few staircase sizes are what pages ask for).
+MAX_CACHED = 8
 
 
 def _ms(us: int | None) -> float | None:
@@ -42,11 +46,19 @@ def _ms(us: int | None) -> float | None:
 
 
 class _Cache:
-    """One value per key, recomputed when older than :data:`CACHE_SECONDS`."""
+    """One value per key, recomputed when older than :data:`CACHE_SECONDS`.
+
+    Holds at most :data:`MAX_CACHED` values, and none past its second: keys come from
+    the query string, and keeping every distinct ``?rows=`` forever let anyone who
+    reaches the page grow the coordinator's memory without bound.
+    """
 
     def __init__(self) -> None:
         self._values: dict[object, tuple[float, Any]] = {}
         self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
 
     async def get(self, key: object, compute: Callable[[], Awaitable[Any]]) -> Any:
         async with self._lock:
@@ -54,36 +66,35 @@ class _Cache:
             if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
                 return cached[1]
             value = await compute()
-            self._values[key] = (time.monotonic(), value)
+            now = time.monotonic()
+            self._values = {k: v for k, v in self._values.items() if now - v[0] < CACHE_SECONDS}
+            while len(self._values) >= MAX_CACHED:
+                del self._values[next(iter(self._values))]  # the oldest: dicts keep insertion order
+            self._values[key] = (now, value)
             return value
 
 
 class StatusPage:
     """The aiohttp application and its site; ``await start(host, port)``, then ``await stop()``."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, authorize: Authorize | None = None) -> None:
         self._coordinator = coordinator
         self._cache = _Cache()
-        app = web.Application()
+        app = MonitoringServer.application(authorize)
         app.router.add_get("/", self._index)
         app.router.add_get("/api/overview", self._overview)
         app.router.add_get("/api/staircase", self._staircase)
         app.router.add_static("/static/", STATIC)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._server = MonitoringServer(app)
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
         """Serve on ``host:port`` (0: any free port); returns the bound port."""
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server  # aiohttp exposes the bound sockets only here
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self.port = await self._server.start(host, port)
         return self.port
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        await self._server.stop()
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")

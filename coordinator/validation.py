@@ -7,6 +7,7 @@ the field and says what would be accepted.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from conveyor.errors import InvalidArgument
@@ -43,8 +44,9 @@ def reason(value: str) -> str:
 
 def storable_text(text: str) -> str:
     """Free text (an error message) as every database can store it: PostgreSQL refuses NUL
-    characters, so they are written out as ``\\x00``."""
-    return text.replace("\x00", "\\x00")
+    characters, so they are written out as ``\\x00``; lone surrogates (not Unicode, refused by
+    both databases) as ``\\udXXX``."""
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def step_name(value: str, what: str) -> str:
@@ -88,15 +90,39 @@ def workflow_start(
     return definition, canonical_json(args)
 
 
+def loads(text: str) -> Any:
+    """``text`` decoded as JSON that every later step can handle again.
+
+    Beyond invalid JSON (``json.JSONDecodeError``) and nesting too deep (``RecursionError``)
+    it raises ``ValueError`` for integers longer than Python converts
+    (``sys.get_int_max_str_digits()``, 4,300 digits by default) and for NaN, Infinity and
+    floats too large for a double, which canonical JSON cannot write back.
+    """
+    return json.loads(text, parse_constant=_non_finite, parse_float=_finite_float)
+
+
+def _non_finite(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large for a double")
+    return value
+
+
 def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
     if not args_json.strip():
         return []
     try:
-        args = json.loads(args_json)
+        args = loads(args_json)
     except json.JSONDecodeError as error:
         raise InvalidArgument(f"args_json is not valid JSON: {error}") from None
     except RecursionError:
         raise InvalidArgument("args_json is nested too deeply to decode") from None
+    except ValueError as error:  # a huge integer, NaN, Infinity
+        raise InvalidArgument(f"args_json holds a value JSON cannot carry: {error}") from None
     if not isinstance(args, dict | list):
         raise InvalidArgument(
             "args_json must be a JSON object (keyword arguments) or array (positional arguments), "
@@ -104,10 +130,10 @@ def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
         )
     try:
         canonical_json(args)
-    except ValueError as error:  # NaN / Infinity
-        raise InvalidArgument(f"args_json holds a value JSON cannot carry: {error}") from None
     except RecursionError:
         raise InvalidArgument("args_json is nested too deeply to encode") from None
+    except ValueError as error:  # a lone surrogate: not text any database can store
+        raise InvalidArgument(f"args_json cannot be stored: {error}") from None
     return args
 
 
@@ -117,9 +143,11 @@ def result_json(text: str, limit: int) -> str | None:
     if size > limit:
         return f"the step's result is {size} bytes; the limit is {limit} bytes"
     try:
-        json.loads(text)
+        canonical_json(loads(text))
     except json.JSONDecodeError as error:
         return f"the executor returned a result that is not JSON: {error}"
     except RecursionError:
         return "the executor returned a result nested too deeply to decode"
+    except ValueError as error:  # a huge integer, NaN, Infinity, a lone surrogate
+        return f"the executor returned a result the coordinator cannot accept or store: {error}"
     return None

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import os
 import sys
 from pathlib import Path
 
-from conveyor import logs, transport
+from conveyor import logs, monitoring, transport
 from conveyor.errors import ConfigurationError
-from conveyor.metrics import export
 from conveyor.tasks import HandlerRegistry
 
 DESCRIPTION = """\
@@ -93,7 +93,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--monitoring-host",
         default="127.0.0.1",
         metavar="HOST",
-        help="address the metrics listen on (default %(default)s; they ask for no credentials)",
+        help="address the metrics listen on (default %(default)s)",
+    )
+    parser.add_argument(
+        "--monitoring-token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the token the metrics ask for ('Authorization: Bearer TOKEN'); without it "
+        "they ask for none, so they only listen on a loopback --monitoring-host unless given "
+        "--insecure-monitoring",
+    )
+    parser.add_argument(
+        "--insecure-monitoring",
+        action="store_true",
+        help="serve the metrics on a non-loopback --monitoring-host without --monitoring-token-file",
     )
     logs.add_arguments(parser)
     transport.add_arguments(parser)
@@ -139,13 +152,32 @@ async def _run(args: argparse.Namespace) -> int:
             use_aiohttp=not args.httpx,
             pacer=RateLimitPacer(follow_headers=not args.no_pacing),
         )
+    authorize = metrics_authorization(args)
     executor = Executor(config, handlers, llm)
     executor.install_signal_handlers()
     if args.metrics_port is None:
         return await executor.run()
-    port, stop_metrics = export(executor.metrics.registry, args.monitoring_host, args.metrics_port)
-    print(f"metrics at http://{args.monitoring_host}:{port}/metrics", flush=True)
+    metrics = await monitoring.serve_metrics(
+        executor.metrics.registry, args.monitoring_host, args.metrics_port, authorize
+    )
+    print(f"metrics at http://{args.monitoring_host}:{metrics.port}/metrics", flush=True)
     try:
         return await executor.run()
     finally:
-        stop_metrics()
+        await metrics.stop()
+
+
+def metrics_authorization(args: argparse.Namespace) -> monitoring.Authorize | None:
+    """Who may read the metrics: the holder of --monitoring-token-file's token, or (None) anyone."""
+    if args.monitoring_token_file is None:
+        if args.metrics_port is not None:
+            monitoring.check_exposure(
+                args.monitoring_host,
+                authenticated=False,
+                insecure=args.insecure_monitoring,
+                what="the executor's metrics",
+                fix="Give --monitoring-token-file FILE",
+            )
+        return None
+    expected = monitoring.read_token_file(args.monitoring_token_file, "--monitoring-token-file").encode()
+    return lambda token: hmac.compare_digest(token.encode(), expected)

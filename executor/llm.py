@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Statuses the API documents as transient besides 5xx.
 RETRYABLE_CLIENT_STATUSES = frozenset({408, 409})
+#: The longest ``retry-after`` believed: a larger (or infinite) one holds the
+#: model's calls this long, and the coordinator clamps its retry to the same.
+MAX_RETRY_AFTER = 300.0
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,23 @@ class LlmCaller:
 
     async def call(self, payload_json: str, timeout: float | None = None) -> CallOutcome:
         try:
-            payload: dict[str, Any] = json.loads(payload_json)
-        except json.JSONDecodeError as error:
+            payload = json.loads(payload_json)
+        except (json.JSONDecodeError, RecursionError) as error:
             return CallOutcome(
                 error_class=ERROR_CLASS_NON_RETRYABLE, message=f"LLM payload is not JSON: {error}"
             )
+        if not isinstance(payload, dict):
+            return CallOutcome(
+                error_class=ERROR_CLASS_NON_RETRYABLE,
+                message="LLM payload must be a JSON object of Messages API arguments, "
+                f"not {type(payload).__name__}",
+            )
         model = str(payload.get("model", ""))
-        await self.pacer.acquire(model, Demand.of_payload(payload))
+        try:
+            demand = Demand.of_payload(payload)
+        except (TypeError, ValueError, AttributeError):  # odd shapes: the API will judge them
+            demand = Demand(input_tokens=0, output_tokens=0)
+        await self.pacer.acquire(model, demand)
         try:
             return await self._call(model, payload, timeout)
         finally:
@@ -127,15 +141,20 @@ def _status_message(error: anthropic.APIStatusError) -> str:
 
 
 def _retry_after(headers: Any) -> float | None:
-    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds form)."""
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds form).
+
+    Parsed defensively and bounded: an unparsable, negative or NaN value is ignored
+    (the default wait applies), an infinite or huge one is held to :data:`MAX_RETRY_AFTER`.
+    """
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:
             continue
         try:
             seconds = float(value) * scale
-        except ValueError:
+        except (TypeError, ValueError, OverflowError):
             continue
-        if seconds >= 0:
-            return seconds
+        if math.isnan(seconds) or seconds < 0:
+            continue
+        return min(seconds, MAX_RETRY_AFTER)
     return None

@@ -46,6 +46,8 @@ MAX_SLEEP = 0.25
 MIN_SLEEP = 0.001
 #: Without a usable ``retry-after``, a 429 holds the model's calls this long.
 DEFAULT_RATE_LIMIT_WAIT = 10.0
+#: The longest a 429 holds the model's calls, whatever its ``retry-after`` said.
+MAX_RATE_LIMIT_HOLD = 300.0
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[Any]]
@@ -211,7 +213,8 @@ class RateLimitPacer:
     def rate_limited(self, model: str, retry_after: float | None, headers: Mapping[str, str]) -> None:
         """A 429: hold the model's calls for ``retry-after`` and believe the headers."""
         state = self._model(model)
-        wait = DEFAULT_RATE_LIMIT_WAIT if retry_after is None else retry_after
+        wait = DEFAULT_RATE_LIMIT_WAIT if retry_after is None or math.isnan(retry_after) else retry_after
+        wait = min(max(wait, 0.0), MAX_RATE_LIMIT_HOLD)  # an infinite hold would wedge the model for good
         state.held_until = max(state.held_until, self._clock() + wait)
         self.observe(model, headers)
 

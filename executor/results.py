@@ -22,6 +22,15 @@ from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
 log = logging.getLogger(__name__)
 
 REPORT_TIMEOUT = 30.0
+#: Statuses that refuse the request itself: sending it again unchanged fails the same way.
+REFUSALS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
 
 
 class ResultReporter:
@@ -38,14 +47,30 @@ class ResultReporter:
         self.max_batch_bytes = max_batch_bytes
         self._flush_interval = flush_interval
         self._pending: list[pb.TaskResult] = []
+        #: The batch being sent right now: still held (listed in a reconnect's Hello).
+        self._in_flight: list[pb.TaskResult] = []
+        #: The token of the latest delivery of a task whose result is held here (the task
+        #: was re-claimed for this executor after its lease expired), by task id. Tokens
+        #: are random, not increasing: the latest delivery's is the current one.
+        self._adopted_tokens: dict[int, int] = {}
+        #: Held results of cancelled attempts: a newer delivery of their task runs anew.
+        self._not_adoptable: set[int] = set()
         self._arrived = asyncio.Event()
         self._batch_full = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
         self.reported = 0
         self.rejected_stale = 0
+        self.refused = 0
+        #: After a refused batch: how many results to send one per call, to isolate the refused.
+        self._singles = 0
 
-    def add(self, result: pb.TaskResult) -> None:
+    def add(self, result: pb.TaskResult, *, adoptable: bool = True) -> None:
+        """Hold ``result`` until reported; ``adoptable=False`` (a cancelled attempt's) keeps its token."""
+        if not adoptable:
+            self._not_adoptable.add(result.task_id)
+        else:
+            self._not_adoptable.discard(result.task_id)
         self._pending.append(result)
         self._drained.clear()
         self._arrived.set()
@@ -53,7 +78,24 @@ class ResultReporter:
             self._batch_full.set()
 
     def pending_task_ids(self) -> list[int]:
-        return [result.task_id for result in self._pending]
+        """Tasks whose results are held: waiting, or in a RecordResults call right now."""
+        return [result.task_id for result in (*self._in_flight, *self._pending)]
+
+    def adopt(self, task_id: int, fencing_token: int) -> bool:
+        """The task came again with a newer token: report its held result with that one.
+
+        Returns whether a result for ``task_id`` is held here (then the task must not
+        run again). A result already on its way with the older token and answered
+        STALE is sent again with the newer one.
+        """
+        held = [r for r in (*self._in_flight, *self._pending) if r.task_id == task_id]
+        if not held or task_id in self._not_adoptable:
+            return False
+        self._adopted_tokens[task_id] = fencing_token
+        for result in self._pending:
+            if result.task_id == task_id:
+                result.fencing_token = fencing_token
+        return True
 
     async def wait_drained(self) -> None:
         """Until every result added so far has been reported."""
@@ -71,14 +113,23 @@ class ResultReporter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._batch_full.wait(), self._flush_interval)
             batch = self._take_batch()
+            self._in_flight = batch
             try:
                 response = await stub.RecordResults(
                     pb.RecordResultsRequest(executor_id=self._executor_id, results=batch),
                     timeout=REPORT_TIMEOUT,
                 )
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    self._pending[:0] = _as_failures(batch, error.details() or "")
+                self._in_flight = []
+                if error.code() in REFUSALS:
+                    if len(batch) > 1:
+                        # Refused as a whole (too big a message, one bad result): send them
+                        # one by one, so that only what is refused on its own is given up.
+                        self._singles = max(self._singles, len(batch))
+                        self._pending[:0] = batch
+                        continue
+                    reason = f"{error.code().name}: {error.details() or 'no reason given'}"
+                    self._pending[:0] = _as_failures(batch, reason)
                     continue
                 self._pending[:0] = batch
                 log.warning(
@@ -91,26 +142,63 @@ class ResultReporter:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            finally:
+                self._in_flight = []
             backoff = 0.1
-            self.reported += len(batch)
-            stale = sum(1 for d in response.dispositions if d == pb.RESULT_DISPOSITION_STALE)
-            if stale:
-                self.rejected_stale += stale
-                log.warning(
-                    "coordinator rejected %d stale result(s): their leases had expired and the tasks were "
-                    "handed to another executor",
-                    stale,
-                )
+            self._settle(batch, response)
+
+    def _settle(self, batch: list[pb.TaskResult], response: pb.RecordResultsResponse) -> None:
+        """Act on each result's disposition: forget it, or send it again in a form that can be applied."""
+        dispositions = list(response.dispositions)
+        reasons = list(response.reasons)
+        again: list[pb.TaskResult] = []
+        stale = 0
+        for index, result in enumerate(batch):
+            disposition = dispositions[index] if index < len(dispositions) else pb.RESULT_DISPOSITION_ACCEPTED
+            adopted = self._adopted_tokens.get(result.task_id)
+            if disposition == pb.RESULT_DISPOSITION_STALE and adopted not in (None, result.fencing_token):
+                # Re-claimed for this executor while the result was on its way: the newer token is ours.
+                result.fencing_token = adopted
+                again.append(result)
+                continue
+            self._adopted_tokens.pop(result.task_id, None)
+            self._not_adoptable.discard(result.task_id)
+            if disposition == pb.RESULT_DISPOSITION_REFUSED:
+                # Never re-sent as it was: a refused success becomes a failure naming the
+                # reason, a refused failure is dropped (its lease expiring retries the task).
+                self.refused += 1
+                reason = reasons[index] if index < len(reasons) else ""
+                again.extend(_as_failures([result], reason or "no reason given"))
+                continue
+            self.reported += 1
+            if disposition == pb.RESULT_DISPOSITION_STALE:
+                stale += 1
+        if again:
+            self._pending[:0] = again
+            self._arrived.set()
+        if stale:
+            self.rejected_stale += stale
+            log.warning(
+                "coordinator rejected %d stale result(s): their leases had expired and the tasks were "
+                "handed to another executor",
+                stale,
+            )
 
     def _take_batch(self) -> list[pb.TaskResult]:
         size = 0
         count = 0
-        for result in self._pending[: self.max_batch]:
+        limit = self.max_batch
+        if self._singles:
+            self._singles -= 1
+            limit = 1
+        for result in self._pending[:limit]:
             size += result.ByteSize()
             if count and size > self.max_batch_bytes:
                 break
             count += 1
         batch, self._pending = self._pending[:count], self._pending[count:]
+        for result in batch:  # a token adopted while the result waited for a retry
+            result.fencing_token = self._adopted_tokens.get(result.task_id, result.fencing_token)
         return batch
 
 

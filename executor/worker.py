@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import conveyor
@@ -52,6 +54,24 @@ from .results import ResultReporter
 log = logging.getLogger(__name__)
 
 LLM_KIND = "llm"
+#: Bounds on what the coordinator and the API say, so that no value can wedge the
+#: executor (a zero heartbeat interval spinning, an infinite wait, an overflow).
+MIN_HEARTBEAT_INTERVAL = 0.05
+MAX_HEARTBEAT_INTERVAL = 60.0
+MAX_TASK_TIMEOUT = 7 * 24 * 3600.0
+MAX_RETRY_AFTER = 300.0
+
+
+def bounded_seconds(value: float | None, low: float, high: float, default: float) -> float:
+    """``value`` clamped to ``[low, high]``; ``default`` if it is missing, zero or not a number."""
+    if value is None or math.isnan(value) or value == 0:
+        return default
+    return min(max(value, low), high)
+
+
+def _seconds(duration: Duration) -> float:
+    """A protobuf Duration as seconds, without ``ToTimedelta``'s overflow on huge values."""
+    return float(duration.seconds) + duration.nanos / 1e9
 
 
 def default_executor_id() -> str:
@@ -95,6 +115,18 @@ class Executor:
         if not self._kinds:
             raise ValueError("this executor serves no task kinds: enable LLM steps or load --handlers")
         self._running: dict[int, asyncio.Task[None]] = {}
+        #: The fencing token of each running task's latest delivery: a task re-claimed for
+        #: this executor (its lease expired meanwhile) comes again with a new one, and a
+        #: cancel names the attempt it stops by its token.
+        self._tokens: dict[int, int] = {}
+        #: Running tasks the coordinator told us to stop (CancelTasks), and why.
+        self._cancelled: dict[int, str] = {}
+        #: A task delivered again while its cancelled attempt winds down: started when it ends.
+        self._redelivered: dict[int, pb.Task] = {}
+        #: Set once the stream was closed because the drain finished (idle).
+        self._closed_drained = False
+        self._drain_timed_out = False
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._reporter = ResultReporter(config.executor_id, flush_interval=config.flush_interval)
         self._outgoing: asyncio.Queue[pb.ClaimTasksRequest | _Credit | None] = asyncio.Queue()
         self._unsent_credits = 0
@@ -105,6 +137,8 @@ class Executor:
         self._abandon = asyncio.Event()
         self._drain_reason = ""
         self.tasks_run = 0
+        #: Attempts stopped because the coordinator no longer wanted them.
+        self.tasks_cancelled = 0
         self.metrics = ExecutorMetrics(
             config.concurrency, lambda: len(self._running), self._draining.is_set, self._reporter
         )
@@ -119,6 +153,26 @@ class Executor:
         self._drain_reason = reason
         self._draining.set()
         self._outgoing.put_nowait(pb.ClaimTasksRequest(draining=pb.Draining(reason=reason)))
+        # The deadline covers the whole drain, running calls included: when it passes,
+        # they are cancelled (the SDK request with them) and the executor exits.
+        self._drain_timer = asyncio.get_running_loop().call_later(
+            self.config.drain_timeout, self._drain_expired
+        )
+
+    def _drain_expired(self) -> None:
+        if self._abandon.is_set() or self._closed_drained:
+            return
+        log.error(
+            "drain timed out after %.0fs with %d task(s) running and %d result(s) unreported; cancelling "
+            "them: their leases will expire and they will run elsewhere",
+            self.config.drain_timeout,
+            len(self._running),
+            len(self._reporter.pending_task_ids()),
+        )
+        self._drain_timed_out = True
+        self._abandon.set()
+        for task in self._running.values():
+            task.cancel()
 
     def abandon(self) -> None:
         """Stop now, leaving running tasks to be re-run elsewhere once their leases expire."""
@@ -161,7 +215,9 @@ class Executor:
     async def _serve(self, stub: ExecutorServiceStub) -> None:
         """Keep a stream open, reconnecting with backoff, until draining."""
         delay = 0.1
-        while not self._draining.is_set():
+        # Draining does not stop reconnecting: until everything held is reported the
+        # executor must keep heartbeating, or its lease expires and its tasks run twice.
+        while not self._closed_drained and not self._abandon.is_set():
             connected_at = time.monotonic()
             try:
                 await self._stream(stub)
@@ -182,13 +238,13 @@ class Executor:
                     error.code().name,
                     error.details(),
                 )
-            if self._draining.is_set():
+            if self._closed_drained or self._abandon.is_set():
                 break
             if time.monotonic() - connected_at > 10:
                 delay = 0.1
             log.info("reconnecting in %.1fs", delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), delay)
+                await asyncio.wait_for(self._abandon.wait(), delay)
             delay = min(delay * 2, self.config.reconnect_max_delay)
 
     async def _stream(self, stub: ExecutorServiceStub) -> None:
@@ -202,6 +258,7 @@ class Executor:
             free_slots=self.config.concurrency - len(self._running),
             held_task_ids=[*self._running, *self._reporter.pending_task_ids()],
             version=conveyor.__version__,
+            draining=self._draining.is_set(),
         )
         call = stub.ClaimTasks(self._requests(hello))
         helpers = [
@@ -221,6 +278,8 @@ class Executor:
                     log.debug("leasing shards %s", list(message.shards.shards))
                 elif kind == "drain":
                     self.drain(f"coordinator: {message.drain.reason}")
+                elif kind == "cancel":
+                    self._cancel(message.cancel)
         except asyncio.CancelledError:
             if not self._abandon.is_set():
                 raise
@@ -233,9 +292,13 @@ class Executor:
         if self._epoch and welcome.epoch != self._epoch:
             log.warning("rejoined in epoch %d (was %d)", welcome.epoch, self._epoch)
         self._epoch = welcome.epoch
-        self._heartbeat_interval = welcome.heartbeat_interval.ToTimedelta().total_seconds() or 1.0
-        self._max_payload_bytes = welcome.max_payload_bytes or self._max_payload_bytes
-        self._reporter.max_batch = welcome.max_batch_size or self._reporter.max_batch
+        self._heartbeat_interval = bounded_seconds(
+            _seconds(welcome.heartbeat_interval), MIN_HEARTBEAT_INTERVAL, MAX_HEARTBEAT_INTERVAL, 1.0
+        )
+        if welcome.max_payload_bytes > 0:
+            self._max_payload_bytes = welcome.max_payload_bytes
+        if welcome.max_batch_size > 0:
+            self._reporter.max_batch = welcome.max_batch_size
         log.info(
             "connected to %s as %s: epoch %d, %d slots, kinds %s",
             self.config.coordinator,
@@ -268,6 +331,7 @@ class Executor:
         """Once draining and idle (nothing running, every result reported), end the stream."""
         await self._draining.wait()
         await self._idle()
+        self._closed_drained = True
         self._outgoing.put_nowait(None)
 
     async def _cancel_on_abandon(self, call: Any) -> None:
@@ -280,17 +344,10 @@ class Executor:
         await self._reporter.wait_drained()
 
     async def _finish_drain(self) -> int:
-        try:
-            await asyncio.wait_for(self._wait_idle_or_abandoned(), self.config.drain_timeout)
-        except TimeoutError:
-            log.error(
-                "drain timed out after %.0fs with %d task(s) running and %d result(s) unreported; "
-                "their leases will expire and they will run elsewhere",
-                self.config.drain_timeout,
-                len(self._running),
-                len(self._reporter.pending_task_ids()),
-            )
-            return 1
+        # Bounded by the drain timer (see drain()), which sets the abandon flag.
+        await self._wait_idle_or_abandoned()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         if self._abandon.is_set():
             return 1
         log.info(
@@ -308,17 +365,78 @@ class Executor:
     # -------------------------------------------------------------------- tasks
 
     def _start(self, task: pb.Task) -> None:
+        """Run a task, unless it is one this executor already holds.
+
+        A held task comes again when its lease expired (a pause, a slow reconnect) and it
+        was claimed anew for this same executor: it is not run twice, its newer token is
+        adopted for the result, and the slot the coordinator counted for it is given back.
+        """
         if task.task_id in self._running:
-            return  # already running: the coordinator re-sent it after a reconnect
+            if task.task_id in self._cancelled:
+                # Taken back and re-claimed for us while the cancelled attempt still winds
+                # down: run the new attempt once the old one has ended (one task per id).
+                self._redelivered[task.task_id] = task
+                return
+            self._tokens[task.task_id] = task.fencing_token  # tokens are random: the latest is current
+            log.info("task %d came again with a newer token; still running it", task.task_id)
+            self._release_slot()
+            return
+        if self._reporter.adopt(task.task_id, task.fencing_token):
+            log.info("task %d came again with a newer token; its result is reported with it", task.task_id)
+            self._release_slot()
+            return
+        self._tokens[task.task_id] = task.fencing_token
         self._running[task.task_id] = asyncio.create_task(self._run_task(task), name=f"task {task.task_id}")
+
+    def _cancel(self, cancel: pb.CancelTasks) -> None:
+        """Stop the attempts the coordinator no longer wants (its result would be rejected).
+
+        Cancelling the task's asyncio task aborts the in-flight SDK request (its connection
+        is closed, so the API stops generating) or stops waiting for a handler; the attempt
+        is then reported as cancelled and its slot granted back (see `_run_task`). A cancel
+        for an older delivery of a task than the one running leaves it running.
+        """
+        for attempt in cancel.tasks:
+            running = self._running.get(attempt.task_id)
+            token = self._tokens.get(attempt.task_id)
+            # Token 0 means any attempt of the task; otherwise only the attempt delivered
+            # with that token (a cancel crossing a newer delivery leaves that one alone).
+            if running is None or token is None or attempt.fencing_token not in (0, token):
+                continue
+            if attempt.task_id not in self._cancelled:
+                self._cancelled[attempt.task_id] = cancel.reason or "no reason given"
+                running.cancel()
 
     async def _run_task(self, task: pb.Task) -> None:
         started = Timestamp()
         started.GetCurrentTime()
         began = time.monotonic()
-        timeout = task.timeout.ToTimedelta().total_seconds() or self.config.default_timeout
+        timeout = bounded_seconds(
+            _seconds(task.timeout), 0.001, MAX_TASK_TIMEOUT, self.config.default_timeout
+        )
+        cancelled = False
         try:
             outcome = await self._execute(task, timeout)
+        except asyncio.CancelledError:
+            reason = self._cancelled.pop(task.task_id, None)
+            if reason is None:
+                raise  # the executor is shutting down, not a cancel from the coordinator
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # handled: later awaits of this task must not see it
+            self.tasks_cancelled += 1
+            cancelled = True
+            log.info(
+                "task %d (workflow %s, step %d %r) stopped: the coordinator cancelled it (%s)",
+                task.task_id,
+                task.workflow_id,
+                task.step_number,
+                task.name,
+                reason,
+                extra=_task_fields(task),
+            )
+            message = f"cancelled by the coordinator: {reason}"
+            outcome = CallOutcome(error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=message)
         except Exception as error:  # a bug here must not lose the task
             log.exception(
                 "task %d crashed the executor's task runner", task.task_id, extra=_task_fields(task)
@@ -328,8 +446,11 @@ class Executor:
             )
         finished = Timestamp()
         finished.GetCurrentTime()
+        # The latest token delivered for this task (see _start); a cancelled attempt keeps its own.
+        latest = self._tokens.pop(task.task_id, task.fencing_token)
+        token = task.fencing_token if cancelled else latest
         result = pb.TaskResult(
-            task_id=task.task_id, fencing_token=task.fencing_token, started_at=started, finished_at=finished
+            task_id=task.task_id, fencing_token=token, started_at=started, finished_at=finished
         )
         if outcome.result_json is not None:
             size = len(outcome.result_json.encode())
@@ -345,12 +466,29 @@ class Executor:
                 pb.TaskFailure(error_class=outcome.error_class, message=outcome.message[:4000])
             )
             if outcome.retry_after is not None:
-                result.failure.retry_after.FromNanoseconds(int(outcome.retry_after * 1e9))
-        self._observe(task, outcome, time.monotonic() - began)
-        self._reporter.add(result)
+                # From the API or a handler: an infinite or negative wait would overflow or
+                # wedge, and this must never raise (the result would be lost, the slot leaked).
+                wait = bounded_seconds(outcome.retry_after, 0.0, MAX_RETRY_AFTER, 0.0)
+                result.failure.retry_after.FromNanoseconds(int(wait * 1e9))
+        if cancelled:  # logged above; not a failure of the task itself
+            self.metrics.ran(task.kind, "cancelled", time.monotonic() - began)
+        else:
+            self._observe(task, outcome, time.monotonic() - began)
+        # A cancelled attempt's result is never moved onto a newer token (see ResultReporter.adopt).
+        self._reporter.add(result, adoptable=not cancelled)
         del self._running[task.task_id]
+        self._cancelled.pop(task.task_id, None)
         self.tasks_run += 1
+        again = self._redelivered.pop(task.task_id, None)
+        if again is not None:
+            self._start(again)  # uses the slot this attempt frees, and the credit it came with
+            return
         self._release_slot()
+
+    @property
+    def running_tasks(self) -> int:
+        """Tasks running now (slots in use)."""
+        return len(self._running)
 
     def _observe(self, task: pb.Task, outcome: CallOutcome, seconds: float) -> None:
         """Count the attempt; log a failed one with the ids of its workflow and step."""

@@ -13,6 +13,7 @@ import grpc
 from bench.simulator import Simulator, SimulatorConfig
 from clients.client import AsyncClient
 from conveyor.tasks import HandlerRegistry
+from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import executor_service_pb2_grpc
 from conveyor.workflow import WorkflowRegistry
@@ -157,6 +158,7 @@ class ManualExecutor:
         capacity: int = 1,
         epoch: int = 0,
         heartbeat_interval: float = 0.2,
+        security: ChannelSecurity | None = None,
     ) -> None:
         self.address = address
         self.executor_id = executor_id
@@ -164,7 +166,7 @@ class ManualExecutor:
         self.capacity = capacity
         self.epoch = epoch
         self.heartbeat_interval = heartbeat_interval
-        self.channel = grpc.aio.insecure_channel(address)
+        self.channel = open_channel(address, security or ChannelSecurity())
         self.stub = executor_service_pb2_grpc.ExecutorServiceStub(self.channel)
         self.welcome: executor_pb.Welcome | None = None
         #: Every message the coordinator sent on the stream, in arrival order.

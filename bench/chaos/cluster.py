@@ -246,6 +246,19 @@ class ChaosCluster:
             self.add_executor()
         return crashed
 
+    async def restart_crashed_executors_in_place(self) -> list[str]:
+        """Record executors that died on their own and start each again under its own id,
+        as a supervisor does for an executor with a fixed ``--executor-id``."""
+        crashed = [
+            name
+            for name, process in self.executors.items()
+            if process.process.poll() is not None and name not in self._stopped_on_purpose
+        ]
+        for name in crashed:
+            self._record("executor crashed", name, await self.in_flight(name))
+            self.executors[name] = self.cluster.add_executor(extra_args=["--executor-id", name])
+        return crashed
+
     async def restart_coordinator(self) -> None:
         """SIGKILL the coordinator mid-run and start a new one on the same port."""
         in_flight = await self.in_flight()

@@ -18,10 +18,12 @@ class ResultDisposition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RESULT_DISPOSITION_ACCEPTED: _ClassVar[ResultDisposition]
     RESULT_DISPOSITION_DUPLICATE: _ClassVar[ResultDisposition]
     RESULT_DISPOSITION_STALE: _ClassVar[ResultDisposition]
+    RESULT_DISPOSITION_REFUSED: _ClassVar[ResultDisposition]
 RESULT_DISPOSITION_UNSPECIFIED: ResultDisposition
 RESULT_DISPOSITION_ACCEPTED: ResultDisposition
 RESULT_DISPOSITION_DUPLICATE: ResultDisposition
 RESULT_DISPOSITION_STALE: ResultDisposition
+RESULT_DISPOSITION_REFUSED: ResultDisposition
 
 class ClaimTasksRequest(_message.Message):
     __slots__ = ("hello", "credit", "heartbeat", "draining")
@@ -36,7 +38,7 @@ class ClaimTasksRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., credit: _Optional[_Union[Credit, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., draining: _Optional[_Union[Draining, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("executor_id", "epoch", "task_kinds", "capacity", "held_task_ids", "version", "free_slots")
+    __slots__ = ("executor_id", "epoch", "task_kinds", "capacity", "held_task_ids", "version", "free_slots", "draining")
     EXECUTOR_ID_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TASK_KINDS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +46,7 @@ class Hello(_message.Message):
     HELD_TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FREE_SLOTS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     executor_id: str
     epoch: int
     task_kinds: _containers.RepeatedScalarFieldContainer[str]
@@ -51,7 +54,8 @@ class Hello(_message.Message):
     held_task_ids: _containers.RepeatedScalarFieldContainer[int]
     version: str
     free_slots: int
-    def __init__(self, executor_id: _Optional[str] = ..., epoch: _Optional[int] = ..., task_kinds: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[int]] = ..., version: _Optional[str] = ..., free_slots: _Optional[int] = ...) -> None: ...
+    draining: bool
+    def __init__(self, executor_id: _Optional[str] = ..., epoch: _Optional[int] = ..., task_kinds: _Optional[_Iterable[str]] = ..., capacity: _Optional[int] = ..., held_task_ids: _Optional[_Iterable[int]] = ..., version: _Optional[str] = ..., free_slots: _Optional[int] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class Credit(_message.Message):
     __slots__ = ("slots",)
@@ -72,16 +76,34 @@ class Draining(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ClaimTasksResponse(_message.Message):
-    __slots__ = ("welcome", "tasks", "shards", "drain")
+    __slots__ = ("welcome", "tasks", "shards", "drain", "cancel")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     tasks: TaskBatch
     shards: ShardAssignment
     drain: Drain
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., tasks: _Optional[_Union[TaskBatch, _Mapping]] = ..., shards: _Optional[_Union[ShardAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    cancel: CancelTasks
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., tasks: _Optional[_Union[TaskBatch, _Mapping]] = ..., shards: _Optional[_Union[ShardAssignment, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., cancel: _Optional[_Union[CancelTasks, _Mapping]] = ...) -> None: ...
+
+class CancelTasks(_message.Message):
+    __slots__ = ("tasks", "reason")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskAttempt]
+    reason: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskAttempt, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class TaskAttempt(_message.Message):
+    __slots__ = ("task_id", "fencing_token")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    fencing_token: int
+    def __init__(self, task_id: _Optional[int] = ..., fencing_token: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("epoch", "heartbeat_interval", "lease_ttl", "max_batch_size", "max_payload_bytes", "shard_count")
@@ -180,7 +202,9 @@ class TaskFailure(_message.Message):
     def __init__(self, error_class: _Optional[_Union[_common_pb2.ErrorClass, str]] = ..., message: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class RecordResultsResponse(_message.Message):
-    __slots__ = ("dispositions",)
+    __slots__ = ("dispositions", "reasons")
     DISPOSITIONS_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     dispositions: _containers.RepeatedScalarFieldContainer[ResultDisposition]
-    def __init__(self, dispositions: _Optional[_Iterable[_Union[ResultDisposition, str]]] = ...) -> None: ...
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dispositions: _Optional[_Iterable[_Union[ResultDisposition, str]]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...

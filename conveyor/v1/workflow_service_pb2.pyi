@@ -180,7 +180,7 @@ class ExplainWorkflowRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
 
 class StepExplanation(_message.Message):
-    __slots__ = ("step_number", "step_name", "kind", "task_kind", "wait", "explanation", "shard", "tasks_ahead", "shard_executors", "executor_id", "since_last_heartbeat", "available_at", "claimed_at", "attempt", "max_attempts", "last_error")
+    __slots__ = ("step_number", "step_name", "kind", "task_kind", "wait", "explanation", "shard", "tasks_ahead", "shard_executors", "executor_id", "since_last_heartbeat", "available_at", "claimed_at", "attempt", "max_attempts", "last_error", "deadline_at")
     STEP_NUMBER_FIELD_NUMBER: _ClassVar[int]
     STEP_NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class StepExplanation(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_AT_FIELD_NUMBER: _ClassVar[int]
     step_number: int
     step_name: str
     kind: _common_pb2.StepKind
@@ -213,7 +214,8 @@ class StepExplanation(_message.Message):
     attempt: int
     max_attempts: int
     last_error: str
-    def __init__(self, step_number: _Optional[int] = ..., step_name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.StepKind, str]] = ..., task_kind: _Optional[str] = ..., wait: _Optional[_Union[StepWait, str]] = ..., explanation: _Optional[str] = ..., shard: _Optional[int] = ..., tasks_ahead: _Optional[int] = ..., shard_executors: _Optional[_Iterable[str]] = ..., executor_id: _Optional[str] = ..., since_last_heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., available_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+    deadline_at: _timestamp_pb2.Timestamp
+    def __init__(self, step_number: _Optional[int] = ..., step_name: _Optional[str] = ..., kind: _Optional[_Union[_common_pb2.StepKind, str]] = ..., task_kind: _Optional[str] = ..., wait: _Optional[_Union[StepWait, str]] = ..., explanation: _Optional[str] = ..., shard: _Optional[int] = ..., tasks_ahead: _Optional[int] = ..., shard_executors: _Optional[_Iterable[str]] = ..., executor_id: _Optional[str] = ..., since_last_heartbeat: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., available_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., claimed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., deadline_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExplainWorkflowResponse(_message.Message):
     __slots__ = ("workflow", "situation", "summary", "steps", "replay_queue_ahead", "generated_at")

@@ -9,12 +9,12 @@ from collections import Counter
 
 import grpc
 
-from conveyor.errors import InvalidArgument, ResourceExhausted
+from conveyor.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1 import executor_service_pb2_grpc
 
 from .. import protocol, validation
-from ..auth import Principal, TokenTable, require_executor_identity
+from ..auth import TokenTable, require_executor_identity
 from ..engine import Coordinator
 from ..model import ErrorClass
 from ..sessions import ExecutorSession
@@ -40,8 +40,11 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
         #: Open ClaimTasks streams per client connection (gRPC peer).
         self._streams: Counter[str] = Counter()
 
-    def _principal(self, context: grpc.aio.ServicerContext) -> Principal | None:
-        return None if self._tokens is None else self._tokens.principal_of(context.invocation_metadata())
+    def _check_identity(self, context: grpc.aio.ServicerContext, executor_id: str) -> None:
+        """Refuse a caller whose token may not act as ``executor_id`` (see :mod:`coordinator.auth`)."""
+        if self._tokens is not None:
+            principal = self._tokens.principal_of(context.invocation_metadata())
+            require_executor_identity(principal, executor_id, self._tokens.bound_executor_ids)
 
     @rpc
     async def ClaimTasks(self, request_iterator: object, context: grpc.aio.ServicerContext) -> None:
@@ -61,15 +64,26 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
                 del self._streams[peer]
 
     async def _serve(self, context: grpc.aio.ServicerContext, peer: str) -> None:
-        first = await context.read()
+        timeout = self._coordinator.config.hello_timeout
+        try:
+            # A stream that never says Hello would otherwise hold its slot and memory forever.
+            first = await asyncio.wait_for(context.read(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"no Hello within {timeout:g}s of opening ClaimTasks (hello_timeout); send the Hello first"
+            ) from None
         if first is grpc.aio.EOF or not first.HasField("hello"):
             raise InvalidArgument("the first ClaimTasks message must be a Hello")
-        require_executor_identity(self._principal(context), first.hello.executor_id)
+        self._check_identity(context, first.hello.executor_id)
         session = await self._coordinator.connect_executor(first.hello, peer)
         reader = asyncio.create_task(self._read(context, session))
         try:
             while (message := await session.outbox.get()) is not None:
                 await context.write(message)
+            if session.close_code:
+                # Never OK without a reason: the executor learns why and reconnects.
+                context.set_code(grpc.StatusCode[session.close_code])
+                context.set_details(session.close_reason)
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -101,16 +115,28 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
     ) -> pb.RecordResultsResponse:
         config = self._coordinator.config
         executor_id = validation.identifier(request.executor_id, "executor_id")
-        require_executor_identity(self._principal(context), executor_id)
+        self._check_identity(context, executor_id)
         if len(request.results) > config.max_batch_size:
             raise InvalidArgument(
                 f"{len(request.results)} results in one call; the limit is {config.max_batch_size}"
             )
-        results = [_reported(index, r, config.max_payload_bytes) for index, r in enumerate(request.results)]
-        if not results:
+        if not request.results:
             return pb.RecordResultsResponse()
-        dispositions = await self._coordinator.record_results(executor_id, results)
-        return pb.RecordResultsResponse(dispositions=[_DISPOSITION_TO_WIRE[d] for d in dispositions])
+        # Each result stands alone: a malformed one is refused with its reason and the
+        # rest are applied, so one bad result can neither strand nor hold back the others.
+        dispositions = [pb.RESULT_DISPOSITION_REFUSED] * len(request.results)
+        reasons = [""] * len(request.results)
+        good: list[tuple[int, ReportedResult]] = []
+        for index, result in enumerate(request.results):
+            try:
+                good.append((index, _reported(index, result, config.max_payload_bytes)))
+            except InvalidArgument as error:
+                reasons[index] = str(error)
+        if good:
+            applied = await self._coordinator.record_results(executor_id, [r for _i, r in good])
+            for (index, _result), disposition in zip(good, applied, strict=True):
+                dispositions[index] = _DISPOSITION_TO_WIRE[disposition]
+        return pb.RecordResultsResponse(dispositions=dispositions, reasons=reasons)
 
 
 def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> ReportedResult:
@@ -138,7 +164,8 @@ def _reported(index: int, result: pb.TaskResult, max_payload_bytes: int) -> Repo
         if error_class is None:
             raise InvalidArgument(f"results[{index}].failure.error_class is not set")
         retry_after = (
-            protocol.from_duration(result.failure.retry_after)
+            # Bounded here, where it enters: retries clamps the top, nothing else the bottom.
+            max(0.0, protocol.from_duration(result.failure.retry_after))
             if result.failure.HasField("retry_after")
             else None
         )

@@ -139,6 +139,7 @@ def _step_explanation_to_wire(step: StepExplanation) -> pb.StepExplanation:
         ),
         available_at=protocol.timestamp(step.available_at),
         claimed_at=protocol.timestamp(step.claimed_at),
+        deadline_at=protocol.timestamp(step.deadline_at),
         attempt=step.attempt,
         max_attempts=step.max_attempts,
         last_error=step.last_error,

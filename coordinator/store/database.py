@@ -14,6 +14,7 @@ from conveyor.errors import ConfigurationError
 
 from ..clock import now_us
 from .dialect import Dialect, dialect_for
+from .ownership import DatabaseLock
 from .schema import cluster, workflows
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,17 @@ class ClusterFacts:
 class Database:
     """The engines of one database: a writer (used by one thread) and a reader pool."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "FULL", reader_pool_size: int = 4) -> None:
-        self.dialect: Dialect = dialect_for(url, sqlite_synchronous=sqlite_synchronous)
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "FULL",
+        reader_pool_size: int = 4,
+        sqlite_busy_timeout: float = 30.0,
+    ) -> None:
+        self.dialect: Dialect = dialect_for(
+            url, sqlite_synchronous=sqlite_synchronous, sqlite_busy_timeout=sqlite_busy_timeout
+        )
         self.writer: Engine = self.dialect.create_engine(writer=True, pool_size=1)
         self.reader: Engine = self.dialect.create_engine(writer=False, pool_size=reader_pool_size)
 
@@ -46,6 +56,11 @@ class Database:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             connection.commit()
+
+    def record_holder(self, lock: DatabaseLock) -> None:
+        """Name the coordinator holding ``lock`` in the database, for a second one's refusal."""
+        with self.writer.begin() as connection:
+            lock.record_holder(connection)
 
     def open_cluster(self, requested_shards: int | None) -> ClusterFacts:
         """Read the cluster row, creating it with ``requested_shards`` on a new database.

@@ -70,8 +70,10 @@ class Dialect(ABC):
 class SQLiteDialect(Dialect):
     name = "sqlite"
 
-    def __init__(self, url: str, *, synchronous: str = "FULL") -> None:
+    def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout: float = 30.0) -> None:
         super().__init__(url)
+        #: How long a statement waits for another process's lock before failing (seconds).
+        self.busy_timeout = busy_timeout
         database = make_url(url).database
         if not database or database == ":memory:":
             raise ConfigurationError(
@@ -85,12 +87,13 @@ class SQLiteDialect(Dialect):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             self.url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": self.busy_timeout},
             pool_size=pool_size,
             max_overflow=0,
         )
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
         synchronous = self.synchronous
+        busy_ms = int(self.busy_timeout * 1000)
 
         @event.listens_for(engine, "connect")
         def configure(dbapi_connection: Any, _record: Any) -> None:
@@ -101,7 +104,7 @@ class SQLiteDialect(Dialect):
                 "PRAGMA journal_mode=WAL",
                 f"PRAGMA synchronous={synchronous}",
                 "PRAGMA foreign_keys=ON",
-                "PRAGMA busy_timeout=30000",
+                f"PRAGMA busy_timeout={busy_ms}",
                 # SQLite's default page cache (2 MiB) holds only the top of the queue and
                 # journal indexes once a database has tens of thousands of workflows; every
                 # other page read then costs a system call.
@@ -165,11 +168,11 @@ class PostgresDialect(Dialect):
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
-def dialect_for(url: str, *, sqlite_synchronous: str = "FULL") -> Dialect:
+def dialect_for(url: str, *, sqlite_synchronous: str = "FULL", sqlite_busy_timeout: float = 30.0) -> Dialect:
     """The dialect strategy for a SQLAlchemy URL."""
     backend = make_url(url).get_backend_name()
     if backend == "sqlite":
-        return SQLiteDialect(url, synchronous=sqlite_synchronous)
+        return SQLiteDialect(url, synchronous=sqlite_synchronous, busy_timeout=sqlite_busy_timeout)
     if backend in ("postgresql", "postgres"):
         return PostgresDialect(url)
     raise ConfigurationError(

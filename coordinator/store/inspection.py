@@ -38,6 +38,8 @@ class QueuedTask:
     last_error: str | None
     #: Unclaimed, claimable tasks of the same kind ahead of this one on its shard, in claim order.
     tasks_ahead: int
+    #: The claimed attempt's start-to-close deadline.
+    deadline_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ def workflow_facts(
             tasks.c.available_at,
             tasks.c.claimed_by,
             tasks.c.claimed_at,
+            tasks.c.deadline_at,
             tasks.c.last_error,
         )
         .outerjoin(tasks, tasks.c.id == steps.c.id)
@@ -110,6 +113,7 @@ def workflow_facts(
                 available_at=row.available_at,
                 claimed_by=row.claimed_by,
                 claimed_at=row.claimed_at,
+                deadline_at=row.deadline_at if row.claimed_by is not None else None,
                 last_error=row.last_error,
                 tasks_ahead=ahead,
             )

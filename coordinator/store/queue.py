@@ -11,15 +11,18 @@ same FIFO position, when its lease expires.
 from __future__ import annotations
 
 import random
+import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
     Update,
     bindparam,
+    cast,
     delete,
     func,
     literal_column,
@@ -184,11 +187,40 @@ def _retry_state(row: object) -> retries.RetryState:
     )
 
 
+@dataclass(frozen=True)
+class TaskDeadlines:
+    """The start-to-close deadline a claim gives its attempt: the step's timeout (or
+    ``default_timeout``) plus ``grace``, for the executor to report after its own timeout fires."""
+
+    default_timeout: float = 600.0
+    grace: float = 30.0
+
+    def claim_expression(self) -> ColumnElement[int]:
+        default_us = bindparam("deadline_default_us", seconds_to_us(self.default_timeout), BigInteger)
+        grace_us = bindparam("deadline_grace_us", seconds_to_us(self.grace), BigInteger)
+        timeout_us = cast(tasks.c.timeout * 1_000_000, BigInteger)
+        return bindparam("now") + func.coalesce(timeout_us, default_us) + grace_us
+
+
 class _ClaimPlan(Enum):
     #: One walk of the cross-shard FIFO index, skipping tasks of shards not held.
     WALK = "walk"
     #: Each shard's own walk of its FIFO index, then the oldest of all those.
     SHARD_BY_SHARD = "shard by shard"
+
+
+#: Task ids per statement when a reconnecting executor's held tasks are looked up.
+_HELD_CHUNK = 500
+
+#: Fencing tokens are random numbers of this many bits (non-negative in a BIGINT column).
+FENCING_TOKEN_BITS = 62
+
+
+def new_fencing_token() -> int:
+    """The fencing token of one claim: unguessable, so a result can only come from the executor the
+    task was leased to (or whoever it told), never from one that guessed; one claim's tasks all go to
+    the same executor, so they may share it. Never 0, the token of a task nobody claimed yet."""
+    return 1 + secrets.randbelow(2**FENCING_TOKEN_BITS - 1)
 
 
 class TaskQueue:
@@ -200,8 +232,11 @@ class TaskQueue:
         rng: random.Random | None = None,
         order: ClaimOrder = ClaimOrder.FIFO,
         shard_count: int | None = None,
+        deadlines: TaskDeadlines | None = None,
     ) -> None:
         self._dialect = dialect
+        #: What a claim stamps into ``deadline_at`` (see :class:`TaskDeadlines`).
+        self._deadline_at = (deadlines or TaskDeadlines()).claim_expression()
         #: Picks how a claim over a set of shards is planned (see `_plan`); unknown, every
         #: set is claimed shard by shard.
         self._shard_count = shard_count if shard_count is not None else 2**31
@@ -293,7 +328,9 @@ class TaskQueue:
             .values(
                 claimed_by=bindparam("executor_id"),
                 claimed_at=bindparam("now"),
-                fencing_token=tasks.c.fencing_token + 1,
+                deadline_at=self._deadline_at,
+                # Random, not a counter: a token must not be guessable by another executor.
+                fencing_token=bindparam("fencing_token"),
             )
             .returning(
                 tasks.c.id,
@@ -331,7 +368,12 @@ class TaskQueue:
         connection.execute(_promote_due, {"now": now})
         claimed = connection.execute(
             self._claim_statement(held, tuple(sorted(set(kinds))), plan),
-            {"executor_id": executor_id, "limit": limit, "now": now},
+            {
+                "executor_id": executor_id,
+                "limit": limit,
+                "now": now,
+                "fencing_token": new_fencing_token(),
+            },
         ).all()
         if held is not None:
             if plan is _ClaimPlan.WALK and len(claimed) < limit:
@@ -526,15 +568,65 @@ class TaskQueue:
             .values(claimed_by=None, claimed_at=None)
         ).rowcount
 
-    def requeue_lost(self, connection: Connection, executor_id: str, now: int) -> RequeueOutcome:
-        """The executor's lease expired: retry its tasks elsewhere at once, or fail those out of attempts."""
+    def reclaim_held(self, connection: Connection, executor_id: str, held: Collection[int], now: int) -> int:
+        """Lease back to a reconnecting executor the tasks it still holds that wait in the queue.
+
+        Its lease expired while it was away (a pause, a slow reconnect), so they were
+        requeued (an attempt spent), but nobody has claimed them since: the attempt it
+        is still running is the only one, and letting it finish beats cancelling it and
+        running the task again. The fencing token is kept, because no other executor
+        was ever given one since; the deadline starts again.
+        """
+        ids = sorted(set(held))
+        reclaimed = 0
+        for start in range(0, len(ids), _HELD_CHUNK):
+            reclaimed += connection.execute(
+                update(tasks)
+                .where(tasks.c.id.in_(ids[start : start + _HELD_CHUNK]), tasks.c.claimed_by.is_(None))
+                .values(
+                    claimed_by=executor_id,
+                    claimed_at=now,
+                    delayed=0,
+                    deadline_at=self._deadline_at,
+                ),
+                {"now": now},
+            ).rowcount
+        return reclaimed
+
+    def requeue_lost(
+        self,
+        connection: Connection,
+        executor_id: str,
+        now: int,
+        *,
+        keep: Collection[int] = (),
+        restarted: bool = False,
+    ) -> RequeueOutcome:
+        """The executor's lease expired: retry its tasks elsewhere at once, or fail those out of attempts.
+
+        With ``restarted`` the executor came back as a new process under the same id:
+        the tasks leased to it that it does not list in ``keep`` (the ones it still
+        holds) died with the old process, and cost an attempt just as a lost lease does.
+        """
         outcome = RequeueOutcome()
-        rows = connection.execute(select(*_task_state_columns).where(tasks.c.claimed_by == executor_id)).all()
+        kept = set(keep)
+        rows = [
+            row
+            for row in connection.execute(
+                select(*_task_state_columns).where(tasks.c.claimed_by == executor_id)
+            ).all()
+            if row.id not in kept
+        ]
         retried: list[dict[str, object]] = []
         finished: list[dict[str, object]] = []
         failed_workflows: set[str] = set()
         for row in rows:
-            verdict = retries.after_lost_lease(_retry_state(row), executor_id)
+            state = _retry_state(row)
+            verdict = (
+                retries.after_lost_lease(state, executor_id, "restarted", "its process was replaced")
+                if restarted
+                else retries.after_lost_lease(state, executor_id)
+            )
             outcome.shards.add(row.shard)
             if isinstance(verdict, retries.GiveUp):
                 failed_workflows.add(row.workflow_id)

@@ -1,10 +1,18 @@
-"""Draining the replay queue (transaction 3 of the brief).
+"""Draining the replay queue (transaction 3 of the brief), in three steps.
 
-One unit takes the oldest entries of the replay queue, loads their workflows and
-journals, replays each (:func:`coordinator.replay.replay`), and in the same
-transaction writes what the replays decided: new steps and their tasks, finished
-workflows, and the deletion of the entries. A failed transaction leaves the entries
-in place, so the replay is simply tried again.
+1. :meth:`ReplayQueue.due` reads the oldest entries of the replay queue with their
+   workflows and journals (a read, off the writer).
+2. :meth:`ReplayQueue.replay_one` replays one of them (:func:`coordinator.replay.replay`);
+   the engine runs it on the replay runner's thread, never on the writer, since it is
+   user code (:mod:`coordinator.replay_runner`).
+3. :meth:`ReplayQueue.apply` writes what the replays decided in one short write unit:
+   new steps and their tasks, finished workflows, and the deletion of the entries. It
+   re-checks each workflow first: an entry whose workflow changed since step 1 is left
+   for the next pass, so nothing is applied over a state it was not computed from.
+
+One workflow's outcome that cannot be written (a value the database refuses, a bug)
+fails that workflow, with the reason, instead of the batch: a failed batch would be
+retried from the same oldest entries for ever and stall every other workflow.
 """
 
 from __future__ import annotations
@@ -13,18 +21,19 @@ import json
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from conveyor import logs
 from conveyor.workflow import WorkflowRegistry
 
+from .. import validation
 from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
 from ..replay import JournalEntry, NewStep, ReplayOutcome, replay
-from .dialect import Dialect
+from .dialect import Dialect, is_transient
 from .journal import cancel_workflows
 from .schema import replay_queue, steps, tasks, workflows
 
@@ -36,6 +45,8 @@ class ReplayBatchOutcome:
     replayed: int = 0
     #: Entries taken off the queue, replayed or not (finished or busy workflows).
     taken: int = 0
+    #: Entries left in the queue because their workflow changed after it was read.
+    left: int = 0
     finished: dict[WorkflowStatus, int] = field(default_factory=dict)
     #: Shards that received new tasks: their executors have work.
     task_shards: set[int] = field(default_factory=set)
@@ -43,6 +54,38 @@ class ReplayBatchOutcome:
     next_wake_at: int | None = None
     #: Seconds each replayed workflow waited in the replay queue: the gap between its steps.
     replay_delays: list[float] = field(default_factory=list)
+
+    def merge(self, other: ReplayBatchOutcome) -> None:
+        self.replayed += other.replayed
+        self.taken += other.taken
+        self.left += other.left
+        for status, count in other.finished.items():
+            self.finished[status] = self.finished.get(status, 0) + count
+        self.task_shards |= other.task_shards
+        if other.next_wake_at is not None:
+            self.next_wake_at = min(self.next_wake_at or other.next_wake_at, other.next_wake_at)
+        self.replay_delays.extend(other.replay_delays)
+
+
+@dataclass(frozen=True)
+class DueReplay:
+    """A replay-queue entry as read, with what its replay needs."""
+
+    workflow_id: str
+    name: str
+    args: str | None
+    status: WorkflowStatus
+    shard: int
+    created_at: int
+    enqueued_at: int
+    journal: tuple[JournalEntry, ...]
+
+    @property
+    def replayable(self) -> bool:
+        """Running with no step in progress; otherwise the entry is only removed."""
+        return self.status is WorkflowStatus.RUNNING and not any(
+            entry.status is StepStatus.RUNNING for entry in self.journal
+        )
 
 
 _update_progress = (
@@ -61,16 +104,17 @@ _update_progress = (
 class ReplayQueue:
     """Write units over the replay queue."""
 
-    def __init__(self, dialect: Dialect, registry: WorkflowRegistry) -> None:
+    def __init__(self, dialect: Dialect, registry: WorkflowRegistry, *, max_payload_bytes: int) -> None:
         self._dialect = dialect
         self._registry = registry
+        self._max_payload_bytes = max_payload_bytes
         self._rng = random.Random()
 
-    def replay_batch(self, connection: Connection, limit: int, now: int) -> ReplayBatchOutcome:
-        outcome = ReplayBatchOutcome()
+    def due(self, connection: Connection, limit: int) -> list[DueReplay]:
+        """The oldest ``limit`` entries of workflows this coordinator has code for, with journals."""
         # Entries of workflows this coordinator has no code for stay queued (and are
         # reported by Diagnose) rather than blocking the head of the queue.
-        due = connection.execute(
+        rows = connection.execute(
             select(
                 workflows.c.id,
                 workflows.c.name,
@@ -87,30 +131,148 @@ class ReplayQueue:
             .where(self._dialect.unindexed(workflows.c.name).in_(self._registry.names()))
             .order_by(replay_queue.c.workflow_created_at, replay_queue.c.workflow_id)
             .limit(limit)
-            .with_for_update(of=replay_queue, skip_locked=True)
         ).all()
-        if not due:
+        if not rows:
+            return []
+        journals = self._load_journals(connection, [row.id for row in rows])
+        return [
+            DueReplay(
+                row.id,
+                row.name,
+                row.args,
+                WorkflowStatus(row.status),
+                row.shard,
+                row.created_at,
+                row.enqueued_at,
+                tuple(journals.get(row.id, ())),
+            )
+            for row in rows
+        ]
+
+    def replay_one(self, due: DueReplay, now: int) -> ReplayOutcome:
+        """Replay one due workflow (runs workflow code: call it on the replay runner's thread)."""
+        definition = self._registry.get(due.name)
+        if definition is None:  # ``due`` only selects registered names
+            return ReplayOutcome(WorkflowStatus.FAILED, error=f"no workflow named {due.name!r} is registered")
+        try:
+            args = json.loads(due.args) if due.args else []
+            result = replay(definition, due.workflow_id, args, due.journal, now_us=now, rng=self._rng)
+        except Exception as error:  # a bug in replay itself must not wedge the queue
+            fields = logs.fields(workflow_id=due.workflow_id)
+            log.exception("replaying workflow %s failed unexpectedly", due.workflow_id, extra=fields)
+            return ReplayOutcome(WorkflowStatus.FAILED, error=f"internal error during replay: {error!r}")
+        if result.result_json is not None:
+            size = len(result.result_json.encode())
+            if size > self._max_payload_bytes:
+                # Held to the same bound as arguments and step results: every get and list returns it.
+                return ReplayOutcome(
+                    WorkflowStatus.FAILED,
+                    new_steps=result.new_steps,
+                    error=f"the workflow returned a result of {size} bytes; the limit is "
+                    f"{self._max_payload_bytes} bytes (--max-payload-bytes). Return a smaller value, "
+                    "or store large data elsewhere and return a reference to it",
+                )
+        return result
+
+    def apply(
+        self,
+        connection: Connection,
+        batch: Sequence[DueReplay],
+        outcomes: Mapping[str, ReplayOutcome],
+        now: int,
+    ) -> ReplayBatchOutcome:
+        """Write the replays' outcomes, each only if its workflow is as it was read."""
+        outcome = ReplayBatchOutcome()
+        if not batch:
             return outcome
-        ids = [row.id for row in due]
-        journals = self._load_journals(connection, ids)
+        ids = [due.workflow_id for due in batch]
+        queued = set(
+            connection.execute(
+                select(replay_queue.c.workflow_id).where(replay_queue.c.workflow_id.in_(ids))
+            ).scalars()
+        )
+        statuses: dict[str, str] = {
+            row.id: row.status
+            for row in connection.execute(
+                select(workflows.c.id, workflows.c.status).where(workflows.c.id.in_(ids))
+            )
+        }
+        counts = {
+            row.workflow_id: (row.steps, row.running or 0)
+            for row in connection.execute(
+                select(
+                    steps.c.workflow_id,
+                    func.count().label("steps"),
+                    func.sum(case((steps.c.status == StepStatus.RUNNING, 1), else_=0)).label("running"),
+                )
+                .where(steps.c.workflow_id.in_(ids))
+                .group_by(steps.c.workflow_id)
+            )
+        }
+        done: list[str] = []
+        ready: list[tuple[DueReplay, ReplayOutcome]] = []
+        for due in batch:
+            if due.workflow_id not in queued:
+                continue  # cleared meanwhile
+            status = statuses.get(due.workflow_id)
+            step_total, running = counts.get(due.workflow_id, (0, 0))
+            if status != WorkflowStatus.RUNNING or running:
+                done.append(due.workflow_id)  # finished, or a running step's result will enqueue it again
+                continue
+            result = outcomes.get(due.workflow_id)
+            if result is None or not due.replayable or step_total != len(due.journal):
+                outcome.left += 1  # changed since it was read: the next pass replays the new state
+                continue
+            ready.append((due, result))
+        if done:
+            connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(done)))
+            outcome.taken += len(done)
+        if not ready:
+            return outcome
+        # Fast path: everything in one go. If that fails, find the workflow(s) at fault one by one.
+        savepoint = connection.begin_nested()
+        try:
+            written = self._write(connection, ready, now)
+        except Exception as error:
+            savepoint.rollback()
+            if is_transient(error):
+                raise
+        else:
+            savepoint.commit()
+            outcome.merge(written)
+            return outcome
+        for due, result in ready:
+            savepoint = connection.begin_nested()
+            try:
+                written = self._write(connection, [(due, result)], now)
+            except Exception as error:
+                savepoint.rollback()
+                if is_transient(error):
+                    raise
+                written = self._fail(connection, due, error, now)
+            else:
+                savepoint.commit()
+            outcome.merge(written)
+        return outcome
+
+    def _write(
+        self, connection: Connection, ready: Sequence[tuple[DueReplay, ReplayOutcome]], now: int
+    ) -> ReplayBatchOutcome:
+        outcome = ReplayBatchOutcome()
         new_steps: list[tuple[str, int, int, NewStep]] = []  # (workflow id, shard, created_at, step)
         progress: list[dict[str, object]] = []
-        for row in due:
-            journal = journals.get(row.id, [])
-            if row.status != WorkflowStatus.RUNNING or any(e.status is StepStatus.RUNNING for e in journal):
-                continue  # finished, or waiting on a step whose result will enqueue it again
-            result = self._replay_one(row, journal, now)
+        for due, result in ready:
             outcome.replayed += 1
-            outcome.replay_delays.append(max(0, now - row.enqueued_at) / 1e6)
+            outcome.replay_delays.append(max(0, now - due.enqueued_at) / 1e6)
             for step in result.new_steps:
-                new_steps.append((row.id, row.shard, row.created_at, step))
+                new_steps.append((due.workflow_id, due.shard, due.created_at, step))
             finished = result.status is not WorkflowStatus.RUNNING
             if finished:
                 outcome.finished[result.status] = outcome.finished.get(result.status, 0) + 1
             progress.append(
                 {
-                    "workflow_id": row.id,
-                    "step_count": len(journal) + len(result.new_steps),
+                    "workflow_id": due.workflow_id,
+                    "step_count": len(due.journal) + len(result.new_steps),
                     "status": result.status,
                     "result": result.result_json,
                     "error": result.error,
@@ -118,23 +280,45 @@ class ReplayQueue:
                 }
             )
         self._start_steps(connection, new_steps, now, outcome)
-        if progress:
-            connection.execute(_update_progress, progress)
+        connection.execute(_update_progress, progress)
+        ids = [due.workflow_id for due, _ in ready]
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(ids)))
-        outcome.taken = len(ids)
+        outcome.taken += len(ids)
         return outcome
 
-    def _replay_one(self, row: object, journal: list[JournalEntry], now: int) -> ReplayOutcome:
-        definition = self._registry.get(row.name)  # type: ignore[attr-defined]
-        assert definition is not None  # the query only selects registered names
-        try:
-            args = json.loads(row.args) if row.args else []  # type: ignore[attr-defined]
-            return replay(definition, row.id, args, journal, now_us=now, rng=self._rng)  # type: ignore[attr-defined]
-        except Exception as error:  # a bug in replay itself must not wedge the queue
-            workflow_id = row.id  # type: ignore[attr-defined]
-            fields = logs.fields(workflow_id=workflow_id)
-            log.exception("replaying workflow %s failed unexpectedly", workflow_id, extra=fields)
-            return ReplayOutcome(WorkflowStatus.FAILED, error=f"internal error during replay: {error!r}")
+    def _fail(self, connection: Connection, due: DueReplay, error: Exception, now: int) -> ReplayBatchOutcome:
+        """The outcome of ``due`` could not be stored: fail its workflow, saying why, instead."""
+        fields = logs.fields(workflow_id=due.workflow_id)
+        log.error(
+            "could not store the outcome of replaying workflow %s (%s); failing the workflow",
+            due.workflow_id,
+            error,
+            extra=fields,
+        )
+        message = validation.storable_text(
+            f"the coordinator could not store what this workflow's code produced "
+            f"({type(error).__name__}: {error})"[:4000]
+        )
+        connection.execute(
+            _update_progress,
+            [
+                {
+                    "workflow_id": due.workflow_id,
+                    "step_count": len(due.journal),
+                    "status": WorkflowStatus.FAILED,
+                    "result": None,
+                    "error": message,
+                    "completed_at": now,
+                }
+            ],
+        )
+        connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id == due.workflow_id))
+        return ReplayBatchOutcome(
+            replayed=1,
+            taken=1,
+            finished={WorkflowStatus.FAILED: 1},
+            replay_delays=[max(0, now - due.enqueued_at) / 1e6],
+        )
 
     @staticmethod
     def _load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:

@@ -136,6 +136,9 @@ tasks = Table(
     # Bumped by every claim; a result must carry the current value to be accepted.
     Column("fencing_token", BigInteger, nullable=False),
     Column("last_error", Text),
+    # Start-to-close deadline of the claimed attempt (claimed_at + timeout + grace): past it the
+    # coordinator takes the task back from its executor. Meaningful only while claimed.
+    Column("deadline_at", BigInteger),
     # 1 while waiting out a retry backoff or rate-limit wait (``available_at`` in the
     # future when it was set), 0 otherwise. It keeps waiting tasks out of the claim's
     # index; the claim itself clears it once ``available_at`` has passed (see
@@ -183,6 +186,13 @@ tasks = Table(
     ),
     # Cancels delete a workflow's tasks; Diagnose joins tasks to their workflows.
     Index(None, "workflow_id"),
+    # Only claimed tasks (at most the executors' total capacity): the deadline sweep's index.
+    Index(
+        "ix_tasks_deadline_at",
+        "deadline_at",
+        postgresql_where=text("claimed_by IS NOT NULL"),
+        sqlite_where=text("claimed_by IS NOT NULL"),
+    ),
 )
 
 #: Workflows due for a replay. Invariant: a running workflow with no step in
@@ -237,4 +247,37 @@ workflow_counts = Table(
     PrimaryKeyConstraint("name", "status"),
 )
 
-ALL_TABLES = (cluster, workflows, steps, tasks, replay_queue, executors, shard_leases, workflow_counts)
+#: The marker of the writer's last committed transaction. Each write transaction inserts a
+#: new id (and deletes the older ones): when the connection dies during COMMIT, the writer
+#: looks for its marker to learn whether the transaction committed, instead of re-running
+#: units that are not idempotent (claims, starts without a key, epoch bumps).
+write_commits = Table(
+    "write_commits",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("committed_at", BigInteger, nullable=False),
+)
+
+#: One row: the coordinator holding this database's exclusive lock, for the message a
+#: second coordinator refuses to start with (the lock itself is not a row, see database.py).
+coordinator_holder = Table(
+    "coordinator_holder",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("host", String(NAME_LENGTH), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+)
+
+ALL_TABLES = (
+    cluster,
+    workflows,
+    steps,
+    tasks,
+    replay_queue,
+    executors,
+    shard_leases,
+    write_commits,
+    coordinator_holder,
+    workflow_counts,
+)

@@ -289,6 +289,9 @@ def _decode_page_token(token: str) -> int:
         version, value = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
         if version != "v1":
             raise ValueError(version)
-        return int(value)
+        created_at = int(value)
+        if not -(2**63) <= created_at < 2**63:  # a BIGINT bound: outside it no database compares it
+            raise ValueError(value)
+        return created_at
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidArgument(f"page_token {token!r} is not one this server issued") from error

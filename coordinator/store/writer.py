@@ -10,6 +10,13 @@ SQLite claims safe without row locks.
 When the connection breaks (PostgreSQL restarted, backend killed, SQLite busy) the
 whole batch is retried on a fresh connection with backoff until
 ``retry_deadline`` passes; then its units fail with :class:`~conveyor.errors.Unavailable`.
+
+A break *during COMMIT* leaves the outcome unknown: the server may have committed. Units
+are not idempotent (a claim claims again, a start without a key starts twice), so the
+batch must not simply run again. Every transaction therefore also writes a commit
+marker, a row with a new id; after an unknown outcome the writer looks for it on a
+fresh connection before doing anything else, and hands out the results it already has
+if the transaction committed.
 """
 
 from __future__ import annotations
@@ -19,16 +26,19 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, exc, insert
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConveyorError, Unavailable
 
+from ..clock import now_us
 from .dialect import describe_error, is_transient
+from .schema import write_commits
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,18 @@ class _Pending:
 
 _STOP = object()
 
+Outcomes = list[tuple[Any, BaseException | None]]
+
+
+class _UnknownOutcome(Exception):
+    """COMMIT failed on a broken connection: the transaction may have committed."""
+
+    def __init__(self, marker: str, outcomes: Outcomes, cause: BaseException) -> None:
+        super().__init__(describe_error(cause))
+        self.marker = marker
+        self.outcomes = outcomes
+        self.cause = cause
+
 
 class Writer:
     """Runs write units on one thread, many to a transaction."""
@@ -57,8 +79,11 @@ class Writer:
         group_commit_window: float = 0.001,
         max_units_per_transaction: int = 256,
         retry_deadline: float = 60.0,
+        guard: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
+        #: Called before every commit; raises to refuse it (the database lock was lost).
+        self._guard = guard
         self._window = group_commit_window
         self._max_units = max_units_per_transaction
         self._retry_deadline = retry_deadline
@@ -70,6 +95,11 @@ class Writer:
 
     def start(self) -> None:
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writer thread runs (false once it died or was stopped)."""
+        return self._thread.is_alive()
 
     async def stop(self) -> None:
         """Finish the units already submitted, then stop the thread."""
@@ -119,37 +149,67 @@ class Writer:
     def _execute(self, batch: list[_Pending]) -> None:
         deadline = time.monotonic() + self._retry_deadline
         delay = 0.05
+        #: The attempt whose COMMIT broke, until its marker tells whether it committed.
+        unknown: _UnknownOutcome | None = None
         while True:
             try:
+                if unknown is not None:
+                    if self._committed(unknown.marker):
+                        log.warning(
+                            "the commit of %d unit(s) broke the connection (%s) but had committed; "
+                            "not running them again",
+                            len(batch),
+                            unknown,
+                        )
+                        outcomes = self._counted(batch, unknown.outcomes)
+                        break
+                    log.warning("the commit of %d unit(s) had not committed; running them again", len(batch))
+                    unknown = None
                 outcomes = self._transaction(batch)
-            except Exception as error:
-                self._discard_connection()
-                if is_transient(error) and time.monotonic() + delay < deadline:
-                    log.warning(
-                        "database write failed (%s); retrying %d unit(s) in %.2fs",
-                        describe_error(error),
-                        len(batch),
-                        delay,
-                    )
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                log.error("database write failed for good: %s", describe_error(error))
-                unavailable = Unavailable(
+            except _UnknownOutcome as outcome:
+                unknown = outcome
+                error: BaseException = outcome.cause
+            except Exception as raised:
+                error = raised
+            else:
+                break
+            self._discard_connection()
+            if is_transient(error) and time.monotonic() + delay < deadline:
+                log.warning(
+                    "database write failed (%s); retrying %d unit(s) in %.2fs",
+                    describe_error(error),
+                    len(batch),
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            log.error("database write failed for good: %s", describe_error(error))
+            if unknown is not None:
+                message = (
+                    f"the database connection broke while committing ({describe_error(error)}) and the "
+                    "database stayed unreachable, so whether the request was applied is unknown; check "
+                    "its effect (or retry it with an idempotency key) once the database is back"
+                )
+            else:
+                message = (
                     f"the database is unavailable ({describe_error(error)}); the request was not applied, "
                     "retry later"
                 )
-                outcomes = [(None, unavailable)] * len(batch)
+            failure = error if isinstance(error, ConveyorError) else Unavailable(message)
+            outcomes = [(None, failure)] * len(batch)
             break
-        for pending, (result, failure) in zip(batch, outcomes, strict=True):
-            pending.loop.call_soon_threadsafe(_resolve, pending.future, result, failure)
+        for pending, (result, refused) in zip(batch, outcomes, strict=True):
+            pending.loop.call_soon_threadsafe(_resolve, pending.future, result, refused)
 
-    def _transaction(self, batch: list[_Pending]) -> list[tuple[Any, BaseException | None]]:
+    def _transaction(self, batch: list[_Pending]) -> Outcomes:
         if self._connection is None:
             self._connection = self._engine.connect()
         connection = self._connection
-        outcomes: list[tuple[Any, BaseException | None]] = []
-        with connection.begin():
+        outcomes: Outcomes = []
+        marker = uuid.uuid4().hex
+        transaction = connection.begin()
+        try:
             for pending in batch:
                 savepoint = connection.begin_nested()
                 try:
@@ -164,9 +224,50 @@ class Writer:
                 else:
                     savepoint.commit()
                     outcomes.append((result, None))
+            # The older markers are settled (their transactions' outcomes are known): the
+            # table holds one row, or two while a commit's outcome is being checked.
+            connection.execute(delete(write_commits).where(write_commits.c.id != marker))
+            connection.execute(insert(write_commits).values(id=marker, committed_at=now_us()))
+            if self._guard is not None:
+                self._guard()
+        except BaseException:
+            if transaction.is_active:
+                try:
+                    transaction.rollback()
+                except Exception:  # a broken connection: the caller discards it
+                    log.debug("rolling back a failed transaction failed", exc_info=True)
+            raise
+        try:
+            transaction.commit()
+        except Exception as error:
+            if is_transient(error):
+                raise _UnknownOutcome(marker, outcomes, error) from error
+            raise
+        return self._counted(batch, outcomes)
+
+    def _counted(self, batch: list[_Pending], outcomes: Outcomes) -> Outcomes:
         self.transactions += 1
         self.units += len(batch)
         return outcomes
+
+    def _committed(self, marker: str) -> bool:
+        """Whether the transaction that wrote ``marker`` committed, asked on a fresh connection.
+
+        Inserting the marker again (then rolling back) rather than reading it: if the old
+        transaction is still finishing on the server, the insert waits for it on the
+        primary key, so the answer is never "not yet visible".
+        """
+        self._discard_connection()
+        self._connection = self._engine.connect()
+        connection = self._connection
+        probe = connection.begin()
+        try:
+            connection.execute(insert(write_commits).values(id=marker, committed_at=now_us()))
+        except exc.IntegrityError:
+            return True
+        finally:
+            probe.rollback()
+        return False
 
     def _discard_connection(self) -> None:
         if self._connection is not None:

@@ -77,3 +77,34 @@ async def test_poison_tasks_fail_after_their_attempts_without_blocking_their_sha
     assert [fault.kind for fault in report.faults] == ["executor crashed"] * POISON_RETRY.max_attempts
     # The queue went on past its poisoned head.
     assert overtaken[ALWAYS_FAILS] > 0 and overtaken[CRASHES_EXECUTOR] > 0, overtaken
+
+
+async def test_a_task_that_crashes_its_executor_fails_after_its_attempts_when_restarted_under_the_same_id(
+    chaos_settings: ChaosSettings,
+) -> None:
+    """The executor is restarted under its fixed id, well within the lease (30 s): the new
+    process's Hello does not list the task the old one died running. That task was
+    delivered, so it spends an attempt (it is not "undelivered"), and the poison ends
+    failed after its max_attempts instead of killing the executor forever."""
+    settings = replace(chaos_settings, poison=True, shards=1, executors=1, lease_ttl=30.0)
+    crashes = 0
+    with ChaosCluster(settings) as chaos:
+        async with chaos.client() as client:
+            poisoned = await client.start_workflow("poisoned", {"kind": CRASHES_EXECUTOR})
+            behind = Workload(20, "behind the poison")
+            await behind.start(client)
+            while (outcome := await finished(client, poisoned.workflow_id)) is None:
+                crashes += len(await chaos.restart_crashed_executors_in_place())
+                # Each crash is one attempt: more crashes than attempts means it loops forever.
+                assert crashes <= POISON_RETRY.max_attempts, (
+                    f"the poison crashed its executor {crashes} times"
+                )
+                await asyncio.sleep(0.1)
+            await behind.wait_until_finished(client, timeout=180)
+        report = chaos.check()
+
+    assert report.ok, report.render()
+    assert outcome.status.value == "failed"
+    assert outcome.steps[0].attempt == POISON_RETRY.max_attempts
+    assert "restarted during attempt" in (outcome.error or ""), outcome.error
+    assert report.by_status == {"completed": 20, "failed": 1}

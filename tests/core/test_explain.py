@@ -126,9 +126,11 @@ async def test_a_claimed_step_is_running_on_its_executor(make_stack: MakeStack) 
     assert step.claimed_at is not None
     assert re.fullmatch(
         r"step 0 `crunch` \(work\) is running on executor m1 for \d+\.\d s, attempt 1 of 3; "
-        r"last heartbeat \d+\.\d s ago",
+        r"last heartbeat \d+\.\d s ago; without a result by its deadline at "
+        rf"{CLOCK} \(in \d+\.\d min\) it is taken back and retried",
         step.text,
     ), step.text
+    assert step.deadline_at is not None and step.deadline_at > step.claimed_at
 
 
 async def test_a_step_whose_attempt_failed_with_529_waits_for_its_retry_at_a_stated_time(
@@ -199,7 +201,8 @@ async def test_a_step_held_by_a_disconnected_executor_says_when_its_lease_runs_o
     assert re.fullmatch(
         r"step 0 `crunch` \(work\) was claimed by executor m1, which is not connected \(last heard from "
         r"\d+\.\d s ago\); its lease expires in \d+\.\d s, and the task then goes back to the queue "
-        r"unless the executor reconnects \(attempt 1 of 3\)",
+        r"unless the executor reconnects \(attempt 1 of 3\); without a result by its deadline at "
+        rf"{CLOCK} \(in \d+\.\d min\) it is taken back and retried",
         step.text,
     ), step.text
 

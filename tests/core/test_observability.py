@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import RetryPolicy, WorkflowContext, logs, task_handler, workflow
-from conveyor.metrics import export
+from conveyor.monitoring import serve_metrics
 from coordinator.server import SERVICE_NAMES
 from support import eventually, registry_of
 from toolkit import MakeStack, handlers_of, wait_finished
@@ -82,7 +82,8 @@ async def test_coordinator_and_executor_metrics_count_what_happened(
     stack = await make_stack(WORKFLOWS, shards=4, metrics_port=0, gauge_refresh_interval=0.1)
     await stack.start_simulator()
     executor = stack.start_executor(handlers=handlers_of(flaky), concurrency=10)
-    executor_port, stop_executor_metrics = export(executor.metrics.registry, "127.0.0.1", 0)
+    executor_metrics = await serve_metrics(executor.metrics.registry, "127.0.0.1", 0)
+    executor_port = executor_metrics.port
     try:
         started = await stack.client.start_workflows([("ask_then_crunch", {"item": i}) for i in range(3)])
         for index, start in enumerate(started):
@@ -104,7 +105,7 @@ async def test_coordinator_and_executor_metrics_count_what_happened(
         coordinator = await eventually(gauges_caught_up)
         executor_samples = await asyncio.to_thread(scrape, executor_port)
     finally:
-        stop_executor_metrics()
+        await executor_metrics.stop()
 
     assert value(coordinator, "conveyor_workflows_started_total") == 5
     assert value(coordinator, "conveyor_workflows_finished_total", status="completed") == 3

@@ -5,21 +5,31 @@ Every method of the three services is found from the protos' descriptors (a new 
 is fuzzed without touching this file). Hypothesis sends each one messages whose
 fields hold hostile values (huge, empty, control characters, SQL and path
 fragments, extreme numbers, out-of-range timestamps, unknown enum values, too many
-repeated entries) and raw bytes that are not protobuf at all. Each answer must be
-OK or a status that blames the request (INVALID_ARGUMENT, NOT_FOUND,
-FAILED_PRECONDITION, RESOURCE_EXHAUSTED), never INTERNAL, UNKNOWN or a hang; and
-after every refusal the workflow-state tables are byte-for-byte what they were.
+repeated entries, control characters in every text field, integers of thousands of
+digits and NaN in JSON, page tokens past BIGINT), raw bytes that are not protobuf at
+all, and messages whose integer fields carry wire values beyond their type's range.
+Each answer must be OK or a status that blames the request (INVALID_ARGUMENT,
+NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED), never INTERNAL, UNKNOWN or a
+hang; and every refusal leaves the workflow-state tables byte-for-byte what they were.
+
+"What they were" is read once the coordinator has settled (nothing in its replay
+queue): an accepted call may leave work for the replay loop, which lands whenever the
+loop gets to it, and on a busy machine that used to be after the *next* call, which was
+then blamed for it (see :func:`test_work_left_by_an_accepted_call_is_not_blamed_on_a_refused_one`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import sqlalchemy as sa
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
@@ -29,8 +39,9 @@ from hypothesis import strategies as st
 
 from conveyor import WorkflowContext, workflow
 from conveyor.v1 import admin_service_pb2, executor_service_pb2, workflow_service_pb2
+from coordinator.store.schema import workflows
 from support import eventually, registry_of
-from toolkit import MakeStack, snapshot, task_rows
+from toolkit import MakeStack, execute, replay_rows, snapshot, task_rows
 
 T = TypeVar("T")
 
@@ -45,6 +56,8 @@ PROPER_STATUSES = {
 #: Examples per RPC; raise ``$CONVEYOR_FUZZ_EXAMPLES`` for a longer hunt.
 EXAMPLES_PER_METHOD = int(os.environ.get("CONVEYOR_FUZZ_EXAMPLES", "25"))
 CALL_TIMEOUT = 20.0
+#: How long the coordinator may take to finish the work an accepted call left (a busy machine).
+SETTLE_TIMEOUT = 120.0
 
 HOSTILE_TEXT = [
     "",
@@ -64,10 +77,32 @@ HOSTILE_TEXT = [
     "[" * 3000 + "]" * 3000,
     "\u202egreet",
     "🙂" * 300,
+    # Control characters, which no identifier may hold and every terminal or log must escape.
+    "\x1b[31mred\x1b[0m",
+    "sec-[/]-x",
+    "line\nforged log line",
+    "\x07\x08\x7f\x85\u2028\u2029\ufeff",
     "YmFzZTY0",
     "research",
     "greet",
     "llm",
+]
+#: JSON with numbers past what Python converts (4,300 digits) or a double holds.
+HOSTILE_JSON = [
+    '{"name": ' + "9" * 5000 + "}",
+    "[-" + "9" * 5000 + "]",
+    '{"name": ' + "9" * 4300 + "}",
+    '{"name": ' + str(2**64) + "}",
+    '{"name": 1e400}',
+    '{"name": -1e-400}',
+    "[NaN]",
+    '{"name": -Infinity}',
+    '{"content": [{"type": "text", "text": ' + "9" * 5000 + "}]}",
+]
+#: Page tokens carrying numbers at and beyond BIGINT's range.
+HOSTILE_PAGE_TOKENS = [
+    base64.urlsafe_b64encode(f"v1:{number}".encode()).decode()
+    for number in (2**63 - 1, 2**63, -(2**63), -(2**63) - 1, "9" * 5000, "1e400", "-0")
 ]
 INT_EDGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -77,6 +112,12 @@ INT_EDGES = {
     FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
     FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
 }
+#: Field types sent as varints on the wire, where a value beyond the type's range can be written.
+VARINT_TYPES = {*INT_EDGES, FieldDescriptor.TYPE_BOOL, FieldDescriptor.TYPE_ENUM}
+#: Raw varint values past 32 bits, past 63, at 64 and past 64 (which no parser should accept).
+WIRE_VALUES_BEYOND = (2**31, 2**32, 2**32 + 7, 2**53 + 1, 2**63, 2**64 - 1, 2**64, 2**70 - 1)
+#: Control and format characters (C0, DEL, C1, line/paragraph separators, bidi overrides...).
+CONTROL_CHARACTERS = st.characters(categories=("Cc", "Cf", "Zl", "Zp"))
 
 
 @dataclass(frozen=True)
@@ -87,12 +128,23 @@ class Plausible:
     numbers: tuple[int, ...]
 
 
-def hostile_text(plausible: Plausible) -> st.SearchStrategy[str]:
+def hostile_text(plausible: Plausible, field: str = "") -> st.SearchStrategy[str]:
+    if field.endswith("_json"):
+        return st.one_of(st.sampled_from(HOSTILE_JSON), hostile_text(plausible))
+    if field.endswith("page_token"):
+        return st.one_of(st.sampled_from(HOSTILE_PAGE_TOKENS), hostile_text(plausible))
     return st.one_of(
         st.sampled_from(plausible.texts),
         st.sampled_from(HOSTILE_TEXT),
         st.text(max_size=40).filter(_encodable),
         st.text(alphabet='ab{}[]":,0123456789', min_size=100, max_size=3000),
+        # A plausible value with control characters in it, to get past the first checks.
+        st.builds(
+            lambda text, control, at: text[:at] + control + text[at:],
+            st.sampled_from(plausible.texts),
+            st.text(CONTROL_CHARACTERS, min_size=1, max_size=4).filter(_encodable),
+            st.integers(0, 40),
+        ),
     )
 
 
@@ -108,7 +160,7 @@ def field_values(field: FieldDescriptor, plausible: Plausible, depth: int) -> st
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         return messages(field.message_type, plausible, depth + 1)
     if field.type == FieldDescriptor.TYPE_STRING:
-        return hostile_text(plausible)
+        return hostile_text(plausible, field.name)
     if field.type == FieldDescriptor.TYPE_BYTES:
         return st.binary(max_size=200)
     if field.type == FieldDescriptor.TYPE_BOOL:
@@ -137,6 +189,32 @@ def messages(descriptor: Descriptor, plausible: Plausible, depth: int = 0) -> st
             values = st.one_of(st.lists(values, max_size=3), st.lists(values, min_size=many, max_size=many))
         fields[field.name] = values
     return st.fixed_dictionaries({}, optional=fields).map(lambda chosen: _build(message_class, chosen))
+
+
+def beyond_range(descriptor: Descriptor, plausible: Plausible) -> st.SearchStrategy[bytes]:
+    """A message of ``descriptor`` followed by one more value for one of its integer fields, written
+    as a raw varint past the field's range (the last value of a field wins when decoding)."""
+    numeric = [field for field in descriptor.fields if field.type in VARINT_TYPES]
+    if not numeric:
+        return st.nothing()
+    return st.builds(
+        lambda message, field, value: (
+            message.SerializeToString() + _varint(field.number << 3) + _varint(value)
+        ),
+        messages(descriptor, plausible),
+        st.sampled_from(numeric),
+        st.sampled_from(WIRE_VALUES_BEYOND),
+    )
+
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if not value:
+            encoded.append(low)
+            return bytes(encoded)
+        encoded.append(low | 0x80)
 
 
 def _build(message_class: type[Message], chosen: dict[str, Any]) -> Message:
@@ -185,7 +263,7 @@ async def test_hostile_requests_to_every_rpc_get_proper_statuses_and_change_noth
     stack = await make_stack(registry_of(greet))
     running = await stack.client.start_workflow("greet", {"name": "ada"})
     [task] = await eventually(lambda: task_rows(stack.database_url, running.workflow_id))
-    plausible = Plausible(texts=("fuzz-executor", running.workflow_id), numbers=(task.id,))
+    plausible = Plausible(texts=("fuzz-executor", running.workflow_id, "greet"), numbers=(task.id,))
     loop = asyncio.get_running_loop()
 
     def on_the_loop(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -194,12 +272,15 @@ async def test_hostile_requests_to_every_rpc_get_proper_statuses_and_change_noth
     def stored() -> Any:
         return on_the_loop(snapshot(stack.database_url))
 
+    def settled() -> Any:
+        return on_the_loop(settled_snapshot(stack.database_url))
+
     def fuzz() -> list[str]:
         """Runs in a thread, with a blocking channel, while the server serves on the test's loop."""
         problems: list[str] = []
         with grpc.insecure_channel(stack.server.address) as channel:
             for method in unary_methods():
-                problems += fuzz_method(channel, method, plausible, stored)
+                problems += fuzz_method(channel, method, plausible, Probe(settled, stored))
             problems += fuzz_claim_stream(channel, plausible)
         return problems
 
@@ -212,8 +293,43 @@ async def test_hostile_requests_to_every_rpc_get_proper_statuses_and_change_noth
     assert (await stack.client.get_workflow(running.workflow_id)).id == running.workflow_id
 
 
+async def settled_snapshot(url: str) -> Any:
+    """The stored state once the work left by earlier calls is done: the replay queue is empty.
+
+    Replays are the only work an accepted call leaves behind in these tests (no executor
+    holds a task, no workflow sleeps), and a workflow leaves the queue in the same
+    transaction as its replay's writes, so an empty queue means nothing more will change
+    by itself.
+    """
+    await eventually(lambda: _empty(replay_rows(url)), timeout=SETTLE_TIMEOUT)
+    return await snapshot(url)
+
+
+async def _empty(rows: Coroutine[Any, Any, list[Any]]) -> bool:
+    return not await rows
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Sends one request and says what, if anything, was wrong with the answer."""
+
+    #: The stored state after the coordinator settled (blocking; see :func:`settled_snapshot`).
+    settled: Callable[[], Any]
+    #: The stored state now (blocking).
+    stored: Callable[[], Any]
+
+    def check(self, name: str, call: Callable[[], tuple[grpc.StatusCode, str]], shown: str) -> str | None:
+        before = self.settled()
+        code, details = call()
+        if code not in PROPER_STATUSES:
+            return f"{name} answered {code.name} ({details[:200]}) to {shown}"
+        if code != grpc.StatusCode.OK and self.stored() != before:
+            return f"{name} refused {shown} ({code.name}) but changed stored data"
+        return None
+
+
 def fuzz_method(
-    channel: grpc.Channel, method: MethodDescriptor, plausible: Plausible, take_snapshot: Callable[[], Any]
+    channel: grpc.Channel, method: MethodDescriptor, plausible: Plausible, probe: Probe
 ) -> list[str]:
     request_class = message_factory.GetMessageClass(method.input_type)
     response_class = message_factory.GetMessageClass(method.output_type)
@@ -224,7 +340,6 @@ def fuzz_method(
     )
     as_bytes = channel.unary_unary(path_of(method))
     problems: list[str] = []
-    state = {"stored": take_snapshot()}
 
     @settings(
         max_examples=EXAMPLES_PER_METHOD,
@@ -232,22 +347,24 @@ def fuzz_method(
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
-    @given(request=st.one_of(messages(method.input_type, plausible), st.binary(min_size=1, max_size=300)))
+    @given(
+        request=st.one_of(
+            messages(method.input_type, plausible),
+            beyond_range(method.input_type, plausible),
+            st.binary(min_size=1, max_size=300),
+        )
+    )
     def send(request: Message | bytes) -> None:
-        call = as_bytes if isinstance(request, bytes) else as_message
-        try:
-            call(request, timeout=CALL_TIMEOUT)
-            code, details = grpc.StatusCode.OK, ""
-        except grpc.RpcError as error:
-            code, details = error.code(), error.details() or ""
-        now = take_snapshot()
-        if code not in PROPER_STATUSES:
-            problems.append(f"{path_of(method)} answered {code.name} ({details[:200]}) to {_show(request)}")
-        elif code != grpc.StatusCode.OK and now != state["stored"]:
-            problems.append(
-                f"{path_of(method)} refused {_show(request)} ({code.name}) but changed stored data"
-            )
-        state["stored"] = now
+        def call() -> tuple[grpc.StatusCode, str]:
+            try:
+                (as_bytes if isinstance(request, bytes) else as_message)(request, timeout=CALL_TIMEOUT)
+            except grpc.RpcError as error:
+                return error.code(), error.details() or ""
+            return grpc.StatusCode.OK, ""
+
+        problem = probe.check(path_of(method), call, _show(request))
+        if problem is not None:
+            problems.append(problem)
 
     send()
     return problems
@@ -287,3 +404,85 @@ def fuzz_claim_stream(channel: grpc.Channel, plausible: Plausible) -> list[str]:
 def _show(request: Message | bytes) -> str:
     text = repr(request) if isinstance(request, bytes) else str(request).replace("\n", " ")
     return text[:300]
+
+
+# ------------------------------------------------------------- the probe itself
+
+
+async def test_work_left_by_an_accepted_call_is_not_blamed_on_a_refused_one(make_stack: MakeStack) -> None:
+    """The fuzz test once failed on a busy machine with "FailPendingTasks refused ... but changed
+    stored data": an earlier FailPendingTasks had been accepted, and the replay it queued landed
+    between the refused call's two snapshots. Here every replay is slow (as on a busy machine)
+    and refused calls keep coming until the replay has landed: the probe blames none of them."""
+    stack = await make_stack(registry_of(greet))
+    running = await stack.client.start_workflow("greet", {"name": "ada"})
+    await eventually(lambda: task_rows(stack.database_url, running.workflow_id))
+    replays = stack.coordinator.replays
+    replay_batch = replays.replay_batch
+
+    def slow_replay_batch(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(1.0)  # a busy machine: the replay loop gets to it late (no assertion on time)
+        return replay_batch(*args, **kwargs)
+
+    replays.replay_batch = slow_replay_batch
+    loop = asyncio.get_running_loop()
+    probe = Probe(
+        settled=lambda: asyncio.run_coroutine_threadsafe(settled_snapshot(stack.database_url), loop).result(),
+        stored=lambda: asyncio.run_coroutine_threadsafe(snapshot(stack.database_url), loop).result(),
+    )
+    fail_pending = (
+        f"/{admin_service_pb2.DESCRIPTOR.services_by_name['AdminService'].full_name}/FailPendingTasks"
+    )
+
+    def run() -> list[str | None]:
+        with grpc.insecure_channel(stack.server.address) as channel:
+            stub = channel.unary_unary(
+                fail_pending,
+                request_serializer=admin_service_pb2.FailPendingTasksRequest.SerializeToString,
+                response_deserializer=admin_service_pb2.FailPendingTasksResponse.FromString,
+            )
+
+            def call(request: admin_service_pb2.FailPendingTasksRequest) -> tuple[grpc.StatusCode, str]:
+                try:
+                    stub(request, timeout=CALL_TIMEOUT)
+                except grpc.RpcError as error:
+                    return error.code(), error.details() or ""
+                return grpc.StatusCode.OK, ""
+
+            everything = admin_service_pb2.FailPendingTasksRequest(shards={"all_shards": True})
+            refused = admin_service_pb2.FailPendingTasksRequest(shards={"all_shards": True}, limit=-1)
+            verdicts = [probe.check("FailPendingTasks", lambda: call(everything), "all")]
+            landed = False
+            while not landed:  # refusals until one comes after the replay the accepted call queued
+                landed = not asyncio.run_coroutine_threadsafe(replay_rows(stack.database_url), loop).result()
+                verdicts.append(probe.check("FailPendingTasks", lambda: call(refused), "limit=-1"))
+            return verdicts
+
+    verdicts = await asyncio.to_thread(run)
+    assert set(verdicts) == {None}
+    assert (await stack.client.wait(running.workflow_id, timeout=60, poll_interval=0.05)).error
+
+
+async def test_a_refused_call_that_changed_stored_data_is_reported(make_stack: MakeStack) -> None:
+    """The other half of being right about it: a real partial write is caught."""
+    stack = await make_stack(registry_of(greet))
+    running = await stack.client.start_workflow("greet", {"name": "ada"})
+    await eventually(lambda: task_rows(stack.database_url, running.workflow_id))
+    loop = asyncio.get_running_loop()
+
+    def on_the_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result()
+
+    probe = Probe(
+        settled=lambda: on_the_loop(settled_snapshot(stack.database_url)),
+        stored=lambda: on_the_loop(snapshot(stack.database_url)),
+    )
+
+    def partial_write() -> tuple[grpc.StatusCode, str]:
+        on_the_loop(
+            execute(stack.database_url, sa.update(workflows).values(idempotency_key="written by a refusal"))
+        )
+        return grpc.StatusCode.INVALID_ARGUMENT, "refused"
+
+    problem = await asyncio.to_thread(probe.check, "Partial", partial_write, "request")
+    assert problem == "Partial refused request (INVALID_ARGUMENT) but changed stored data"

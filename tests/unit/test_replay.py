@@ -636,3 +636,91 @@ def test_replaying_any_prefix_of_a_finished_journal_reproduces_exactly_the_remai
         assert asked, "replaying a prefix must ask for the next step"
         assert asked == full_journal[prefix : prefix + len(asked)]
     assert drive(stages, full_journal[:prefix]) == (full_journal, final)
+
+
+# --- replay reproduces the original interleaving (issue 9, item 8) -------------------------------
+
+
+async def two_step_branch(ctx: WorkflowContext, branch: str) -> list[Any]:
+    first = await ctx.task("work", f"{branch}1", name=f"{branch}1")
+    second = await ctx.task("work", f"{branch}2 after {first}", name=f"{branch}2")
+    return [first, second]
+
+
+async def gather_of_two_step_branches(ctx: WorkflowContext) -> list[Any]:
+    return list(await asyncio.gather(two_step_branch(ctx, "a"), two_step_branch(ctx, "b")))
+
+
+def test_gather_over_branches_of_two_steps_replays_in_the_order_it_first_ran() -> None:
+    """The first run takes a1, b1 (wave 1), then a2, b2 (wave 2). A replay that resolved a1 at once
+    would let branch a take position 1 for a2 while the journal holds b1 there."""
+    first_wave = run(gather_of_two_step_branches).new_steps
+    assert [step.name for step in first_wave] == ["a1", "b1"]
+    journal = [completed(step, f"r{step.name}") for step in first_wave]
+
+    second = run(gather_of_two_step_branches, journal)
+
+    assert second.error is None, second.error
+    assert [(step.number, step.name) for step in second.new_steps] == [(2, "a2"), (3, "b2")]
+    journal += [completed(step, f"r{step.name}") for step in second.new_steps]
+    assert run(gather_of_two_step_branches, journal) == ReplayOutcome(
+        WorkflowStatus.COMPLETED, result_json=canonical_json([["ra1", "ra2"], ["rb1", "rb2"]])
+    )
+
+
+# --- a journal longer than the code is non-determinism (issue 9, item 9) --------------------------
+
+
+async def only_extract(ctx: WorkflowContext, topic: str) -> str:
+    reply = await ctx.llm(model=MODEL, max_tokens=50, name="extract", messages=user(f"claims about {topic}"))
+    return reply.text
+
+
+def test_journal_with_steps_the_code_no_longer_asks_for_fails_as_non_determinism_naming_the_step() -> None:
+    """extract_then_count ran both steps; code that dropped 'count' must not complete silently."""
+    (extract,) = run(extract_then_count, args={"topic": "tides"}).new_steps
+    journal = [completed(extract, llm_reply("moon pulls water"))]
+    (count,) = run(extract_then_count, journal, {"topic": "tides"}).new_steps
+    journal.append(completed(count, 3))
+
+    outcome = run(only_extract, journal, {"topic": "tides"})
+
+    assert outcome.status is WorkflowStatus.FAILED
+    assert outcome.error is not None
+    assert outcome.error.startswith(
+        "non-determinism at step 1: the workflow finished without asking for task step 'count' that the "
+        "journal records there"
+    ), outcome.error
+
+
+# --- durations are bounded where workflow code gives them (issue 9, item 1) ----------------------
+
+
+async def task_with_timeout(ctx: WorkflowContext, timeout: float) -> Any:
+    return await ctx.task("work", None, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, 1e13, float("inf"), float("nan")])
+def test_step_timeout_outside_the_bound_fails_the_workflow_and_takes_no_step(timeout: float) -> None:
+    outcome = run(task_with_timeout, args={"timeout": timeout})
+
+    assert (outcome.status, outcome.new_steps) == (WorkflowStatus.FAILED, ())
+    assert outcome.error is not None
+    assert (
+        f"step timeout is {timeout!r} seconds; it must be more than 0 and at most 315360000" in outcome.error
+    )
+
+
+async def exits_in_finally(ctx: WorkflowContext) -> None:
+    try:
+        await ctx.task("work", None)
+    finally:
+        raise SystemExit(1)
+
+
+def test_sys_exit_while_the_replay_is_torn_down_does_not_escape() -> None:
+    """The workflow waits on a step; tearing the replay down runs its finally block, which exits."""
+    outcome = run(exits_in_finally)
+
+    assert outcome.status is WorkflowStatus.RUNNING
+    assert [step.kind for step in outcome.new_steps] == [StepKind.TASK]

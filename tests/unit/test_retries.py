@@ -60,11 +60,15 @@ def test_multiplier_of_one_gives_a_constant_backoff() -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"max_attempts": 0}, "max_attempts must be at least 1"),
-        ({"initial_backoff": -1.0}, "backoff times must not be negative"),
-        ({"max_backoff": -0.5}, "backoff times must not be negative"),
-        ({"multiplier": 0.5}, "multiplier must be at least 1"),
-        ({"max_rate_limit_waits": -1}, "max_rate_limit_waits must not be negative"),
+        ({"max_attempts": 0}, "max_attempts must be 1 to 1000000"),
+        ({"max_attempts": 2**63}, "max_attempts must be 1 to 1000000"),
+        ({"initial_backoff": -1.0}, "initial_backoff must be 0 to 315360000 seconds"),
+        ({"initial_backoff": float("inf")}, "initial_backoff must be 0 to 315360000 seconds"),
+        ({"max_backoff": -0.5}, "max_backoff must be 0 to 315360000 seconds"),
+        ({"max_backoff": float("nan")}, "max_backoff must be 0 to 315360000 seconds"),
+        ({"multiplier": 0.5}, "multiplier must be a finite number of at least 1"),
+        ({"multiplier": float("inf")}, "multiplier must be a finite number of at least 1"),
+        ({"max_rate_limit_waits": -1}, "max_rate_limit_waits must be 0 to 1000000"),
     ],
 )
 def test_retry_policy_rejects_invalid_settings(fields: dict[str, Any], message: str) -> None:

@@ -1,0 +1,143 @@
+"""Where workflow code runs: a thread of its own, one replay at a time, each with a deadline.
+
+Replay runs user code. Run on the writer thread (inside its transaction), a blocking
+call (``time.sleep``, I/O, a lock) or a long computation in one workflow would stall
+every write of the coordinator, and ``sys.exit()`` would end the writer for good. So
+the replay loop reads what is due, hands each replay to this runner, and applies the
+outcomes in a short write of its own (:mod:`coordinator.store.replays`).
+
+A replay that does not finish within ``timeout`` fails its workflow with a message
+saying why. Python cannot kill a thread, so the runner abandons the stuck thread
+(it is a daemon; an asynchronous exception is raised into it, which stops pure-Python
+loops at their next bytecode) and carries on with a fresh one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from conveyor import logs
+
+from .model import WorkflowStatus
+from .replay import ReplayOutcome
+
+log = logging.getLogger(__name__)
+
+
+class ReplayTimedOut(BaseException):
+    """Raised into a replay thread that overran its deadline; a ``BaseException`` so that
+    ``except Exception`` in workflow code does not swallow it."""
+
+
+@dataclass(frozen=True)
+class ReplayCall:
+    """One replay to run: the workflow it is for (for messages) and the call itself."""
+
+    workflow_id: str
+    run: Callable[[], ReplayOutcome]
+
+
+_Job = tuple[ReplayCall, "concurrent.futures.Future[ReplayOutcome]"]
+
+
+class _Worker:
+    """One runner thread and its job queue."""
+
+    def __init__(self, number: int) -> None:
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.abandoned = False
+        self.thread = threading.Thread(target=self._run, name=f"conveyor-replay-{number}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.abandoned:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                call, future = job
+                try:
+                    outcome = call.run()
+                except BaseException as error:  # nothing workflow code does may end this thread
+                    outcome = _failed(f"replay failed unexpectedly: {error!r}")
+                if not future.done():
+                    future.set_result(outcome)
+        except ReplayTimedOut:
+            pass  # abandoned; the timeout arrived between jobs
+
+
+class ReplayRunner:
+    """Runs replays off the event loop and off the writer, each within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        if not timeout > 0:
+            raise ValueError(f"replay timeout must be positive, not {timeout}")
+        self._timeout = timeout
+        self._started = 0
+        self._worker: _Worker | None = None
+        self._stopped = False
+        #: Replays that overran their deadline, for metrics and tests.
+        self.timeouts = 0
+
+    def healthy(self) -> bool:
+        """False if the runner thread died and no replay has replaced it yet (it never should)."""
+        return self._stopped or self._worker is None or self._worker.thread.is_alive()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._worker is not None:
+            self._worker.jobs.put(None)
+            self._worker = None
+
+    async def run(self, calls: Sequence[ReplayCall]) -> list[ReplayOutcome]:
+        """Run ``calls`` one after another; a replay that overruns fails alone."""
+        return [await self._run_one(call) for call in calls]
+
+    async def _run_one(self, call: ReplayCall) -> ReplayOutcome:
+        worker = self._current_worker()
+        future: concurrent.futures.Future[ReplayOutcome] = concurrent.futures.Future()
+        worker.jobs.put((call, future))
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+        except TimeoutError:
+            self._abandon(worker)
+            self.timeouts += 1
+            message = (
+                f"workflow code did not finish replaying within {self._timeout:g}s (--replay-timeout): "
+                "it blocks (time.sleep, file or network I/O, a lock) or computes for too long. Workflow "
+                "code must only await ctx steps; do slow or blocking work in a ctx.task() handler"
+            )
+            log.error(
+                "workflow %s: %s", call.workflow_id, message, extra=logs.fields(workflow_id=call.workflow_id)
+            )
+            return _failed(message)
+
+    def _current_worker(self) -> _Worker:
+        if self._worker is None or not self._worker.thread.is_alive():
+            self._started += 1
+            self._worker = _Worker(self._started)
+        return self._worker
+
+    def _abandon(self, worker: _Worker) -> None:
+        worker.abandoned = True
+        worker.jobs.put(None)
+        if self._worker is worker:
+            self._worker = None
+        ident = worker.thread.ident
+        if ident is not None and worker.thread.is_alive():
+            # Interrupts a pure-Python loop at its next bytecode; a thread blocked in C (sleep,
+            # I/O) notices when that call returns. Either way the thread stops taking jobs.
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(ident), ctypes.py_object(ReplayTimedOut)
+            )
+
+
+def _failed(error: str) -> ReplayOutcome:
+    return ReplayOutcome(WorkflowStatus.FAILED, error=error)

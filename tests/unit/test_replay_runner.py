@@ -1,0 +1,81 @@
+"""The replay runner: workflow code on a thread of its own, each replay within a deadline."""
+
+from __future__ import annotations
+
+import threading
+
+from coordinator.model import WorkflowStatus
+from coordinator.replay import ReplayOutcome
+from coordinator.replay_runner import ReplayCall, ReplayRunner
+from support import eventually
+
+DONE = ReplayOutcome(WorkflowStatus.COMPLETED, result_json="1")
+
+
+def exits() -> ReplayOutcome:
+    raise SystemExit(2)
+
+
+async def test_anything_a_replay_raises_fails_that_replay_and_the_runner_carries_on() -> None:
+    runner = ReplayRunner(timeout=60)
+    try:
+        failed, done = await runner.run([ReplayCall("wf-1", exits), ReplayCall("wf-2", lambda: DONE)])
+    finally:
+        runner.stop()
+
+    assert failed.status is WorkflowStatus.FAILED
+    assert failed.error == "replay failed unexpectedly: SystemExit(2)"
+    assert done == DONE
+
+
+async def test_a_replay_that_overruns_fails_and_the_next_one_runs_on_a_fresh_thread() -> None:
+    release = threading.Event()
+    threads: list[str] = []
+
+    def blocks() -> ReplayOutcome:
+        threads.append(threading.current_thread().name)
+        release.wait(120)
+        return DONE
+
+    def quick() -> ReplayOutcome:
+        threads.append(threading.current_thread().name)
+        return DONE
+
+    runner = ReplayRunner(timeout=5)
+    try:
+        overran, done = await runner.run([ReplayCall("wf-1", blocks), ReplayCall("wf-2", quick)])
+        assert runner.healthy()
+    finally:
+        release.set()
+        runner.stop()
+
+    assert overran.status is WorkflowStatus.FAILED
+    assert (overran.error or "").startswith(
+        "workflow code did not finish replaying within 5s (--replay-timeout)"
+    )
+    assert done == DONE
+    assert threads == ["conveyor-replay-1", "conveyor-replay-2"]
+    assert runner.timeouts == 1
+
+
+async def test_an_overrunning_busy_loop_is_interrupted_so_its_thread_ends() -> None:
+    """Python cannot kill a thread; the runner raises ReplayTimedOut into it, which stops a
+    pure-Python loop at its next bytecode instead of leaving it burning CPU for ever."""
+    give_up = threading.Event()
+    spinning: list[threading.Thread] = []
+
+    def spins() -> ReplayOutcome:
+        spinning.append(threading.current_thread())
+        while not give_up.is_set():
+            pass
+        return DONE
+
+    runner = ReplayRunner(timeout=5)
+    try:
+        (overran,) = await runner.run([ReplayCall("wf-1", spins)])
+        await eventually(lambda: not spinning[0].is_alive(), timeout=60)
+    finally:
+        give_up.set()
+        runner.stop()
+
+    assert overran.status is WorkflowStatus.FAILED
