@@ -1,0 +1,800 @@
+"""The whole coordinator under random interleavings of executors, operators and faults.
+
+Hypothesis drives a real :class:`coordinator.engine.Coordinator` (in-process, its
+own writer thread and background loops, a real SQLite file or PostgreSQL schema)
+through random sequences of what happens to a coordinator in production: workflows
+start (chains of steps, sleeps, ``asyncio.gather``); executors connect, heartbeat,
+run and report tasks, report late, twice, with stale tokens or malformed; they go
+silent and lose their lease, reconnect holding tasks, crash on poison tasks, drain
+after an epoch bump; clients cancel; operators fail pending tasks and clear queues;
+the coordinator restarts; writes fail before their commit, for good, or commit and
+then raise (an unknown outcome); workflow code raises ``BaseException``.
+
+After every step:
+
+* Diagnose's invariant checks find nothing (among them the replay-queue invariant:
+  a running workflow with nothing in progress has a replay-queue entry);
+* no task is claimed by an executor the coordinator no longer knows
+  (live, draining, or disconnected and still within its lease);
+* no step result is applied twice, and each completed step holds the result that
+  was accepted for it.
+
+At the end, once the faults stop, every executor comes back healthy and works until
+every workflow is terminal (completed, failed or cancelled), within a generous bound:
+the liveness promise "nothing stuck, ever" (issue 9).
+
+Rules are grouped in *families*, each exercising one item of issue 9
+(:data:`FAMILIES`). ``CONVEYOR_MODEL_FAMILIES`` picks them (comma-separated, or
+``all``); the default, :data:`DEFAULT_FAMILIES`, is the families the coordinator
+passes today. ``CONVEYOR_MODEL_EXAMPLES`` / ``CONVEYOR_MODEL_STEPS`` scale the run
+(``make model-long`` runs a long profile of every family).
+
+Timing: the coordinator's clock is the wall clock (``coordinator.clock.now_us`` is a
+plain function its modules import, so it cannot be injected). The machine therefore
+never asserts on time: leases never expire on their own (``lease_ttl`` is an hour)
+but only through the ``lease_expires`` rule, and the only waits are for conditions
+(quiescence), bounded generously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from conveyor.errors import ConveyorError
+from conveyor.v1 import common_pb2
+from conveyor.v1 import executor_service_pb2 as pb
+from conveyor.workflow import RetryPolicy, WorkflowContext, WorkflowRegistry, workflow
+from coordinator.api.executor_service import ExecutorService
+from coordinator.config import CoordinatorConfig
+from coordinator.engine import Coordinator
+from coordinator.model import StepStatus, WorkflowStatus
+from coordinator.sessions import ExecutorSession
+from coordinator.store.schema import ALL_TABLES, steps, tasks, workflows
+
+T = TypeVar("T")
+
+# ------------------------------------------------------------------ families
+
+#: Family -> what it exercises (the item of issue 9 it would have caught).
+FAMILIES: dict[str, str] = {
+    "core": "start workflows (chains, short sleeps, gather of single steps), executors connect, "
+    "heartbeat, run and report tasks, grant credit",
+    "duplicates": "results reported twice, with stale tokens, or by the wrong executor (fencing)",
+    "cancel": "clients cancel running workflows while executors hold their tasks",
+    "admin": "FailPendingTasks, ClearTaskQueue, ClearReplayQueue (operators)",
+    "disconnect": "streams close and executors reconnect holding their tasks, within the lease",
+    "restart": "the coordinator restarts; executors reconnect holding tasks (recovery)",
+    "failed_writes": "a write transaction fails before its commit (retried) or for good (item 3: loops "
+    "whose wake-up was cleared before the failed work never re-arm)",
+    "lease_expiry": "an executor misses its lease, then reconnects holding the task it was running "
+    "(item 4: the re-claimed task is ignored by its holder and stays claimed forever)",
+    "poison": "a task crashes its executor, which restarts under the same id (item 5)",
+    "hung": "a live, heartbeating executor never reports one task (item 6: no server-side deadline)",
+    "gather": "asyncio.gather over branches of two steps (item 8: false non-determinism)",
+    "bad_text": "a handler result with a lone surrogate flows into later arguments (item 1)",
+    "huge_sleep": "ctx.sleep(1e13) overflows the wake time (item 1)",
+    "base_exception": "workflow code raises SystemExit / KeyboardInterrupt (item 2)",
+    "unknown_commit": "a write commits, then reports a connection error, and is retried (item 11)",
+    "epoch": "BumpEpoch, draining executors and re-registration in the new epoch (item 12)",
+    "malformed": "a RecordResults batch with one malformed result next to good ones (item 13)",
+}
+
+#: The families the coordinator passes on today's main (see docs/reliability.md). The
+#: others find real bugs; enable each once its issue-9 item is fixed.
+DEFAULT_FAMILIES: tuple[str, ...] = (
+    "core",
+    "duplicates",
+    "cancel",
+    "admin",
+    "disconnect",
+    "restart",
+)
+
+
+def selected_families() -> frozenset[str]:
+    raw = os.environ.get("CONVEYOR_MODEL_FAMILIES", "").strip()
+    if not raw:
+        return frozenset(DEFAULT_FAMILIES)
+    if raw == "all":
+        return frozenset(FAMILIES)
+    chosen = frozenset(name.strip() for name in raw.split(",") if name.strip())
+    unknown = chosen - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"CONVEYOR_MODEL_FAMILIES names unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+    return chosen | {"core"}
+
+
+EXAMPLES = int(os.environ.get("CONVEYOR_MODEL_EXAMPLES", "12"))
+STEPS = int(os.environ.get("CONVEYOR_MODEL_STEPS", "25"))
+#: How long the end of an example may take to bring every workflow to a terminal state.
+QUIESCENCE_TIMEOUT = float(os.environ.get("CONVEYOR_MODEL_QUIESCENCE_TIMEOUT", "60"))
+#: Any single coordinator call; far beyond what one takes on a busy machine, so that a
+#: hang (a dead writer thread) fails the example instead of the whole run.
+CALL_TIMEOUT = 60.0
+
+EXECUTORS = ("exec-a", "exec-b", "exec-c")
+CAPACITY = 3
+KIND = "work"
+
+# ---------------------------------------------------------------- workflows
+
+FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff=0.0, max_backoff=0.0, max_rate_limit_waits=2)
+
+
+async def _step(ctx: WorkflowContext, label: str, **flags: Any) -> Any:
+    return await ctx.task(KIND, {"label": label, **flags}, name=label, retry=FAST_RETRY)
+
+
+@workflow(name="chain")
+async def chain(ctx: WorkflowContext, length: int) -> int:
+    total = 0
+    for number in range(length):
+        total += await _step(ctx, f"s{number}")
+    return total
+
+
+@workflow(name="sleepy")
+async def sleepy(ctx: WorkflowContext) -> int:
+    await ctx.sleep(0.001)
+    return int(await _step(ctx, "after-sleep"))
+
+
+@workflow(name="fan_out")
+async def fan_out(ctx: WorkflowContext) -> int:
+    a, b = await asyncio.gather(_step(ctx, "a"), _step(ctx, "b"))
+    return int(a) + int(b)
+
+
+async def _branch(ctx: WorkflowContext, name: str) -> int:
+    first = await _step(ctx, f"{name}1")
+    return int(first) + int(await _step(ctx, f"{name}2"))
+
+
+@workflow(name="gather_branches")
+async def gather_branches(ctx: WorkflowContext) -> int:
+    a, b = await asyncio.gather(_branch(ctx, "a"), _branch(ctx, "b"))
+    return a + b
+
+
+@workflow(name="bad_text")
+async def bad_text(ctx: WorkflowContext) -> Any:
+    value = await _step(ctx, "surrogate", surrogate=True)
+    return await _step(ctx, "echo", previous=value)
+
+
+@workflow(name="huge_sleep")
+async def huge_sleep(ctx: WorkflowContext) -> None:
+    await ctx.sleep(1e13)
+
+
+@workflow(name="raiser")
+async def raiser(ctx: WorkflowContext, how: str) -> None:
+    await _step(ctx, "before-raise")
+    if how == "exit":
+        raise SystemExit(3)
+    raise KeyboardInterrupt
+
+
+@workflow(name="poison")
+async def poison(ctx: WorkflowContext) -> int:
+    return int(await _step(ctx, "poison", poison=True))
+
+
+@workflow(name="hung")
+async def hung(ctx: WorkflowContext) -> int:
+    value = await ctx.task(KIND, {"label": "hung", "hang": True}, name="hung", retry=FAST_RETRY, timeout=0.5)
+    return int(value)
+
+
+REGISTRY = WorkflowRegistry()
+for _function in (chain, sleepy, fan_out, gather_branches, bad_text, huge_sleep, raiser, poison, hung):
+    REGISTRY.register(_function)
+
+#: (workflow name, args) per family that adds workflows.
+STARTS: dict[str, list[tuple[str, list[Any]]]] = {
+    "core": [("chain", [1]), ("chain", [3]), ("sleepy", []), ("fan_out", [])],
+    "gather": [("gather_branches", [])],
+    "bad_text": [("bad_text", [])],
+    "huge_sleep": [("huge_sleep", [])],
+    "base_exception": [("raiser", ["exit"]), ("raiser", ["interrupt"])],
+    "poison": [("poison", [])],
+    "hung": [("hung", [])],
+}
+
+# ------------------------------------------------------- the model executor
+
+
+@dataclass
+class ModelExecutor:
+    """An executor as the coordinator sees it through its stream; behaves like executor/worker.py."""
+
+    executor_id: str
+    session: ExecutorSession | None = None
+    #: The epoch it was welcomed into (0: a new process).
+    epoch: int = 0
+    #: task id -> the task as delivered (its token): running, or finished and unreported.
+    held: dict[int, pb.Task] = field(default_factory=dict)
+    draining: bool = False
+    #: It ran a poison task: the process dies at the next chance.
+    crashing: bool = False
+    #: (task id, token, result) of results reported before, to send again as duplicates.
+    reported: list[tuple[int, int, str]] = field(default_factory=list)
+
+
+def task_result(task: pb.Task) -> pb.TaskResult:
+    """What the handler returns for ``task``: a number, or the flagged misbehaviour."""
+    payload = json.loads(task.payload_json)
+    if isinstance(payload, dict) and payload.get("surrogate"):
+        return pb.TaskResult(task_id=task.task_id, fencing_token=task.fencing_token, result_json='"\\ud800"')
+    return pb.TaskResult(task_id=task.task_id, fencing_token=task.fencing_token, result_json="1")
+
+
+class Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
+class _CallContext:
+    """The bits of a gRPC servicer context ExecutorService.RecordResults uses (no authentication)."""
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Refused(code, details)
+
+
+# ------------------------------------------------------- internals, isolated
+
+
+class WriteFaults:
+    """Injects faults into the coordinator's write transactions.
+
+    Internal on purpose: the coordinator has no public hook to make a commit fail, and
+    real database faults (killing PostgreSQL, locking SQLite) are the chaos suite's
+    job at a cost this machine cannot pay per step. Wrapping ``Writer._transaction``
+    (one batch: BEGIN, the units, COMMIT) gives the three outcomes a real database can
+    produce: a failure before the commit (the writer retries on a fresh connection), a
+    failure for good (every unit of the batch gets ``Unavailable``), and a commit that
+    succeeded but was reported as a connection error (the unknown outcome).
+    """
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        writer = coordinator.writer
+        real = writer._transaction
+
+        def transaction(batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+            with self._lock:
+                fault = self._pending.pop(0) if self._pending else None
+            if fault == "before":
+                raise sa.exc.OperationalError("COMMIT", None, Exception("injected: connection lost before commit"))
+            if fault == "forever":
+                raise RuntimeError("injected: the database refused the transaction")
+            outcomes = real(batch)
+            if fault == "after":
+                raise sa.exc.OperationalError("COMMIT", None, Exception("injected: connection lost after commit"))
+            return outcomes
+
+        writer._transaction = transaction  # type: ignore[method-assign]
+
+    def add(self, fault: str) -> None:
+        with self._lock:
+            self._pending.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._pending.clear()
+
+
+async def lose_lease(coordinator: Coordinator, session: ExecutorSession) -> None:
+    """Internal: what the lease loop does once ``lease_ttl`` passes without a heartbeat.
+
+    The machine's lease is an hour so that time never decides anything; this runs the
+    expiry itself, at the moment Hypothesis chooses.
+    """
+    await coordinator._expire(session)
+
+
+# ----------------------------------------------------------------- machine
+
+
+class CoordinatorMachine(RuleBasedStateMachine):
+    database_url: str  # set by the test, once per database
+    families: frozenset[str] = frozenset(DEFAULT_FAMILIES)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.coordinator: Coordinator | None = None
+        self.faults: WriteFaults | None = None
+        self.executors = {name: ModelExecutor(name) for name in EXECUTORS}
+        self.workflow_ids: list[str] = []
+        #: task id -> (token, executor) of the success result applied to its step.
+        self.applied: dict[int, tuple[int, str]] = {}
+        self.hung_tasks: set[int] = set()
+        self.config = CoordinatorConfig(
+            database_url=self.database_url,
+            shards=2,
+            heartbeat_interval=1.0,
+            lease_ttl=3600.0,
+            group_commit_window=0.0,
+            replay_batch_size=5,
+            database_retry_deadline=5.0,
+            sqlite_synchronous="NORMAL",
+        )
+
+    # ------------------------------------------------------------ plumbing
+
+    def run(self, awaitable: Awaitable[T]) -> T:
+        async def bounded() -> T:
+            try:
+                return await asyncio.wait_for(awaitable, CALL_TIMEOUT)
+            except TimeoutError:
+                raise AssertionError(
+                    f"a coordinator call did not finish within {CALL_TIMEOUT}s: a write or a loop is hung"
+                ) from None
+
+        return self.loop.run_until_complete(bounded())
+
+    @property
+    def c(self) -> Coordinator:
+        assert self.coordinator is not None
+        return self.coordinator
+
+    async def _start_coordinator(self) -> None:
+        self.coordinator = Coordinator(self.config, REGISTRY)
+        await self.coordinator.start()
+        self.faults = WriteFaults(self.coordinator)
+
+    async def _settle(self) -> None:
+        """Let the background loops take their turns (progress only; nothing asserts on time)."""
+        for _ in range(3):
+            await asyncio.sleep(0.005)
+
+    def teardown(self) -> None:
+        try:
+            if self.coordinator is not None:
+                self.run(self._quiesce())
+        finally:
+            try:
+                if self.coordinator is not None:
+                    self.loop.run_until_complete(asyncio.wait_for(self.c.stop(), CALL_TIMEOUT))
+            finally:
+                self.loop.close()
+
+    @initialize()
+    def fresh_coordinator(self) -> None:
+        engine = sa.create_engine(self.database_url)
+        try:
+            with engine.begin() as connection:
+                for table in reversed(ALL_TABLES):
+                    connection.execute(sa.delete(table))
+        finally:
+            engine.dispose()
+        self.run(self._start_coordinator())
+
+    def has(self, family: str) -> bool:
+        return family in self.families
+
+    # ---------------------------------------------------- executor plumbing
+
+    async def _connect(self, executor: ModelExecutor) -> None:
+        if executor.session is not None:
+            return
+        hello = pb.Hello(
+            executor_id=executor.executor_id,
+            epoch=executor.epoch,
+            task_kinds=[KIND],
+            capacity=CAPACITY,
+            free_slots=max(0, CAPACITY - len(executor.held)),
+            held_task_ids=sorted(executor.held),
+        )
+        with contextlib.suppress(ConveyorError):
+            executor.session = await self.c.connect_executor(hello, "model")
+
+    async def _stream_closed(self, executor: ModelExecutor) -> None:
+        session, executor.session = executor.session, None
+        if session is not None:
+            with contextlib.suppress(ConveyorError):
+                await self.c.executor_stream_closed(session)
+
+    async def _process_dies(self, executor: ModelExecutor) -> None:
+        """The executor process exits: it forgets everything and restarts under the same id."""
+        await self._stream_closed(executor)
+        executor.held.clear()
+        executor.epoch, executor.draining, executor.crashing = 0, False, False
+
+    async def _pump(self, executor: ModelExecutor) -> None:
+        """Read what the coordinator sent down the stream, as executor/worker.py does."""
+        session = executor.session
+        if session is None:
+            return
+        while not session.outbox.empty():
+            message = session.outbox.get_nowait()
+            if message is None:
+                await self._stream_closed(executor)
+                return
+            kind = message.WhichOneof("message")
+            if kind == "welcome":
+                executor.epoch = message.welcome.epoch
+            elif kind == "tasks":
+                for task in message.tasks.tasks:
+                    if task.task_id in executor.held:
+                        continue  # "already running: the coordinator re-sent it after a reconnect"
+                    executor.held[task.task_id] = task
+                    payload = json.loads(task.payload_json)
+                    if payload.get("poison"):
+                        executor.crashing = True
+                    if payload.get("hang"):
+                        self.hung_tasks.add(task.task_id)
+            elif kind == "drain" and not executor.draining:
+                executor.draining = True
+                with contextlib.suppress(ConveyorError):
+                    await self.c.executor_draining(session, "model: told to drain")
+        if executor.crashing:
+            await self._process_dies(executor)
+        elif executor.draining and not executor.held and executor.session is not None:
+            await self._process_dies(executor)  # drained: exits 0; its supervisor starts it again
+
+    async def _report(self, executor: ModelExecutor, results: list[pb.TaskResult]) -> list[int] | None:
+        """RecordResults through the real servicer (its validation included); dispositions or None."""
+        service = ExecutorService(self.c)
+        request = pb.RecordResultsRequest(executor_id=executor.executor_id, results=results)
+        try:
+            response = await service.RecordResults(request, _CallContext())  # type: ignore[arg-type]
+        except Refused as refused:
+            if refused.code == grpc.StatusCode.UNAVAILABLE:
+                return None
+            raise
+        dispositions = list(response.dispositions)
+        for result, disposition in zip(results, dispositions, strict=True):
+            self._note_disposition(executor, result, disposition)
+        return dispositions
+
+    def _note_disposition(self, executor: ModelExecutor, result: pb.TaskResult, disposition: int) -> None:
+        if result.WhichOneof("outcome") != "result_json":
+            return
+        key = (result.fencing_token, executor.executor_id)
+        if disposition == pb.RESULT_DISPOSITION_ACCEPTED:
+            before = self.applied.get(result.task_id)
+            assert before is None, (
+                f"task {result.task_id}: a second success result ({key}) was accepted after {before}: "
+                "a step result applied twice"
+            )
+            self.applied[result.task_id] = key
+        elif disposition == pb.RESULT_DISPOSITION_DUPLICATE:
+            # An unknown-outcome commit's retry answers DUPLICATE for what the first try applied.
+            before = self.applied.setdefault(result.task_id, key)
+            assert before == key, f"task {result.task_id}: DUPLICATE for {key}, but {before} was applied"
+
+    async def _work(self, executor: ModelExecutor, limit: int) -> None:
+        """Run and report up to ``limit`` held tasks (hung ones never finish)."""
+        await self._pump(executor)
+        if executor.session is None:
+            return
+        ready = [t for t in executor.held.values() if t.task_id not in self.hung_tasks][:limit]
+        if not ready:
+            return
+        results = [task_result(task) for task in ready]
+        dispositions = await self._report(executor, results)
+        if dispositions is None:
+            return  # not applied: it keeps them and reports again later
+        for task, result in zip(ready, results, strict=True):
+            del executor.held[task.task_id]
+            executor.reported.append((task.task_id, task.fencing_token, result.result_json))
+        if executor.session is not None and not executor.draining:
+            self.c.grant_credit(executor.session, len(ready))
+        await self._pump(executor)
+
+    # ----------------------------------------------------------------- rules
+
+    @rule(data=st.data(), count=st.integers(1, 3))
+    def start_workflows(self, data: st.DataObject, count: int) -> None:
+        choices = [start for family, starts in STARTS.items() if self.has(family) for start in starts]
+        requests = []
+        for _ in range(count):
+            name, args = data.draw(st.sampled_from(choices))
+            requests.append((name, json.dumps(args), ""))
+
+        async def start() -> None:
+            with contextlib.suppress(ConveyorError):
+                started = await self.c.start_workflows(requests)
+                self.workflow_ids.extend(s.workflow_id for s in started)
+            await self._settle()
+
+        self.run(start())
+
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def executor_connects(self, executor: str) -> None:
+        async def connect() -> None:
+            await self._connect(self.executors[executor])
+            await self._settle()
+            await self._pump(self.executors[executor])
+
+        self.run(connect())
+
+    @rule(executor=st.sampled_from(EXECUTORS), limit=st.integers(1, CAPACITY))
+    def executor_works(self, executor: str, limit: int) -> None:
+        async def work() -> None:
+            await self._work(self.executors[executor], limit)
+            await self._settle()
+
+        self.run(work())
+
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def executor_heartbeats(self, executor: str) -> None:
+        model = self.executors[executor]
+        if model.session is not None:
+            self.c.executor_alive(model.session)
+
+    @precondition(lambda self: self.has("duplicates"))
+    @rule(data=st.data(), how=st.sampled_from(["duplicate", "stale", "other executor"]))
+    def executor_reports_again(self, data: st.DataObject, how: str) -> None:
+        """An old result again: a retried RecordResults, a stale token, a confused executor."""
+        reports = [(e, r) for e in self.executors.values() for r in e.reported]
+        if not reports:
+            return
+        executor, (task_id, token, result_json) = data.draw(st.sampled_from(reports))
+        if how == "stale":
+            token -= 1
+        elif how == "other executor":
+            executor = next(e for e in self.executors.values() if e is not executor)
+        result = pb.TaskResult(task_id=task_id, fencing_token=token, result_json=result_json)
+        dispositions = self.run(self._report(executor, [result]))
+        if dispositions is not None and how != "duplicate":
+            assert dispositions == [pb.RESULT_DISPOSITION_STALE], (how, dispositions)
+
+    @precondition(lambda self: self.has("disconnect"))
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def stream_drops(self, executor: str) -> None:
+        """The stream breaks; the executor keeps running what it holds and reconnects later."""
+        self.run(self._stream_closed(self.executors[executor]))
+
+    @precondition(lambda self: self.has("cancel"))
+    @rule(data=st.data())
+    def client_cancels(self, data: st.DataObject) -> None:
+        if not self.workflow_ids:
+            return
+        workflow_id = data.draw(st.sampled_from(self.workflow_ids))
+
+        async def cancel() -> None:
+            with contextlib.suppress(ConveyorError):  # already finished: FAILED_PRECONDITION
+                await self.c.cancel_workflow(workflow_id, "model: client cancels")
+
+        self.run(cancel())
+
+    @precondition(lambda self: self.has("admin"))
+    @rule(operation=st.sampled_from(["fail pending", "clear tasks", "clear replays"]), limit=st.integers(0, 2))
+    def operator_acts(self, operation: str, limit: int) -> None:
+        async def act() -> None:
+            with contextlib.suppress(ConveyorError):
+                if operation == "fail pending":
+                    await self.c.fail_pending_tasks(None, limit, "model: operator")
+                elif operation == "clear tasks":
+                    await self.c.clear_task_queue(None, limit, "model: operator")
+                else:
+                    await self.c.clear_replay_queue(None, limit, "model: operator")
+            await self._settle()
+
+        self.run(act())
+
+    @precondition(lambda self: self.has("epoch"))
+    @rule()
+    def operator_bumps_epoch(self) -> None:
+        async def bump() -> None:
+            with contextlib.suppress(ConveyorError):
+                await self.c.bump_epoch("model: new release")
+            for executor in self.executors.values():
+                await self._pump(executor)
+
+        self.run(bump())
+
+    @precondition(lambda self: self.has("restart"))
+    @rule()
+    def coordinator_restarts(self) -> None:
+        async def restart() -> None:
+            await self.c.stop()
+            for executor in self.executors.values():
+                executor.session = None  # its stream ended; it keeps what it holds
+            await self._start_coordinator()
+
+        self.run(restart())
+
+    @precondition(lambda self: self.has("lease_expiry"))
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def lease_expires(self, executor: str) -> None:
+        """The executor paused (GC, VM, network): no heartbeat for a lease; it still runs its tasks."""
+        session = self.c.sessions.get(executor)
+        if session is not None:
+            self.run(lose_lease(self.c, session))
+            self.executors[executor].session = None
+
+    @precondition(lambda self: self.has("failed_writes") or self.has("unknown_commit"))
+    @rule(data=st.data())
+    def next_write_fails(self, data: st.DataObject) -> None:
+        kinds = (["before", "forever"] if self.has("failed_writes") else []) + (
+            ["after"] if self.has("unknown_commit") else []
+        )
+        assert self.faults is not None
+        self.faults.add(data.draw(st.sampled_from(kinds)))
+
+    @precondition(lambda self: self.has("malformed"))
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def executor_reports_malformed(self, executor: str) -> None:
+        """A good result and one with its error class unset, in one batch."""
+        model = self.executors[executor]
+
+        async def report() -> None:
+            await self._pump(model)
+            ready = [t for t in model.held.values() if t.task_id not in self.hung_tasks]
+            if model.session is None or not ready:
+                return
+            good = task_result(ready[0])
+            malformed = pb.TaskResult(task_id=ready[0].task_id + 10_000, fencing_token=1)
+            malformed.failure.CopyFrom(pb.TaskFailure(error_class=common_pb2.ERROR_CLASS_UNSPECIFIED))
+            try:
+                dispositions = await self._report(model, [good, malformed])
+            except Refused as refused:
+                raise AssertionError(
+                    f"one malformed result refused the whole batch, the good one too: {refused}"
+                ) from None
+            if dispositions is not None:
+                del model.held[ready[0].task_id]
+                model.reported.append((good.task_id, good.fencing_token, good.result_json))
+                self.c.grant_credit(model.session, 1)
+
+        self.run(report())
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        if self.coordinator is None:
+            return
+        self.run(self._check())
+
+    async def _check(self) -> None:
+        report = await self.c.diagnose(20)
+        assert not report.violations, [(v.kind, v.description, v.workflow_ids) for v in report.violations]
+        await self._check_results_applied_once()
+        if await self._orphaned_claims():
+            await asyncio.sleep(0.2)  # a claim and its session's end may be in flight together
+            orphans = await self._orphaned_claims()
+            assert not orphans, f"tasks claimed by executors the coordinator does not know: {orphans}"
+
+    async def _orphaned_claims(self) -> dict[int, str]:
+        def query(connection: sa.Connection) -> dict[int, str]:
+            rows = connection.execute(sa.select(tasks.c.id, tasks.c.claimed_by).where(tasks.c.claimed_by.is_not(None)))
+            return {row.id: row.claimed_by for row in rows}
+
+        claimed = await self.c.read(query)
+        return {task: holder for task, holder in claimed.items() if self.c.sessions.get(holder) is None}
+
+    async def _check_results_applied_once(self) -> None:
+        def query(connection: sa.Connection) -> list[Any]:
+            return list(
+                connection.execute(
+                    sa.select(steps.c.id, steps.c.result_token, steps.c.executor_id).where(
+                        steps.c.status == StepStatus.COMPLETED, steps.c.kind == "task"
+                    )
+                )
+            )
+
+        for row in await self.c.read(query):
+            accepted = self.applied.get(row.id)
+            assert accepted is not None, f"step {row.id} completed with no result accepted for it"
+            assert (row.result_token, row.executor_id) == accepted, (
+                f"step {row.id} holds the result of {(row.result_token, row.executor_id)}, but {accepted} "
+                "was the one accepted"
+            )
+
+    # ----------------------------------------------------------- quiescence
+
+    async def _quiesce(self) -> None:
+        """Faults stop; every executor comes back healthy; every workflow must end."""
+        assert self.faults is not None
+        self.faults.clear()
+        deadline = self.loop.time() + QUIESCENCE_TIMEOUT
+        while True:
+            for executor in self.executors.values():
+                await self._connect(executor)
+            for session in list(self.c.sessions):
+                model = self.executors.get(session.executor_id)
+                if model is None or model.session is not session:
+                    await lose_lease(self.c, session)  # nobody comes back for it: its lease runs out
+            for executor in self.executors.values():
+                if executor.session is not None:
+                    self.c.executor_alive(executor.session)
+                await self._work(executor, CAPACITY)
+            if await self._all_terminal():
+                break
+            if self.loop.time() > deadline:
+                stuck = await self._stuck()
+                raise AssertionError(f"workflows still running {QUIESCENCE_TIMEOUT}s after faults stopped: {stuck}")
+            await asyncio.sleep(0.02)
+        await self._check()
+
+    async def _all_terminal(self) -> bool:
+        counts = await self.c.count_workflows("")
+        return not counts.get(WorkflowStatus.RUNNING.value)
+
+    async def _stuck(self) -> list[str]:
+        def query(connection: sa.Connection) -> list[str]:
+            return list(
+                connection.execute(
+                    sa.select(workflows.c.id).where(workflows.c.status == WorkflowStatus.RUNNING).limit(5)
+                ).scalars()
+            )
+
+        lines = []
+        for workflow_id in await self.c.read(query):
+            explanation = await self.c.explain_workflow(workflow_id)
+            lines.append(f"{workflow_id}: {explanation}")
+        return lines
+
+
+# ------------------------------------------------------------------- tests
+
+
+@pytest.fixture
+def migrated_url(database_url: str) -> Iterator[str]:
+    from coordinator.store import Database
+
+    database = Database(database_url)
+    database.migrate()
+    database.dispose()
+    yield database_url
+
+
+def run_machine(database_url: str, families: frozenset[str], examples: int, steps_per_example: int) -> None:
+    CoordinatorMachine.database_url = database_url
+    CoordinatorMachine.families = families
+    run_state_machine_as_test(
+        CoordinatorMachine,
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps_per_example,
+            deadline=None,
+            derandomize=not os.environ.get("CONVEYOR_MODEL_RANDOM"),
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+def test_the_coordinator_keeps_its_promises(migrated_url: str) -> None:
+    """Every workflow ends, nothing is applied twice, the invariants hold, under random interleavings."""
+    run_machine(migrated_url, selected_families(), EXAMPLES, STEPS)
+
+
+def test_every_family_names_what_it_exercises() -> None:
+    assert set(DEFAULT_FAMILIES) <= set(FAMILIES)
+    assert "core" in DEFAULT_FAMILIES
+    for family in STARTS:
+        assert family in FAMILIES, family
+
+
