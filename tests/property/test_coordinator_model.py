@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -131,7 +131,7 @@ STEPS = int(os.environ.get("CONVEYOR_MODEL_STEPS", "25"))
 QUIESCENCE_TIMEOUT = float(os.environ.get("CONVEYOR_MODEL_QUIESCENCE_TIMEOUT", "60"))
 #: Any single coordinator call; far beyond what one takes on a busy machine, so that a
 #: hang (a dead writer thread) fails the example instead of the whole run.
-CALL_TIMEOUT = 60.0
+CALL_TIMEOUT = float(os.environ.get("CONVEYOR_MODEL_CALL_TIMEOUT", "60"))
 
 EXECUTORS = ("exec-a", "exec-b", "exec-c")
 CAPACITY = 3
@@ -336,6 +336,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         #: task id -> (token, executor) of the success result applied to its step.
         self.applied: dict[int, tuple[int, str]] = {}
         self.hung_tasks: set[int] = set()
+        self.broken = False
         self.config = CoordinatorConfig(
             database_url=self.database_url,
             shards=2,
@@ -358,7 +359,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
                     f"a coordinator call did not finish within {CALL_TIMEOUT}s: a write or a loop is hung"
                 ) from None
 
-        return self.loop.run_until_complete(bounded())
+        try:
+            return self.loop.run_until_complete(bounded())
+        except BaseException:
+            self.broken = True  # the example failed: teardown only stops the coordinator
+            raise
 
     @property
     def c(self) -> Coordinator:
@@ -377,7 +382,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            if self.coordinator is not None:
+            if self.coordinator is not None and not self.broken:
                 self.run(self._quiesce())
         finally:
             try:
@@ -386,8 +391,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
             finally:
                 self.loop.close()
 
-    @initialize()
-    def fresh_coordinator(self) -> None:
+    @initialize(data=st.data(), count=st.integers(1, 3))
+    def fresh_coordinator(self, data: st.DataObject, count: int) -> None:
+        """Empty tables and a new coordinator with a few workflows, so that no example is idle."""
         engine = sa.create_engine(self.database_url)
         try:
             with engine.begin() as connection:
@@ -396,6 +402,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         finally:
             engine.dispose()
         self.run(self._start_coordinator())
+        self.start_workflows(data, count)
 
     def has(self, family: str) -> bool:
         return family in self.families
@@ -781,6 +788,8 @@ def run_machine(database_url: str, families: frozenset[str], examples: int, step
             deadline=None,
             derandomize=not os.environ.get("CONVEYOR_MODEL_RANDOM"),
             database=None,
+            # No "explain" phase: it re-runs the failing example many times over, a minute each here.
+            phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
