@@ -43,7 +43,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -121,7 +121,9 @@ def selected_families() -> frozenset[str]:
     chosen = frozenset(name.strip() for name in raw.split(",") if name.strip())
     unknown = chosen - set(FAMILIES)
     if unknown:
-        raise ValueError(f"CONVEYOR_MODEL_FAMILIES names unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}")
+        raise ValueError(
+            f"CONVEYOR_MODEL_FAMILIES names unknown families {sorted(unknown)}; known: {sorted(FAMILIES)}"
+        )
     return chosen | {"core"}
 
 
@@ -207,6 +209,22 @@ async def hung(ctx: WorkflowContext) -> int:
     return int(value)
 
 
+#: What each workflow that completes must return: every step's result is 1, counted once.
+EXPECTED_RESULTS: dict[str, Callable[[list[Any]], Any]] = {
+    "chain": lambda args: args[0],
+    "sleepy": lambda args: 1,
+    "fan_out": lambda args: 2,
+    "gather_branches": lambda args: 4,
+    "poison": lambda args: 1,
+    "hung": lambda args: 1,
+}
+
+
+#: Families whose faults may legitimately fail or cancel a workflow; without them, every one completes.
+MAY_FAIL_OR_CANCEL = frozenset(
+    {"admin", "cancel", "lease_expiry", "poison", "hung", "bad_text", "huge_sleep", "base_exception"}
+)
+
 REGISTRY = WorkflowRegistry()
 for _function in (chain, sleepy, fan_out, gather_branches, bad_text, huge_sleep, raiser, poison, hung):
     REGISTRY.register(_function)
@@ -291,12 +309,16 @@ class WriteFaults:
             with self._lock:
                 fault = self._pending.pop(0) if self._pending else None
             if fault == "before":
-                raise sa.exc.OperationalError("COMMIT", None, Exception("injected: connection lost before commit"))
+                raise sa.exc.OperationalError(
+                    "COMMIT", None, Exception("injected: connection lost before commit")
+                )
             if fault == "forever":
                 raise RuntimeError("injected: the database refused the transaction")
             outcomes = real(batch)
             if fault == "after":
-                raise sa.exc.OperationalError("COMMIT", None, Exception("injected: connection lost after commit"))
+                raise sa.exc.OperationalError(
+                    "COMMIT", None, Exception("injected: connection lost after commit")
+                )
             return outcomes
 
         writer._transaction = transaction  # type: ignore[method-assign]
@@ -335,6 +357,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.workflow_ids: list[str] = []
         #: task id -> (token, executor) of the success result applied to its step.
         self.applied: dict[int, tuple[int, str]] = {}
+        #: task id -> success results whose RecordResults answered UNAVAILABLE (outcome unknown).
+        self.maybe_applied: dict[int, set[tuple[int, str]]] = {}
         self.hung_tasks: set[int] = set()
         self.broken = False
         self.config = CoordinatorConfig(
@@ -472,12 +496,18 @@ class CoordinatorMachine(RuleBasedStateMachine):
         service = ExecutorService(self.c)
         request = pb.RecordResultsRequest(executor_id=executor.executor_id, results=results)
         try:
-            response = await service.RecordResults(request, _CallContext())  # type: ignore[arg-type]
+            response = await service.RecordResults(request, _CallContext())
         except Refused as refused:
             if refused.code == grpc.StatusCode.UNAVAILABLE:
+                # Not known to be applied, nor known not to be (a commit may have succeeded
+                # before the connection broke): the executor keeps them and reports again.
+                for result in results:
+                    if result.WhichOneof("outcome") == "result_json":
+                        key = (result.fencing_token, executor.executor_id)
+                        self.maybe_applied.setdefault(result.task_id, set()).add(key)
                 return None
             raise
-        dispositions = list(response.dispositions)
+        dispositions = [int(d) for d in response.dispositions]
         for result, disposition in zip(results, dispositions, strict=True):
             self._note_disposition(executor, result, disposition)
         return dispositions
@@ -595,7 +625,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.run(cancel())
 
     @precondition(lambda self: self.has("admin"))
-    @rule(operation=st.sampled_from(["fail pending", "clear tasks", "clear replays"]), limit=st.integers(0, 2))
+    @rule(
+        operation=st.sampled_from(["fail pending", "clear tasks", "clear replays"]), limit=st.integers(0, 2)
+    )
     def operator_acts(self, operation: str, limit: int) -> None:
         async def act() -> None:
             with contextlib.suppress(ConveyorError):
@@ -688,14 +720,48 @@ class CoordinatorMachine(RuleBasedStateMachine):
         report = await self.c.diagnose(20)
         assert not report.violations, [(v.kind, v.description, v.workflow_ids) for v in report.violations]
         await self._check_results_applied_once()
+        await self._check_outcomes(final=False)
         if await self._orphaned_claims():
             await asyncio.sleep(0.2)  # a claim and its session's end may be in flight together
             orphans = await self._orphaned_claims()
             assert not orphans, f"tasks claimed by executors the coordinator does not know: {orphans}"
 
+    async def _check_outcomes(self, *, final: bool) -> None:
+        """Finished workflows finished for a reason the faults explain, with the right result.
+
+        Our workflow code is deterministic, so a non-determinism failure is always a
+        coordinator bug; a completed workflow must return what its steps add up to (a
+        step result applied twice, or lost, changes it). At the end (``final``), with no
+        family that may fail or cancel work enabled, every workflow must have completed.
+        """
+
+        def query(connection: sa.Connection) -> list[Any]:
+            return list(
+                connection.execute(
+                    sa.select(
+                        workflows.c.id,
+                        workflows.c.name,
+                        workflows.c.args,
+                        workflows.c.status,
+                        workflows.c.result,
+                        workflows.c.error,
+                    ).where(workflows.c.status != WorkflowStatus.RUNNING)
+                )
+            )
+
+        for row in await self.c.read(query):
+            assert "non-determinism" not in (row.error or ""), f"{row.id} ({row.name}): {row.error}"
+            if row.status == WorkflowStatus.COMPLETED and row.name in EXPECTED_RESULTS:
+                expected = EXPECTED_RESULTS[row.name](json.loads(row.args))
+                assert json.loads(row.result) == expected, f"{row.id} ({row.name}) returned {row.result}"
+            elif final and not self.families & MAY_FAIL_OR_CANCEL:
+                raise AssertionError(f"{row.id} ({row.name}) ended {row.status}: {row.error}")
+
     async def _orphaned_claims(self) -> dict[int, str]:
         def query(connection: sa.Connection) -> dict[int, str]:
-            rows = connection.execute(sa.select(tasks.c.id, tasks.c.claimed_by).where(tasks.c.claimed_by.is_not(None)))
+            rows = connection.execute(
+                sa.select(tasks.c.id, tasks.c.claimed_by).where(tasks.c.claimed_by.is_not(None))
+            )
             return {row.id: row.claimed_by for row in rows}
 
         claimed = await self.c.read(query)
@@ -713,6 +779,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
         for row in await self.c.read(query):
             accepted = self.applied.get(row.id)
+            if accepted is None and (row.result_token, row.executor_id) in self.maybe_applied.get(row.id, ()):
+                accepted = self.applied[row.id] = (row.result_token, row.executor_id)
             assert accepted is not None, f"step {row.id} completed with no result accepted for it"
             assert (row.result_token, row.executor_id) == accepted, (
                 f"step {row.id} holds the result of {(row.result_token, row.executor_id)}, but {accepted} "
@@ -741,9 +809,12 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 break
             if self.loop.time() > deadline:
                 stuck = await self._stuck()
-                raise AssertionError(f"workflows still running {QUIESCENCE_TIMEOUT}s after faults stopped: {stuck}")
+                raise AssertionError(
+                    f"workflows still running {QUIESCENCE_TIMEOUT}s after faults stopped: {stuck}"
+                )
             await asyncio.sleep(0.02)
         await self._check()
+        await self._check_outcomes(final=True)
 
     async def _all_terminal(self) -> bool:
         counts = await self.c.count_workflows("")
@@ -805,5 +876,3 @@ def test_every_family_names_what_it_exercises() -> None:
     assert "core" in DEFAULT_FAMILIES
     for family in STARTS:
         assert family in FAMILIES, family
-
-
