@@ -341,6 +341,15 @@ async def lose_lease(coordinator: Coordinator, session: ExecutorSession) -> None
     await coordinator._expire(session)
 
 
+def writer_alive(coordinator: Coordinator) -> bool:
+    """Internal: whether the single writer thread still runs.
+
+    A dead writer makes every later write hang (issue 9, item 2); checking the thread
+    turns that hang into an immediate, named failure instead of a call timeout.
+    """
+    return coordinator.writer._thread.is_alive()
+
+
 # ----------------------------------------------------------------- machine
 
 
@@ -376,12 +385,23 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
     def run(self, awaitable: Awaitable[T]) -> T:
         async def bounded() -> T:
-            try:
-                return await asyncio.wait_for(awaitable, CALL_TIMEOUT)
-            except TimeoutError:
-                raise AssertionError(
-                    f"a coordinator call did not finish within {CALL_TIMEOUT}s: a write or a loop is hung"
-                ) from None
+            call = asyncio.ensure_future(awaitable)
+            deadline = asyncio.get_running_loop().time() + CALL_TIMEOUT
+            while not call.done():
+                await asyncio.wait([call], timeout=0.25)
+                if call.done():
+                    break
+                if self.coordinator is not None and not writer_alive(self.coordinator):
+                    call.cancel()
+                    raise AssertionError(
+                        "the coordinator's writer thread died: every write from now on hangs"
+                    )
+                if asyncio.get_running_loop().time() > deadline:
+                    call.cancel()
+                    raise AssertionError(
+                        f"a coordinator call did not finish within {CALL_TIMEOUT}s: a write or a loop is hung"
+                    )
+            return call.result()
 
         try:
             return self.loop.run_until_complete(bounded())
@@ -395,9 +415,10 @@ class CoordinatorMachine(RuleBasedStateMachine):
         return self.coordinator
 
     async def _start_coordinator(self) -> None:
-        self.coordinator = Coordinator(self.config, REGISTRY)
-        await self.coordinator.start()
-        self.faults = WriteFaults(self.coordinator)
+        coordinator = Coordinator(self.config, REGISTRY)
+        await coordinator.start()
+        self.faults = WriteFaults(coordinator)
+        self.coordinator = coordinator
 
     async def _settle(self) -> None:
         """Let the background loops take their turns (progress only; nothing asserts on time)."""
@@ -656,7 +677,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
     @rule()
     def coordinator_restarts(self) -> None:
         async def restart() -> None:
-            await self.c.stop()
+            old, self.coordinator = self.c, None
+            await old.stop()
             for executor in self.executors.values():
                 executor.session = None  # its stream ended; it keeps what it holds
             await self._start_coordinator()
