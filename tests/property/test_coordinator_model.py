@@ -260,10 +260,16 @@ class ModelExecutor:
     reported: list[tuple[int, int, str]] = field(default_factory=list)
 
 
+def task_flags(task: pb.Task) -> dict[str, Any]:
+    """The payload ``_step`` gave the task (a handler task's payload_json is {"kind", "payload"})."""
+    payload = json.loads(task.payload_json)
+    inner = payload.get("payload") if isinstance(payload, dict) else None
+    return inner if isinstance(inner, dict) else {}
+
+
 def task_result(task: pb.Task) -> pb.TaskResult:
     """What the handler returns for ``task``: a number, or the flagged misbehaviour."""
-    payload = json.loads(task.payload_json)
-    if isinstance(payload, dict) and payload.get("surrogate"):
+    if task_flags(task).get("surrogate"):
         return pb.TaskResult(task_id=task.task_id, fencing_token=task.fencing_token, result_json='"\\ud800"')
     return pb.TaskResult(task_id=task.task_id, fencing_token=task.fencing_token, result_json="1")
 
@@ -498,10 +504,10 @@ class CoordinatorMachine(RuleBasedStateMachine):
                     if task.task_id in executor.held:
                         continue  # "already running: the coordinator re-sent it after a reconnect"
                     executor.held[task.task_id] = task
-                    payload = json.loads(task.payload_json)
-                    if payload.get("poison"):
+                    flags = task_flags(task)
+                    if flags.get("poison"):
                         executor.crashing = True
-                    if payload.get("hang"):
+                    if flags.get("hang"):
                         self.hung_tasks.add(task.task_id)
             elif kind == "drain" and not executor.draining:
                 executor.draining = True
@@ -857,7 +863,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
         lines = []
         for workflow_id in await self.c.read(query):
             explanation = await self.c.explain_workflow(workflow_id)
-            lines.append(f"{workflow_id}: {explanation}")
+            lines.append(f"{workflow_id} ({explanation.workflow.name}): {explanation.summary}")
         return lines
 
 
