@@ -376,6 +376,8 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.maybe_applied: dict[int, set[tuple[int, str]]] = {}
         self.hung_tasks: set[int] = set()
         self.broken = False
+        #: Workflows asked for in StartWorkflows calls that failed (their outcome is unknown).
+        self.unknown_starts = 0
         self.config = CoordinatorConfig(
             database_url=self.database_url,
             shards=2,
@@ -585,8 +587,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
             requests.append((name, json.dumps(args), ""))
 
         async def start() -> None:
-            with contextlib.suppress(ConveyorError):
+            try:
                 started = await self.c.start_workflows(requests)
+            except ConveyorError:
+                self.unknown_starts += len(requests)  # a write failure: maybe started, maybe not
+            else:
                 self.workflow_ids.extend(s.workflow_id for s in started)
             await self._settle()
 
@@ -781,6 +786,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 )
             )
 
+        every = await self.c.read(lambda c: list(c.execute(sa.select(workflows.c.id)).scalars()))
+        unasked = set(every) - set(self.workflow_ids)
+        assert len(unasked) <= self.unknown_starts, (
+            f"workflows nobody started (a start applied twice?): {sorted(unasked)}"
+        )
         for row in await self.c.read(query):
             assert "non-determinism" not in (row.error or ""), f"{row.id} ({row.name}): {row.error}"
             if row.status == WorkflowStatus.COMPLETED and row.name in EXPECTED_RESULTS:
