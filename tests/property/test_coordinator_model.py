@@ -356,6 +356,10 @@ def writer_alive(coordinator: Coordinator) -> bool:
     return coordinator.writer._thread.is_alive()
 
 
+#: Which of the things present to act on. Drawn as a plain number whatever is present, so that
+#: what Hypothesis draws never depends on timing (which would make its replays inconsistent).
+PICK = st.integers(0, 1000)
+
 # ----------------------------------------------------------------- machine
 
 
@@ -621,13 +625,13 @@ class CoordinatorMachine(RuleBasedStateMachine):
             self.c.executor_alive(model.session)
 
     @precondition(lambda self: self.has("duplicates"))
-    @rule(data=st.data(), how=st.sampled_from(["duplicate", "stale", "other executor"]))
-    def executor_reports_again(self, data: st.DataObject, how: str) -> None:
+    @rule(pick=PICK, how=st.sampled_from(["duplicate", "stale", "other executor"]))
+    def executor_reports_again(self, pick: int, how: str) -> None:
         """An old result again: a retried RecordResults, a stale token, a confused executor."""
         reports = [(e, r) for e in self.executors.values() for r in e.reported]
         if not reports:
             return
-        executor, (task_id, token, result_json) = data.draw(st.sampled_from(reports))
+        executor, (task_id, token, result_json) = reports[pick % len(reports)]
         if how == "stale":
             token -= 1
         elif how == "other executor":
@@ -644,11 +648,11 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.run(self._stream_closed(self.executors[executor]))
 
     @precondition(lambda self: self.has("cancel"))
-    @rule(data=st.data())
-    def client_cancels(self, data: st.DataObject) -> None:
+    @rule(pick=PICK)
+    def client_cancels(self, pick: int) -> None:
         if not self.workflow_ids:
             return
-        workflow_id = data.draw(st.sampled_from(self.workflow_ids))
+        workflow_id = self.workflow_ids[pick % len(self.workflow_ids)]
 
         async def cancel() -> None:
             with contextlib.suppress(ConveyorError):  # already finished: FAILED_PRECONDITION
