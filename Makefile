@@ -45,7 +45,7 @@ chaos: $(STAMP)
 model-long: $(STAMP)
 	CONVEYOR_MODEL_RANDOM=1 CONVEYOR_MODEL_EXAMPLES=$(or $(MODEL_EXAMPLES),200) CONVEYOR_MODEL_STEPS=50 \
 	CONVEYOR_MODEL_FAMILIES=$(MODEL_FAMILIES) \
-	$(BIN)/python -m pytest -q tests/property/test_coordinator_model.py
+	$(BIN)/python -m pytest -q --timeout=0 tests/property/test_coordinator_model.py
 
 ## protos: regenerate conveyor/v1 from protos/ (commit the result)
 protos: $(STAMP)
