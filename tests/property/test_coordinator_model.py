@@ -306,14 +306,21 @@ class WriteFaults:
     """
 
     def __init__(self, coordinator: Coordinator) -> None:
-        self._pending: list[str] = []
+        #: (fault, the unit label it waits for, or "" for whatever transaction comes next)
+        self._pending: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         writer = coordinator.writer
         real = writer._transaction
 
         def transaction(batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+            fault = None
             with self._lock:
-                fault = self._pending.pop(0) if self._pending else None
+                labels = {pending.label for pending in batch}
+                for index, (kind, label) in enumerate(self._pending):
+                    if not label or label in labels:
+                        fault = kind
+                        del self._pending[index]
+                        break
             if fault == "before":
                 raise sa.exc.OperationalError(
                     "COMMIT", None, Exception("injected: connection lost before commit")
@@ -329,9 +336,9 @@ class WriteFaults:
 
         writer._transaction = transaction  # type: ignore[method-assign]
 
-    def add(self, fault: str) -> None:
+    def add(self, fault: str, label: str) -> None:
         with self._lock:
-            self._pending.append(fault)
+            self._pending.append((fault, label))
 
     def clear(self) -> None:
         with self._lock:
@@ -355,6 +362,9 @@ def writer_alive(coordinator: Coordinator) -> bool:
     """
     return coordinator.writer._thread.is_alive()
 
+
+#: Units a write fault may wait for (the labels of ``Coordinator._write`` calls); "" is any.
+WRITE_LABELS = ("", "replay", "claim", "record results", "start", "fire timers", "expire lease", "bump epoch")
 
 #: Which of the things present to act on. Drawn as a plain number whatever is present, so that
 #: what Hypothesis draws never depends on timing (which would make its replays inconsistent).
@@ -709,14 +719,33 @@ class CoordinatorMachine(RuleBasedStateMachine):
             self.run(lose_lease(self.c, session))
             self.executors[executor].session = None
 
+    @precondition(lambda self: self.has("lease_expiry"))
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def lease_expires_and_executor_reconnects(self, executor: str) -> None:
+        """A pause just past the lease: the executor is back at once, holding what it ran."""
+        session = self.c.sessions.get(executor)
+        model = self.executors[executor]
+        if session is None:
+            return
+
+        async def pause() -> None:
+            await lose_lease(self.c, session)
+            model.session = None
+            await self._connect(model)
+            await self._settle()
+            await self._pump(model)
+
+        self.run(pause())
+
     @precondition(lambda self: self.has("failed_writes") or self.has("unknown_commit"))
-    @rule(data=st.data())
-    def next_write_fails(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), label=st.sampled_from(WRITE_LABELS))
+    def next_write_fails(self, data: st.DataObject, label: str) -> None:
+        """The next write transaction (with a unit of ``label``, if given) fails or has an unknown outcome."""
         kinds = (["before", "forever"] if self.has("failed_writes") else []) + (
             ["after"] if self.has("unknown_commit") else []
         )
         assert self.faults is not None
-        self.faults.add(data.draw(st.sampled_from(kinds)))
+        self.faults.add(data.draw(st.sampled_from(kinds)), label)
 
     @precondition(lambda self: self.has("malformed"))
     @rule(executor=st.sampled_from(EXECUTORS))
