@@ -127,7 +127,7 @@ def selected_families() -> frozenset[str]:
     return chosen | {"core"}
 
 
-EXAMPLES = int(os.environ.get("CONVEYOR_MODEL_EXAMPLES", "12"))
+EXAMPLES = int(os.environ.get("CONVEYOR_MODEL_EXAMPLES", "10"))
 STEPS = int(os.environ.get("CONVEYOR_MODEL_STEPS", "25"))
 #: How long the end of an example may take to bring every workflow to a terminal state.
 QUIESCENCE_TIMEOUT = float(os.environ.get("CONVEYOR_MODEL_QUIESCENCE_TIMEOUT", "60"))
