@@ -69,7 +69,7 @@ from coordinator.api.executor_service import ExecutorService
 from coordinator.config import CoordinatorConfig
 from coordinator.engine import Coordinator
 from coordinator.model import StepStatus, WorkflowStatus
-from coordinator.sessions import ExecutorSession
+from coordinator.sessions import ExecutorSession, SessionState
 from coordinator.store.schema import ALL_TABLES, steps, tasks, workflows
 
 T = TypeVar("T")
@@ -698,6 +698,23 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
         self.run(bump())
 
+    @precondition(lambda self: self.has("epoch"))
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def executor_connects_during_epoch_bump(self, executor: str) -> None:
+        """A registration racing BumpEpoch (both in flight at once, as two RPCs can be)."""
+        model = self.executors[executor]
+
+        async def race() -> None:
+            await self._stream_closed(model)
+            with contextlib.suppress(ConveyorError):
+                await asyncio.gather(
+                    self.c.bump_epoch("model: release during a reconnect"), self._connect(model)
+                )
+            for each in self.executors.values():
+                await self._pump(each)
+
+        self.run(race())
+
     @precondition(lambda self: self.has("restart"))
     @rule()
     def coordinator_restarts(self) -> None:
@@ -786,6 +803,12 @@ class CoordinatorMachine(RuleBasedStateMachine):
         report = await self.c.diagnose(20)
         assert not report.violations, [(v.kind, v.description, v.workflow_ids) for v in report.violations]
         await self._check_results_applied_once()
+        stale = [
+            (s.executor_id, s.epoch)
+            for s in self.c.sessions
+            if s.state is SessionState.LIVE and s.epoch != self.c.epoch
+        ]
+        assert not stale, f"live executors outside the current epoch {self.c.epoch} (never drained): {stale}"
         await self._check_outcomes(final=False)
         # A claim and the end of its executor's session may be in flight together (the dispatch
         # loop then gives the tasks back): only claims that stay orphaned are a violation.
