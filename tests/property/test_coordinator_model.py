@@ -767,6 +767,21 @@ class CoordinatorMachine(RuleBasedStateMachine):
         assert self.faults is not None
         self.faults.add(data.draw(st.sampled_from(kinds)), label)
 
+    @precondition(lambda self: self.has("failed_writes"))
+    @rule(transactions=st.integers(2, 8))
+    def database_outage(self, transactions: int) -> None:
+        """The database is gone past the retry deadline: the next few transactions all fail for good."""
+        assert self.faults is not None
+        for _ in range(transactions):
+            self.faults.add("forever", "")
+
+        async def meanwhile() -> None:
+            for executor in self.executors.values():
+                await self._work(executor, CAPACITY)
+            await self._settle()
+
+        self.run(meanwhile())
+
     @precondition(lambda self: self.has("malformed"))
     @rule(executor=st.sampled_from(EXECUTORS))
     def executor_reports_malformed(self, executor: str) -> None:
