@@ -311,11 +311,15 @@ class WriteFaults:
     def __init__(self, coordinator: Coordinator) -> None:
         #: (fault, the unit label it waits for, or "" for whatever transaction comes next)
         self._pending: list[tuple[str, str]] = []
+        #: While set, every transaction fails for good.
+        self.outage = False
         self._lock = threading.Lock()
         writer = coordinator.writer
         real = writer._transaction
 
         def transaction(batch: list[Any]) -> list[tuple[Any, BaseException | None]]:
+            if self.outage:
+                raise RuntimeError("injected: the database is down (outage past the retry deadline)")
             fault = None
             with self._lock:
                 labels = {pending.label for pending in batch}
@@ -346,6 +350,7 @@ class WriteFaults:
     def clear(self) -> None:
         with self._lock:
             self._pending.clear()
+        self.outage = False
 
 
 async def lose_lease(coordinator: Coordinator, session: ExecutorSession) -> None:
@@ -771,19 +776,27 @@ class CoordinatorMachine(RuleBasedStateMachine):
         self.faults.add(data.draw(st.sampled_from(kinds)), label)
 
     @precondition(lambda self: self.has("failed_writes"))
-    @rule(transactions=st.integers(2, 8))
-    def database_outage(self, transactions: int) -> None:
-        """The database is gone past the retry deadline: the next few transactions all fail for good."""
-        assert self.faults is not None
-        for _ in range(transactions):
-            self.faults.add("forever", "")
+    @rule(executor=st.sampled_from(EXECUTORS))
+    def database_outage(self, executor: str) -> None:
+        """An executor's results commit, then the database is gone past the retry deadline.
 
-        async def meanwhile() -> None:
-            for executor in self.executors.values():
-                await self._work(executor, CAPACITY)
-            await self._settle()
+        The outage starts before the coordinator's loops take their turn on the work those
+        results made (a replay, a claim), so their writes fail for good; when it ends, every
+        piece of work must still get done without unrelated traffic to wake it (item 3).
+        """
+        faults = self.faults
+        assert faults is not None
 
-        self.run(meanwhile())
+        async def outage() -> None:
+            await self._work(self.executors[executor], CAPACITY)
+            faults.outage = True  # no await since the results committed: the loops have not run
+            try:
+                for _ in range(10):
+                    await asyncio.sleep(0.02)
+            finally:
+                faults.outage = False
+
+        self.run(outage())
 
     @precondition(lambda self: self.has("malformed"))
     @rule(executor=st.sampled_from(EXECUTORS))
