@@ -103,7 +103,7 @@ FAMILIES: dict[str, str] = {
 #: The families the coordinator passes on today's main (see docs/reliability.md). The
 #: others find real bugs there: malformed (item 13), gather (8), base_exception (2),
 #: huge_sleep and bad_text (1), poison (5), hung (6), unknown_commit (11), lease_expiry (4),
-#: epoch (12); failed_writes (3) passes at small counts but aims at an open bug. Enable each
+#: epoch (12), failed_writes (3). Enable each
 #: once its item is fixed.
 DEFAULT_FAMILIES: tuple[str, ...] = (
     "core",
