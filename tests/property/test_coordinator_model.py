@@ -85,8 +85,9 @@ FAMILIES: dict[str, str] = {
     "admin": "FailPendingTasks, ClearTaskQueue, ClearReplayQueue (operators)",
     "disconnect": "streams close and executors reconnect holding their tasks, within the lease",
     "restart": "the coordinator restarts; executors reconnect holding tasks (recovery)",
-    "failed_writes": "a write transaction fails before its commit (retried) or for good (item 3: loops "
-    "whose wake-up was cleared before the failed work never re-arm)",
+    "failed_writes": "a write transaction fails before its commit (retried) or for good, and database "
+    "outages past the retry deadline (item 3: loops whose wake-up was cleared before the failed work "
+    "never re-arm)",
     "lease_expiry": "an executor misses its lease, then reconnects holding the task it was running "
     "(item 4: the re-claimed task is ignored by its holder and stays claimed forever)",
     "poison": "a task crashes its executor, which restarts under the same id (item 5)",
