@@ -11,7 +11,7 @@ DB ?=
 CONVEYOR_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export CONVEYOR_TEST_POSTGRES_URL
 
-.PHONY: demo test bench chaos protos lint typecheck clean
+.PHONY: demo test bench chaos model-long protos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ bench: $(STAMP)
 ## (CHAOS_N=<workflows>, CHAOS_DB=sqlite|postgresql|URL; default PostgreSQL); results in results/chaos/
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos $(if $(CHAOS_N),--workflows $(CHAOS_N)) $(if $(CHAOS_DB),--db "$(CHAOS_DB)")
+	$(MAKE) model-long
+
+## model-long: the whole-coordinator state machine (tests/property/test_coordinator_model.py), long and
+## with fresh random examples, on SQLite and PostgreSQL (MODEL_FAMILIES=all|a,b,...; MODEL_EXAMPLES=N)
+model-long: $(STAMP)
+	CONVEYOR_MODEL_RANDOM=1 CONVEYOR_MODEL_EXAMPLES=$(or $(MODEL_EXAMPLES),200) CONVEYOR_MODEL_STEPS=50 \
+	CONVEYOR_MODEL_FAMILIES=$(MODEL_FAMILIES) \
+	$(BIN)/python -m pytest -q --timeout=0 tests/property/test_coordinator_model.py
 
 ## protos: regenerate conveyor/v1 from protos/ (commit the result)
 protos: $(STAMP)
