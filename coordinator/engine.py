@@ -574,12 +574,7 @@ class Coordinator:
                 nonlocal lost
                 lost = self.queue.requeue_lost(connection, executor_id, now_us(), keep=held, restarted=True)
                 return lost.requeued + lost.failed
-            released = self.queue.release_unheld(connection, executor_id, held)
-            # Held tasks requeued while it was away and not claimed since stay its own;
-            # those another executor claimed meanwhile (or that are gone) are cancelled
-            # on it right after the Welcome (deadlines.moved_away).
-            self.queue.reclaim_held(connection, executor_id, held, now_us())
-            return released
+            return self.queue.release_unheld(connection, executor_id, held)
 
         # Reserved right before the first await, released right before registering: nothing
         # that can raise sits between the reservation and the try, so it cannot leak.
@@ -713,12 +708,18 @@ class Coordinator:
             return  # shutting down, or replaced by a newer connection of the same executor
         if session.state is SessionState.DISCONNECTED:
             return  # its lease expired: _expire closed the stream and is requeueing its tasks
+        was_draining = session.state is SessionState.DRAINING
+        # Out of dispatch and the shard leases before any await: nothing more is claimed
+        # for a stream nobody reads, whatever the database does next.
+        session.state = SessionState.DISCONNECTED
+        session.credits = 0
+        await self._rebalance()
         holding = await self._read(
             lambda c: c.execute(
                 select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
             ).scalar_one()
         )
-        if session.state is SessionState.DRAINING and holding == 0:
+        if was_draining and holding == 0:
             self.sessions.discard(session)
             await self._write(
                 lambda c: ExecutorRecords.set_state(c, [session.executor_id], "exited"), "executor exit"
@@ -729,8 +730,6 @@ class Coordinator:
                 extra=logs.fields(executor_id=session.executor_id),
             )
         else:
-            session.state = SessionState.DISCONNECTED
-            session.credits = 0
             log.warning(
                 "executor %s disconnected holding %d task(s); they return to the queue unless it is back "
                 "within %.0fs",
@@ -739,7 +738,6 @@ class Coordinator:
                 self.config.lease_ttl,
                 extra=logs.fields(executor_id=session.executor_id),
             )
-        await self._rebalance()
 
     async def _rebalance(self) -> None:
         await self._rebalance_leases()
@@ -1139,6 +1137,11 @@ class Coordinator:
         """
         if self.sessions.get(session.executor_id) is not session:
             return  # it reconnected (a new session) since the lease loop looked
+        if session.executor_id in self._connecting:
+            # Its Hello's registration is already in the writer's queue: requeueing now would
+            # run after it and take the tasks the new session still holds. The new session
+            # replaces this one; if the registration fails, the next round expires this one.
+            return
         session.close_stream(
             "ABORTED",
             f"no heartbeat for {self.config.lease_ttl:.0f}s: the lease expired and the tasks held went "

@@ -375,6 +375,8 @@ class Executor:
             if task.task_id in self._cancelled:
                 # Taken back and re-claimed for us while the cancelled attempt still winds
                 # down: run the new attempt once the old one has ended (one task per id).
+                if self._redelivered.pop(task.task_id, None) is not None:
+                    self._release_slot()  # superseded before it started: its credit goes back
                 self._redelivered[task.task_id] = task
                 return
             self._tokens[task.task_id] = task.fencing_token  # tokens are random: the latest is current
@@ -397,6 +399,10 @@ class Executor:
         for an older delivery of a task than the one running leaves it running.
         """
         for attempt in cancel.tasks:
+            waiting = self._redelivered.get(attempt.task_id)
+            if waiting is not None and attempt.fencing_token in (0, waiting.fencing_token):
+                del self._redelivered[attempt.task_id]  # never started: only its credit to give back
+                self._release_slot()
             running = self._running.get(attempt.task_id)
             token = self._tokens.get(attempt.task_id)
             # Token 0 means any attempt of the task; otherwise only the attempt delivered

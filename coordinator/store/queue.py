@@ -209,9 +209,6 @@ class _ClaimPlan(Enum):
     SHARD_BY_SHARD = "shard by shard"
 
 
-#: Task ids per statement when a reconnecting executor's held tasks are looked up.
-_HELD_CHUNK = 500
-
 #: Fencing tokens are random numbers of this many bits (non-negative in a BIGINT column).
 FENCING_TOKEN_BITS = 62
 
@@ -567,31 +564,6 @@ class TaskQueue:
             .where(tasks.c.claimed_by == executor_id, tasks.c.id.in_(unheld))
             .values(claimed_by=None, claimed_at=None)
         ).rowcount
-
-    def reclaim_held(self, connection: Connection, executor_id: str, held: Collection[int], now: int) -> int:
-        """Lease back to a reconnecting executor the tasks it still holds that wait in the queue.
-
-        Its lease expired while it was away (a pause, a slow reconnect), so they were
-        requeued (an attempt spent), but nobody has claimed them since: the attempt it
-        is still running is the only one, and letting it finish beats cancelling it and
-        running the task again. The fencing token is kept, because no other executor
-        was ever given one since; the deadline starts again.
-        """
-        ids = sorted(set(held))
-        reclaimed = 0
-        for start in range(0, len(ids), _HELD_CHUNK):
-            reclaimed += connection.execute(
-                update(tasks)
-                .where(tasks.c.id.in_(ids[start : start + _HELD_CHUNK]), tasks.c.claimed_by.is_(None))
-                .values(
-                    claimed_by=executor_id,
-                    claimed_at=now,
-                    delayed=0,
-                    deadline_at=self._deadline_at,
-                ),
-                {"now": now},
-            ).rowcount
-        return reclaimed
 
     def requeue_lost(
         self,
