@@ -411,10 +411,10 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ plumbing
 
-    def run(self, awaitable: Awaitable[T]) -> T:
+    def run(self, awaitable: Awaitable[T], bound: float = CALL_TIMEOUT) -> T:
         async def bounded() -> T:
             call = asyncio.ensure_future(awaitable)
-            deadline = asyncio.get_running_loop().time() + CALL_TIMEOUT
+            deadline = asyncio.get_running_loop().time() + bound
             while not call.done():
                 await asyncio.wait([call], timeout=0.25)
                 if call.done():
@@ -427,7 +427,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
                 if asyncio.get_running_loop().time() > deadline:
                     call.cancel()
                     raise AssertionError(
-                        f"a coordinator call did not finish within {CALL_TIMEOUT}s: a write or a loop is hung"
+                        f"a coordinator call did not finish within {bound}s: a write or a loop is hung"
                     )
             return call.result()
 
@@ -456,7 +456,9 @@ class CoordinatorMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             if self.coordinator is not None and not self.broken:
-                self.run(self._quiesce())
+                # Past its own bound the quiescence names the stuck workflows; this outer
+                # bound only catches a hang of the coordinator calls it makes.
+                self.run(self._quiesce(), bound=QUIESCENCE_TIMEOUT + CALL_TIMEOUT)
         finally:
             try:
                 if self.coordinator is not None:
