@@ -3,8 +3,9 @@
 ``python -m bench.chaos --workflows 10000`` starts a fresh database (PostgreSQL by
 default, in a schema of its own), a simulator, a coordinator and several
 executors, starts the workflows, and injects the faults of :data:`SCHEDULE` as the
-run passes each mark (a share of the workflows finished): executors killed and
-frozen, the coordinator killed and restarted, the database restarted and its
+run passes each mark (a share of the workflows finished): executors killed, frozen
+past their lease and restarted under their own id, the coordinator killed and
+restarted (once while an executor drains), the database restarted and its
 connections killed, an overload storm. When every workflow has finished it checks
 the invariants (:mod:`bench.chaos.invariants`), prints the report, and writes it as
 JSON and text with a timeline plot under ``results/chaos/``. Exit status 0 means
@@ -39,6 +40,8 @@ from .workload import Workload
 Action = Callable[[ChaosCluster, AsyncClient], Awaitable[None]]
 
 STORM_SECONDS = 3.0
+#: How long an executor draining through a coordinator restart may take to exit.
+DRAIN_BOUND = 120.0
 #: How often the progress bar and the timeline are updated.
 SAMPLE_INTERVAL = 0.5
 
@@ -49,6 +52,16 @@ async def kill_executor(chaos: ChaosCluster, client: AsyncClient) -> None:
 
 async def freeze_executor(chaos: ChaosCluster, client: AsyncClient) -> None:
     await chaos.pause_executor_past_lease(await chaos.busy_executor())
+
+
+async def restart_executor_in_place(chaos: ChaosCluster, client: AsyncClient) -> None:
+    await chaos.restart_executor_in_place()
+
+
+async def drain_through_coordinator_restart(chaos: ChaosCluster, client: AsyncClient) -> None:
+    code = await chaos.drain_through_coordinator_restart(within=DRAIN_BOUND)
+    if code != 0:  # the invariants may still hold; the drain promise did not
+        raise AssertionError(f"an executor draining through a coordinator restart exited with {code}")
 
 
 async def restart_coordinator(chaos: ChaosCluster, client: AsyncClient) -> None:
@@ -77,7 +90,9 @@ async def overload_storm(chaos: ChaosCluster, client: AsyncClient) -> None:
 #: (share of the workflows finished, fault): each fault is injected once the run passes its mark.
 SCHEDULE: Sequence[tuple[float, Action]] = (
     (0.05, kill_executor),
+    (0.10, restart_executor_in_place),
     (0.15, kill_executor),
+    (0.20, freeze_executor),
     (0.25, kill_executor),
     (0.30, restart_coordinator),
     (0.35, kill_executor),
@@ -90,6 +105,8 @@ SCHEDULE: Sequence[tuple[float, Action]] = (
     (0.75, kill_executor),
     (0.80, overload_storm),
     (0.85, kill_executor),
+    (0.90, drain_through_coordinator_restart),
+    (0.93, restart_executor_in_place),
 )
 
 

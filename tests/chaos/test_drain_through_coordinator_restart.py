@@ -39,7 +39,6 @@ async def wait_until(condition: Callable[[], bool], what: str, *, timeout: float
         await asyncio.sleep(0.1)
 
 
-
 def log_of(chaos: ChaosCluster, executor_id: str) -> str:
     return chaos.executors[executor_id].log_path.read_text(errors="replace")
 
