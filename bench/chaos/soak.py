@@ -21,9 +21,10 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,7 +38,7 @@ from .cluster import ChaosCluster, ChaosSettings
 from .invariants import InvariantReport
 from .workload import Workload
 
-Action = Callable[[ChaosCluster, AsyncClient], Awaitable[None]]
+Action = Callable[[ChaosCluster, AsyncClient], Coroutine[Any, Any, None]]
 
 STORM_SECONDS = 3.0
 #: How long an executor draining through a coordinator restart may take to exit.
@@ -88,6 +89,8 @@ async def overload_storm(chaos: ChaosCluster, client: AsyncClient) -> None:
 
 
 #: (share of the workflows finished, fault): each fault is injected once the run passes its mark.
+#: None comes late: the executor faults wait for an executor holding tasks, and near the end
+#: of a short run there may be none left.
 SCHEDULE: Sequence[tuple[float, Action]] = (
     (0.05, kill_executor),
     (0.10, restart_executor_in_place),
@@ -96,6 +99,7 @@ SCHEDULE: Sequence[tuple[float, Action]] = (
     (0.25, kill_executor),
     (0.30, restart_coordinator),
     (0.35, kill_executor),
+    (0.40, drain_through_coordinator_restart),
     (0.45, restart_database),
     (0.50, freeze_executor),
     (0.55, kill_executor),
@@ -105,8 +109,6 @@ SCHEDULE: Sequence[tuple[float, Action]] = (
     (0.75, kill_executor),
     (0.80, overload_storm),
     (0.85, kill_executor),
-    (0.90, drain_through_coordinator_restart),
-    (0.93, restart_executor_in_place),
 )
 
 
@@ -205,13 +207,36 @@ async def _run(
         try:
             for share, action in SCHEDULE:
                 await workload.wait_until_finished(client, int(workload.count * share), timeout=1800)
-                await action(chaos, client)
+                if not await _inject_unless_finished(action, chaos, client, workload):
+                    console.print(f"every workflow finished before {action.__name__}: the rest are skipped")
+                    break
             await workload.wait_until_finished(client, timeout=1800)
         finally:
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
         progress.update(bar, completed=workload.count)
+
+
+async def _inject_unless_finished(
+    action: Action, chaos: ChaosCluster, client: AsyncClient, workload: Workload
+) -> bool:
+    """Inject one fault; False if the run ended first. An executor fault waits for an
+    executor holding tasks, which never comes once every workflow has finished (a short run
+    can outrun its schedule): the fault is then cancelled while it waits for its target."""
+    fault = asyncio.create_task(action(chaos, client))
+    finished = asyncio.create_task(workload.wait_until_finished(client, timeout=1800))
+    try:
+        await asyncio.wait({fault, finished}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (fault, finished):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if fault.cancelled():
+        return False
+    fault.result()  # a broken promise of the fault itself (a drain that did not end) surfaces here
+    return True
 
 
 def write_results(result: SoakResult, args: argparse.Namespace) -> list[Path]:
