@@ -27,12 +27,16 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from clients.client import AsyncClient
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, ConveyorError
 from coordinator.store.schema import executors, steps, tasks
 
 from ..cluster import ClusterSpec, LocalCluster, ManagedProcess
 from . import invariants, postgres
 from .invariants import Fault, InvariantReport
+
+
+class NothingToHit(ConveyorError):
+    """An executor fault found no executor holding tasks: the run is over (see ``run_over``)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,9 @@ class ChaosCluster:
         self._names = itertools.count(1)
         self._rng = random.Random(settings.seed)
         self._started = time.monotonic()
+        #: Set by the driver once every workflow has finished: an executor fault waiting for a
+        #: busy executor then gives up (NothingToHit) instead of waiting for ever.
+        self.run_over = False
         # The harness's own reads, on connections the injected faults leave alone.
         self._database = sa.create_engine(settings.database_url, poolclass=NullPool)
 
@@ -144,6 +151,8 @@ class ChaosCluster:
             busy = [name for name in self.live_executors() if await self.in_flight(name)]
             if busy:
                 return self._rng.choice(busy)
+            if self.run_over:
+                raise NothingToHit("every workflow has finished: no executor will hold tasks again")
             await asyncio.sleep(0.05)
 
     async def held_tokens(self, executor_id: str) -> dict[int, int]:

@@ -21,10 +21,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -34,11 +33,11 @@ from clients.models import WorkflowStatus
 
 from ..harness.databases import DEFAULT_POSTGRES_URL, fresh_database
 from . import postgres
-from .cluster import ChaosCluster, ChaosSettings
+from .cluster import ChaosCluster, ChaosSettings, NothingToHit
 from .invariants import InvariantReport
 from .workload import Workload
 
-Action = Callable[[ChaosCluster, AsyncClient], Coroutine[Any, Any, None]]
+Action = Callable[[ChaosCluster, AsyncClient], Awaitable[None]]
 
 STORM_SECONDS = 3.0
 #: How long an executor draining through a coordinator restart may take to exit.
@@ -89,8 +88,8 @@ async def overload_storm(chaos: ChaosCluster, client: AsyncClient) -> None:
 
 
 #: (share of the workflows finished, fault): each fault is injected once the run passes its mark.
-#: None comes late: the executor faults wait for an executor holding tasks, and near the end
-#: of a short run there may be none left.
+#: A short run can finish before its last marks: an executor fault then finds no executor
+#: holding tasks (NothingToHit) and the faults left are skipped.
 SCHEDULE: Sequence[tuple[float, Action]] = (
     (0.05, kill_executor),
     (0.10, restart_executor_in_place),
@@ -196,6 +195,7 @@ async def _run(
             while True:
                 counts = await workload.counts(client)
                 finished = sum(n for status, n in counts.items() if status.finished) - workload.earlier
+                chaos.run_over = finished >= workload.count
                 timeline.append((chaos.elapsed(), finished))
                 last = chaos.faults[-1] if chaos.faults else None
                 failed = counts.get(WorkflowStatus.FAILED, 0)
@@ -207,7 +207,9 @@ async def _run(
         try:
             for share, action in SCHEDULE:
                 await workload.wait_until_finished(client, int(workload.count * share), timeout=1800)
-                if not await _inject_unless_finished(action, chaos, client, workload):
+                try:
+                    await action(chaos, client)
+                except NothingToHit:  # a short run can outrun its schedule
                     console.print(f"every workflow finished before {action.__name__}: the rest are skipped")
                     break
             await workload.wait_until_finished(client, timeout=1800)
@@ -216,27 +218,6 @@ async def _run(
             with contextlib.suppress(asyncio.CancelledError):
                 await follower
         progress.update(bar, completed=workload.count)
-
-
-async def _inject_unless_finished(
-    action: Action, chaos: ChaosCluster, client: AsyncClient, workload: Workload
-) -> bool:
-    """Inject one fault; False if the run ended first. An executor fault waits for an
-    executor holding tasks, which never comes once every workflow has finished (a short run
-    can outrun its schedule): the fault is then cancelled while it waits for its target."""
-    fault = asyncio.create_task(action(chaos, client))
-    finished = asyncio.create_task(workload.wait_until_finished(client, timeout=1800))
-    try:
-        await asyncio.wait({fault, finished}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (fault, finished):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if fault.cancelled():
-        return False
-    fault.result()  # a broken promise of the fault itself (a drain that did not end) surfaces here
-    return True
 
 
 def write_results(result: SoakResult, args: argparse.Namespace) -> list[Path]:
