@@ -27,12 +27,16 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from clients.client import AsyncClient
-from conveyor.errors import ConfigurationError
+from conveyor.errors import ConfigurationError, ConveyorError
 from coordinator.store.schema import executors, steps, tasks
 
 from ..cluster import ClusterSpec, LocalCluster, ManagedProcess
 from . import invariants, postgres
 from .invariants import Fault, InvariantReport
+
+
+class NothingToHit(ConveyorError):
+    """An executor fault found no executor holding tasks: the run is over (see ``run_over``)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,9 @@ class ChaosCluster:
         self._names = itertools.count(1)
         self._rng = random.Random(settings.seed)
         self._started = time.monotonic()
+        #: Set by the driver once every workflow has finished: an executor fault waiting for a
+        #: busy executor then gives up (NothingToHit) instead of waiting for ever.
+        self.run_over = False
         # The harness's own reads, on connections the injected faults leave alone.
         self._database = sa.create_engine(settings.database_url, poolclass=NullPool)
 
@@ -144,6 +151,8 @@ class ChaosCluster:
             busy = [name for name in self.live_executors() if await self.in_flight(name)]
             if busy:
                 return self._rng.choice(busy)
+            if self.run_over:
+                raise NothingToHit("every workflow has finished: no executor will hold tasks again")
             await asyncio.sleep(0.05)
 
     async def held_tokens(self, executor_id: str) -> dict[int, int]:
@@ -180,6 +189,20 @@ class ChaosCluster:
         self._record("executor SIGKILL", executor_id, in_flight)
         if replace:
             self.add_executor()
+        return executor_id
+
+    async def restart_executor_in_place(self, executor_id: str | None = None) -> str:
+        """SIGKILL an executor (by default a random one holding tasks) and start it again under
+        the same id at once, well within its lease, as a supervisor does for a fixed
+        ``--executor-id``: the new process's Hello must not strand or re-run for free what
+        the dead one held."""
+        executor_id = executor_id or await self.busy_executor()
+        in_flight = await self.in_flight(executor_id)
+        process = self.executors[executor_id]
+        process.signal(signal.SIGKILL)
+        await asyncio.to_thread(process.process.wait)
+        self._record("executor SIGKILL + restart, same id", executor_id, in_flight)
+        self.executors[executor_id] = self.cluster.add_executor(extra_args=["--executor-id", executor_id])
         return executor_id
 
     async def pause_executor_past_lease(self, executor_id: str) -> dict[int, int]:
@@ -269,6 +292,25 @@ class ChaosCluster:
         await asyncio.to_thread(coordinator.process.wait)
         self._record("coordinator SIGKILL + restart", f"port {port}", in_flight)
         await asyncio.to_thread(self.cluster.start_coordinator, port)
+
+    async def drain_through_coordinator_restart(
+        self, executor_id: str | None = None, *, within: float
+    ) -> int | None:
+        """SIGTERM an executor holding tasks, restart the coordinator while it drains, and start
+        a replacement. The drainer must reconnect as draining, report what it holds and
+        exit; returns its exit code, or None if it runs past ``within`` seconds."""
+        executor_id = executor_id or await self.busy_executor()
+        in_flight = await self.in_flight(executor_id)
+        self._stopped_on_purpose.add(executor_id)
+        process = self.executors[executor_id]
+        process.signal(signal.SIGTERM)
+        self._record("executor SIGTERM", executor_id, in_flight)
+        await self.restart_coordinator()
+        self.add_executor()
+        try:
+            return await asyncio.to_thread(process.process.wait, within)
+        except subprocess.TimeoutExpired:
+            return None
 
     async def restart_database(self, *, sqlite_lock_seconds: float = 3.0) -> None:
         """PostgreSQL: restart the server. SQLite: another process holds the write lock for a while."""
