@@ -306,6 +306,8 @@ class WriteFaults:
         self._pending: list[tuple[str, str]] = []
         #: While set, every transaction fails for good.
         self.outage = False
+        #: The thread whose next COMMIT commits and then reports a broken connection.
+        self._break_commit_on: int | None = None
         self._lock = threading.Lock()
         writer = coordinator.writer
         real = writer._transaction
@@ -327,14 +329,28 @@ class WriteFaults:
                 )
             if fault == "forever":
                 raise RuntimeError("injected: the database refused the transaction")
-            outcomes = real(batch)
             if fault == "after":
-                raise sa.exc.OperationalError(
-                    "COMMIT", None, Exception("injected: connection lost after commit")
+                self._break_commit_on = threading.get_ident()
+            try:
+                return real(batch)
+            finally:
+                self._break_commit_on = None
+
+        # The unknown outcome is raised by the COMMIT itself, after the server committed, as a
+        # connection dropping at that moment would: the writer must learn what happened.
+        dialect = writer._engine.dialect
+        real_commit = dialect.do_commit
+
+        def do_commit(dbapi_connection: Any) -> None:
+            real_commit(dbapi_connection)
+            if self._break_commit_on == threading.get_ident():
+                self._break_commit_on = None
+                raise dialect.loaded_dbapi.OperationalError(
+                    "server closed the connection unexpectedly (injected after the commit succeeded)"
                 )
-            return outcomes
 
         writer._transaction = transaction  # type: ignore[method-assign]
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
 
     def add(self, fault: str, label: str) -> None:
         with self._lock:
