@@ -18,15 +18,13 @@ import random
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from .. import retries
-from ..clock import seconds_to_us
 from ..model import ErrorClass, StepStatus
 from .dialect import Dialect
-from .journal import enqueue_idle_workflows, finish_steps
-from .queue import _note_retry_on_step, _retry_state, _retry_task, _task_state_columns
+from .queue import _retry_state, _task_state_columns, take_back_attempts
 from .schema import steps, tasks
 
 #: The token of a cancel that stops every attempt of its task the executor runs (fencing
@@ -100,53 +98,21 @@ def expire_overdue(
         .with_for_update(skip_locked=True)
     ).all()
     outcome.more = len(rows) == limit
-    retried: list[dict[str, object]] = []
-    finished: list[dict[str, object]] = []
-    failed_workflows: set[str] = set()
-    for row in rows:
-        outcome.revoked.append(Claim(row.id, row.claimed_by, row.fencing_token))
-        message = deadline_message(row.claimed_by, row.attempt, row.timeout, default_timeout, grace)
-        verdict = retries.after_failure(_retry_state(row), ErrorClass.RETRYABLE, message, None, rng)
-        if isinstance(verdict, retries.GiveUp):
-            failed_workflows.add(row.workflow_id)
-            finished.append(
-                {
-                    "step_id": row.id,
-                    "status": StepStatus.FAILED,
-                    "result": None,
-                    "error": verdict.error,
-                    "attempt": row.attempt,
-                    "started_at": row.claimed_at,
-                    "completed_at": now,
-                    "executor_id": row.claimed_by,
-                    "result_token": None,
-                }
-            )
-            continue
-        available_at = now + seconds_to_us(verdict.delay)
-        retried.append(
-            {
-                "task_id": row.id,
-                "attempt": verdict.next_attempt,
-                "rate_limit_waits": verdict.rate_limit_waits,
-                "available_at": available_at,
-                "note": verdict.note,
-                "finished_attempt": row.attempt,
-                "started_at": row.claimed_at,
-                "executor_id": row.claimed_by,
-            }
+    outcome.revoked = [Claim(row.id, row.claimed_by, row.fencing_token) for row in rows]
+    verdicts = [
+        retries.after_failure(
+            _retry_state(row),
+            ErrorClass.RETRYABLE,
+            deadline_message(row.claimed_by, row.attempt, row.timeout, default_timeout, grace),
+            None,
+            rng,
         )
-        outcome.shards.add(row.shard)
-        outcome.next_retry_at = min(outcome.next_retry_at or available_at, available_at)
-    if retried:
-        connection.execute(_retry_task, retried)
-        connection.execute(_note_retry_on_step, retried)
-    if finished:
-        finish_steps(connection, finished)
-        connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
-        outcome.replays_enqueued = enqueue_idle_workflows(connection, dialect, failed_workflows, now)
-    outcome.retried = len(retried)
-    outcome.failed = len(finished)
+        for row in rows
+    ]
+    taken = take_back_attempts(connection, dialect, rows, verdicts, now)
+    outcome.retried, outcome.failed = taken.retried, taken.failed
+    outcome.replays_enqueued, outcome.shards = taken.replays_enqueued, taken.shards
+    outcome.next_retry_at = taken.next_retry_at
     return outcome
 
 

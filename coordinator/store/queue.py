@@ -15,6 +15,7 @@ import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+from typing import Any, Unpack
 
 from sqlalchemy import (
     BigInteger,
@@ -30,7 +31,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from conveyor.workflow import RetryPolicy
 
@@ -218,6 +219,75 @@ def new_fencing_token() -> int:
     task was leased to (or whoever it told), never from one that guessed; one claim's tasks all go to
     the same executor, so they may share it. Never 0, the token of a task nobody claimed yet."""
     return 1 + secrets.randbelow(2**FENCING_TOKEN_BITS - 1)
+
+
+@dataclass
+class TakenBack:
+    """Attempts taken back from their executors: each retried (an attempt spent) or failed."""
+
+    retried: int = 0
+    failed: int = 0
+    replays_enqueued: int = 0
+    #: The shards that got a task back in the queue, and when the earliest becomes claimable.
+    shards: set[int] = field(default_factory=set)
+    next_retry_at: int | None = None
+
+
+def take_back_attempts(
+    connection: Connection,
+    dialect: Dialect,
+    rows: Sequence[Row[Any, Unpack[tuple[Any, ...]]]],
+    verdicts: Sequence[retries.Retry | retries.GiveUp],
+    now: int,
+) -> TakenBack:
+    """Write each verdict on the attempt of ``rows`` (selected with ``_task_state_columns``)
+    that its executor lost: a retry puts the task back in the queue and notes the attempt on
+    its step; giving up fails the step and enqueues its workflow for a replay."""
+    taken = TakenBack()
+    retried: list[dict[str, object]] = []
+    finished: list[dict[str, object]] = []
+    failed_workflows: set[str] = set()
+    for row, verdict in zip(rows, verdicts, strict=True):
+        if isinstance(verdict, retries.GiveUp):
+            failed_workflows.add(row.workflow_id)
+            finished.append(
+                {
+                    "step_id": row.id,
+                    "status": StepStatus.FAILED,
+                    "result": None,
+                    "error": verdict.error,
+                    "attempt": row.attempt,
+                    "started_at": row.claimed_at,
+                    "completed_at": now,
+                    "executor_id": row.claimed_by,
+                    "result_token": None,
+                }
+            )
+            continue
+        available_at = now + seconds_to_us(verdict.delay)
+        retried.append(
+            {
+                "task_id": row.id,
+                "attempt": verdict.next_attempt,
+                "rate_limit_waits": verdict.rate_limit_waits,
+                "available_at": available_at,
+                "note": verdict.note,
+                "finished_attempt": row.attempt,
+                "started_at": row.claimed_at,
+                "executor_id": row.claimed_by,
+            }
+        )
+        taken.shards.add(row.shard)
+        taken.next_retry_at = min(taken.next_retry_at or available_at, available_at)
+    if retried:
+        connection.execute(_retry_task, retried)
+        connection.execute(_note_retry_on_step, retried)
+    if finished:
+        finish_steps(connection, finished)
+        connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
+        taken.replays_enqueued = enqueue_idle_workflows(connection, dialect, failed_workflows, now)
+    taken.retried, taken.failed = len(retried), len(finished)
+    return taken
 
 
 class TaskQueue:
@@ -589,56 +659,16 @@ class TaskQueue:
             ).all()
             if row.id not in kept
         ]
-        retried: list[dict[str, object]] = []
-        finished: list[dict[str, object]] = []
-        failed_workflows: set[str] = set()
-        for row in rows:
-            state = _retry_state(row)
-            verdict = (
-                retries.after_lost_lease(state, executor_id, "restarted", "its process was replaced")
-                if restarted
-                else retries.after_lost_lease(state, executor_id)
-            )
-            outcome.shards.add(row.shard)
-            if isinstance(verdict, retries.GiveUp):
-                failed_workflows.add(row.workflow_id)
-                finished.append(
-                    {
-                        "step_id": row.id,
-                        "status": StepStatus.FAILED,
-                        "result": None,
-                        "error": verdict.error,
-                        "attempt": row.attempt,
-                        "started_at": row.claimed_at,
-                        "completed_at": now,
-                        "executor_id": executor_id,
-                        "result_token": None,
-                    }
-                )
-            else:
-                retried.append(
-                    {
-                        "task_id": row.id,
-                        "attempt": verdict.next_attempt,
-                        "rate_limit_waits": verdict.rate_limit_waits,
-                        "available_at": now,
-                        "note": verdict.note,
-                        "finished_attempt": row.attempt,
-                        "started_at": row.claimed_at,
-                        "executor_id": executor_id,
-                    }
-                )
-        if retried:
-            connection.execute(_retry_task, retried)
-            connection.execute(_note_retry_on_step, retried)
-        if finished:
-            finish_steps(connection, finished)
-            connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
-            outcome.replays_enqueued = enqueue_idle_workflows(
-                connection, self._dialect, failed_workflows, now
-            )
-        outcome.requeued = len(retried)
-        outcome.failed = len(finished)
+        verdicts = [
+            retries.after_lost_lease(_retry_state(row), executor_id, "restarted", "its process was replaced")
+            if restarted
+            else retries.after_lost_lease(_retry_state(row), executor_id)
+            for row in rows
+        ]
+        taken = take_back_attempts(connection, self._dialect, rows, verdicts, now)
+        outcome.requeued, outcome.failed = taken.retried, taken.failed
+        outcome.replays_enqueued = taken.replays_enqueued
+        outcome.shards = {row.shard for row in rows}
         return outcome
 
     def fail_pending(
