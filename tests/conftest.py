@@ -8,9 +8,14 @@ with it set but the server down they fail, loudly.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+import sys
+import threading
+import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +75,59 @@ async def make_stack(database_url: str) -> AsyncIterator[Callable[..., Awaitable
     yield make
     for stack in stacks:
         await stack.close()
+
+
+# --------------------------------------------------------------------------- hang report
+
+#: Share of a test's pytest-timeout after which the report below is written.
+HANG_REPORT_AT = 0.8
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """Before pytest-timeout ends a hung test, write every asyncio task's stack to stderr.
+
+    pytest-timeout prints the threads' stacks only, and in an asyncio test the main thread's
+    stack just shows the event loop waiting: what hangs is one of the loop's tasks.
+    """
+    timeout = _timeout_of(item)
+    timer = threading.Timer(timeout * HANG_REPORT_AT, _write_hang_report, args=(item.nodeid,))
+    timer.daemon = True
+    if timeout > 0:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _timeout_of(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    configured = item.config.getoption("timeout", None) or item.config.getini("timeout")
+    return float(configured or 0)
+
+
+def _write_hang_report(nodeid: str) -> None:
+    lines = [f"\n===== hang report: {nodeid} is still running =====\n"]
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_running()]
+    for loop in loops:
+        for _ in range(5):  # the loop's thread may change the task set while it is read
+            try:
+                tasks = list(asyncio.all_tasks(loop))
+                break
+            except RuntimeError:
+                continue
+        else:
+            tasks = []
+        lines.append(f"--- {len(tasks)} tasks of {loop!r}\n")
+        for task in tasks:
+            lines.append(f"* {task!r}\n")
+            for frame in task.get_stack():
+                lines.extend("    " + line for line in traceback.format_stack(frame, limit=1))
+    for thread_id, frame in sys._current_frames().items():
+        lines.append(f"--- thread {thread_id}\n")
+        lines.extend(traceback.format_stack(frame))
+    sys.stderr.write("".join(lines))
+    sys.stderr.flush()
