@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 import time
@@ -77,6 +76,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: How long stop() waits for the background loops to end once cancelled (they end at once).
+LOOP_STOP_TIMEOUT = 10.0
 #: How often idle executors are offered work even without a wake-up, in case one was missed.
 SAFETY_SWEEP_INTERVAL = 1.0
 #: How often the sweep re-arms every loop's wake-up (replays, timers, retry backoffs), so
@@ -232,9 +233,15 @@ class Coordinator:
         self.close_executor_streams()
         for task in self._loops:
             task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._loops:
+            _done, running = await asyncio.wait(self._loops, timeout=LOOP_STOP_TIMEOUT)
+            for task in running:
+                # A bug (a loop that swallowed its cancellation): stop anyway, rather than never.
+                log.error(
+                    "background loop %s did not stop within %gs of being cancelled; stopping without it",
+                    task.get_name(),
+                    LOOP_STOP_TIMEOUT,
+                )
         self._timer_alarm.cancel()
         self._retry_alarm.cancel()
         self.replay_runner.stop()

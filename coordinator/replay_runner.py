@@ -105,7 +105,8 @@ class ReplayRunner:
         future: concurrent.futures.Future[ReplayOutcome] = concurrent.futures.Future()
         worker.jobs.put((call, future))
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             self._abandon(worker)
             self.timeouts += 1

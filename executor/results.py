@@ -111,7 +111,8 @@ class ResultReporter:
             if len(self._pending) < self.max_batch:
                 self._batch_full.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_full.wait(), self._flush_interval)
+                    async with asyncio.timeout(self._flush_interval):
+                        await self._batch_full.wait()
             batch = self._take_batch()
             self._in_flight = batch
             try:

@@ -244,7 +244,8 @@ class Executor:
                 delay = 0.1
             log.info("reconnecting in %.1fs", delay)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._abandon.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._abandon.wait()
             delay = min(delay * 2, self.config.reconnect_max_delay)
 
     async def _stream(self, stub: ExecutorServiceStub) -> None:
@@ -558,10 +559,11 @@ async def _run_handler(handler: Any, task: pb.Task, timeout: float) -> CallOutco
             error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=f"malformed task payload: {error!r}"
         )
     try:
-        if asyncio.iscoroutinefunction(handler):
-            value = await asyncio.wait_for(handler(payload), timeout)
-        else:
-            value = await asyncio.wait_for(asyncio.to_thread(handler, payload), timeout)
+        async with asyncio.timeout(timeout):
+            if asyncio.iscoroutinefunction(handler):
+                value = await handler(payload)
+            else:
+                value = await asyncio.to_thread(handler, payload)
     except TimeoutError:
         return CallOutcome(
             error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"handler timed out after {timeout:.0f}s"

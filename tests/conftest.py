@@ -124,10 +124,20 @@ def _write_hang_report(nodeid: str) -> None:
         lines.append(f"--- {len(tasks)} tasks of {loop!r}\n")
         for task in tasks:
             lines.append(f"* {task!r}\n")
-            for frame in task.get_stack():
-                lines.extend("    " + line for line in traceback.format_stack(frame, limit=1))
+            lines.extend("    " + line for line in _awaiting(task.get_coro()))
     for thread_id, frame in sys._current_frames().items():
         lines.append(f"--- thread {thread_id}\n")
         lines.extend(traceback.format_stack(frame))
     sys.stderr.write("".join(lines))
     sys.stderr.flush()
+
+
+def _awaiting(coroutine: Any) -> list[str]:
+    """Where ``coroutine`` waits, down its chain of awaits (``Task.get_stack`` shows one frame)."""
+    lines: list[str] = []
+    while coroutine is not None:
+        frame = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "ag_frame", None)
+        if frame is not None:
+            lines.extend(traceback.format_stack(frame, limit=1))
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "ag_await", None)
+    return lines

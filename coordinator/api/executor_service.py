@@ -67,7 +67,8 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
         timeout = self._coordinator.config.hello_timeout
         try:
             # A stream that never says Hello would otherwise hold its slot and memory forever.
-            first = await asyncio.wait_for(context.read(), timeout)
+            async with asyncio.timeout(timeout):
+                first = await context.read()
         except TimeoutError:
             raise DeadlineExceeded(
                 f"no Hello within {timeout:g}s of opening ClaimTasks (hello_timeout); send the Hello first"

@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -236,7 +236,7 @@ class TakenBack:
 def take_back_attempts(
     connection: Connection,
     dialect: Dialect,
-    rows: Sequence[Row[Any, Unpack[tuple[Any, ...]]]],
+    rows: Sequence[Row[Any, *tuple[Any, ...]]],
     verdicts: Sequence[retries.Retry | retries.GiveUp],
     now: int,
 ) -> TakenBack:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
+
+import pytest
 
 from coordinator.model import WorkflowStatus
 from coordinator.replay import ReplayOutcome
@@ -79,3 +83,30 @@ async def test_an_overrunning_busy_loop_is_interrupted_so_its_thread_ends() -> N
         runner.stop()
 
     assert overran.status is WorkflowStatus.FAILED
+
+
+async def test_a_replay_cancelled_as_its_result_arrives_is_cancelled_not_returned() -> None:
+    """The coordinator stops by cancelling its replay loop and awaiting it.
+
+    ``asyncio.wait_for`` (Python 3.11) returns the result, swallowing the cancellation, when
+    the replay finishes between the cancel and the task's wake-up: the replay loop then
+    carried on and ``Coordinator.stop()`` waited for it forever.
+    """
+    returned = threading.Event()
+
+    def finishes() -> ReplayOutcome:
+        returned.set()
+        return DONE
+
+    runner = ReplayRunner(timeout=60)
+    try:
+        replay = asyncio.create_task(runner.run([ReplayCall("wf-1", finishes)]))
+        await asyncio.sleep(0)  # submitted: the runner's thread takes it
+        # Hold the event loop until the result is on its way back, then cancel first.
+        returned.wait(30)
+        time.sleep(0.2)  # noqa: ASYNC251 - blocking the loop is the point: the cancel must come first
+        replay.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await replay
+    finally:
+        runner.stop()
