@@ -56,7 +56,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy conveyor coordinator executor clients bench
+	$(BIN)/mypy conveyor bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .scratch

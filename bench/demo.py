@@ -23,8 +23,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.client import AsyncClient
-from clients.models import Workflow, WorkflowStatus
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import Workflow, WorkflowStatus
 from conveyor.errors import ConveyorError
 
 from .cluster import ClusterSpec, LocalCluster

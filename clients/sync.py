@@ -1,4 +1,4 @@
-"""The blocking client: :class:`~clients.client.AsyncClient`'s methods for code without asyncio.
+"""The blocking client: :class:`~conveyor.client.client.AsyncClient`'s methods for code without asyncio.
 
 ::
 
@@ -9,7 +9,7 @@
 Each method runs the async client's method of the same name to completion on a
 private event loop, so both clients behave identically (errors included) and this
 module holds no logic of its own. From code already inside an event loop, use
-:class:`~clients.client.AsyncClient`: a blocking call there would stall the loop,
+:class:`~conveyor.client.client.AsyncClient`: a blocking call there would stall the loop,
 and asyncio refuses it.
 """
 

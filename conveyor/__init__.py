@@ -1,7 +1,7 @@
 """Conveyor: durable LLM workflows, finished in the order they were started.
 
 The public authoring API: workflows (run by the coordinator) and task handlers (run
-by executors), plus the error types. Clients live in :mod:`clients`.
+by executors), plus the error types. Clients live in :mod:`conveyor.client`.
 """
 
 from .errors import (

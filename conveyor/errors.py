@@ -44,6 +44,17 @@ class ConfigurationError(ConveyorError):
     """A setting, flag or environment variable is missing or inconsistent."""
 
 
+class MissingExtra(ConfigurationError):
+    """A feature's dependencies are not installed: they come with one of the package's extras."""
+
+    def __init__(self, feature: str, extra: str, missing: str | None) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs the '{extra}' extra ({missing or 'a dependency'} is not installed): "
+            f"pip install 'conveyor[{extra}]'"
+        )
+
+
 class RpcError(ConveyorError):
     """A request refused with a gRPC status; ``code`` is that status."""
 

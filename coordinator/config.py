@@ -46,14 +46,14 @@ class CoordinatorConfig:
     database_retry_deadline: float = 60.0
     #: FIFO by workflow start (the default); ``TASK_ID`` exists for the benchmarks' baseline.
     claim_order: ClaimOrder = ClaimOrder.FIFO
-    #: Bearer tokens and their roles (:mod:`coordinator.auth`); None: every caller is trusted.
+    #: Bearer tokens and their roles (:mod:`conveyor.coordinator.auth`); None: every caller is trusted.
     auth_tokens_file: Path | None = None
     #: PEM certificate chain and key: serve TLS instead of plaintext.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     #: PEM CA: clients must present a certificate it signed (mutual TLS).
     tls_client_ca_file: Path | None = None
-    #: Listen on a non-loopback address without authentication (see :mod:`coordinator.auth_tls`).
+    #: Listen on a non-loopback address without authentication (see :mod:`conveyor.coordinator.auth_tls`).
     insecure: bool = False
     #: Most executors connected at once; one more is refused with RESOURCE_EXHAUSTED.
     max_executors: int = 1000

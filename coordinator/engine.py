@@ -486,7 +486,7 @@ class Coordinator:
         return record
 
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
-        """Why the workflow is where it is (see :mod:`coordinator.explain`)."""
+        """Why the workflow is where it is (see :mod:`conveyor.coordinator.explain`)."""
         validation.identifier(workflow_id, "workflow_id")
         now = now_us()
         facts = await self._read(

@@ -1,6 +1,6 @@
 """``ExplainWorkflow``: why a workflow is where it is, in plain words.
 
-The stored facts (:mod:`coordinator.store.inspection`) say where each step in
+The stored facts (:mod:`conveyor.coordinator.store.inspection`) say where each step in
 progress is: queued, claimed, waiting out a backoff, sleeping. The coordinator's
 memory says who could move it: which live executor leases the step's shard for
 its task kind, and when each executor was last heard from. This module puts the

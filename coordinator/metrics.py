@@ -7,7 +7,7 @@ per scrape:
   as it happens (:meth:`CoordinatorMetrics.claimed`, :meth:`recorded`,
   :meth:`replayed`): attempts by outcome, retries by class, and the latency
   histograms of a step's life (queue wait, claim to result, transition gap);
-* **counters** the engine keeps anyway (:class:`~coordinator.engine.CoordinatorStats`),
+* **counters** the engine keeps anyway (:class:`~conveyor.coordinator.engine.CoordinatorStats`),
   read at scrape time;
 * **gauges** of state (queue depth and oldest age per shard, the replay queue,
   workflows by status, executors and their slots), set from one aggregate query

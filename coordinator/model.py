@@ -1,7 +1,7 @@
 """Domain vocabulary shared by the coordinator's modules, as stored in the database.
 
 Statuses and kinds are stored as short lower-case strings so the tables read well in
-``psql`` / ``sqlite3``; :mod:`coordinator.protocol` maps them to the wire enums.
+``psql`` / ``sqlite3``; :mod:`conveyor.coordinator.protocol` maps them to the wire enums.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ arguments with the journal, and requires the code to ask for every journaled ste
 a journal entry the code no longer asks for is non-determinism too.
 
 Replay is pure: it reads nothing and writes nothing. It runs workflow code, so the
-coordinator runs it on the replay runner's thread (:mod:`coordinator.replay_runner`),
+coordinator runs it on the replay runner's thread (:mod:`conveyor.coordinator.replay_runner`),
 and the store applies its outcome in a short write that first re-checks the workflow.
 """
 

@@ -4,7 +4,7 @@ Replay runs user code. Run on the writer thread (inside its transaction), a bloc
 call (``time.sleep``, I/O, a lock) or a long computation in one workflow would stall
 every write of the coordinator, and ``sys.exit()`` would end the writer for good. So
 the replay loop reads what is due, hands each replay to this runner, and applies the
-outcomes in a short write of its own (:mod:`coordinator.store.replays`).
+outcomes in a short write of its own (:mod:`conveyor.coordinator.store.replays`).
 
 A replay that does not finish within ``timeout`` fails its workflow with a message
 saying why. Python cannot kill a thread, so the runner abandons the stuck thread

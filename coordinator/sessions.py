@@ -1,13 +1,13 @@
 """Connected executors, their credits, and the shard leases balanced across them.
 
 Executors that serve the same set of task kinds form a *pool*; each pool leases
-every shard, spread evenly over its live members (:func:`coordinator.shards.balance`),
+every shard, spread evenly over its live members (:func:`conveyor.coordinator.shards.balance`),
 so a task of kind K is always claimable by some executor that runs K. Only live
 executors of the current epoch are pool members: a draining, disconnected or
 old-epoch executor keeps reporting what it holds but is given nothing new.
 
 This is in-memory state of the single coordinator process, owned by its event
-loop; the database keeps a copy for operators (:mod:`coordinator.store.executors`).
+loop; the database keeps a copy for operators (:mod:`conveyor.coordinator.store.executors`).
 """
 
 from __future__ import annotations

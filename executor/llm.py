@@ -7,7 +7,7 @@ attempt is visible and counted. This module only *classifies* what happened:
 * 529, 5xx, 408, 409, timeouts, connection errors → transient: back off, spend an attempt;
 * any other 4xx → permanent: fail the step with the API's message.
 
-Before each call the :class:`~executor.pacing.RateLimitPacer` waits until the
+Before each call the :class:`~conveyor.executor.pacing.RateLimitPacer` waits until the
 model's rate limits (learnt from the ``anthropic-ratelimit-*`` headers of earlier
 responses) have room for it, so a busy executor runs at the limit rather than into
 it. A 429 holds the executor's other calls to that model until ``retry-after`` passes.

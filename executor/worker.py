@@ -8,7 +8,7 @@ Lifecycle::
 
 Each finished task frees a slot, which is granted back to the coordinator as a
 credit; the coordinator never sends more tasks than there are free slots. Results
-are reported separately (:mod:`executor.results`) and survive reconnects: after a
+are reported separately (:mod:`conveyor.executor.results`) and survive reconnects: after a
 reconnect the Hello lists the tasks still held, so the coordinator keeps them
 leased here and returns any it sent that never arrived.
 

@@ -10,17 +10,17 @@ from typing import Any
 
 import grpc
 
-from bench.simulator import Simulator, SimulatorConfig
-from clients.client import AsyncClient
+from conveyor.client.client import AsyncClient
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
+from conveyor.executor.llm import LlmCaller
+from conveyor.executor.worker import Executor, ExecutorConfig
 from conveyor.tasks import HandlerRegistry
+from conveyor.testing.simulator import Simulator, SimulatorConfig
 from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import executor_service_pb2_grpc
 from conveyor.workflow import WorkflowRegistry
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
-from executor.llm import LlmCaller
-from executor.worker import Executor, ExecutorConfig
 
 
 async def eventually(

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.pool import NullPool
 
-from clients.client import AsyncClient
-from clients.models import Workflow, WorkflowStatus
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import Workflow, WorkflowStatus
+from conveyor.coordinator.store.schema import cluster, replay_queue, steps, tasks, workflows
 from conveyor.tasks import HANDLER_MARK, HandlerRegistry
 from conveyor.v1 import admin_service_pb2_grpc, executor_service_pb2_grpc, workflow_service_pb2_grpc
 from conveyor.workflow import WorkflowRegistry
-from coordinator.store.schema import cluster, replay_queue, steps, tasks, workflows
 from support import Stack
 
 #: The ``make_stack`` fixture of conftest: ``await make_stack(registry, **coordinator_config)``.

@@ -26,9 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from clients.client import AsyncClient
+from conveyor.client.client import AsyncClient
+from conveyor.coordinator.store.schema import executors, steps, tasks
 from conveyor.errors import ConfigurationError, ConveyorError
-from coordinator.store.schema import executors, steps, tasks
 
 from ..cluster import ClusterSpec, LocalCluster, ManagedProcess
 from . import invariants, postgres
@@ -332,7 +332,7 @@ class ChaosCluster:
         return killed
 
     def configure_simulator(self, description: str, **fields: Any) -> None:
-        """Change the simulator's faults live (see bench/simulator/README.md).
+        """Change the simulator's faults live (see conveyor/testing/simulator/README.md).
 
         Recorded with nothing in flight: a failed, hung or truncated answer is never
         a success, so these faults must cause no duplicate at all.

@@ -29,9 +29,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from coordinator.model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
-from coordinator.store.diagnosis import Violation, invariant_violations
-from coordinator.store.schema import steps, workflows
+from conveyor.coordinator.model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
+from conveyor.coordinator.store.diagnosis import Violation, invariant_violations
+from conveyor.coordinator.store.schema import steps, workflows
 
 from ..workflows import expected_summary, research
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
 
 from ..harness.databases import DEFAULT_POSTGRES_URL, fresh_database
 from . import postgres

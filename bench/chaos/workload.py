@@ -18,8 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
 from conveyor.errors import DeadlineExceeded, Unavailable
 
 from ..workflows import research

@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from coordinator.store.schema import steps, workflows
+from conveyor.coordinator.store.schema import steps, workflows
 
 US = 1_000_000
 

@@ -21,8 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
 from conveyor.errors import ConveyorError
 
 from ..cluster import ClusterSpec, LocalCluster

@@ -34,11 +34,11 @@ import sqlalchemy as sa
 from rich.console import Console
 from sqlalchemy.engine import Connection
 
-from coordinator.store import Database, TaskQueue
-from coordinator.store.diagnosis import invariant_violations, shard_depths
-from coordinator.store.journal import cancel_workflows
-from coordinator.store.schema import tasks
-from coordinator.store.workflows import Workflows
+from conveyor.coordinator.store import Database, TaskQueue
+from conveyor.coordinator.store.diagnosis import invariant_violations, shard_depths
+from conveyor.coordinator.store.journal import cancel_workflows
+from conveyor.coordinator.store.schema import tasks
+from conveyor.coordinator.store.workflows import Workflows
 
 from ..harness import machine, report
 from ..harness.databases import fresh_database

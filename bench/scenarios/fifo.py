@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from coordinator.model import ClaimOrder
+from conveyor.coordinator.model import ClaimOrder
 
 from ..harness import machine, plots, report, timings
 from ..harness.databases import fresh_database

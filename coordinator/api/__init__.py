@@ -1,1 +1,1 @@
-"""The gRPC servicers: thin adapters from the wire to :class:`coordinator.engine.Coordinator`."""
+"""The gRPC servicers: thin adapters from the wire to :class:`conveyor.coordinator.engine.Coordinator`."""

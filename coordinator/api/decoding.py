@@ -3,7 +3,7 @@
 gRPC decodes a unary request before the servicer runs and answers ``UNKNOWN`` when
 it cannot; :class:`MalformedRequestInterceptor` decodes it instead and answers
 ``INVALID_ARGUMENT`` naming the message type. Streamed requests are decoded by
-``context.read()`` inside the servicer, where :func:`coordinator.api.errors.rpc`
+``context.read()`` inside the servicer, where :func:`conveyor.coordinator.api.errors.rpc`
 does the same.
 """
 

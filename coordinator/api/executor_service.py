@@ -41,7 +41,7 @@ class ExecutorService(executor_service_pb2_grpc.ExecutorServiceServicer):
         self._streams: Counter[str] = Counter()
 
     def _check_identity(self, context: grpc.aio.ServicerContext, executor_id: str) -> None:
-        """Refuse a caller whose token may not act as ``executor_id`` (see :mod:`coordinator.auth`)."""
+        """Refuse a caller whose token may not act as ``executor_id`` (see the auth module)."""
         if self._tokens is not None:
             principal = self._tokens.principal_of(context.invocation_metadata())
             require_executor_identity(principal, executor_id, self._tokens.bound_executor_ids)

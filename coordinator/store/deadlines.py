@@ -1,6 +1,6 @@
 """Start-to-close deadlines of claimed tasks, and the claims that other writes revoke.
 
-A claim stamps ``tasks.deadline_at`` (see :class:`coordinator.store.queue.TaskDeadlines`).
+A claim stamps ``tasks.deadline_at`` (see :class:`conveyor.coordinator.store.queue.TaskDeadlines`).
 A live executor that never reports a task (a hung handler, a bug, a lost result)
 would otherwise hold it for ever: :func:`expire_overdue` takes such tasks back and
 treats the attempt as a retryable failure, so it spends an attempt and backs off per

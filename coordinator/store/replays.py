@@ -2,9 +2,9 @@
 
 1. :meth:`ReplayQueue.due` reads the oldest entries of the replay queue with their
    workflows and journals (a read, off the writer).
-2. :meth:`ReplayQueue.replay_one` replays one of them (:func:`coordinator.replay.replay`);
+2. :meth:`ReplayQueue.replay_one` replays one of them (:func:`conveyor.coordinator.replay.replay`);
    the engine runs it on the replay runner's thread, never on the writer, since it is
-   user code (:mod:`coordinator.replay_runner`).
+   user code (:mod:`conveyor.coordinator.replay_runner`).
 3. :meth:`ReplayQueue.apply` writes what the replays decided in one short write unit:
    new steps and their tasks, finished workflows, and the deletion of the entries. It
    re-checks each workflow first: an entry whose workflow changed since step 1 is left

@@ -1,7 +1,7 @@
 """The tables, as SQLAlchemy Core objects (the hot paths use Core, not the ORM).
 
 Every timestamp is an integer count of microseconds since the Unix epoch (UTC), see
-:mod:`coordinator.clock`. Statuses and kinds are the strings of :mod:`coordinator.model`.
+:mod:`conveyor.coordinator.clock`. Statuses and kinds are the strings of :mod:`conveyor.coordinator.model`.
 
 The migrations under ``migrations/versions`` create exactly these tables; a test
 compares a migrated database with this metadata on both dialects.
@@ -142,7 +142,7 @@ tasks = Table(
     # 1 while waiting out a retry backoff or rate-limit wait (``available_at`` in the
     # future when it was set), 0 otherwise. It keeps waiting tasks out of the claim's
     # index; the claim itself clears it once ``available_at`` has passed (see
-    # `coordinator.store.queue`). An integer, not a boolean: the partial indexes below
+    # `conveyor.coordinator.store.queue`). An integer, not a boolean: the partial indexes below
     # compare it with the literal 0/1 that both databases spell the same way.
     Column("delayed", Integer, nullable=False, server_default=text("0")),
     Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
@@ -235,7 +235,7 @@ shard_leases = Table(
 )
 
 #: How many workflows of each name are in each status, kept by database triggers on
-#: ``workflows`` (created by migration 0003, see `coordinator.store.counts`) in the same
+#: ``workflows`` (created by migration 0003, see `conveyor.coordinator.store.counts`) in the same
 #: transaction as every insert, status change and delete, whichever code makes it.
 #: ``CountWorkflows`` and ``Diagnose`` read this instead of counting ``workflows``.
 workflow_counts = Table(

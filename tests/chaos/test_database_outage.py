@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from db_faults import SqliteLock, TcpProxy
 from support import ManualExecutor, Stack, eventually, registry_of
 
@@ -57,7 +57,7 @@ class LoopFailures(logging.Handler):
 @pytest.fixture
 def loop_failures() -> Iterator[LoopFailures]:
     handler = LoopFailures()
-    logger = logging.getLogger("coordinator.engine")
+    logger = logging.getLogger("conveyor.coordinator.engine")
     logger.addHandler(handler)
     yield handler
     logger.removeHandler(handler)

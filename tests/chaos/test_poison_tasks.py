@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from bench.chaos.cluster import ChaosCluster, ChaosSettings
 from bench.chaos.poison import ALWAYS_FAILS, CRASHES_EXECUTOR, POISON_RETRY
 from bench.chaos.workload import Workload
-from clients.client import AsyncClient
-from clients.models import Workflow
-from coordinator.model import StepStatus
-from coordinator.store.schema import steps, workflows
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import Workflow
+from conveyor.coordinator.model import StepStatus
+from conveyor.coordinator.store.schema import steps, workflows
 from toolkit import fetch
 
 pytestmark = pytest.mark.slow

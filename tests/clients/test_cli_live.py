@@ -12,8 +12,8 @@ import re
 from typing import Any
 
 from cli_runs import CliRun, run_in_one_interpreter
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from support import Stack, eventually, registry_of
 from toolkit import MakeStack, task_rows, wait_finished
 

@@ -20,13 +20,13 @@ from typing import Any
 import grpc
 import pytest
 
-from clients import AsyncClient, Client
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client import AsyncClient, Client
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
 from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound
 from conveyor.v1 import admin_service_pb2, executor_service_pb2, workflow_service_pb2
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
 from support import registry_of
 from toolkit import MakeStack, task_rows
 

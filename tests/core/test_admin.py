@@ -16,11 +16,11 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.store.schema import replay_queue, workflows
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import admin_service_pb2, common_pb2
-from coordinator.store.schema import replay_queue, workflows
 from support import Stack, eventually, registry_of
 from toolkit import (
     MakeStack,

@@ -19,9 +19,9 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
 from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound, RpcError
 from conveyor.v1 import common_pb2, workflow_service_pb2
 from conveyor.v1 import executor_service_pb2 as executor_pb

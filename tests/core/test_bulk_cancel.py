@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import admin_service_pb2
 from support import eventually, registry_of

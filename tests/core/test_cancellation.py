@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from bench.simulator import SimulatorConfig
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
+from conveyor.testing.simulator import SimulatorConfig
 from support import ManualExecutor, Stack, eventually, registry_of
 from toolkit import wait_finished
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.workflow import RetryPolicy
 from support import ManualExecutor, Stack, eventually, llm_message_json, registry_of
@@ -112,7 +112,7 @@ async def test_a_failed_expiry_pass_is_retried_and_the_deadline_still_enforced(
 ) -> None:
     """The deadline loop is level-triggered: a pass that fails (the database down, a bug) loses
     nothing, because the restarted loop reads the overdue tasks from the database again."""
-    from coordinator.store import deadlines
+    from conveyor.coordinator.store import deadlines
 
     real = deadlines.expire_overdue
     failures: list[int] = []

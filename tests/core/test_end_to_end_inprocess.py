@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from support import registry_of
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
 from support import ManualExecutor, eventually, registry_of
 from toolkit import MakeStack, handlers_of, wait_finished
 

@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.tasks import HandlerRegistry
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from support import ManualExecutor, Stack, eventually, llm_message_json, registry_of

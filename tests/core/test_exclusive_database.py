@@ -17,11 +17,11 @@ import sqlalchemy as sa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conveyor import WorkflowContext, workflow
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
+from conveyor.coordinator.store.ownership import ADVISORY_CLASS
+from conveyor.coordinator.store.schema import coordinator_holder
 from conveyor.errors import ConveyorError, DatabaseInUse, Unavailable
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
-from coordinator.store.ownership import ADVISORY_CLASS
-from coordinator.store.schema import coordinator_holder
 from support import Stack, eventually, registry_of
 
 

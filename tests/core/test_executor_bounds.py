@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.errors import TaskRateLimited
 from support import registry_of
 from toolkit import MakeStack, handlers_of, wait_finished

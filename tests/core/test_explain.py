@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from clients.models import Explanation, WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, workflow
+from conveyor.client.models import Explanation, WorkflowStatus
+from conveyor.coordinator.store.schema import replay_queue
 from conveyor.errors import InvalidArgument, NotFound
 from conveyor.v1 import common_pb2
 from conveyor.v1 import executor_service_pb2 as executor_pb
-from coordinator.store.schema import replay_queue
 from support import ManualExecutor, Stack, eventually, registry_of
 from toolkit import MakeStack, execute, restart_coordinator, task_rows, wait_finished
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from support import ManualExecutor, Stack, eventually, llm_message_json, registry_of
 

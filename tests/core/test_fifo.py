@@ -12,8 +12,8 @@ from collections import Counter
 from typing import Any
 
 from conveyor import WorkflowContext, workflow
+from conveyor.coordinator.model import ClaimOrder
 from conveyor.v1 import executor_service_pb2 as executor_pb
-from coordinator.model import ClaimOrder
 from support import ManualExecutor, Stack, eventually, llm_message_json, registry_of
 
 ACCEPTED = executor_pb.RESULT_DISPOSITION_ACCEPTED

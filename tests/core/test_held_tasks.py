@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
 from support import Stack, eventually, registry_of
 from toolkit import MakeStack, handlers_of, task_rows, wait_finished
 

@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 from conveyor import RetryPolicy, WorkflowContext, logs, task_handler, workflow
+from conveyor.coordinator.server import SERVICE_NAMES
 from conveyor.monitoring import serve_metrics
-from coordinator.server import SERVICE_NAMES
 from support import eventually, registry_of
 from toolkit import MakeStack, handlers_of, wait_finished
 
@@ -78,7 +78,7 @@ def fresh_flaky_handler() -> Iterator[None]:
 async def test_coordinator_and_executor_metrics_count_what_happened(
     make_stack: MakeStack, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="executor.worker")
+    caplog.set_level(logging.INFO, logger="conveyor.executor.worker")
     stack = await make_stack(WORKFLOWS, shards=4, metrics_port=0, gauge_refresh_interval=0.1)
     await stack.start_simulator()
     executor = stack.start_executor(handlers=handlers_of(flaky), concurrency=10)
@@ -183,7 +183,7 @@ async def test_grpc_health_and_reflection_answer_without_the_protos(make_stack: 
 
 def test_json_logs_carry_the_ids_as_fields_and_text_logs_stay_plain() -> None:
     record = logging.LogRecord(
-        "coordinator.engine", logging.WARNING, __file__, 1, "workflow %s failed", ("w1",), None
+        "conveyor.coordinator.engine", logging.WARNING, __file__, 1, "workflow %s failed", ("w1",), None
     )
     for name, field_value in logs.fields(workflow_id="w1", step_number=2, executor_id=None).items():
         setattr(record, name, field_value)
@@ -193,7 +193,7 @@ def test_json_logs_carry_the_ids_as_fields_and_text_logs_stay_plain() -> None:
     assert entry["message"] == "workflow w1 failed"
     assert (entry["level"], entry["logger"], entry["workflow_id"], entry["step_number"]) == (
         "warning",
-        "coordinator.engine",
+        "conveyor.coordinator.engine",
         "w1",
         2,
     )

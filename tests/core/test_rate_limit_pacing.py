@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 
-from bench.simulator import SimulatorConfig
 from bench.workflows import research
-from clients.models import WorkflowStatus
+from conveyor.client.models import WorkflowStatus
+from conveyor.executor.llm import LlmCaller
+from conveyor.executor.pacing import RateLimitPacer
+from conveyor.executor.worker import Executor, ExecutorConfig
 from conveyor.tasks import HandlerRegistry
-from executor.llm import LlmCaller
-from executor.pacing import RateLimitPacer
-from executor.worker import Executor, ExecutorConfig
+from conveyor.testing.simulator import SimulatorConfig
 from support import eventually, registry_of
 
 RPM = 1200

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.model import StepKind, StepStatus
+from conveyor.coordinator.model import WorkflowStatus as StoredStatus
+from conveyor.coordinator.replay import JournalEntry, NewStep, ReplayOutcome
+from conveyor.coordinator.store.schema import replay_queue, workflows
 from conveyor.errors import InvalidArgument
-from coordinator.model import StepKind, StepStatus
-from coordinator.model import WorkflowStatus as StoredStatus
-from coordinator.replay import JournalEntry, NewStep, ReplayOutcome
-from coordinator.store.schema import replay_queue, workflows
 from support import registry_of
 from toolkit import MakeStack, fetch, handlers_of, replay_rows, wait_finished
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.clock import now_us
+from conveyor.coordinator.store import Database, Disposition, ReportedResult, TaskQueue
+from conveyor.coordinator.store.schema import replay_queue, steps, tasks
 from conveyor.tasks import HandlerRegistry
-from coordinator.clock import now_us
-from coordinator.store import Database, Disposition, ReportedResult, TaskQueue
-from coordinator.store.schema import replay_queue, steps, tasks
 from support import ManualExecutor, eventually, llm_message_json, registry_of
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from support import ManualExecutor, eventually, llm_message_json, registry_of
 from toolkit import MakeStack, handlers_of, wait_finished

@@ -14,8 +14,6 @@ from typing import Any
 
 import anthropic
 
-from bench.simulator import SimulatorConfig
-from clients.models import WorkflowStatus
 from conveyor import (
     PermanentTaskError,
     RetryPolicy,
@@ -25,6 +23,8 @@ from conveyor import (
     task_handler,
     workflow,
 )
+from conveyor.client.models import WorkflowStatus
+from conveyor.testing.simulator import SimulatorConfig
 from support import eventually, registry_of
 from toolkit import MakeStack, handlers_of, task_rows, wait_finished
 

@@ -7,10 +7,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
-from coordinator.clock import to_datetime
-from coordinator.store.schema import steps
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.clock import to_datetime
+from conveyor.coordinator.store.schema import steps
 from support import eventually, registry_of
 from toolkit import MakeStack, fetch, handlers_of, restart_coordinator, step_rows, task_rows, wait_finished
 

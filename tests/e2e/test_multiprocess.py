@@ -8,8 +8,8 @@ import pytest
 
 from bench.cluster import ClusterSpec, LocalCluster
 from bench.workflows import expected_summary
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
 from support import eventually
 
 pytestmark = pytest.mark.slow

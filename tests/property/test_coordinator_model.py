@@ -1,6 +1,6 @@
 """The whole coordinator under random interleavings of executors, operators and faults.
 
-Hypothesis drives a real :class:`coordinator.engine.Coordinator` (in-process, its
+Hypothesis drives a real :class:`conveyor.coordinator.engine.Coordinator` (in-process, its
 own writer thread and background loops, a real SQLite file or PostgreSQL schema)
 through random sequences of what happens to a coordinator in production: workflows
 start (chains of steps, sleeps, ``asyncio.gather``); executors connect, heartbeat,
@@ -29,7 +29,7 @@ Rules are grouped in *families*, each exercising one item of issue 9
 passes today. ``CONVEYOR_MODEL_EXAMPLES`` / ``CONVEYOR_MODEL_STEPS`` scale the run
 (``make model-long`` runs a long profile of every family).
 
-Timing: the coordinator's clock is the wall clock (``coordinator.clock.now_us`` is a
+Timing: the coordinator's clock is the wall clock (``conveyor.coordinator.clock.now_us`` is a
 plain function its modules import, so it cannot be injected). The machine therefore
 never asserts on time: leases never expire on their own (``lease_ttl`` is an hour)
 but only through the ``lease_expires`` rule, and the only waits are for conditions
@@ -61,16 +61,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from conveyor.coordinator.api.executor_service import ExecutorService
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.engine import Coordinator
+from conveyor.coordinator.model import StepStatus, WorkflowStatus
+from conveyor.coordinator.sessions import ExecutorSession, SessionState
+from conveyor.coordinator.store.schema import ALL_TABLES, steps, tasks, workflows
 from conveyor.errors import ConveyorError
 from conveyor.v1 import common_pb2
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.workflow import RetryPolicy, WorkflowContext, WorkflowRegistry, workflow
-from coordinator.api.executor_service import ExecutorService
-from coordinator.config import CoordinatorConfig
-from coordinator.engine import Coordinator
-from coordinator.model import StepStatus, WorkflowStatus
-from coordinator.sessions import ExecutorSession, SessionState
-from coordinator.store.schema import ALL_TABLES, steps, tasks, workflows
 
 T = TypeVar("T")
 
@@ -993,7 +993,7 @@ class CoordinatorMachine(RuleBasedStateMachine):
 
 @pytest.fixture
 def migrated_url(database_url: str) -> Iterator[str]:
-    from coordinator.store import Database
+    from conveyor.coordinator.store import Database
 
     database = Database(database_url)
     database.migrate()

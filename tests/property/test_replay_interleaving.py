@@ -18,9 +18,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conveyor.coordinator.model import StepKind, StepStatus, WorkflowStatus, canonical_json
+from conveyor.coordinator.replay import JournalEntry, NewStep, ReplayOutcome, replay
 from conveyor.workflow import WorkflowContext, WorkflowDefinition, WorkflowRegistry
-from coordinator.model import StepKind, StepStatus, WorkflowStatus, canonical_json
-from coordinator.replay import JournalEntry, NewStep, ReplayOutcome, replay
 
 NOW_US = 1_700_000_000_000_000
 

@@ -1,6 +1,6 @@
 """The task queue's claims, leases and fencing against a model small enough to be obviously right.
 
-Hypothesis drives the real :class:`coordinator.store.queue.TaskQueue` on a real
+Hypothesis drives the real :class:`conveyor.coordinator.store.queue.TaskQueue` on a real
 database (SQLite file and PostgreSQL schema) through random sequences of what
 executors and the coordinator do to tasks: claim, report with the current token,
 an old token or as the wrong executor, report again, fail, get rate limited, lose
@@ -31,9 +31,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from coordinator.model import ErrorClass, StepStatus
-from coordinator.store import Database, Disposition, ReportedResult, TaskQueue
-from coordinator.store.schema import ALL_TABLES, replay_queue, steps, tasks, workflows
+from conveyor.coordinator.model import ErrorClass, StepStatus
+from conveyor.coordinator.store import Database, Disposition, ReportedResult, TaskQueue
+from conveyor.coordinator.store.schema import ALL_TABLES, replay_queue, steps, tasks, workflows
 
 EXECUTORS = ("executor-a", "executor-b")
 WORKFLOWS = 3

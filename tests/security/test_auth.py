@@ -19,16 +19,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.auth import Role, TokenTable
 from conveyor.errors import ConfigurationError
 from conveyor.transport import ChannelSecurity, open_channel, read_token
 from conveyor.v1 import admin_service_pb2 as admin_pb
 from conveyor.v1 import admin_service_pb2_grpc, executor_service_pb2_grpc, workflow_service_pb2_grpc
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import workflow_service_pb2 as workflow_pb
-from coordinator.auth import Role, TokenTable
 from security.tokens import BOUND_EXECUTOR, Tokens
 from support import eventually, registry_of
 from toolkit import MakeStack, snapshot, task_rows

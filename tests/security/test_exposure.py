@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.coordinator.auth_tls import is_loopback
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
 from conveyor.errors import ConfigurationError
-from coordinator.auth_tls import is_loopback
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
 from security.tokens import Tokens
 from support import registry_of
 
@@ -30,7 +30,7 @@ REFUSAL = "refusing to listen on 0.0.0.0:0 without authentication"
         ("::", False),
         ("", False),
         ("10.1.2.3", False),
-        ("coordinator.internal", False),
+        ("conveyor.coordinator.internal", False),
     ],
 )
 def test_only_loopback_addresses_count_as_private(host: str, loopback: bool) -> None:
@@ -84,6 +84,6 @@ async def test_tokens_without_tls_on_a_public_address_are_warned_about(
     database_url: str, tokens: Tokens, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = CoordinatorConfig(database_url, listen="0.0.0.0:0", auth_tokens_file=tokens.file)
-    with caplog.at_level(logging.WARNING, logger="coordinator.auth_tls"):
+    with caplog.at_level(logging.WARNING, logger="conveyor.coordinator.auth_tls"):
         CoordinatorServer(config, registry_of())
     assert "bearer tokens cross the network in clear" in caplog.text

@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor import WorkflowContext, workflow
+from conveyor.coordinator.store.schema import workflows
 from conveyor.v1 import admin_service_pb2, executor_service_pb2, workflow_service_pb2
-from coordinator.store.schema import workflows
 from support import eventually, registry_of
 from toolkit import MakeStack, execute, replay_rows, snapshot, task_rows
 

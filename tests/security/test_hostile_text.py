@@ -16,8 +16,8 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from clients.models import WorkflowStatus
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
+from conveyor.client.models import WorkflowStatus
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import admin_service_pb2 as admin_pb
 from conveyor.v1 import common_pb2

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.auth import TokenTable
 from conveyor.transport import ChannelSecurity
 from conveyor.v1 import executor_service_pb2 as executor_pb
-from coordinator.auth import TokenTable
 from security.tokens import BOUND_EXECUTOR, Tokens
 from support import ManualExecutor, llm_message_json, registry_of
 from toolkit import MakeStack, snapshot, task_rows
@@ -140,7 +140,7 @@ async def test_every_claim_gets_a_fresh_random_fencing_token(make_stack: MakeSta
 def test_the_coordinator_warns_about_unbound_executor_tokens(
     tokens: Tokens, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="coordinator.auth"):
+    with caplog.at_level(logging.WARNING, logger="conveyor.coordinator.auth"):
         TokenTable.from_file(tokens.file)
     warnings = [
         record.getMessage()
@@ -156,7 +156,7 @@ def test_a_file_of_bound_executor_tokens_only_draws_no_warning(
     path = tmp_path / "tokens"
     path.write_text("executor 0123456789abcdef0123 gpu-box-1\nclient 0123456789abcdef9999\n")
     path.chmod(0o600)
-    with caplog.at_level(logging.WARNING, logger="coordinator.auth"):
+    with caplog.at_level(logging.WARNING, logger="conveyor.coordinator.auth"):
         table = TokenTable.from_file(path)
     assert table.bound_executor_ids == {"gpu-box-1"}
     assert not caplog.records

@@ -18,13 +18,13 @@ import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.retries import MAX_RATE_LIMIT_WAIT, RATE_LIMIT_JITTER
 from conveyor.v1 import admin_service_pb2 as admin_pb
 from conveyor.v1 import admin_service_pb2_grpc, common_pb2, workflow_service_pb2_grpc
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import workflow_service_pb2 as workflow_pb
-from coordinator.retries import MAX_RATE_LIMIT_WAIT, RATE_LIMIT_JITTER
 from support import ManualExecutor, eventually, registry_of
 from toolkit import MakeStack, snapshot, task_rows
 

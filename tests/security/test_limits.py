@@ -14,12 +14,12 @@ from typing import Any
 import grpc
 import pytest
 
-from clients.client import AsyncClient
 from conveyor import WorkflowContext, workflow
+from conveyor.client.client import AsyncClient
+from conveyor.coordinator.validation import MAX_REASON_LENGTH
 from conveyor.errors import InvalidArgument, RpcError
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import executor_service_pb2_grpc
-from coordinator.validation import MAX_REASON_LENGTH
 from support import ManualExecutor, eventually, registry_of
 from toolkit import MakeStack, snapshot, task_rows
 

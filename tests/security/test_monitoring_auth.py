@@ -18,15 +18,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from clients.client import AsyncClient
 from conveyor import WorkflowContext, monitoring, workflow
+from conveyor.client.client import AsyncClient
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
 from conveyor.errors import ConfigurationError, PermissionDenied
+from conveyor.executor import cli as executor_cli
 from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import executor_service_pb2_grpc
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
-from executor import cli as executor_cli
 from security.tokens import Tokens
 from support import registry_of
 from toolkit import MakeStack

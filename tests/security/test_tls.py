@@ -7,13 +7,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from clients.client import AsyncClient
-from clients.models import WorkflowStatus
 from conveyor import WorkflowContext, workflow
+from conveyor.client.client import AsyncClient
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
 from conveyor.errors import ConfigurationError, Unavailable
 from conveyor.transport import ChannelSecurity
-from coordinator.config import CoordinatorConfig
-from coordinator.server import CoordinatorServer
 from security.certificates import CertificateAuthority
 from security.tokens import Tokens
 from support import registry_of

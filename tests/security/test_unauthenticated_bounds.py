@@ -18,9 +18,9 @@ import grpc
 import pytest
 
 from conveyor import WorkflowContext, monitoring, workflow
+from conveyor.coordinator import status_page
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import executor_service_pb2_grpc
-from coordinator import status_page
 from support import eventually, registry_of
 from toolkit import MakeStack
 

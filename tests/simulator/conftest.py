@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import anthropic
 import pytest
 
-from bench.simulator import Simulator, SimulatorConfig
+from conveyor.testing.simulator import Simulator, SimulatorConfig
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 from anthropic.types import Message, MessageParam
 
-from bench.simulator import Simulator
+from conveyor.testing.simulator import Simulator
 
 PROMPT = "Tell me about conveyor belts."
 

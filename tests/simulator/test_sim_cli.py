@@ -1,4 +1,4 @@
-"""The command line: ``python -m bench.simulator`` as a real subprocess."""
+"""The command line: ``python -m conveyor.testing.simulator`` as a real subprocess."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import anthropic
 import pytest
 
-from bench.simulator import cli
+from conveyor.testing.simulator import cli
 
 STARTUP_TIMEOUT = 60.0  # generous: interpreter start-up on a loaded machine
 
@@ -22,7 +22,7 @@ async def start(*args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.simulator",
+        "conveyor.testing.simulator",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench.simulator import SimulatorConfig
+from conveyor.testing.simulator import SimulatorConfig
 
 
 def test_defaults_are_valid_and_benign() -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from bench.simulator import Simulator
+from conveyor.testing.simulator import Simulator
 
 TIMEOUT = 10.0
 

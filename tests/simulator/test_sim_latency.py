@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from bench.simulator import parse_latency
-from bench.simulator.latency import FixedLatency, LognormalLatency, UniformLatency
+from conveyor.testing.simulator import parse_latency
+from conveyor.testing.simulator.latency import FixedLatency, LognormalLatency, UniformLatency
 
 
 def draws(spec: str, seed: int, count: int = 500) -> list[float]:

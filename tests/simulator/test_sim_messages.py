@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bench.simulator.messages import (
+from conveyor.testing.simulator.messages import (
     InvalidRequest,
     estimate_input_tokens,
     make_reply,

@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from bench.simulator.ratelimit import RateLimiter, TokenBucket
+from conveyor.testing.simulator.ratelimit import RateLimiter, TokenBucket
 
 
 class FakeClock:

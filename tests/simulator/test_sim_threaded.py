@@ -8,7 +8,7 @@ import threading
 import anthropic
 import pytest
 
-from bench.simulator import SimulatorConfig, run_in_thread
+from conveyor.testing.simulator import SimulatorConfig, run_in_thread
 
 
 def test_serves_synchronous_sdk_clients_and_cleans_up() -> None:

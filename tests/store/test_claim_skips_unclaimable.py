@@ -15,9 +15,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from coordinator.model import ErrorClass, StepStatus
-from coordinator.store import Database, ReportedResult, TaskQueue
-from coordinator.store.schema import steps, tasks, workflows
+from conveyor.coordinator.model import ErrorClass, StepStatus
+from conveyor.coordinator.store import Database, ReportedResult, TaskQueue
+from conveyor.coordinator.store.schema import steps, tasks, workflows
 
 SHARDS = 4
 #: Per workflow (created in this order): the kind of its one task.

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from conveyor import WorkflowContext, workflow
-from coordinator.store.database import Database
-from coordinator.store.executors import ExecutorRecords
-from coordinator.store.schema import cluster, workflows
-from coordinator.store.writer import Writer
+from conveyor.coordinator.store.database import Database
+from conveyor.coordinator.store.executors import ExecutorRecords
+from conveyor.coordinator.store.schema import cluster, workflows
+from conveyor.coordinator.store.writer import Writer
 from support import ManualExecutor, Stack, eventually, llm_message_json, registry_of
 
 

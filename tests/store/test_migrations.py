@@ -17,9 +17,9 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from conveyor.coordinator.store.database import DEFAULT_SHARD_COUNT, MIGRATIONS, ClusterFacts, Database
+from conveyor.coordinator.store.schema import cluster, metadata, workflows
 from conveyor.errors import ConfigurationError
-from coordinator.store.database import DEFAULT_SHARD_COUNT, MIGRATIONS, ClusterFacts, Database
-from coordinator.store.schema import cluster, metadata, workflows
 
 
 @pytest.fixture

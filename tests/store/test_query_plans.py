@@ -24,12 +24,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from coordinator.model import StepStatus, WorkflowStatus
-from coordinator.store import Database, TaskQueue
-from coordinator.store.diagnosis import invariant_violations, shard_depths
-from coordinator.store.journal import cancel_workflows
-from coordinator.store.schema import steps, tasks, workflows
-from coordinator.store.workflows import Workflows
+from conveyor.coordinator.model import StepStatus, WorkflowStatus
+from conveyor.coordinator.store import Database, TaskQueue
+from conveyor.coordinator.store.diagnosis import invariant_violations, shard_depths
+from conveyor.coordinator.store.journal import cancel_workflows
+from conveyor.coordinator.store.schema import steps, tasks, workflows
+from conveyor.coordinator.store.workflows import Workflows
 
 SHARDS = 8
 NOW = 10_000_000_000

@@ -1,6 +1,6 @@
 """``workflow_counts`` always equals counting ``workflows``, whatever statement changes them.
 
-The counts are kept by triggers (``coordinator.store.counts``), so any insert, status
+The counts are kept by triggers (``conveyor.coordinator.store.counts``), so any insert, status
 or name change, or delete is counted in its own transaction; a rolled-back one is not.
 """
 
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from coordinator.store import Database
-from coordinator.store.schema import workflows
-from coordinator.store.workflows import Workflows
+from conveyor.coordinator.store import Database
+from conveyor.coordinator.store.schema import workflows
+from conveyor.coordinator.store.workflows import Workflows
 
 STATUSES = ["running", "completed", "failed", "cancelled"]
 NAMES = ["research", "triage"]

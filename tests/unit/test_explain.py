@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from coordinator.explain import ExecutorPresence, Situation, Wait, explain
-from coordinator.model import StepKind, WorkflowStatus
-from coordinator.store.inspection import QueuedTask, StepInProgress, WorkflowFacts
-from coordinator.store.workflows import WorkflowRecord
+from conveyor.coordinator.explain import ExecutorPresence, Situation, Wait, explain
+from conveyor.coordinator.model import StepKind, WorkflowStatus
+from conveyor.coordinator.store.inspection import QueuedTask, StepInProgress, WorkflowFacts
+from conveyor.coordinator.store.workflows import WorkflowRecord
 
 NOW = 1_700_000_000_000_000
 WORKFLOW = WorkflowRecord(

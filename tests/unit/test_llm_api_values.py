@@ -1,7 +1,7 @@
 """Values from the LLM API are parsed defensively and bounded.
 
 A real HTTP server on a local port answers 429 with a hostile ``retry-after``; the
-real :class:`executor.llm.LlmCaller` must classify it, bound the wait it reports and
+real :class:`conveyor.executor.llm.LlmCaller` must classify it, bound the wait it reports and
 the hold it puts on the model's pacer, and raise nothing.
 """
 
@@ -13,9 +13,9 @@ import math
 import pytest
 from aiohttp import web
 
+from conveyor.executor.llm import MAX_RETRY_AFTER, LlmCaller
+from conveyor.executor.pacing import DEFAULT_RATE_LIMIT_WAIT, Demand
 from conveyor.v1 import common_pb2
-from executor.llm import MAX_RETRY_AFTER, LlmCaller
-from executor.pacing import DEFAULT_RATE_LIMIT_WAIT, Demand
 
 PAYLOAD = json.dumps({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
 

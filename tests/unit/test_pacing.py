@@ -1,7 +1,7 @@
 """The executor's rate-limit pacer, on a fake clock: exact, and without sleeping.
 
 The last test runs several pacers (several executors) against one server bucket,
-the simulator's own :class:`~bench.simulator.ratelimit.RateLimiter`, in a small
+the simulator's own :class:`~conveyor.testing.simulator.ratelimit.RateLimiter`, in a small
 discrete-event simulation, to show they share a limit without coordinating.
 """
 
@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from bench.simulator.ratelimit import RateLimiter
-from executor.pacing import DEFAULT_RESERVE, Demand, RateLimitPacer
+from conveyor.executor.pacing import DEFAULT_RESERVE, Demand, RateLimitPacer
+from conveyor.testing.simulator.ratelimit import RateLimiter
 
 MODEL = "claude-haiku-4-5"
 ONE_CALL = Demand(input_tokens=10, output_tokens=20)

@@ -1,4 +1,5 @@
-"""``coordinator.replay.replay()``: a pure function from (workflow, arguments, journal) to an outcome.
+"""``conveyor.coordinator.replay.replay()``: a pure function from (workflow, arguments, journal) to
+an outcome.
 
 No database and no event loop of the test's own: every test builds a journal by hand (or
 from the steps an earlier replay asked for) and checks what the next replay decides.
@@ -16,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conveyor.coordinator.model import StepKind, StepStatus, WorkflowStatus, canonical_json
+from conveyor.coordinator.replay import JournalEntry, NewStep, ReplayOutcome, replay
 from conveyor.errors import StepFailed
 from conveyor.workflow import (
     DEFAULT_LLM_RETRY,
@@ -26,8 +29,6 @@ from conveyor.workflow import (
     WorkflowDefinition,
     WorkflowRegistry,
 )
-from coordinator.model import StepKind, StepStatus, WorkflowStatus, canonical_json
-from coordinator.replay import JournalEntry, NewStep, ReplayOutcome, replay
 
 NOW_US = 1_700_000_000_000_000
 MODEL = "claude-test"

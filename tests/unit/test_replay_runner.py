@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from coordinator.model import WorkflowStatus
-from coordinator.replay import ReplayOutcome
-from coordinator.replay_runner import ReplayCall, ReplayRunner
+from conveyor.coordinator.model import WorkflowStatus
+from conveyor.coordinator.replay import ReplayOutcome
+from conveyor.coordinator.replay_runner import ReplayCall, ReplayRunner
 from support import eventually
 
 DONE = ReplayOutcome(WorkflowStatus.COMPLETED, result_json="1")

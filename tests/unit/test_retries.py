@@ -9,9 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conveyor.workflow import RetryPolicy
-from coordinator.model import ErrorClass
-from coordinator.retries import (
+from conveyor.coordinator.model import ErrorClass
+from conveyor.coordinator.retries import (
     DEFAULT_RATE_LIMIT_WAIT,
     MAX_RATE_LIMIT_WAIT,
     RATE_LIMIT_JITTER,
@@ -21,6 +20,7 @@ from coordinator.retries import (
     after_failure,
     after_lost_lease,
 )
+from conveyor.workflow import RetryPolicy
 
 POLICY = RetryPolicy(
     max_attempts=4, initial_backoff=1.0, multiplier=2.0, max_backoff=5.0, max_rate_limit_waits=3

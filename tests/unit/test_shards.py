@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.shards import balance, shard_for
+from conveyor.coordinator.shards import balance, shard_for
 
 member_ids = st.lists(
     st.text("abcdefgh0123456789-", min_size=1, max_size=6), min_size=1, max_size=12, unique=True

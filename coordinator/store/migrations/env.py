@@ -1,6 +1,6 @@
 """Alembic environment: runs on the connection the coordinator hands over.
 
-Migrations are run by :meth:`coordinator.store.database.Database.migrate` (at every
+Migrations are run by :meth:`conveyor.coordinator.store.database.Database.migrate` (at every
 coordinator start), never from an ``alembic.ini``: the connection arrives through
 ``config.attributes["connection"]``.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from coordinator.store.schema import metadata
+from conveyor.coordinator.store.schema import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from coordinator.store.dialect import AUTOINCREMENT_ID
+from conveyor.coordinator.store.dialect import AUTOINCREMENT_ID
 
 revision = "0001"
 down_revision = None

@@ -9,7 +9,7 @@
   promotion of due tasks and the retry timer's next wake-up.
 * ``ix_tasks_claimed_by`` becomes partial (claimed rows only), so it is neither written
   for every queued task nor taken by SQLite for ``claimed_by IS NULL``.
-* ``workflow_counts``, kept by triggers on ``workflows`` (see ``coordinator.store.counts``):
+* ``workflow_counts``, kept by triggers on ``workflows`` (see ``conveyor.coordinator.store.counts``):
   counting workflows by status reads a handful of rows, not every workflow.
 * ``ix_tasks_workflow_id``: cancels delete a workflow's tasks and ``Diagnose`` joins tasks
   to workflows (a full scan of ``tasks`` per workflow before: 46 s at 45,000 finished
@@ -27,7 +27,7 @@ import time
 import sqlalchemy as sa
 from alembic import op
 
-from coordinator.store import counts
+from conveyor.coordinator.store import counts
 
 revision = "0003"
 down_revision = "0002"

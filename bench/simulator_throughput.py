@@ -1,4 +1,4 @@
-"""Throughput of the simulator under the real SDK: ``python -m bench.simulator.throughput``.
+"""Throughput of the simulator under the real SDK: ``python -m bench.simulator_throughput``.
 
 Starts the simulator in its own process (so its CPU use can be measured
 separately from the load generator's), then for each concurrency level runs
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.simulator.throughput", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.simulator_throughput", description=__doc__)
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -118,9 +118,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 @contextmanager
 def _simulator_process() -> Iterator[tuple[psutil.Process, str]]:
-    """Run ``python -m bench.simulator`` on a free port; yield its process and base URL."""
+    """Run ``python -m conveyor.testing.simulator`` on a free port; yield its process and base URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.simulator", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "conveyor.testing.simulator", "--listen", "127.0.0.1:0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,  # only start-up errors and a shutdown line; shown if start-up fails
         text=True,

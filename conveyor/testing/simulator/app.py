@@ -47,7 +47,7 @@ Route = Callable[[Request], Response | Deferred]
 class SimulatorApp:
     """The simulator's behaviour, independent of sockets and event loops.
 
-    All methods run on the event loop thread; :class:`bench.simulator.Simulator`
+    All methods run on the event loop thread; :class:`conveyor.testing.simulator.Simulator`
     marshals calls from other threads.
     """
 

@@ -1,4 +1,4 @@
-"""Command line for the simulator: ``python -m bench.simulator`` or ``conveyor simulator``.
+"""Command line for the simulator: ``python -m conveyor.testing.simulator`` or ``conveyor simulator``.
 
 :func:`add_arguments` and :func:`run` are separate so the ``conveyor`` CLI can
 mount the same flags as a subcommand. The API key is read from a file, never
@@ -114,9 +114,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bench.simulator``."""
+    """Entry point of ``python -m conveyor.testing.simulator``."""
     parser = argparse.ArgumentParser(
-        prog="python -m bench.simulator",
+        prog="python -m conveyor.testing.simulator",
         description="Serve a simulated Anthropic Messages API (POST /v1/messages) for tests and benchmarks.",
     )
     add_arguments(parser)

@@ -32,7 +32,7 @@ _REDACTED = "<redacted>"
 class SimulatorConfig:
     """How the simulator answers ``POST /v1/messages``.
 
-    ``latency`` is a spec understood by :func:`bench.simulator.latency.parse_latency`.
+    ``latency`` is a spec understood by :func:`conveyor.testing.simulator.latency.parse_latency`.
     ``rpm``/``itpm``/``otpm`` are requests, input tokens and output tokens per
     minute (0 = unlimited). The four fault fields are the shares of admitted
     requests that get a 529, a 500, no answer at all, or a truncated body; each

@@ -1,7 +1,0 @@
-"""``python -m bench.simulator``: serve the simulator until SIGTERM/SIGINT."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
