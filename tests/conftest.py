@@ -13,6 +13,7 @@ import gc
 import os
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -83,6 +84,34 @@ async def make_stack(database_url: str) -> AsyncIterator[Callable[..., Awaitable
 HANG_REPORT_AT = 0.8
 
 
+class _HangWatch:
+    """One daemon thread for the whole run (a thread per test would show up in tests that
+    count threads): it writes the report once the running test passes its report time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._test: tuple[str, float] | None = None
+        threading.Thread(target=self._watch, name="hang-report", daemon=True).start()
+
+    def watch(self, nodeid: str, report_after: float) -> None:
+        with self._lock:
+            self._test = (nodeid, time.monotonic() + report_after) if report_after > 0 else None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                due = self._test is not None and time.monotonic() >= self._test[1]
+                nodeid = self._test[0] if self._test is not None else ""
+                if due:
+                    self._test = None  # once per test
+            if due:
+                _write_hang_report(nodeid)
+
+
+_hang_watch: _HangWatch | None = None
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     """Before pytest-timeout ends a hung test, write every asyncio task's stack to stderr.
@@ -90,15 +119,14 @@ def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
     pytest-timeout prints the threads' stacks only, and in an asyncio test the main thread's
     stack just shows the event loop waiting: what hangs is one of the loop's tasks.
     """
-    timeout = _timeout_of(item)
-    timer = threading.Timer(timeout * HANG_REPORT_AT, _write_hang_report, args=(item.nodeid,))
-    timer.daemon = True
-    if timeout > 0:
-        timer.start()
+    global _hang_watch
+    if _hang_watch is None:
+        _hang_watch = _HangWatch()
+    _hang_watch.watch(item.nodeid, _timeout_of(item) * HANG_REPORT_AT)
     try:
         yield
     finally:
-        timer.cancel()
+        _hang_watch.watch("", 0)
 
 
 def _timeout_of(item: pytest.Item) -> float:
