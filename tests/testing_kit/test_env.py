@@ -104,9 +104,7 @@ async def test_a_handler_that_is_not_marked_is_refused_and_nothing_is_left_runni
 
 
 def request_for(prompt: str) -> MessagesRequest:
-    return MessagesRequest(
-        model=MODEL, max_tokens=10, system_text="", messages=(("user", prompt),), body={}
-    )
+    return MessagesRequest(model=MODEL, max_tokens=10, system_text="", messages=(("user", prompt),), body={})
 
 
 def test_by_prompt_picks_the_first_fragment_found_and_falls_back_to_the_default() -> None:

@@ -6,7 +6,7 @@ Opting in to the plugin is one line (in a real project it goes in the top-level 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor import WorkflowContext, workflow
 from conveyor.tasks import task_handler
@@ -29,10 +29,14 @@ async def fetch(payload: dict[str, str]) -> dict[str, str]:
 async def research(ctx: WorkflowContext, topic: str) -> dict[str, str]:
     page = await ctx.task("fetch", {"topic": topic})
     claims, critique = await asyncio.gather(
-        ctx.llm(model=MODEL, max_tokens=100, messages=[{"role": "user", "content": f"Claims: {page['page']}"}]),
-        ctx.llm(model=MODEL, max_tokens=100, messages=[{"role": "user", "content": f"Critique: {topic}"}]),
+        ctx.llm(model=MODEL, max_tokens=100, messages=[user(f"Claims: {page['page']}")]),
+        ctx.llm(model=MODEL, max_tokens=100, messages=[user(f"Critique: {topic}")]),
     )
     return {"claims": claims.text, "critique": critique.text}
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
 
 
 REPLIES = by_prompt({"Claims:": "the moon pulls the sea", "Critique:": "and the sun, a little"})
