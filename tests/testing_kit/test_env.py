@@ -10,7 +10,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from conveyor import WorkflowContext, workflow
+from conveyor import RetryPolicy, WorkflowContext, workflow
 from conveyor.client.client import AsyncClient
 from conveyor.client.models import WorkflowStatus
 from conveyor.errors import ConfigurationError, DeadlineExceeded, Unavailable
@@ -27,6 +27,19 @@ async def two_turns(ctx: WorkflowContext, question: str) -> list[str]:
         model=MODEL, max_tokens=50, messages=[{"role": "user", "content": f"and then? {first.text}"}]
     )
     return [first.text, second.text]
+
+
+@workflow
+async def two_turns_once(ctx: WorkflowContext, question: str) -> list[str]:
+    """``two_turns`` without retries: an LLM error fails the step at once."""
+    once = RetryPolicy(max_attempts=1)
+    first = await ctx.llm(model=MODEL, max_tokens=50, retry=once, messages=[user(question)])
+    second = await ctx.llm(model=MODEL, max_tokens=50, retry=once, messages=[user(f"and then? {first.text}")])
+    return [first.text, second.text]
+
+
+def user(text: str) -> dict[str, Any]:
+    return {"role": "user", "content": text}
 
 
 @workflow
@@ -60,6 +73,17 @@ async def test_a_still_running_workflow_is_reported_with_why(database_url: str) 
     async with ConveyorTestEnv.start(workflows=[needs_a_handler], database_url=database_url) as env:
         with pytest.raises(DeadlineExceeded, match=r"needs_a_handler .* still running after 0.5s"):
             await env.run("needs_a_handler", within=0.5)
+
+
+async def test_a_script_that_runs_out_fails_the_step_saying_so(database_url: str) -> None:
+    async with ConveyorTestEnv.start(
+        workflows=[two_turns_once], replies=scripted("only"), database_url=database_url
+    ) as env:
+        finished = await env.run("two_turns_once", ["why?"])
+
+    assert finished.status is WorkflowStatus.FAILED
+    assert "ScriptExhausted" in finished.error, finished.error
+    assert "ran out at a call for 'and then? only'" in finished.error
 
 
 async def test_everything_stops_when_the_test_body_raises() -> None:
