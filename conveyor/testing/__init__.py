@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from .env import ConveyorTestEnv
     from .replies import ScriptExhausted, by_prompt, fixed, scripted
     from .simulator import MessagesRequest, Responder, SimulatorConfig
+    from .sync import SyncConveyorTestEnv
 
 #: Where each name lives. Imported on first use, so that ``conveyor simulator`` (which lives
 #: in this package) does not load the coordinator and the executor it never runs.
 _EXPORTS = {
     "ConveyorTestEnv": ".env",
+    "SyncConveyorTestEnv": ".sync",
     "ScriptExhausted": ".replies",
     "by_prompt": ".replies",
     "fixed": ".replies",
@@ -53,6 +55,7 @@ __all__ = [
     "Responder",
     "ScriptExhausted",
     "SimulatorConfig",
+    "SyncConveyorTestEnv",
     "by_prompt",
     "fixed",
     "scripted",

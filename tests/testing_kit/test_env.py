@@ -14,7 +14,15 @@ from conveyor import RetryPolicy, WorkflowContext, workflow
 from conveyor.client.client import AsyncClient
 from conveyor.client.models import WorkflowStatus
 from conveyor.errors import ConfigurationError, DeadlineExceeded, Unavailable
-from conveyor.testing import ConveyorTestEnv, MessagesRequest, ScriptExhausted, by_prompt, fixed, scripted
+from conveyor.testing import (
+    ConveyorTestEnv,
+    MessagesRequest,
+    ScriptExhausted,
+    SyncConveyorTestEnv,
+    by_prompt,
+    fixed,
+    scripted,
+)
 from conveyor.testing.simulator import Simulator
 
 MODEL = "claude-sonnet-4-5"
@@ -163,3 +171,18 @@ async def test_a_responder_that_raises_is_an_api_error_500_and_a_fixed_one_answe
         )
         assert reply.content[0].text == "fine"  # type: ignore[union-attr]
         assert simulator.stats()["by_status"] == {"500": 1, "200": 1}
+
+
+# ----------------------------------------------------------------- synchronous
+
+
+def test_the_synchronous_environment_runs_a_workflow_and_stops_on_an_exception() -> None:
+    with pytest.raises(Boom), SyncConveyorTestEnv.start(workflows=[two_turns], replies=fixed("yes")) as env:
+        assert env.run("two_turns", ["q"]).result == ["yes", "yes"]
+        assert env.client.count_workflows()[WorkflowStatus.COMPLETED] == 1
+        assert [request.prompt for request in env.llm_requests] == ["q", "and then? yes"]
+        inner = env.env
+        raise Boom
+
+    assert inner.server is None and inner.simulator is None and not inner.executors
+    assert env.loop.is_closed()
