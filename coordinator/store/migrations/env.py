@@ -8,6 +8,8 @@ coordinator start), never from an ``alembic.ini``: the connection arrives throug
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 
 from conveyor.coordinator.store.namespace import LEGACY_NAMES_OPTION, VERSION_TABLE
@@ -15,6 +17,8 @@ from conveyor.coordinator.store.schema import metadata
 
 attributes = context.config.attributes
 connection = attributes["connection"]
+#: Read by the migrations through ``op.get_context().opts`` (see ``namespace.migration_name``).
+conveyor_options: dict[str, Any] = {LEGACY_NAMES_OPTION: bool(attributes.get(LEGACY_NAMES_OPTION, False))}
 context.configure(
     connection=connection,
     target_metadata=metadata,
@@ -23,7 +27,7 @@ context.configure(
     render_as_batch=connection.dialect.name == "sqlite",
     transaction_per_migration=True,
     compare_type=True,
-    **{LEGACY_NAMES_OPTION: bool(attributes.get(LEGACY_NAMES_OPTION, False))},
+    **conveyor_options,
 )
 with context.begin_transaction():
     context.run_migrations()

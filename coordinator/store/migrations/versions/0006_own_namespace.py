@@ -111,9 +111,12 @@ def _rename_on_postgres(connection: Connection) -> None:
 
 
 def _rebuild_on_sqlite(connection: Connection) -> None:
-    definitions = dict(
-        connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'table'").all()
-    )
+    definitions: dict[str, str] = {
+        name: sql
+        for name, sql in connection.exec_driver_sql(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table'"
+        )
+    }
     indexes = connection.exec_driver_sql(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL AND tbl_name IN "
         f"({', '.join(repr(table) for table in TABLES)})"
