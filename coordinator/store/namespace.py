@@ -49,7 +49,8 @@ def migration_name(name: str) -> str:
 
     A new database gets the prefixed name from its first migration, so Conveyor never
     creates an object under a name an application may be using; a database from before
-    the prefix keeps the old names until 0006 moves them.
+    the prefix keeps the old names until 0006 moves them. Migrations after 0006 write the
+    prefixed names themselves: every database has them by then.
     """
     from alembic import op
 

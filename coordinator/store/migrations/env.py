@@ -22,6 +22,7 @@ conveyor_options: dict[str, Any] = {LEGACY_NAMES_OPTION: bool(attributes.get(LEG
 context.configure(
     connection=connection,
     target_metadata=metadata,
+    # Another version table only where tests build a database as Conveyor before its namespace did.
     version_table=attributes.get("version_table", VERSION_TABLE),
     # SQLite cannot ALTER most things in place; batch mode rebuilds the table instead.
     render_as_batch=connection.dialect.name == "sqlite",
