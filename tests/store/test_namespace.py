@@ -10,6 +10,7 @@ to the prefixed names, its rows intact.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -227,6 +228,25 @@ def object_names(db: Database) -> dict[str, set[str]]:
     return found
 
 
+def partial_indexes(db: Database) -> dict[str, str]:
+    """``{index: WHERE clause}`` of the database's partial indexes, in one spelling for both databases."""
+    found = {}
+    with db.writer.connect() as connection:
+        inspector = sa.inspect(connection)
+        for table in inspector.get_table_names():
+            for index in inspector.get_indexes(table):
+                options = index.get("dialect_options", {})
+                where = options.get("postgresql_where", options.get("sqlite_where"))
+                if where is not None:
+                    found[str(index["name"])] = normalise(str(where))
+    return found
+
+
+def normalise(predicate: str) -> str:
+    """PostgreSQL reflects ``((status)::text = 'running'::text)``; casts, parentheses and spaces go."""
+    return re.sub(r"::\w+|[()\s]", "", predicate).lower()
+
+
 def unprefixed(names: dict[str, set[str]]) -> dict[str, set[str]]:
     return {kind: {name for name in found if not name.startswith(PREFIX)} for kind, found in names.items()}
 
@@ -405,6 +425,13 @@ def test_a_database_from_before_the_prefix_is_moved_with_its_rows(
     assert "alembic_version" not in names["table"], "Conveyor's row was the only one: the table goes"
     assert unprefixed(names) == {kind: set() for kind in names}
     assert schema_differences(database) == []
+    # The partial indexes keep their predicates (SQLite rebuilt them, PostgreSQL renamed them).
+    assert partial_indexes(database) == {
+        str(index.name): normalise(str(index.dialect_options["postgresql"]["where"]))
+        for table in metadata.tables.values()
+        for index in table.indexes
+        if index.dialect_options["postgresql"]["where"] is not None
+    }
     after = state(database)
     # The same rows (projected on the columns they had: from 0003, 0005 added ``deadline_at``).
     assert {
