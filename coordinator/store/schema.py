@@ -3,8 +3,10 @@
 Every timestamp is an integer count of microseconds since the Unix epoch (UTC), see
 :mod:`conveyor.coordinator.clock`. Statuses and kinds are the strings of :mod:`conveyor.coordinator.model`.
 
-The migrations under ``migrations/versions`` create exactly these tables; a test
-compares a migrated database with this metadata on both dialects.
+Every name carries the ``conveyor_`` prefix (tables, indexes, constraints; see
+:mod:`conveyor.coordinator.store.namespace`); the Python names drop it. The migrations under
+``migrations/versions`` create exactly these tables; a test compares a migrated database with
+this metadata on both dialects.
 """
 
 from __future__ import annotations

@@ -156,9 +156,10 @@ def app_autogenerate(url: str, *, filtered: bool) -> list[Any]:
     opts: dict[str, Any] = {"compare_type": True}
     if filtered:
         opts["include_name"] = include_name
-    return run_app(
+    diffs: list[Any] = run_app(
         url, lambda c: list(compare_metadata(MigrationContext.configure(c, opts=opts), APP_METADATA))
-    )  # type: ignore[no-any-return]
+    )
+    return diffs
 
 
 # --- Conveyor's side ------------------------------------------------------------------------------
