@@ -106,7 +106,8 @@ class AsyncClient:
 
         With OpenTelemetry, the call is a ``StartWorkflow`` client span under the current one, and
         the workflow's steps run in its trace (:mod:`conveyor.tracing`)."""
-        with tracing.span("StartWorkflow", kind="client", attributes={"conveyor.workflow.name": name}) as span:
+        attributes = {"conveyor.workflow.name": name}
+        with tracing.span("StartWorkflow", kind="client", attributes=attributes) as span:
             carrier = tracing.current_carrier()
             response = await self._call(
                 self._workflows.StartWorkflow,
