@@ -35,7 +35,9 @@ async def traced(ctx: WorkflowContext, topic: str) -> str:
     answer = await ctx.llm(
         model="sim", max_tokens=50, name="ask", messages=[{"role": "user", "content": f"about {topic}"}]
     )
-    checked = await ctx.task("check", answer.text, name="check", retry=RetryPolicy(max_attempts=2, initial_backoff=0.01))
+    checked = await ctx.task(
+        "check", answer.text, name="check", retry=RetryPolicy(max_attempts=2, initial_backoff=0.01)
+    )
     return str(checked)
 
 
