@@ -51,6 +51,7 @@ MAX_TRACESTATE_LENGTH = 512
 EXPORTER_VARIABLE = "CONVEYOR_OTEL_EXPORTER"
 
 _provider: TracerProvider | None = None
+_cached_tracer: Any = None
 
 
 def available() -> bool:
@@ -62,8 +63,9 @@ def use_tracer_provider(provider: TracerProvider | None) -> None:
     """Make Conveyor's spans go to ``provider`` instead of the global one (``None``: the global one
     again). For tests and embedders that keep their own provider; the anthropic SDK's spans
     still use the global provider."""
-    global _provider
+    global _provider, _cached_tracer
     _provider = provider
+    _cached_tracer = None
 
 
 def valid_carrier(fields: Mapping[str, str]) -> Carrier:
@@ -128,8 +130,9 @@ class SpanHandle:
             self._span.set_attribute(key, value)
 
     def carrier(self) -> Carrier:
-        """The carrier to hand on: this span's, or the parent's when it records nothing (no provider,
-        or not sampled), so that a coordinator without tracing still passes the client's trace on."""
+        """The carrier to hand on: this span's, or the parent's when there is no span at all (no
+        OpenTelemetry, or no provider), so that a coordinator without tracing still passes the
+        client's trace on. A span that is not sampled hands on its own context, unsampled."""
         if otel_trace is None or self._span is None or not self._span.get_span_context().is_valid:
             return dict(self._parent)
         carrier: Carrier = {}
@@ -190,10 +193,15 @@ def span(
 
 
 def _tracer() -> Any:
+    """Conveyor's tracer, made once per provider: the writer opens a span for every commit. Under the
+    global provider it is a proxy that follows a provider installed later."""
+    global _cached_tracer
     assert otel_trace is not None
-    from conveyor import __version__
+    if _cached_tracer is None:
+        from conveyor import __version__
 
-    return otel_trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, tracer_provider=_provider)
+        _cached_tracer = otel_trace.get_tracer(INSTRUMENTATION_SCOPE, __version__, tracer_provider=_provider)
+    return _cached_tracer
 
 
 if otel_trace is not None:

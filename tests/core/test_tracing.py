@@ -8,6 +8,7 @@ and the executor's from the Task message, never from the in-process context.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from conveyor import WorkflowContext, logs, tracing, workflow
 from conveyor.client.models import WorkflowStatus
+from conveyor.client.sync import Client
 from conveyor.tasks import HandlerRegistry
 from conveyor.v1 import workflow_service_pb2, workflow_service_pb2_grpc
 from conveyor.workflow import RetryPolicy
@@ -198,3 +200,25 @@ async def test_json_log_lines_written_in_a_span_carry_its_ids(
     assert len(inside) == 2
     assert {(line["trace_id"], line["span_id"]) for line in inside} <= attempts
     assert "trace_id" not in outside and "span_id" not in outside
+
+
+async def test_the_blocking_client_sends_the_current_trace_too(
+    make_stack: Any, spans: InMemorySpanExporter
+) -> None:
+    stack = await _start_stack(make_stack)
+
+    def start_from_blocking_code() -> tuple[str, int]:
+        with (
+            Client(stack.server.address) as client,
+            tracing._tracer().start_as_current_span("blocking caller") as caller,
+        ):
+            started = client.start_workflow("traced", {"topic": "sync"})
+        return started.workflow_id, caller.get_span_context().span_id
+
+    workflow_id, caller_id = await asyncio.to_thread(start_from_blocking_code)
+    await stack.client.wait(workflow_id, timeout=30)
+    finished = spans.get_finished_spans()
+    (client_span,) = [s for s in _named(finished, "StartWorkflow") if s.kind is SpanKind.CLIENT]
+    (server_span,) = [s for s in _named(finished, "StartWorkflow") if s.kind is SpanKind.SERVER]
+    assert _parent_id(client_span) == caller_id
+    assert _parent_id(server_span) == client_span.context.span_id
