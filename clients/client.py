@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from conveyor import tracing
 from conveyor.errors import DeadlineExceeded, RpcError
 from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import (
@@ -88,8 +89,12 @@ class AsyncClient:
         if self._owns_channel:
             await self._channel.close()
 
-    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object) -> T:
+    async def _call(
+        self, rpc: Callable[..., Awaitable[T]], request: object, metadata: Sequence[tuple[str, str]] = ()
+    ) -> T:
         try:
+            if metadata:
+                return await rpc(request, timeout=self.timeout, metadata=tuple(metadata))
             return await rpc(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
             raise RpcError.from_status(error.code(), error.details() or "") from None
@@ -97,30 +102,47 @@ class AsyncClient:
     # ---------------------------------------------------------------- workflows
 
     async def start_workflow(self, name: str, args: Any = None, *, idempotency_key: str = "") -> Started:
-        """Start ``name`` with ``args`` (a dict of keyword arguments, a list, or JSON text)."""
-        response = await self._call(
-            self._workflows.StartWorkflow,
-            workflow_service_pb2.StartWorkflowRequest(
-                name=name, args_json=_encode_args(args), idempotency_key=idempotency_key
-            ),
-        )
+        """Start ``name`` with ``args`` (a dict of keyword arguments, a list, or JSON text).
+
+        With OpenTelemetry, the call is a ``StartWorkflow`` client span under the current one, and
+        the workflow's steps run in its trace (:mod:`conveyor.tracing`)."""
+        attributes = {"conveyor.workflow.name": name}
+        with tracing.span("StartWorkflow", kind="client", attributes=attributes) as span:
+            carrier = tracing.current_carrier()
+            response = await self._call(
+                self._workflows.StartWorkflow,
+                workflow_service_pb2.StartWorkflowRequest(
+                    name=name,
+                    args_json=_encode_args(args),
+                    idempotency_key=idempotency_key,
+                    trace_context=carrier,
+                ),
+                list(carrier.items()),
+            )
+            span.set_attribute("conveyor.workflow.id", response.workflow_id)
         return Started(response.workflow_id, response.already_existed)
 
     async def start_workflows(
         self, starts: Iterable[tuple[str, Any] | tuple[str, Any, str]]
     ) -> list[Started]:
-        """Start many workflows in one transaction; FIFO order is the order given."""
-        requests = [
-            workflow_service_pb2.StartWorkflowRequest(
-                name=start[0],
-                args_json=_encode_args(start[1]),
-                idempotency_key=start[2] if len(start) > 2 else "",
+        """Start many workflows in one transaction; FIFO order is the order given. With OpenTelemetry,
+        all of them run in the trace of one ``StartWorkflows`` client span."""
+        with tracing.span("StartWorkflows", kind="client"):
+            carrier = tracing.current_carrier()
+            requests = [
+                workflow_service_pb2.StartWorkflowRequest(
+                    name=start[0],
+                    args_json=_encode_args(start[1]),
+                    idempotency_key=start[2] if len(start) > 2 else "",
+                    trace_context=carrier,
+                )
+                for start in starts
+            ]
+            response = await self._call(
+                self._workflows.StartWorkflows,
+                workflow_service_pb2.StartWorkflowsRequest(workflows=requests),
+                list(carrier.items()),
             )
-            for start in starts
-        ]
-        response = await self._call(
-            self._workflows.StartWorkflows, workflow_service_pb2.StartWorkflowsRequest(workflows=requests)
-        )
         return [Started(r.workflow_id, r.already_existed) for r in response.workflows]
 
     async def get_workflow(self, workflow_id: str, *, include_steps: bool = False) -> Workflow:

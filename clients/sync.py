@@ -16,6 +16,7 @@ and asyncio refuses it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -31,7 +32,9 @@ def _blocking(
 ) -> Callable[Concatenate[Client, P], T]:
     @functools.wraps(method)
     def call(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._runner.run(method(self._client, *args, **kwargs))
+        # In the caller's context, not the one the Runner copied when it was made: the current
+        # OpenTelemetry span (a contextvar) is what start_workflow sends on.
+        return self._runner.run(method(self._client, *args, **kwargs), context=contextvars.copy_context())
 
     return call
 

@@ -16,6 +16,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from conveyor import tracing
+
 FORMATS = ("text", "json")
 
 #: The fields a log line may carry, in the order the JSON format writes them.
@@ -57,7 +59,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the id fields, and any traceback."""
+    """One JSON object per line: time, level, logger, message, the id fields, the trace and span
+    ids of the current OpenTelemetry span (if any), and any traceback."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -70,6 +73,9 @@ class JsonFormatter(logging.Formatter):
             value = getattr(record, name, None)
             if value is not None:
                 entry[name] = value
+        ids = tracing.current_ids()
+        if ids is not None:  # written inside a span: the line joins its trace in a log pipeline
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from conveyor import logs
+from conveyor import logs, tracing
 from conveyor.errors import ConfigurationError, DatabaseInUse
 
 from .config import CoordinatorConfig
@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
     logs.configure(args.log_level, args.log_format)
     try:
+        tracing.configure_from_environment("conveyor-coordinator")
         config = CoordinatorConfig(
             database_url=args.db,
             workflow_modules=tuple(args.workflows),

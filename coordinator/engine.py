@@ -408,8 +408,11 @@ class Coordinator:
 
     # ---------------------------------------------------------------- workflows
 
-    async def start_workflows(self, requests: Sequence[tuple[str, str, str]]) -> list[Started]:
-        """Start workflows given as (name, args_json, idempotency_key); all or none."""
+    async def start_workflows(
+        self, requests: Sequence[tuple[str, str, str]], trace_contexts: Sequence[str | None] = ()
+    ) -> list[Started]:
+        """Start workflows given as (name, args_json, idempotency_key); all or none. ``trace_contexts``:
+        each one's stored W3C Trace Context (conveyor.tracing.encode), in the same order."""
         if not requests:
             raise InvalidArgument("no workflows to start")
         if len(requests) > self.config.max_start_batch:
@@ -427,7 +430,8 @@ class Coordinator:
                 if len(requests) == 1:
                     raise
                 raise InvalidArgument(f"workflow #{index}: {error.message}") from None
-            starts.append(StartRequest(name, canonical_args, key or None))
+            trace = trace_contexts[index] if index < len(trace_contexts) else None
+            starts.append(StartRequest(name, canonical_args, key or None, trace))
         started = await self._write(functools.partial(self.workflows.start, requests=starts), "start")
         self.stats.workflows_started += sum(1 for s in started if not s.already_existed)
         self._replay_needed.set()
@@ -1009,7 +1013,9 @@ class Coordinator:
             return ReplayBatchOutcome()
         now = now_us()
         calls = [
-            ReplayCall(item.workflow_id, functools.partial(self.replays.replay_one, item, now))
+            ReplayCall(
+                item.workflow_id, functools.partial(self.replays.replay_one, item, now), item.trace_context
+            )
             for item in due
             if item.replayable
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from conveyor import tracing
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import common_pb2, executor_service_pb2, workflow_service_pb2
 
@@ -121,4 +122,5 @@ def task_to_wire(task: ClaimedTask) -> executor_service_pb2.Task:
         max_attempts=task.max_attempts,
         shard=task.shard,
         timeout=duration(task.timeout) if task.timeout else None,
+        trace_context=tracing.decode(task.trace_context),
     )

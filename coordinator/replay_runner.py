@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from conveyor import logs
+from conveyor import logs, tracing
 
 from .model import WorkflowStatus
 from .replay import ReplayOutcome
@@ -38,10 +38,12 @@ class ReplayTimedOut(BaseException):
 
 @dataclass(frozen=True)
 class ReplayCall:
-    """One replay to run: the workflow it is for (for messages) and the call itself."""
+    """One replay to run: the workflow it is for (for messages), the call itself, and the
+    workflow's stored W3C Trace Context (the parent of the replay's span)."""
 
     workflow_id: str
     run: Callable[[], ReplayOutcome]
+    trace_context: str | None = None
 
 
 _Job = tuple[ReplayCall, "concurrent.futures.Future[ReplayOutcome]"]
@@ -64,7 +66,7 @@ class _Worker:
                     return
                 call, future = job
                 try:
-                    outcome = call.run()
+                    outcome = _traced(call)
                 except BaseException as error:  # nothing workflow code does may end this thread
                     outcome = _failed(f"replay failed unexpectedly: {error!r}")
                 if not future.done():
@@ -138,6 +140,21 @@ class ReplayRunner:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(
                 ctypes.c_ulong(ident), ctypes.py_object(ReplayTimedOut)
             )
+
+
+def _traced(call: ReplayCall) -> ReplayOutcome:
+    """Run ``call`` in a ``conveyor.replay`` span under its workflow's trace (a no-op untraced)."""
+    with tracing.span(
+        "conveyor.replay",
+        parent=tracing.decode(call.trace_context),
+        attributes={"conveyor.workflow.id": call.workflow_id},
+    ) as span:
+        outcome = call.run()
+        span.set_attribute("conveyor.workflow.status", str(outcome.status))
+        span.set_attribute("conveyor.replay.new_steps", len(outcome.new_steps))
+        if outcome.status is WorkflowStatus.FAILED:
+            span.fail(outcome.error or "the workflow failed")
+        return outcome
 
 
 def _failed(error: str) -> ReplayOutcome:

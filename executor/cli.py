@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from conveyor import logs, monitoring, transport
+from conveyor import logs, monitoring, tracing, transport
 from conveyor.errors import ConfigurationError
 from conveyor.tasks import HandlerRegistry
 
@@ -115,6 +115,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     try:
+        tracing.configure_from_environment("conveyor-executor")
         return asyncio.run(_run(args))
     except (ConfigurationError, ValueError) as error:
         print(f"conveyor executor: {error}", file=sys.stderr)

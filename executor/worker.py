@@ -39,7 +39,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 import conveyor
-from conveyor import logs
+from conveyor import logs, tracing
 from conveyor.errors import ConfigurationError, PermanentTaskError, TaskRateLimited
 from conveyor.tasks import HandlerRegistry
 from conveyor.transport import ChannelSecurity, open_channel
@@ -529,6 +529,30 @@ class Executor:
             self._outgoing.put_nowait(_Credit())
 
     async def _execute(self, task: pb.Task, timeout: float) -> CallOutcome:
+        """Run one attempt in a ``conveyor.task`` span under the workflow's trace: the anthropic
+        SDK's span of the API call, and the log lines of the attempt, belong to it."""
+        with tracing.span(
+            "conveyor.task",
+            parent=task.trace_context,
+            kind="consumer",
+            attributes={
+                "conveyor.workflow.id": task.workflow_id,
+                "conveyor.step.number": task.step_number,
+                "conveyor.step.name": task.name,
+                "conveyor.task.id": task.task_id,
+                "conveyor.task.kind": task.kind,
+                "conveyor.task.attempt": task.attempt,
+                "conveyor.executor.id": self.config.executor_id,
+            },
+        ) as span:
+            outcome = await self._attempt(task, timeout)
+            if outcome.result_json is None:
+                error_class = common_pb2.ErrorClass.Name(outcome.error_class or 0)
+                span.set_attribute("error.type", error_class.removeprefix("ERROR_CLASS_").lower())
+                span.fail(outcome.message)
+            return outcome
+
+    async def _attempt(self, task: pb.Task, timeout: float) -> CallOutcome:
         if task.kind == LLM_KIND and self._llm is not None:
             return await self._llm.call(task.payload_json, timeout)
         handler = self._handlers.get(task.kind)

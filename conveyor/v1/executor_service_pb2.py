@@ -27,15 +27,17 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/executor_service.proto\x12\x0b\x63onveyor.v1\x1a\x18\x63onveyor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\x11\x43laimTasksRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.conveyor.v1.HelloH\x00\x12%\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x13.conveyor.v1.CreditH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.HeartbeatH\x00\x12)\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x15.conveyor.v1.DrainingH\x00\x42\t\n\x07message\"\x9f\x01\n\x05Hello\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x12\n\ntask_kinds\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x15\n\rheld_task_ids\x18\x05 \x03(\x03\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nfree_slots\x18\x07 \x01(\x05\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\"\x17\n\x06\x43redit\x12\r\n\x05slots\x18\x01 \x01(\x05\"\"\n\tHeartbeat\x12\x15\n\rrunning_tasks\x18\x01 \x01(\x05\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf2\x01\n\x12\x43laimTasksResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.conveyor.v1.WelcomeH\x00\x12\'\n\x05tasks\x18\x02 \x01(\x0b\x32\x16.conveyor.v1.TaskBatchH\x00\x12.\n\x06shards\x18\x03 \x01(\x0b\x32\x1c.conveyor.v1.ShardAssignmentH\x00\x12#\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x12.conveyor.v1.DrainH\x00\x12*\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x18.conveyor.v1.CancelTasksH\x00\x42\t\n\x07message\"F\n\x0b\x43\x61ncelTasks\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.TaskAttempt\x12\x0e\n\x06reason\x18\x02 \x01(\t\"5\n\x0bTaskAttempt\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\"\xc5\x01\n\x07Welcome\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12\x19\n\x11max_payload_bytes\x18\x05 \x01(\x03\x12\x13\n\x0bshard_count\x18\x06 \x01(\x05\"-\n\tTaskBatch\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.Task\"\xec\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\x13\n\x0bstep_number\x18\x04 \x01(\x05\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x14\n\x0cpayload_json\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\r\n\x05shard\x18\n \x01(\x05\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\"!\n\x0fShardAssignment\x12\x0e\n\x06shards\x18\x01 \x03(\x05\"&\n\x05\x44rain\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"U\n\x14RecordResultsRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.conveyor.v1.TaskResult\"\xe4\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x15\n\x0bresult_json\x18\x03 \x01(\tH\x00\x12+\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x18.conveyor.v1.TaskFailureH\x00\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07outcome\"|\n\x0bTaskFailure\x12,\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x17.conveyor.v1.ErrorClass\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x15RecordResultsResponse\x12\x34\n\x0c\x64ispositions\x18\x01 \x03(\x0e\x32\x1e.conveyor.v1.ResultDisposition\x12\x0f\n\x07reasons\x18\x02 \x03(\t*\xb8\x01\n\x11ResultDisposition\x12\"\n\x1eRESULT_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESULT_DISPOSITION_ACCEPTED\x10\x01\x12 \n\x1cRESULT_DISPOSITION_DUPLICATE\x10\x02\x12\x1c\n\x18RESULT_DISPOSITION_STALE\x10\x03\x12\x1e\n\x1aRESULT_DISPOSITION_REFUSED\x10\x04\x32\xbc\x01\n\x0f\x45xecutorService\x12Q\n\nClaimTasks\x12\x1e.conveyor.v1.ClaimTasksRequest\x1a\x1f.conveyor.v1.ClaimTasksResponse(\x01\x30\x01\x12V\n\rRecordResults\x12!.conveyor.v1.RecordResultsRequest\x1a\".conveyor.v1.RecordResultsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"conveyor/v1/executor_service.proto\x12\x0b\x63onveyor.v1\x1a\x18\x63onveyor/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\x01\n\x11\x43laimTasksRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.conveyor.v1.HelloH\x00\x12%\n\x06\x63redit\x18\x02 \x01(\x0b\x32\x13.conveyor.v1.CreditH\x00\x12+\n\theartbeat\x18\x03 \x01(\x0b\x32\x16.conveyor.v1.HeartbeatH\x00\x12)\n\x08\x64raining\x18\x04 \x01(\x0b\x32\x15.conveyor.v1.DrainingH\x00\x42\t\n\x07message\"\x9f\x01\n\x05Hello\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x12\n\ntask_kinds\x18\x03 \x03(\t\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\x05\x12\x15\n\rheld_task_ids\x18\x05 \x03(\x03\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\nfree_slots\x18\x07 \x01(\x05\x12\x10\n\x08\x64raining\x18\x08 \x01(\x08\"\x17\n\x06\x43redit\x12\r\n\x05slots\x18\x01 \x01(\x05\"\"\n\tHeartbeat\x12\x15\n\rrunning_tasks\x18\x01 \x01(\x05\"\x1a\n\x08\x44raining\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xf2\x01\n\x12\x43laimTasksResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.conveyor.v1.WelcomeH\x00\x12\'\n\x05tasks\x18\x02 \x01(\x0b\x32\x16.conveyor.v1.TaskBatchH\x00\x12.\n\x06shards\x18\x03 \x01(\x0b\x32\x1c.conveyor.v1.ShardAssignmentH\x00\x12#\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x12.conveyor.v1.DrainH\x00\x12*\n\x06\x63\x61ncel\x18\x05 \x01(\x0b\x32\x18.conveyor.v1.CancelTasksH\x00\x42\t\n\x07message\"F\n\x0b\x43\x61ncelTasks\x12\'\n\x05tasks\x18\x01 \x03(\x0b\x32\x18.conveyor.v1.TaskAttempt\x12\x0e\n\x06reason\x18\x02 \x01(\t\"5\n\x0bTaskAttempt\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\"\xc5\x01\n\x07Welcome\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x35\n\x12heartbeat_interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emax_batch_size\x18\x04 \x01(\x05\x12\x19\n\x11max_payload_bytes\x18\x05 \x01(\x03\x12\x13\n\x0bshard_count\x18\x06 \x01(\x05\"-\n\tTaskBatch\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.conveyor.v1.Task\"\xdd\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x13\n\x0bworkflow_id\x18\x03 \x01(\t\x12\x13\n\x0bstep_number\x18\x04 \x01(\x05\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\x14\n\x0cpayload_json\x18\x07 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\t \x01(\x05\x12\r\n\x05shard\x18\n \x01(\x05\x12*\n\x07timeout\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12:\n\rtrace_context\x18\x0c \x03(\x0b\x32#.conveyor.v1.Task.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x0fShardAssignment\x12\x0e\n\x06shards\x18\x01 \x03(\x05\"&\n\x05\x44rain\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"U\n\x14RecordResultsRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12(\n\x07results\x18\x02 \x03(\x0b\x32\x17.conveyor.v1.TaskResult\"\xe4\x01\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\x03\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x15\n\x0bresult_json\x18\x03 \x01(\tH\x00\x12+\n\x07\x66\x61ilure\x18\x04 \x01(\x0b\x32\x18.conveyor.v1.TaskFailureH\x00\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\t\n\x07outcome\"|\n\x0bTaskFailure\x12,\n\x0b\x65rror_class\x18\x01 \x01(\x0e\x32\x17.conveyor.v1.ErrorClass\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"^\n\x15RecordResultsResponse\x12\x34\n\x0c\x64ispositions\x18\x01 \x03(\x0e\x32\x1e.conveyor.v1.ResultDisposition\x12\x0f\n\x07reasons\x18\x02 \x03(\t*\xb8\x01\n\x11ResultDisposition\x12\"\n\x1eRESULT_DISPOSITION_UNSPECIFIED\x10\x00\x12\x1f\n\x1bRESULT_DISPOSITION_ACCEPTED\x10\x01\x12 \n\x1cRESULT_DISPOSITION_DUPLICATE\x10\x02\x12\x1c\n\x18RESULT_DISPOSITION_STALE\x10\x03\x12\x1e\n\x1aRESULT_DISPOSITION_REFUSED\x10\x04\x32\xbc\x01\n\x0f\x45xecutorService\x12Q\n\nClaimTasks\x12\x1e.conveyor.v1.ClaimTasksRequest\x1a\x1f.conveyor.v1.ClaimTasksResponse(\x01\x30\x01\x12V\n\rRecordResults\x12!.conveyor.v1.RecordResultsRequest\x1a\".conveyor.v1.RecordResultsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'conveyor.v1.executor_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESULTDISPOSITION']._serialized_start=2064
-  _globals['_RESULTDISPOSITION']._serialized_end=2248
+  _globals['_TASK_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_TASK_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_RESULTDISPOSITION']._serialized_start=2177
+  _globals['_RESULTDISPOSITION']._serialized_end=2361
   _globals['_CLAIMTASKSREQUEST']._serialized_start=143
   _globals['_CLAIMTASKSREQUEST']._serialized_end=337
   _globals['_HELLO']._serialized_start=340
@@ -57,19 +59,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKBATCH']._serialized_start=1162
   _globals['_TASKBATCH']._serialized_end=1207
   _globals['_TASK']._serialized_start=1210
-  _globals['_TASK']._serialized_end=1446
-  _globals['_SHARDASSIGNMENT']._serialized_start=1448
-  _globals['_SHARDASSIGNMENT']._serialized_end=1481
-  _globals['_DRAIN']._serialized_start=1483
-  _globals['_DRAIN']._serialized_end=1521
-  _globals['_RECORDRESULTSREQUEST']._serialized_start=1523
-  _globals['_RECORDRESULTSREQUEST']._serialized_end=1608
-  _globals['_TASKRESULT']._serialized_start=1611
-  _globals['_TASKRESULT']._serialized_end=1839
-  _globals['_TASKFAILURE']._serialized_start=1841
-  _globals['_TASKFAILURE']._serialized_end=1965
-  _globals['_RECORDRESULTSRESPONSE']._serialized_start=1967
-  _globals['_RECORDRESULTSRESPONSE']._serialized_end=2061
-  _globals['_EXECUTORSERVICE']._serialized_start=2251
-  _globals['_EXECUTORSERVICE']._serialized_end=2439
+  _globals['_TASK']._serialized_end=1559
+  _globals['_TASK_TRACECONTEXTENTRY']._serialized_start=1508
+  _globals['_TASK_TRACECONTEXTENTRY']._serialized_end=1559
+  _globals['_SHARDASSIGNMENT']._serialized_start=1561
+  _globals['_SHARDASSIGNMENT']._serialized_end=1594
+  _globals['_DRAIN']._serialized_start=1596
+  _globals['_DRAIN']._serialized_end=1634
+  _globals['_RECORDRESULTSREQUEST']._serialized_start=1636
+  _globals['_RECORDRESULTSREQUEST']._serialized_end=1721
+  _globals['_TASKRESULT']._serialized_start=1724
+  _globals['_TASKRESULT']._serialized_end=1952
+  _globals['_TASKFAILURE']._serialized_start=1954
+  _globals['_TASKFAILURE']._serialized_end=2078
+  _globals['_RECORDRESULTSRESPONSE']._serialized_start=2080
+  _globals['_RECORDRESULTSRESPONSE']._serialized_end=2174
+  _globals['_EXECUTORSERVICE']._serialized_start=2364
+  _globals['_EXECUTORSERVICE']._serialized_end=2552
 # @@protoc_insertion_point(module_scope)

@@ -128,7 +128,14 @@ class TaskBatch(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "fencing_token", "workflow_id", "step_number", "kind", "name", "payload_json", "attempt", "max_attempts", "shard", "timeout")
+    __slots__ = ("task_id", "fencing_token", "workflow_id", "step_number", "kind", "name", "payload_json", "attempt", "max_attempts", "shard", "timeout", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FENCING_TOKEN_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +147,7 @@ class Task(_message.Message):
     MAX_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     fencing_token: int
     workflow_id: str
@@ -151,7 +159,8 @@ class Task(_message.Message):
     max_attempts: int
     shard: int
     timeout: _duration_pb2.Duration
-    def __init__(self, task_id: _Optional[int] = ..., fencing_token: _Optional[int] = ..., workflow_id: _Optional[str] = ..., step_number: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., shard: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, task_id: _Optional[int] = ..., fencing_token: _Optional[int] = ..., workflow_id: _Optional[str] = ..., step_number: _Optional[int] = ..., kind: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., shard: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ShardAssignment(_message.Message):
     __slots__ = ("shards",)

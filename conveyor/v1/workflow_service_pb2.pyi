@@ -47,14 +47,23 @@ STEP_WAIT_RATE_LIMITED: StepWait
 STEP_WAIT_SLEEPING: StepWait
 
 class StartWorkflowRequest(_message.Message):
-    __slots__ = ("name", "args_json", "idempotency_key")
+    __slots__ = ("name", "args_json", "idempotency_key", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     name: str
     args_json: str
     idempotency_key: str
-    def __init__(self, name: _Optional[str] = ..., args_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., args_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StartWorkflowResponse(_message.Message):
     __slots__ = ("workflow_id", "already_existed")

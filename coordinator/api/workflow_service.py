@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
+from conveyor import tracing
 from conveyor.errors import InvalidArgument
 from conveyor.v1 import workflow_service_pb2 as pb
 from conveyor.v1 import workflow_service_pb2_grpc
@@ -11,6 +14,7 @@ from conveyor.v1 import workflow_service_pb2_grpc
 from .. import protocol
 from ..engine import Coordinator
 from ..explain import Explanation, Situation, StepExplanation, Wait
+from ..store.workflows import Started
 from .errors import rpc
 
 _SITUATION_TO_WIRE = {
@@ -36,6 +40,38 @@ def _start_request(request: pb.StartWorkflowRequest) -> tuple[str, str, str]:
     return request.name, request.args_json, request.idempotency_key
 
 
+async def _start_traced(
+    coordinator: Coordinator, requests: Sequence[pb.StartWorkflowRequest], context: grpc.aio.ServicerContext
+) -> list[Started]:
+    """Start ``requests`` each under a ``StartWorkflow`` server span, child of the caller's trace
+    context (the request's own field, else the call's metadata), whose context is stored with the
+    workflow for its tasks. Without OpenTelemetry the caller's context is stored as it came."""
+    metadata = {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
+    spans = [
+        tracing.start_span(
+            "StartWorkflow",
+            parent=request.trace_context or metadata,
+            kind="server",
+            attributes={"conveyor.workflow.name": request.name},
+        )
+        for request in requests
+    ]
+    try:
+        started = await coordinator.start_workflows(
+            [_start_request(r) for r in requests], [tracing.encode(span.carrier()) for span in spans]
+        )
+    except BaseException as error:
+        for span in spans:
+            span.fail(f"{type(error).__name__}: {error}")
+            span.end()
+        raise
+    for span, each in zip(spans, started, strict=True):
+        span.set_attribute("conveyor.workflow.id", each.workflow_id)
+        span.set_attribute("conveyor.workflow.already_existed", each.already_existed)
+        span.end()
+    return started
+
+
 class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     def __init__(self, coordinator: Coordinator) -> None:
         self._coordinator = coordinator
@@ -44,7 +80,7 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def StartWorkflow(
         self, request: pb.StartWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowResponse:
-        (started,) = await self._coordinator.start_workflows([_start_request(request)])
+        (started,) = await _start_traced(self._coordinator, [request], context)
         return pb.StartWorkflowResponse(
             workflow_id=started.workflow_id, already_existed=started.already_existed
         )
@@ -53,7 +89,7 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def StartWorkflows(
         self, request: pb.StartWorkflowsRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartWorkflowsResponse:
-        started = await self._coordinator.start_workflows([_start_request(r) for r in request.workflows])
+        started = await _start_traced(self._coordinator, request.workflows, context)
         return pb.StartWorkflowsResponse(
             workflows=[
                 pb.StartWorkflowResponse(workflow_id=s.workflow_id, already_existed=s.already_existed)

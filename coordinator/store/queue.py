@@ -40,7 +40,7 @@ from ..clock import seconds_to_us
 from ..model import ClaimOrder, ErrorClass, StepStatus
 from .dialect import Dialect
 from .journal import cancel_workflows, enqueue_idle_workflows, finish_steps
-from .schema import steps, tasks
+from .schema import steps, tasks, workflows
 
 #: Claim statements kept built, one per set of shards an executor leased.
 MAX_CACHED_CLAIMS = 64
@@ -72,6 +72,8 @@ class ClaimedTask:
     workflow_created_at: int
     #: When it became claimable (enqueued, or its retry backoff ended): the start of its queue wait.
     available_at: int
+    #: The workflow's W3C Trace Context as stored (conveyor.tracing.encode): the parent of the attempt's span.
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -454,9 +456,9 @@ class TaskQueue:
         details = {
             row.id: row
             for row in connection.execute(
-                select(steps.c.id, steps.c.number, steps.c.name, steps.c.args).where(
-                    steps.c.id.in_([row.id for row in claimed])
-                )
+                select(steps.c.id, steps.c.number, steps.c.name, steps.c.args, workflows.c.trace_context)
+                .join(workflows, workflows.c.id == steps.c.workflow_id)
+                .where(steps.c.id.in_([row.id for row in claimed]))
             )
         }
         result = [
@@ -474,6 +476,7 @@ class TaskQueue:
                 timeout=row.timeout,
                 workflow_created_at=row.workflow_created_at,
                 available_at=row.available_at,
+                trace_context=details[row.id].trace_context,
             )
             for row in claimed
         ]

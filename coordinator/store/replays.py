@@ -79,6 +79,8 @@ class DueReplay:
     created_at: int
     enqueued_at: int
     journal: tuple[JournalEntry, ...]
+    #: The workflow's W3C Trace Context as stored (conveyor.tracing.encode), for the replay's span.
+    trace_context: str | None = None
 
     @property
     def replayable(self) -> bool:
@@ -123,6 +125,7 @@ class ReplayQueue:
                 workflows.c.shard,
                 workflows.c.created_at,
                 replay_queue.c.enqueued_at,
+                workflows.c.trace_context,
             )
             .join(replay_queue, replay_queue.c.workflow_id == workflows.c.id)
             # Not through the name index: the plan must walk the replay queue's FIFO index and
@@ -145,6 +148,7 @@ class ReplayQueue:
                 row.created_at,
                 row.enqueued_at,
                 tuple(journals.get(row.id, ())),
+                row.trace_context,
             )
             for row in rows
         ]

@@ -82,6 +82,8 @@ workflows = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger),
     Column("step_count", Integer, nullable=False),
+    # W3C Trace Context of the start (JSON), handed to every task: conveyor.tracing.
+    Column("trace_context", Text),
     UniqueConstraint("idempotency_key"),
     Index(None, "created_at"),
     Index(None, "status", "created_at"),

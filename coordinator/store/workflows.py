@@ -25,6 +25,8 @@ class StartRequest:
     #: Canonical JSON of the arguments (validated by the caller).
     args_json: str
     idempotency_key: str | None = None
+    #: The W3C Trace Context of the start, stored for its tasks (conveyor.tracing.encode).
+    trace_context: str | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class Workflows:
                     "idempotency_key": key,
                     "created_at": created_at,
                     "step_count": 0,
+                    "trace_context": request.trace_context,
                 }
             )
             replay_rows.append(

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Engine, delete, exc, insert
 from sqlalchemy.engine import Connection
 
+from conveyor import tracing
 from conveyor.errors import ConveyorError, Unavailable
 
 from ..clock import now_us
@@ -125,7 +126,16 @@ class Writer:
             assert isinstance(first, _Pending)
             batch = [first]
             stop_after = self._gather(batch)
-            self._execute(batch)
+            # A root span (parent={}): one commit holds the writes of many workflows and callers.
+            with tracing.span(
+                "conveyor.commit",
+                parent={},
+                attributes={
+                    "conveyor.commit.units": len(batch),
+                    "conveyor.commit.labels": ",".join(sorted({p.label for p in batch})),
+                },
+            ):
+                self._execute(batch)
             if stop_after:
                 break
         if self._connection is not None:
