@@ -128,6 +128,6 @@ def test_without_opentelemetry_the_coordinator_stores_the_callers_context_as_it_
     assert result.returncode == 0, result.stderr
     traced_id, untraced_id = json.loads(result.stdout.strip().splitlines()[-1])
     with sqlite3.connect(database) as connection:
-        stored = dict(connection.execute("SELECT id, trace_context FROM workflows").fetchall())
+        stored = dict(connection.execute("SELECT id, trace_context FROM conveyor_workflows").fetchall())
     assert json.loads(stored[traced_id]) == {"traceparent": PARENT, "tracestate": "a=1"}
     assert stored[untraced_id] is None
