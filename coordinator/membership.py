@@ -380,9 +380,13 @@ class Membership:
         # on registers after this requeue, so it cannot lose tasks it holds to it.
         try:
             outcome = await self.ctx.write(requeue, "expire lease")
-        finally:
+        except BaseException:
             await save_leases
+            raise
+        # Forgotten as soon as the requeue is visible, before the leases are saved (one more
+        # write): anyone who sees its tasks back in the queue no longer sees it.
         self.ctx.sessions.discard(session)
+        await save_leases
         self.ctx.stats.leases_expired += 1
         log.warning(
             "executor %s lost its lease (no heartbeat for %.0fs): %d task(s) back in the queue, %d failed "
