@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from conveyor import tracing
+from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.errors import DeadlineExceeded, RpcError
 from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import (
@@ -218,16 +218,19 @@ class AsyncClient:
         self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2
     ) -> Workflow:
         """Poll until the workflow finishes; the interval grows to 2 s for long waits."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll_interval
+        # Jittered, so that many clients waiting on one coordinator do not poll in step.
+        polls = Backoff(
+            BackoffPolicy(poll_interval, max(poll_interval, 2.0), multiplier=1.5, jitter=0.5),
+            deadline=timeout,
+        )
         while True:
             workflow = await self.get_workflow(workflow_id)
             if workflow.status.finished:
                 return workflow
-            if deadline is not None and time.monotonic() + interval > deadline:
+            interval = polls.next_delay()
+            if interval is None:
                 raise DeadlineExceeded(f"workflow {workflow_id} still running after {timeout}s")
             await asyncio.sleep(interval)
-            interval = min(interval * 1.5, 2.0)
 
     # -------------------------------------------------------------------- admin
 

@@ -7,7 +7,7 @@ per scrape:
   as it happens (:meth:`CoordinatorMetrics.claimed`, :meth:`recorded`,
   :meth:`replayed`): attempts by outcome, retries by class, and the latency
   histograms of a step's life (queue wait, claim to result, transition gap);
-* **counters** the engine keeps anyway (:class:`~conveyor.coordinator.engine.CoordinatorStats`),
+* **counters** the engine keeps anyway (:class:`~conveyor.coordinator.reports.CoordinatorStats`),
   read at scrape time;
 * **gauges** of state (queue depth and oldest age per shard, the replay queue,
   workflows by status, executors and their slots), set from one aggregate query
@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 from conveyor.errors import ConveyorError
 
 if TYPE_CHECKING:
-    from .engine import CoordinatorStats, DiagnoseReport
+    from .reports import CoordinatorStats, DiagnoseReport
     from .store import ClaimedTask, RecordOutcome, ReplayBatchOutcome
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,9 @@ class CoordinatorMetrics:
 
     # ------------------------------------------------------------------ events
 
-    def claimed(self, tasks: Sequence[ClaimedTask], now: int) -> None:
+    def claimed(self, tasks: Sequence[ClaimedTask], claimed_at: int) -> None:
         for task in tasks:
-            self.queue_wait.labels(task.kind).observe(max(0, now - task.available_at) / 1e6)
+            self.queue_wait.labels(task.kind).observe(max(0, claimed_at - task.available_at) / 1e6)
 
     def recorded(self, outcome: RecordOutcome) -> None:
         for attempt in outcome.attempts:

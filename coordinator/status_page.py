@@ -19,16 +19,28 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
+from sqlalchemy.engine import Connection
 
 from conveyor.monitoring import Authorize, MonitoringServer
 
-from .engine import Coordinator, DiagnoseReport
+from .reports import DiagnoseReport
 from .store import status
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StatusSource(Protocol):
+    """What the page reads from the coordinator (:class:`~conveyor.coordinator.engine.Coordinator`)."""
+
+    async def diagnose(self, max_violations: int, *, check_invariants: bool = True) -> DiagnoseReport: ...
+
+    async def read(self, query: Callable[[Connection], T]) -> T: ...
+
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Seconds an answer is reused for.
@@ -77,7 +89,7 @@ class _Cache:
 class StatusPage:
     """The aiohttp application and its site; ``await start(host, port)``, then ``await stop()``."""
 
-    def __init__(self, coordinator: Coordinator, authorize: Authorize | None = None) -> None:
+    def __init__(self, coordinator: StatusSource, authorize: Authorize | None = None) -> None:
         self._coordinator = coordinator
         self._cache = _Cache()
         app = MonitoringServer.application(authorize)

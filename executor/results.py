@@ -15,6 +15,7 @@ import logging
 
 import grpc
 
+from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.v1 import common_pb2
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
@@ -22,6 +23,8 @@ from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
 log = logging.getLogger(__name__)
 
 REPORT_TIMEOUT = 30.0
+#: Between tries of a report the coordinator did not take (unreachable, restarting).
+REPORT_BACKOFF = BackoffPolicy(initial=0.1, maximum=5.0)
 #: Statuses that refuse the request itself: sending it again unchanged fails the same way.
 REFUSALS = frozenset(
     {
@@ -102,7 +105,8 @@ class ResultReporter:
         await self._drained.wait()
 
     async def run(self, stub: ExecutorServiceStub) -> None:
-        backoff = 0.1
+        # Jittered: after a coordinator restart the executors' reports do not arrive in waves.
+        backoff = Backoff(REPORT_BACKOFF)
         while True:
             if not self._pending:
                 self._drained.set()
@@ -133,19 +137,19 @@ class ResultReporter:
                     self._pending[:0] = _as_failures(batch, reason)
                     continue
                 self._pending[:0] = batch
+                delay = backoff.next_delay() or 0.0
                 log.warning(
-                    "reporting %d result(s) failed (%s: %s); retrying in %.1fs",
+                    "reporting %d result(s) failed (%s: %s); retrying in %.2fs",
                     len(batch),
                     error.code().name,
                     error.details(),
-                    backoff,
+                    delay,
                 )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(delay)
                 continue
             finally:
                 self._in_flight = []
-            backoff = 0.1
+            backoff.reset()
             self._settle(batch, response)
 
     def _settle(self, batch: list[pb.TaskResult], response: pb.RecordResultsResponse) -> None:

@@ -40,6 +40,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 import conveyor
 from conveyor import logs, tracing
+from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.errors import ConfigurationError, PermanentTaskError, TaskRateLimited
 from conveyor.tasks import HandlerRegistry
 from conveyor.transport import ChannelSecurity, open_channel
@@ -91,6 +92,7 @@ class ExecutorConfig:
     drain_timeout: float = 300.0
     flush_interval: float = 0.02
     max_message_bytes: int = 64 * 1024 * 1024
+    #: The longest wait between reconnect attempts (each wait is drawn with jitter).
     reconnect_max_delay: float = 5.0
     #: TLS and bearer token for the coordinator connection.
     security: ChannelSecurity = field(default_factory=ChannelSecurity)
@@ -98,6 +100,12 @@ class ExecutorConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 100_000:
             raise ValueError(f"concurrency must be between 1 and 100000, not {self.concurrency}")
+        if not self.reconnect_max_delay > 0:
+            raise ValueError(f"reconnect_max_delay must be positive, not {self.reconnect_max_delay}")
+
+
+#: The ceiling of the first reconnect delay; it doubles up to ``reconnect_max_delay``.
+RECONNECT_INITIAL_DELAY = 0.1
 
 
 class _Credit:
@@ -135,6 +143,9 @@ class Executor:
         self._max_payload_bytes = 1024 * 1024
         self._draining = asyncio.Event()
         self._abandon = asyncio.Event()
+        #: Every reconnect delay drawn, oldest first (for logs and tests: they must differ
+        #: between executors, or they all reconnect at once).
+        self.reconnect_delays: list[float] = []
         self._drain_reason = ""
         self.tasks_run = 0
         #: Attempts stopped because the coordinator no longer wanted them.
@@ -214,7 +225,10 @@ class Executor:
 
     async def _serve(self, stub: ExecutorServiceStub) -> None:
         """Keep a stream open, reconnecting with backoff, until draining."""
-        delay = 0.1
+        # Jittered, so that executors cut off by one coordinator restart do not all come back
+        # at the same instants.
+        maximum = self.config.reconnect_max_delay
+        backoff = Backoff(BackoffPolicy(initial=min(RECONNECT_INITIAL_DELAY, maximum), maximum=maximum))
         # Draining does not stop reconnecting: until everything held is reported the
         # executor must keep heartbeating, or its lease expires and its tasks run twice.
         while not self._closed_drained and not self._abandon.is_set():
@@ -241,12 +255,13 @@ class Executor:
             if self._closed_drained or self._abandon.is_set():
                 break
             if time.monotonic() - connected_at > 10:
-                delay = 0.1
-            log.info("reconnecting in %.1fs", delay)
+                backoff.reset()
+            delay = backoff.next_delay() or 0.0
+            self.reconnect_delays.append(delay)
+            log.info("reconnecting in %.2fs", delay)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._abandon.wait()
-            delay = min(delay * 2, self.config.reconnect_max_delay)
 
     async def _stream(self, stub: ExecutorServiceStub) -> None:
         self._outgoing = asyncio.Queue()

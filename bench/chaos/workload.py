@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.client.client import AsyncClient
 from conveyor.client.models import WorkflowStatus
 from conveyor.errors import DeadlineExceeded, Unavailable
@@ -31,6 +32,8 @@ WORKFLOW = research.__name__
 START_BATCH = 500
 #: How long a call is retried while the coordinator (or its database) is away.
 OUTAGE_TOLERANCE = 120.0
+#: Between calls to a coordinator that did not answer (restarting, or its database down).
+RETRY_BACKOFF = BackoffPolicy(initial=0.1, maximum=1.0, jitter=0.5)
 
 Counts = dict[WorkflowStatus, int]
 
@@ -41,14 +44,15 @@ class WorkloadTimeout(AssertionError):
 
 async def retrying(call: Callable[[], Awaitable[T]], *, tolerance: float = OUTAGE_TOLERANCE) -> T:
     """``call()`` until the coordinator answers; it may be restarting, or its database may be."""
-    deadline = time.monotonic() + tolerance
+    backoff = Backoff(RETRY_BACKOFF, deadline=tolerance)
     while True:
         try:
             return await call()
         except (Unavailable, DeadlineExceeded):
-            if time.monotonic() > deadline:
+            delay = backoff.next_delay()
+            if delay is None:
                 raise
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(delay)
 
 
 class Workload:

@@ -10,7 +10,8 @@ from conveyor.v1 import admin_service_pb2 as pb
 from conveyor.v1 import admin_service_pb2_grpc, common_pb2
 
 from .. import protocol, validation
-from ..engine import Coordinator, DiagnoseReport
+from ..engine import Coordinator
+from ..reports import DiagnoseReport
 from ..store import WorkflowSelection
 from .errors import rpc
 

@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, column, delete, func, insert, inspect, select, table, text
 from sqlalchemy.engine import Connection
 
+from conveyor.backoff import BackoffPolicy
 from conveyor.errors import ConfigurationError
 
 from ..clock import now_us
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 DEFAULT_SHARD_COUNT = 100
+#: Between tries of a read or write that failed on a transient error (a dropped connection,
+#: a failover): half jittered, so that a retry never comes right on top of the failure.
+DATABASE_RETRY_BACKOFF = BackoffPolicy(initial=0.05, maximum=2.0, jitter=0.5)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from sqlalchemy import Engine, create_engine, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
+from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.errors import DatabaseInUse
 
 from ..clock import now_us
@@ -46,6 +47,8 @@ log = logging.getLogger(__name__)
 ADVISORY_CLASS = 0x636F6F72
 #: How long a starting coordinator waits for the lock before refusing to start.
 ACQUIRE_WAIT = 5.0
+#: Between tries for a lock held by another (or not yet released by a killed) coordinator.
+LOCK_RETRY_BACKOFF = BackoffPolicy(initial=0.1, maximum=1.0, jitter=0.5)
 _LOCK_KEY = f"{ADVISORY_CLASS}, hashtext(current_database() || '.' || current_schema())"
 
 
@@ -80,7 +83,7 @@ class DatabaseLock:
         Tries for ``wait`` seconds first: a coordinator restarted right after its
         predecessor was killed may find the old lock connection not yet closed by the server.
         """
-        deadline = time.monotonic() + wait
+        backoff = Backoff(LOCK_RETRY_BACKOFF, deadline=wait)
         while True:
             try:
                 if isinstance(self.dialect, SQLiteDialect):
@@ -89,9 +92,10 @@ class DatabaseLock:
                     self._acquire_advisory()
                 break
             except DatabaseInUse:
-                if time.monotonic() >= deadline:
+                delay = backoff.next_delay()
+                if delay is None:
                     raise
-                time.sleep(0.2)
+                time.sleep(delay)
         log.info("holding the exclusive coordinator lock of %s", self.dialect.display_url())
 
     def _acquire_file(self, dialect: SQLiteDialect) -> None:

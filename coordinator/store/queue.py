@@ -10,6 +10,7 @@ same FIFO position, when its lease expires.
 
 from __future__ import annotations
 
+import functools
 import random
 import secrets
 from collections.abc import Collection, Sequence
@@ -176,6 +177,79 @@ _note_retry_on_step = (
 )
 
 
+@dataclass
+class _AttemptWrites:
+    """What a batch of ended attempts writes, gathered so that it is written one way only:
+    steps finished (completed or failed: the step row final, the task row gone, the workflow
+    enqueued for a replay if nothing else runs) and tasks retried (back in the queue after
+    their backoff, the attempt noted on the step)."""
+
+    finished: list[dict[str, object]] = field(default_factory=list)
+    retried: list[dict[str, object]] = field(default_factory=list)
+    #: The workflows of the finished steps: each may now have nothing in progress.
+    workflows: set[str] = field(default_factory=set)
+
+    def finish(
+        self,
+        *,
+        step_id: int,
+        workflow_id: str,
+        status: StepStatus,
+        attempt: int,
+        completed_at: int,
+        result: str | None = None,
+        error: str | None = None,
+        started_at: int | None = None,
+        executor_id: str | None = None,
+        result_token: int | None = None,
+    ) -> None:
+        self.finished.append(
+            {
+                "step_id": step_id,
+                "status": status,
+                "result": result,
+                "error": error,
+                "attempt": attempt,
+                "started_at": started_at,
+                "completed_at": completed_at,
+                "executor_id": executor_id,
+                "result_token": result_token,
+            }
+        )
+        self.workflows.add(workflow_id)
+
+    def retry(
+        self, row: Any, verdict: retries.Retry, *, started_at: int | None, executor_id: str | None, now: int
+    ) -> int:
+        """Queue the task of ``row`` (selected with ``_task_state_columns``) again; returns when
+        it becomes claimable."""
+        available_at = now + seconds_to_us(verdict.delay)
+        self.retried.append(
+            {
+                "task_id": row.id,
+                "attempt": verdict.next_attempt,
+                "rate_limit_waits": verdict.rate_limit_waits,
+                "available_at": available_at,
+                "note": verdict.note,
+                "finished_attempt": row.attempt,
+                "started_at": started_at,
+                "executor_id": executor_id,
+            }
+        )
+        return available_at
+
+    def write(self, connection: Connection, dialect: Dialect, now: int) -> int:
+        """Write it all; returns how many workflows were enqueued for a replay."""
+        if self.retried:
+            connection.execute(_retry_task, self.retried)
+            connection.execute(_note_retry_on_step, self.retried)
+        if not self.finished:
+            return 0
+        finish_steps(connection, self.finished)
+        connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in self.finished])))
+        return enqueue_idle_workflows(connection, dialect, self.workflows, now)
+
+
 def _retry_state(row: object) -> retries.RetryState:
     return retries.RetryState(
         attempt=row.attempt,  # type: ignore[attr-defined]
@@ -246,49 +320,27 @@ def take_back_attempts(
     that its executor lost: a retry puts the task back in the queue and notes the attempt on
     its step; giving up fails the step and enqueues its workflow for a replay."""
     taken = TakenBack()
-    retried: list[dict[str, object]] = []
-    finished: list[dict[str, object]] = []
-    failed_workflows: set[str] = set()
+    writes = _AttemptWrites()
     for row, verdict in zip(rows, verdicts, strict=True):
         if isinstance(verdict, retries.GiveUp):
-            failed_workflows.add(row.workflow_id)
-            finished.append(
-                {
-                    "step_id": row.id,
-                    "status": StepStatus.FAILED,
-                    "result": None,
-                    "error": verdict.error,
-                    "attempt": row.attempt,
-                    "started_at": row.claimed_at,
-                    "completed_at": now,
-                    "executor_id": row.claimed_by,
-                    "result_token": None,
-                }
+            writes.finish(
+                step_id=row.id,
+                workflow_id=row.workflow_id,
+                status=StepStatus.FAILED,
+                error=verdict.error,
+                attempt=row.attempt,
+                started_at=row.claimed_at,
+                completed_at=now,
+                executor_id=row.claimed_by,
             )
             continue
-        available_at = now + seconds_to_us(verdict.delay)
-        retried.append(
-            {
-                "task_id": row.id,
-                "attempt": verdict.next_attempt,
-                "rate_limit_waits": verdict.rate_limit_waits,
-                "available_at": available_at,
-                "note": verdict.note,
-                "finished_attempt": row.attempt,
-                "started_at": row.claimed_at,
-                "executor_id": row.claimed_by,
-            }
+        available_at = writes.retry(
+            row, verdict, started_at=row.claimed_at, executor_id=row.claimed_by, now=now
         )
         taken.shards.add(row.shard)
         taken.next_retry_at = min(taken.next_retry_at or available_at, available_at)
-    if retried:
-        connection.execute(_retry_task, retried)
-        connection.execute(_note_retry_on_step, retried)
-    if finished:
-        finish_steps(connection, finished)
-        connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
-        taken.replays_enqueued = enqueue_idle_workflows(connection, dialect, failed_workflows, now)
-    taken.retried, taken.failed = len(retried), len(finished)
+    taken.replays_enqueued = writes.write(connection, dialect, now)
+    taken.retried, taken.failed = len(writes.retried), len(writes.finished)
     return taken
 
 
@@ -495,9 +547,7 @@ class TaskQueue:
                 select(*_task_state_columns).where(tasks.c.id.in_([r.task_id for r in results]))
             )
         }
-        finished: list[dict[str, object]] = []
-        retried: list[dict[str, object]] = []
-        touched_workflows: set[str] = set()
+        writes = _AttemptWrites()
         unmatched: list[int] = []
         for index, result in enumerate(results):
             row = rows.pop(result.task_id, None)  # pop: a second report of a task in one batch is a duplicate
@@ -510,21 +560,19 @@ class TaskQueue:
             outcome.dispositions[index] = Disposition.ACCEPTED
             started_at = result.started_at or row.claimed_at
             claimed_for = (now - row.claimed_at) / 1e6 if row.claimed_at is not None else None
+            final = functools.partial(
+                writes.finish,
+                step_id=result.task_id,
+                workflow_id=row.workflow_id,
+                attempt=row.attempt,
+                started_at=started_at,
+                completed_at=now,
+                executor_id=executor_id,
+                result_token=result.fencing_token,
+            )
             if result.error_class is None:
                 outcome.attempts.append(AttemptOutcome(row.kind, None, False, claimed_for))
-                finished.append(
-                    self._final(
-                        row,
-                        StepStatus.COMPLETED,
-                        result.result_json,
-                        None,
-                        started_at,
-                        now,
-                        executor_id,
-                        result,
-                    )
-                )
-                touched_workflows.add(row.workflow_id)
+                final(status=StepStatus.COMPLETED, result=result.result_json)
                 continue
             verdict = retries.after_failure(
                 _retry_state(row), result.error_class, result.error, result.retry_after, self._rng
@@ -532,64 +580,18 @@ class TaskQueue:
             will_retry = not isinstance(verdict, retries.GiveUp)
             outcome.attempts.append(AttemptOutcome(row.kind, result.error_class, will_retry, claimed_for))
             if isinstance(verdict, retries.GiveUp):
-                finished.append(
-                    self._final(
-                        row, StepStatus.FAILED, None, verdict.error, started_at, now, executor_id, result
-                    )
-                )
-                touched_workflows.add(row.workflow_id)
+                final(status=StepStatus.FAILED, error=verdict.error)
             else:
-                available_at = now + seconds_to_us(verdict.delay)
-                retried.append(
-                    {
-                        "task_id": row.id,
-                        "attempt": verdict.next_attempt,
-                        "rate_limit_waits": verdict.rate_limit_waits,
-                        "available_at": available_at,
-                        "note": verdict.note,
-                        "finished_attempt": row.attempt,
-                        "started_at": started_at,
-                        "executor_id": executor_id,
-                    }
+                available_at = writes.retry(
+                    row, verdict, started_at=started_at, executor_id=executor_id, now=now
                 )
                 outcome.retry_shards.add(row.shard)
                 outcome.next_retry_at = min(outcome.next_retry_at or available_at, available_at)
-        if retried:
-            connection.execute(_retry_task, retried)
-            connection.execute(_note_retry_on_step, retried)
-        if finished:
-            finish_steps(connection, finished)
-            connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in finished])))
-            outcome.replays_enqueued = enqueue_idle_workflows(
-                connection, self._dialect, touched_workflows, now
-            )
+        outcome.replays_enqueued = writes.write(connection, self._dialect, now)
         # After this batch's own outcomes are written, so that a second copy of a result
         # in the same batch is recognised as a duplicate of the first.
         self._classify_unmatched(connection, executor_id, results, unmatched, outcome)
         return outcome
-
-    @staticmethod
-    def _final(
-        row: object,
-        status: StepStatus,
-        result_json: str | None,
-        error: str | None,
-        started_at: int | None,
-        now: int,
-        executor_id: str,
-        result: ReportedResult,
-    ) -> dict[str, object]:
-        return {
-            "step_id": result.task_id,
-            "status": status,
-            "result": result_json,
-            "error": error,
-            "attempt": row.attempt,  # type: ignore[attr-defined]
-            "started_at": started_at,
-            "completed_at": now,
-            "executor_id": executor_id,
-            "result_token": result.fencing_token,
-        }
 
     @staticmethod
     def _classify_unmatched(
@@ -687,26 +689,18 @@ class TaskQueue:
         rows = connection.execute(query.with_for_update(skip_locked=True)).all()
         if not rows:
             return 0, 0
-        finish_steps(
-            connection,
-            [
-                {
-                    "step_id": row.id,
-                    "status": StepStatus.FAILED,
-                    "result": None,
-                    "error": reason,
-                    "attempt": row.attempt - 1,
-                    "started_at": None,
-                    "completed_at": now,
-                    "executor_id": None,
-                    "result_token": None,
-                }
-                for row in rows
-            ],
-        )
-        connection.execute(delete(tasks).where(tasks.c.id.in_([row.id for row in rows])))
-        replays = enqueue_idle_workflows(connection, self._dialect, {row.workflow_id for row in rows}, now)
-        return len(rows), replays
+        writes = _AttemptWrites()
+        for row in rows:
+            # A queued task carries the number of its next attempt; the step keeps the last one run.
+            writes.finish(
+                step_id=row.id,
+                workflow_id=row.workflow_id,
+                status=StepStatus.FAILED,
+                error=reason,
+                attempt=row.attempt - 1,
+                completed_at=now,
+            )
+        return len(rows), writes.write(connection, self._dialect, now)
 
     def clear(
         self, connection: Connection, shards: Collection[int] | None, limit: int, reason: str, now: int

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from sqlalchemy.engine import Connection
 
+from conveyor.backoff import Backoff
 from conveyor.errors import Unavailable
 
-from .database import Database
+from .database import DATABASE_RETRY_BACKOFF, Database
 from .dialect import describe_error, is_transient
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,21 @@ class Reader:
         SQLite's read transactions always do; PostgreSQL's READ COMMITTED gives each
         statement its own snapshot, so there a snapshot read runs at REPEATABLE READ.
         """
-        deadline = time.monotonic() + self._retry_deadline
-        delay = 0.05
+        backoff = Backoff(DATABASE_RETRY_BACKOFF, deadline=self._retry_deadline)
         while True:
             try:
                 return await asyncio.to_thread(self._once, query, snapshot)
             except Exception as error:
                 if not is_transient(error):
                     raise
-                if time.monotonic() + delay >= deadline:
+                delay = backoff.next_delay()
+                if delay is None:
                     log.error("database read failed for good: %s", describe_error(error))
                     raise Unavailable(
                         f"the database is unavailable ({describe_error(error)}); retry later"
                     ) from error
                 log.warning("database read failed (%s); retrying in %.2fs", describe_error(error), delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     def _once(self, query: Callable[[Connection], T], snapshot: bool) -> T:
         with self._database.reader.connect() as connection:

@@ -35,9 +35,11 @@ from sqlalchemy import Engine, delete, exc, insert
 from sqlalchemy.engine import Connection
 
 from conveyor import tracing
+from conveyor.backoff import Backoff
 from conveyor.errors import ConveyorError, Unavailable
 
 from ..clock import now_us
+from .database import DATABASE_RETRY_BACKOFF
 from .dialect import describe_error, is_transient
 from .schema import write_commits
 
@@ -157,8 +159,7 @@ class Writer:
         return False
 
     def _execute(self, batch: list[_Pending]) -> None:
-        deadline = time.monotonic() + self._retry_deadline
-        delay = 0.05
+        backoff = Backoff(DATABASE_RETRY_BACKOFF, deadline=self._retry_deadline)
         #: The attempt whose COMMIT broke, until its marker tells whether it committed.
         unknown: _UnknownOutcome | None = None
         while True:
@@ -184,7 +185,8 @@ class Writer:
             else:
                 break
             self._discard_connection()
-            if is_transient(error) and time.monotonic() + delay < deadline:
+            delay = backoff.next_delay() if is_transient(error) else None
+            if delay is not None:
                 log.warning(
                     "database write failed (%s); retrying %d unit(s) in %.2fs",
                     describe_error(error),
@@ -192,7 +194,6 @@ class Writer:
                     delay,
                 )
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
                 continue
             log.error("database write failed for good: %s", describe_error(error))
             if unknown is not None:

@@ -35,13 +35,13 @@ async def test_an_executor_registering_during_bump_epoch_is_not_left_in_the_old_
     coordinator = stack.coordinator
     old_epoch = coordinator.epoch
     submitted: list[str] = []
-    real_write = coordinator._write
+    real_write = coordinator.ctx.write
 
     async def recording_write(unit: Any, label: str) -> Any:
         submitted.append(label)
         return await real_write(unit, label)
 
-    coordinator._write = recording_write
+    coordinator.ctx.write = recording_write  # type: ignore[method-assign]
     gate = threading.Event()
 
     def held(connection: Connection) -> None:
@@ -76,7 +76,7 @@ async def test_an_executor_registering_during_bump_epoch_is_not_left_in_the_old_
     finally:
         gate.set()
         await writer_held
-        del coordinator._write
+        del coordinator.ctx.write
         del coordinator.connect_executor
 
 

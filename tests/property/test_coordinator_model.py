@@ -371,7 +371,7 @@ async def lose_lease(coordinator: Coordinator, session: ExecutorSession) -> None
     invariants to judge.
     """
     with contextlib.suppress(ConveyorError):
-        await coordinator._expire(session)
+        await coordinator.membership.expire(session)
 
 
 def writer_alive(coordinator: Coordinator) -> bool:

@@ -179,7 +179,7 @@ async def test_a_failure_after_an_executor_is_registered_unregisters_it(
     stack = await make_stack(REGISTRY)
     coordinator = stack.coordinator
 
-    save_leases = coordinator._save_leases
+    save_leases = coordinator.membership.save_leases
     failures = []
 
     async def fails_once(changed_pools: Any) -> None:
@@ -188,7 +188,7 @@ async def test_a_failure_after_an_executor_is_registered_unregisters_it(
             raise RuntimeError("injected: saving the shard leases failed after registration")
         await save_leases(changed_pools)
 
-    monkeypatch.setattr(coordinator, "_save_leases", fails_once)
+    monkeypatch.setattr(coordinator.membership, "save_leases", fails_once)
     async with ManualExecutor(stack.server.address, "unlucky") as unlucky:
         with pytest.raises(AssertionError):
             await unlucky.connect(within=30)

@@ -1,0 +1,74 @@
+"""Advancing workflows: draining the replay queue (running workflow code off the writer) and
+firing durable timers (``ctx.sleep``) when they are due.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from .clock import now_us
+from .context import EngineContext
+from .replay_runner import ReplayCall
+from .store import Timers
+from .store.replays import ReplayBatchOutcome
+
+log = logging.getLogger(__name__)
+
+
+class ReplayService:
+    """The replay loop and the timer loop."""
+
+    def __init__(self, ctx: EngineContext) -> None:
+        self.ctx = ctx
+
+    async def replay_loop(self) -> None:
+        limit = self.ctx.config.replay_batch_size
+        while True:
+            await self.ctx.replay_needed.wait()
+            self.ctx.replay_needed.clear()
+            while True:
+                outcome = await self.replay_batch(limit)
+                self.ctx.stats.replays += outcome.replayed
+                self.ctx.observer.replayed(outcome)
+                for status, count in outcome.finished.items():
+                    self.ctx.count_finished(status, count)
+                self.ctx.wake_holders(outcome.task_shards)
+                self.ctx.timer_alarm.request(outcome.next_wake_at)
+                if outcome.taken + outcome.left < limit:
+                    if outcome.left:
+                        self.ctx.replay_needed.set()  # changed while replaying: replay the new state
+                    break
+
+    async def replay_batch(self, limit: int) -> ReplayBatchOutcome:
+        """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
+        due = await self.ctx.read(lambda c: self.ctx.replays.due(c, limit), snapshot=True)
+        if not due:
+            return ReplayBatchOutcome()
+        now = now_us()
+        calls = [
+            ReplayCall(
+                item.workflow_id,
+                functools.partial(self.ctx.replays.replay_one, item, now),
+                item.trace_context,
+            )
+            for item in due
+            if item.replayable
+        ]
+        results = await self.ctx.replay_runner.run(calls)
+        outcomes = {call.workflow_id: result for call, result in zip(calls, results, strict=True)}
+        return await self.ctx.write(lambda c: self.ctx.replays.apply(c, due, outcomes, now), "replay")
+
+    async def timer_loop(self) -> None:
+        while True:
+            await self.ctx.timer_due.wait()
+            self.ctx.timer_due.clear()
+            fired, replays = await self.ctx.write(
+                lambda c: self.ctx.timers.fire_due(c, now_us()), "fire timers"
+            )
+            if replays:
+                self.ctx.replay_needed.set()
+            if fired:
+                self.ctx.timer_due.set()  # there may be more due than one batch held
+                continue
+            self.ctx.timer_alarm.request(await self.ctx.read(Timers.next_wake_at))
