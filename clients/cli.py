@@ -31,7 +31,7 @@ from conveyor.errors import (
 )
 
 from . import render
-from .client import DEFAULT_TARGET, AsyncClient
+from .client import AsyncClient
 from .models import Workflow, WorkflowStatus
 
 EXIT_OK = 0
@@ -64,15 +64,9 @@ Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[int | None]]
 
 def _common(parser: argparse.ArgumentParser) -> None:
     """Options every client command takes: where the coordinator is, how to talk to it, output."""
-    parser.add_argument(
-        "--coordinator",
-        default=DEFAULT_TARGET,
-        metavar="HOST:PORT",
-        help="coordinator address (default %(default)s)",
-    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
-    transport.add_arguments(parser)
+    transport.add_arguments(parser, address=True)  # --coordinator, --token-file, --tls...: also $CONVEYOR_*
 
 
 def _shard_arguments(
@@ -325,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     command: Command = args.command
 
     async def call() -> int | None:
-        security = transport.security_from_arguments(args)
+        args.coordinator, security = transport.connection_from_arguments(args)  # flags, else $CONVEYOR_*
         async with AsyncClient(args.coordinator, timeout=args.timeout, security=security) as client:
             return await command(client, args)
 
