@@ -62,7 +62,7 @@ async def _run(resolved: Resolved) -> int:
         serve_llm=not args.no_llm,
         security=transport.security_from_values(resolved),
     )
-    handlers = HandlerRegistry.from_modules(args.handlers)
+    handlers = HandlerRegistry.from_modules(list(args.handlers))
     llm = None
     if config.serve_llm:
         api_key = args.anthropic_api_key_file.read_text().strip() if args.anthropic_api_key_file else None

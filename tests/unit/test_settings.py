@@ -97,7 +97,9 @@ def test_a_bad_environment_value_is_refused_naming_the_variable(
         ("lease_ttl = ", "is not valid TOML"),
     ],
 )
-def test_a_bad_config_file_is_refused_naming_the_file_and_key(tmp_path: Path, line: str, message: str) -> None:
+def test_a_bad_config_file_is_refused_naming_the_file_and_key(
+    tmp_path: Path, line: str, message: str
+) -> None:
     config = write(tmp_path / "c.toml", f'db = "sqlite://"\n{line}\n')
     with pytest.raises(ConfigurationError) as refused:
         COORDINATOR_OPTIONS.resolve(parsed(COORDINATOR_OPTIONS, "--config", str(config)), {})
@@ -106,8 +108,10 @@ def test_a_bad_config_file_is_refused_naming_the_file_and_key(tmp_path: Path, li
 
 
 def test_a_missing_config_file_and_a_missing_required_option_are_explained(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="cannot read the config file .*nope.toml"):
-        COORDINATOR_OPTIONS.resolve(parsed(COORDINATOR_OPTIONS), {"CONVEYOR_CONFIG": str(tmp_path / "nope.toml")})
+    with pytest.raises(ConfigurationError, match=r"cannot read the config file .*nope\.toml"):
+        COORDINATOR_OPTIONS.resolve(
+            parsed(COORDINATOR_OPTIONS), {"CONVEYOR_CONFIG": str(tmp_path / "nope.toml")}
+        )
     with pytest.raises(ConfigurationError, match=r"db is required: give --db, \$CONVEYOR_DB or db in a"):
         COORDINATOR_OPTIONS.resolve(parsed(COORDINATOR_OPTIONS), {})
 
