@@ -4,7 +4,7 @@ An :class:`Option` is the only place an option's default, type, bounds and help 
 come the command-line flag (``task_timeout`` → ``--task-timeout``), the environment variable
 (``CONVEYOR_TASK_TIMEOUT``), the key of the TOML config file (``task_timeout = 600``), the
 ``--help`` text, the README's table (:func:`markdown_table`) and the defaults of the
-configuration dataclasses (``CoordinatorConfig.lease_ttl = OPTIONS.default("lease_ttl")``).
+configuration dataclasses (``lease_ttl: float = OPTIONS.defaults.lease_ttl``).
 
 A value is taken from the first of these that sets it::
 
@@ -16,7 +16,12 @@ bounds, from wherever it came; the message names its source. A ``secret`` option
 never repeated in a message.
 
 Adding an option is one more :class:`Option` in its component's :class:`Options` (for example
-``coordinator/config.py``'s ``OPTIONS``); the flag, variable, file key and README row follow.
+``coordinator/config.py``'s ``OPTIONS``; options several components share are an :class:`Options`
+of their own added with ``+``, as ``logs.LOG_OPTIONS`` is); the flag, variable, file key and help
+follow, and ``python -m conveyor.settings`` prints the README's new tables.
+
+A boolean flag (``--insecure``) can only switch its option on: to switch off one that the
+environment or the file switched on, set the variable to ``0``.
 """
 
 from __future__ import annotations
@@ -78,7 +83,7 @@ class Option:
     #: Inclusive bounds of a number.
     low: float | None = None
     high: float | None = None
-    #: The value itself is a credential: never shown in a message, never read from a file.
+    #: The value itself is a credential: never shown in a message (nor read from a file).
     secret: bool = False
     required: bool = False
     #: May the config file set it (not the config file's own name, not a secret).
