@@ -373,7 +373,8 @@ def _flag_type(option: Option, flag: str) -> Any:
         try:
             return option.parse_text(text, flag)
         except ConfigurationError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+            # argparse names the flag itself: "argument --lease-ttl: 'abc' is not a number".
+            raise argparse.ArgumentTypeError(str(error).removeprefix(f"{flag}=")) from None
 
     parse.__name__ = option.kind.value  # argparse names the type in some messages
     return parse

@@ -120,7 +120,7 @@ def test_a_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit) as exited:
         cli.main(["coordinator", "--db", "sqlite://", "--workflows", "w", "--lease-ttl", "abc"])
     assert exited.value.code == 2
-    assert "--lease-ttl='abc' is not a number" in capsys.readouterr().err
+    assert "argument --lease-ttl: 'abc' is not a number" in capsys.readouterr().err
 
 
 def test_the_coordinator_command_exits_2_on_a_bad_variable(
