@@ -24,6 +24,7 @@ _MONITORING_HELP = (
     "monitoring (or admin) role; without it they ask for none, so they then only listen on a "
     "loopback address unless given --insecure"
 )
+_LIMITS = "limits"
 _SECURITY = "security"
 _SECURITY_HELP = (
     "Without --auth-tokens-file every caller is trusted, so the coordinator then only "
@@ -207,7 +208,81 @@ OPTIONS = (
             "allow a non-loopback --listen or --monitoring-host address without --auth-tokens-file",
             group=_SECURITY,
         ),
-        groups={_MONITORING: _MONITORING_HELP, _SECURITY: _SECURITY_HELP},
+        Option(
+            "max_executors",
+            Kind.INT,
+            1000,
+            "most executors connected at once; one more is refused with RESOURCE_EXHAUSTED",
+            low=1,
+            group=_LIMITS,
+        ),
+        Option(
+            "max_batch_size",
+            Kind.INT,
+            50,
+            "most tasks per TaskBatch and results per RecordResults",
+            low=1,
+            high=1000,
+            group=_LIMITS,
+        ),
+        Option(
+            "max_start_batch", Kind.INT, 1000, "most workflows per StartWorkflows call", low=1, group=_LIMITS
+        ),
+        Option(
+            "max_message_bytes",
+            Kind.INT,
+            64 * MiB,
+            "largest gRPC message either way; a full result batch must fit",
+            low=1024,
+            default_text="67108864 (64 MiB)",
+            group=_LIMITS,
+        ),
+        Option(
+            "max_streams_per_connection",
+            Kind.INT,
+            4,
+            "most ClaimTasks streams open on one client connection (an executor needs one)",
+            low=1,
+            group=_LIMITS,
+        ),
+        Option(
+            "max_stream_message_bytes",
+            Kind.INT,
+            2 * MiB,
+            "largest message on a ClaimTasks stream (a Hello of 100,000 held task ids is about 1 MiB)",
+            low=1024,
+            default_text="2097152 (2 MiB)",
+            group=_LIMITS,
+        ),
+        Option(
+            "hello_timeout",
+            Kind.FLOAT,
+            30.0,
+            "seconds a new ClaimTasks stream may take to send its Hello before it is closed",
+            low=0.001,
+            group=_LIMITS,
+        ),
+        Option(
+            "database_retry_deadline",
+            Kind.FLOAT,
+            60.0,
+            "seconds the writer retries a transaction while the database is unreachable",
+            low=0,
+            group=_LIMITS,
+        ),
+        Option(
+            "gauge_refresh_interval",
+            Kind.FLOAT,
+            5.0,
+            "seconds between refreshes of the queue, workflow and executor gauges from the database",
+            low=0.001,
+            group=_LIMITS,
+        ),
+        groups={
+            _MONITORING: _MONITORING_HELP,
+            _SECURITY: _SECURITY_HELP,
+            _LIMITS: "Bounds every caller is held to; the defaults suit most deployments.",
+        },
     )
     + LOG_OPTIONS
 )
@@ -223,11 +298,11 @@ class CoordinatorConfig:
     #: Largest workflow arguments, step result or workflow result, in bytes of JSON.
     max_payload_bytes: int = OPTIONS.defaults.max_payload_bytes
     #: Largest gRPC message either way; a full result batch must fit.
-    max_message_bytes: int = 64 * MiB
+    max_message_bytes: int = OPTIONS.defaults.max_message_bytes
     #: Most tasks per TaskBatch and results per RecordResults.
-    max_batch_size: int = 50
+    max_batch_size: int = OPTIONS.defaults.max_batch_size
     #: Most workflows per StartWorkflows call.
-    max_start_batch: int = 1000
+    max_start_batch: int = OPTIONS.defaults.max_start_batch
     heartbeat_interval: float = OPTIONS.defaults.heartbeat_interval
     #: An executor silent this long loses its shards and tasks.
     lease_ttl: float = OPTIONS.defaults.lease_ttl
@@ -246,7 +321,7 @@ class CoordinatorConfig:
     #: SQLite ``PRAGMA synchronous``: FULL survives power loss, NORMAL only process crashes.
     sqlite_synchronous: str = OPTIONS.defaults.sqlite_synchronous
     #: How long the writer retries a transaction while the database is unreachable.
-    database_retry_deadline: float = 60.0
+    database_retry_deadline: float = OPTIONS.defaults.database_retry_deadline
     #: FIFO by workflow start (the default); ``TASK_ID`` exists for the benchmarks' baseline.
     claim_order: ClaimOrder = OPTIONS.defaults.claim_order
     #: Bearer tokens and their roles (:mod:`conveyor.coordinator.auth`); None: every caller is trusted.
@@ -259,14 +334,14 @@ class CoordinatorConfig:
     #: Listen on a non-loopback address without authentication (see :mod:`conveyor.coordinator.auth_tls`).
     insecure: bool = OPTIONS.defaults.insecure
     #: Most executors connected at once; one more is refused with RESOURCE_EXHAUSTED.
-    max_executors: int = 1000
+    max_executors: int = OPTIONS.defaults.max_executors
     #: Most ClaimTasks streams open on one client connection (an executor needs one).
-    max_streams_per_connection: int = 4
+    max_streams_per_connection: int = OPTIONS.defaults.max_streams_per_connection
     #: Largest message on a stream (a ClaimTasks Hello, credit, heartbeat): a Hello of 100,000
     #: held task ids is about 1 MiB.
-    max_stream_message_bytes: int = 2 * MiB
+    max_stream_message_bytes: int = OPTIONS.defaults.max_stream_message_bytes
     #: Seconds a new ClaimTasks stream may take to send its Hello before it is closed.
-    hello_timeout: float = 30.0
+    hello_timeout: float = OPTIONS.defaults.hello_timeout
     #: Serve Prometheus metrics on this port (0: any free port); None: no metrics endpoint.
     metrics_port: int | None = OPTIONS.defaults.metrics_port
     #: Serve the live status page on this port (0: any free port); None: no page.
@@ -275,7 +350,7 @@ class CoordinatorConfig:
     #: for a monitoring (or admin) token; without, only a loopback address unless ``insecure``.
     monitoring_host: str = OPTIONS.defaults.monitoring_host
     #: How often the queue, workflow and executor gauges are refreshed from the database.
-    gauge_refresh_interval: float = 5.0
+    gauge_refresh_interval: float = OPTIONS.defaults.gauge_refresh_interval
 
     def __post_init__(self) -> None:
         OPTIONS.check_bounds(self)  # however the config was built
@@ -284,8 +359,6 @@ class CoordinatorConfig:
                 f"lease_ttl ({self.lease_ttl}s) must exceed two heartbeat intervals "
                 f"({self.heartbeat_interval}s each), or one late heartbeat loses the lease"
             )
-        if not 1 <= self.max_batch_size <= 1000:
-            raise ValueError("max_batch_size must be between 1 and 1000")
         if self.sqlite_synchronous.upper() not in ("FULL", "NORMAL"):
             raise ValueError("sqlite_synchronous must be FULL or NORMAL")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
