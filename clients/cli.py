@@ -1,8 +1,11 @@
 """Client commands of the ``conveyor`` CLI: start, follow, explain and cancel workflows; operate the queue.
 
-Output is a human-readable table by default and JSON with ``--json``. Exit codes
-(:data:`EXIT_CODES`) let scripts tell a refused request from a missing workflow
-from a coordinator that is down, and a workflow that failed from one still running.
+Output is a human-readable table by default and JSON with ``--json``: the CLI picks one
+:class:`~conveyor.client.output.Output` and the commands hand it their results. Each
+command reads its flags as a frozen dataclass, parsed once from argparse's namespace.
+Exit codes (:data:`EXIT_CODES`) let scripts tell a refused request from a missing
+workflow from a coordinator that is down, and a workflow that failed from one still
+running.
 """
 
 from __future__ import annotations
@@ -13,12 +16,9 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typing import Any, Generic, TypeVar
 
 from conveyor import transport
 from conveyor.errors import (
@@ -30,9 +30,9 @@ from conveyor.errors import (
     Unavailable,
 )
 
-from . import render
 from .client import AsyncClient
 from .models import Workflow, WorkflowStatus
+from .output import Output, output_for, visible
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -55,8 +55,18 @@ exit codes:
   {EXIT_INVARIANT_BROKEN}  admin diagnose found a broken invariant
 """
 
-#: A command returns its exit code (None: success).
-Command = Callable[[AsyncClient, argparse.Namespace], Awaitable[int | None]]
+A = TypeVar("A")
+
+
+@dataclass(frozen=True)
+class Command(Generic[A]):
+    """A client command: how it reads its flags, and what it does with them.
+
+    ``run`` returns the exit code (None: success).
+    """
+
+    parse: Callable[[argparse.Namespace], A]
+    run: Callable[[AsyncClient, A, Output], Awaitable[int | None]]
 
 
 # ----------------------------------------------------------------------- parser
@@ -80,7 +90,7 @@ def _shard_arguments(
 
 
 def _command(
-    subparsers: Any, name: str, summary: str, description: str, example: str, command: Command
+    subparsers: Any, name: str, summary: str, description: str, example: str, command: Command[Any]
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name,
@@ -100,7 +110,7 @@ def add_commands(subparsers: Any) -> None:
         "start a workflow and print its id",
         "Start a workflow and print its id (with --wait: wait for it, then show it).",
         'conveyor start research --args \'{"topic": "tides"}\'',
-        _start,
+        Command(StartArgs.parse, _start),
     )
     start.add_argument("name", help="registered workflow name")
     start.add_argument("--args", default="", help="JSON object (keyword arguments) or array (positional)")
@@ -117,7 +127,7 @@ def add_commands(subparsers: Any) -> None:
         "show a workflow and its steps",
         "Show a workflow, its result or error, and its steps with their queue and run times.",
         "conveyor get 3f2a9c... --json",
-        _get,
+        Command(GetArgs.parse, _get),
     )
     get.add_argument("workflow_id")
     get.add_argument("--wait", action="store_true", help="wait for the workflow to finish first")
@@ -131,7 +141,7 @@ def add_commands(subparsers: Any) -> None:
         "List workflows in start order (oldest first, the FIFO order), a page at a time. The last "
         "line says how to get the next page.",
         "conveyor list --status failed --name research --page-size 20",
-        _list,
+        Command(ListArgs.parse, _list),
     )
     listing.add_argument(
         "--status",
@@ -154,7 +164,7 @@ def add_commands(subparsers: Any) -> None:
         "count workflows by status",
         "Count workflows in each status: cheap enough to poll for progress.",
         "conveyor count --name research",
-        _count,
+        Command(CountArgs.parse, _count),
     )
     count.add_argument("--name", default="", help="only workflows of this name")
     _common(count)
@@ -166,7 +176,7 @@ def add_commands(subparsers: Any) -> None:
         "Wait until every workflow given has finished, showing progress; the exit code says whether "
         "all completed.",
         "conveyor wait 3f2a9c... 7be01d... --within 600",
-        _wait,
+        Command(WaitArgs.parse, _wait),
     )
     wait.add_argument("workflow_ids", nargs="+", metavar="workflow_id")
     _within_argument(wait)
@@ -180,7 +190,7 @@ def add_commands(subparsers: Any) -> None:
         "queue and the executor leasing the shard, the executor running it, the retry it waits for, "
         "or its timer; otherwise whether it waits for a replay, or when and why it finished.",
         "conveyor explain 3f2a9c...",
-        _explain,
+        Command(ExplainArgs.parse, _explain),
     )
     explain.add_argument("workflow_id")
     _common(explain)
@@ -194,7 +204,7 @@ def add_commands(subparsers: Any) -> None:
         "With --dry-run nothing changes and the matches are counted. Times are ISO 8601 "
         "(2025-01-31T12:00:00, UTC unless an offset is given) or a duration ago (90s, 30m, 2h, 1d).",
         "conveyor cancel --all --name research --started-before 2h --dry-run",
-        _cancel,
+        Command(CancelArgs.parse, _cancel),
     )
     cancel.add_argument("workflow_ids", nargs="*", metavar="workflow_id", help="workflows to cancel")
     target = cancel.add_mutually_exclusive_group()
@@ -230,7 +240,7 @@ def _add_admin_commands(subparsers: Any) -> None:
         "and usually fails with it. For a poisoned shard: stop its work without losing the workflows' "
         "history.",
         "conveyor admin fail-pending --shard 17 --reason 'poisoned prompt'",
-        _fail_pending,
+        Command(ShardAction.parse, _fail_pending),
     )
     _shard_arguments(fail)
     _common(fail)
@@ -242,7 +252,7 @@ def _add_admin_commands(subparsers: Any) -> None:
         "Start a new epoch: executors of older epochs stop claiming, report what they hold and exit 0. "
         "Executors started afterwards join the new epoch. Use it to roll out new executors.",
         "conveyor admin bump-epoch --reason 'deploy v2'",
-        _bump_epoch,
+        Command(BumpEpochArgs.parse, _bump_epoch),
     )
     bump.add_argument("--reason", default="")
     _common(bump)
@@ -251,12 +261,12 @@ def _add_admin_commands(subparsers: Any) -> None:
         (
             "clear-replay-queue",
             "remove replay-queue entries, cancelling their workflows",
-            _clear_replay_queue,
+            Command(ShardAction.parse, _clear_replay_queue),
         ),
         (
             "clear-task-queue",
             "remove tasks (queued and claimed), cancelling their workflows",
-            _clear_task_queue,
+            Command(ShardAction.parse, _clear_task_queue),
         ),
     ):
         clear = _command(
@@ -277,7 +287,7 @@ def _add_admin_commands(subparsers: Any) -> None:
         "Per-shard queue depth and oldest task age, the replay queue, connected executors with their "
         "shards and epochs, and every invariant violation (exit code 7 when there is one).",
         "conveyor admin diagnose --json",
-        _diagnose,
+        Command(DiagnoseArgs.parse, _diagnose),
     )
     diagnose.add_argument("--shard", type=int, help="show only this shard's row")
     _common(diagnose)
@@ -312,16 +322,180 @@ def _moment(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+# -------------------------------------------------------------- typed arguments
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the coordinator is, how to talk to it, and how to show the results (every command)."""
+
+    coordinator: str
+    timeout: float
+    json: bool
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> Connection:
+        # --coordinator, else $CONVEYOR_COORDINATOR, else the default.
+        return cls(coordinator=transport.coordinator_address(args), timeout=args.timeout, json=args.json)
+
+
+@dataclass(frozen=True)
+class StartArgs:
+    name: str
+    args: str
+    idempotency_key: str
+    wait: bool
+    within: float | None
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> StartArgs:
+        return cls(args.name, args.args, args.idempotency_key, args.wait, args.within)
+
+
+@dataclass(frozen=True)
+class GetArgs:
+    workflow_id: str
+    wait: bool
+    within: float | None
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> GetArgs:
+        return cls(args.workflow_id, args.wait, args.within)
+
+
+@dataclass(frozen=True)
+class ListArgs:
+    statuses: tuple[WorkflowStatus, ...]
+    name: str
+    page_size: int
+    page_token: str
+    newest_first: bool
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> ListArgs:
+        statuses = tuple(WorkflowStatus(status) for status in args.status)
+        return cls(statuses, args.name, args.page_size, args.page_token, args.newest_first)
+
+
+@dataclass(frozen=True)
+class CountArgs:
+    name: str
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> CountArgs:
+        return cls(args.name)
+
+
+@dataclass(frozen=True)
+class WaitArgs:
+    #: Without repeats, in the order given.
+    workflow_ids: tuple[str, ...]
+    within: float | None
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> WaitArgs:
+        return cls(tuple(dict.fromkeys(args.workflow_ids)), args.within)
+
+
+@dataclass(frozen=True)
+class ExplainArgs:
+    workflow_id: str
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> ExplainArgs:
+        return cls(args.workflow_id)
+
+
+@dataclass(frozen=True)
+class CancelArgs:
+    workflow_ids: tuple[str, ...]
+    shard: int | None
+    all: bool
+    name: str
+    started_before: datetime | None
+    started_after: datetime | None
+    limit: int
+    dry_run: bool
+    reason: str
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> CancelArgs:
+        return cls(
+            tuple(args.workflow_ids),
+            args.shard,
+            args.all,
+            args.name,
+            args.started_before,
+            args.started_after,
+            args.limit,
+            args.dry_run,
+            args.reason,
+        )
+
+    @property
+    def bulk(self) -> bool:
+        return self.all or self.shard is not None
+
+    def bulk_only_flags(self) -> list[str]:
+        """The bulk-only filters given (wrong with workflow ids)."""
+        given = (
+            ("--name", self.name),
+            ("--limit", self.limit),
+            ("--dry-run", self.dry_run),
+            ("--started-before", self.started_before),
+            ("--started-after", self.started_after),
+        )
+        return [flag for flag, value in given if value]
+
+
+@dataclass(frozen=True)
+class ShardAction:
+    """An admin action on one shard (``--shard N``) or on all (``--all``): ``shard`` None."""
+
+    shard: int | None
+    limit: int
+    reason: str
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> ShardAction:
+        return cls(None if args.all else args.shard, args.limit, args.reason)
+
+
+@dataclass(frozen=True)
+class BumpEpochArgs:
+    reason: str
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> BumpEpochArgs:
+        return cls(args.reason)
+
+
+@dataclass(frozen=True)
+class DiagnoseArgs:
+    shard: int | None
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> DiagnoseArgs:
+        return cls(args.shard)
+
+
 # ------------------------------------------------------------------------- run
 
 
 def run(args: argparse.Namespace) -> int:
-    command: Command = args.command
+    command: Command[Any] = args.command
+    connection = Connection.parse(args)
+    arguments = command.parse(args)
+    # Chosen before any request: a missing `cli` extra (rich) is reported up front.
+    output = output_for(json=connection.json)
 
     async def call() -> int | None:
-        args.coordinator, security = transport.connection_from_arguments(args)  # flags, else $CONVEYOR_*
-        async with AsyncClient(args.coordinator, timeout=args.timeout, security=security) as client:
-            return await command(client, args)
+        security = transport.security_from_arguments(
+            args
+        )  # flags, else $CONVEYOR_TOKEN_FILE, $CONVEYOR_TLS...
+        target, timeout = connection.coordinator, connection.timeout
+        async with AsyncClient(target, timeout=timeout, security=security) as client:
+            return await command.run(client, arguments, output)
 
     try:
         return asyncio.run(call()) or EXIT_OK
@@ -333,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_NOT_FOUND
     except Unavailable as error:
         _fail(
-            f"cannot reach the coordinator at {args.coordinator}: {error.message} "
+            f"cannot reach the coordinator at {connection.coordinator}: {error.message} "
             "(is it running? is --coordinator right?)"
         )
         return EXIT_UNAVAILABLE
@@ -350,7 +524,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _fail(message: str) -> None:
     # Messages often quote what the coordinator or another caller sent: keep escapes off the terminal.
-    print(f"conveyor: {render.visible(message, multiline=True)}", file=sys.stderr)
+    print(f"conveyor: {visible(message, multiline=True)}", file=sys.stderr)
 
 
 def _usage(message: str) -> int:
@@ -361,67 +535,48 @@ def _usage(message: str) -> int:
 # -------------------------------------------------------------------- workflows
 
 
-async def _start(client: AsyncClient, args: argparse.Namespace) -> int | None:
+async def _start(client: AsyncClient, args: StartArgs, output: Output) -> int | None:
     started = await client.start_workflow(args.name, args.args, idempotency_key=args.idempotency_key)
     if not args.wait:
-        if args.json:
-            render.print_json(started)
-        else:
-            print(started.workflow_id)
+        output.started(started)
         return None
-    return await _show_after_wait(client, started.workflow_id, args)
+    return await _show_after_wait(client, started.workflow_id, args.within, output)
 
 
-async def _get(client: AsyncClient, args: argparse.Namespace) -> int | None:
+async def _get(client: AsyncClient, args: GetArgs, output: Output) -> int | None:
     if args.wait:
-        return await _show_after_wait(client, args.workflow_id, args)
-    workflow = await client.get_workflow(args.workflow_id, include_steps=True)
-    _show_workflow(workflow, args)
+        return await _show_after_wait(client, args.workflow_id, args.within, output)
+    output.workflow(await client.get_workflow(args.workflow_id, include_steps=True))
     return None
 
 
-async def _show_after_wait(client: AsyncClient, workflow_id: str, args: argparse.Namespace) -> int:
+async def _show_after_wait(
+    client: AsyncClient, workflow_id: str, within: float | None, output: Output
+) -> int:
     try:
-        await client.wait(workflow_id, timeout=args.within)
+        await client.wait(workflow_id, timeout=within)
     except DeadlineExceeded as error:
         _fail(error.message)
         return EXIT_STILL_RUNNING
     workflow = await client.get_workflow(workflow_id, include_steps=True)
-    _show_workflow(workflow, args)
+    output.workflow(workflow)
     return EXIT_OK if workflow.status is WorkflowStatus.COMPLETED else EXIT_WORKFLOW_FAILED
 
 
-def _show_workflow(workflow: Workflow, args: argparse.Namespace) -> None:
-    if args.json:
-        render.print_json(workflow)
-    else:
-        render.workflow(Console(), workflow)
-
-
-async def _list(client: AsyncClient, args: argparse.Namespace) -> int | None:
+async def _list(client: AsyncClient, args: ListArgs, output: Output) -> int | None:
     workflows, token = await client.list_workflows_page(
-        statuses=[WorkflowStatus(status) for status in args.status],
+        statuses=list(args.statuses),
         name=args.name,
         page_size=args.page_size,
         page_token=args.page_token,
         newest_first=args.newest_first,
     )
-    if args.json:
-        render.print_json({"workflows": workflows, "next_page_token": token})
-        return None
-    console = Console()
-    render.workflow_list(console, workflows)
-    if token:
-        console.print(f"more: add --page-token {token}", markup=False, highlight=False)
+    output.workflow_page(workflows, token)
     return None
 
 
-async def _count(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    by_status = await client.count_workflows(args.name)
-    if args.json:
-        render.print_json({status.value: count for status, count in by_status.items()})
-    else:
-        render.counts(Console(), by_status)
+async def _count(client: AsyncClient, args: CountArgs, output: Output) -> int | None:
+    output.counts(await client.count_workflows(args.name))
     return None
 
 
@@ -429,21 +584,12 @@ async def _count(client: AsyncClient, args: argparse.Namespace) -> int | None:
 WAIT_CONCURRENCY = 50
 
 
-async def _wait(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    ids: list[str] = list(dict.fromkeys(args.workflow_ids))
+async def _wait(client: AsyncClient, args: WaitArgs, output: Output) -> int | None:
+    ids = args.workflow_ids
     finished: dict[str, Workflow] = {}
     deadline = None if args.within is None else time.monotonic() + args.within
     pollers = asyncio.Semaphore(WAIT_CONCURRENCY)
-    show_progress = not args.json and sys.stderr.isatty()
-    with Progress(
-        TextColumn("waiting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        disable=not show_progress,
-    ) as progress:
-        bar = progress.add_task("workflows", total=len(ids))
+    with output.progress(len(ids)) as bar:
 
         async def wait_one(workflow_id: str) -> None:
             async with pollers:
@@ -452,7 +598,7 @@ async def _wait(client: AsyncClient, args: argparse.Namespace) -> int | None:
                     finished[workflow_id] = await client.wait(workflow_id, timeout=remaining)
                 except DeadlineExceeded:
                     return
-            progress.advance(bar)
+            bar.advance()
 
         await asyncio.gather(*(wait_one(workflow_id) for workflow_id in ids))
     pending = [workflow_id for workflow_id in ids if workflow_id not in finished]
@@ -460,48 +606,26 @@ async def _wait(client: AsyncClient, args: argparse.Namespace) -> int | None:
         _fail(f"{len(pending)} workflow(s) still running after {args.within}s: {', '.join(pending[:5])}")
         return EXIT_STILL_RUNNING
     results = [finished[workflow_id] for workflow_id in ids]
-    if args.json:
-        render.print_json(results)
-    else:
-        render.workflow_list(Console(), results)
+    output.workflows(results)
     all_completed = all(w.status is WorkflowStatus.COMPLETED for w in results)
     return EXIT_OK if all_completed else EXIT_WORKFLOW_FAILED
 
 
-async def _explain(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    explanation = await client.explain_workflow(args.workflow_id)
-    if args.json:
-        render.print_json(explanation)
-    else:
-        render.explanation(Console(), explanation)
+async def _explain(client: AsyncClient, args: ExplainArgs, output: Output) -> int | None:
+    output.explanation(await client.explain_workflow(args.workflow_id))
     return None
 
 
-async def _cancel(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    bulk = args.all or args.shard is not None
-    if args.workflow_ids and bulk:
+async def _cancel(client: AsyncClient, args: CancelArgs, output: Output) -> int | None:
+    if args.workflow_ids and args.bulk:
         return _usage("give workflow ids or a bulk filter (--shard/--all), not both")
     if args.workflow_ids:
-        filters = [
-            flag
-            for flag, value in (
-                ("--name", args.name),
-                ("--limit", args.limit),
-                ("--dry-run", args.dry_run),
-                ("--started-before", args.started_before),
-                ("--started-after", args.started_after),
-            )
-            if value
-        ]
+        filters = args.bulk_only_flags()
         if filters:
             return _usage(f"{', '.join(filters)} only apply to a bulk cancel (--shard N or --all)")
-        cancelled = [await client.cancel_workflow(wid, args.reason) for wid in args.workflow_ids]
-        if args.json:
-            render.print_json(cancelled)
-        else:
-            render.workflow_list(Console(), cancelled)
+        output.workflows([await client.cancel_workflow(wid, args.reason) for wid in args.workflow_ids])
         return None
-    if not bulk:
+    if not args.bulk:
         return _usage("name the workflows to cancel, or pick them by filter with --shard N or --all")
     outcome = await client.cancel_workflows(
         None if args.all else args.shard,
@@ -512,67 +636,36 @@ async def _cancel(client: AsyncClient, args: argparse.Namespace) -> int | None:
         dry_run=args.dry_run,
         reason=args.reason,
     )
-    if args.json:
-        render.print_json({**asdict(outcome), "dry_run": args.dry_run})
-        return None
-    verb = "would cancel" if args.dry_run else "cancelled"
-    count = outcome.matched if args.dry_run else outcome.cancelled
-    print(f"{verb} {count} running workflow(s)")
-    if outcome.sample_workflow_ids:
-        print(render.visible("oldest: " + ", ".join(outcome.sample_workflow_ids[:5])))
+    output.bulk_cancel(outcome, dry_run=args.dry_run)
     return None
 
 
 # ------------------------------------------------------------------------ admin
 
 
-async def _fail_pending(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    failed = await client.fail_pending_tasks(
-        None if args.all else args.shard, limit=args.limit, reason=args.reason
-    )
-    if args.json:
-        render.print_json({"failed_tasks": failed})
-    else:
-        print(f"failed {failed} pending task(s)")
+async def _fail_pending(client: AsyncClient, args: ShardAction, output: Output) -> int | None:
+    output.failed_tasks(await client.fail_pending_tasks(args.shard, limit=args.limit, reason=args.reason))
     return None
 
 
-async def _bump_epoch(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    response = await client.bump_epoch(args.reason)
-    if args.json:
-        render.print_json(render.message_dict(response))
-    else:
-        print(f"epoch is now {response.epoch}; {response.draining_executors} executor(s) draining")
+async def _bump_epoch(client: AsyncClient, args: BumpEpochArgs, output: Output) -> int | None:
+    output.epoch_bumped(await client.bump_epoch(args.reason))
     return None
 
 
-async def _clear_replay_queue(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    response = await client.clear_replay_queue(
-        None if args.all else args.shard, limit=args.limit, reason=args.reason
-    )
-    _report_clear(args, "replay-queue entries", response.cleared_entries, response.cancelled_workflows)
+async def _clear_replay_queue(client: AsyncClient, args: ShardAction, output: Output) -> int | None:
+    response = await client.clear_replay_queue(args.shard, limit=args.limit, reason=args.reason)
+    output.cleared("replay-queue entries", response.cleared_entries, response.cancelled_workflows)
     return None
 
 
-async def _clear_task_queue(client: AsyncClient, args: argparse.Namespace) -> int | None:
-    response = await client.clear_task_queue(
-        None if args.all else args.shard, limit=args.limit, reason=args.reason
-    )
-    _report_clear(args, "tasks", response.cleared_tasks, response.cancelled_workflows)
+async def _clear_task_queue(client: AsyncClient, args: ShardAction, output: Output) -> int | None:
+    response = await client.clear_task_queue(args.shard, limit=args.limit, reason=args.reason)
+    output.cleared("tasks", response.cleared_tasks, response.cancelled_workflows)
     return None
 
 
-def _report_clear(args: argparse.Namespace, what: str, cleared: int, cancelled: int) -> None:
-    if args.json:
-        render.print_json({"cleared": cleared, "cancelled_workflows": cancelled})
-    else:
-        print(f"cleared {cleared} {what}; cancelled {cancelled} workflow(s)")
-
-
-async def _diagnose(client: AsyncClient, args: argparse.Namespace) -> int | None:
+async def _diagnose(client: AsyncClient, args: DiagnoseArgs, output: Output) -> int | None:
     report = await client.diagnose()
-    if args.json:
-        render.print_json(render.message_dict(report))
-    else:
-        render.diagnosis(Console(), report, args.shard)
+    output.diagnosis(report, args.shard)
     return EXIT_INVARIANT_BROKEN if report.violations else None

@@ -1,4 +1,4 @@
-"""How the CLI shows what the client returns: rich tables for people, JSON for scripts.
+"""How the CLI's table output draws what the client returns, with rich.
 
 Every string that comes from the coordinator (ids, names, reasons, error messages) was
 chosen by someone else: an executor id like ``sec-[/]-x`` is valid, and rendered as
@@ -6,18 +6,15 @@ rich markup it crashed ``get`` and ``admin diagnose`` with a MarkupError; an ANS
 in a cancel reason rewrote the operator's terminal. So such text reaches the console
 only through :func:`cell` (a :class:`~rich.text.Text`, never parsed as markup) or
 :func:`shown` (markup-escaped), both with control characters written out by
-:func:`visible`. Markup appears only in the literals of this module.
+:func:`~conveyor.client.output.visible`. Markup appears only in the literals of this module.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 from datetime import datetime
-from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -26,6 +23,7 @@ from rich.text import Text
 from conveyor.v1 import admin_service_pb2
 
 from .models import Explanation, Workflow, WorkflowStatus
+from .output import visible
 
 STATUS_STYLE = {
     WorkflowStatus.RUNNING: "cyan",
@@ -33,15 +31,6 @@ STATUS_STYLE = {
     WorkflowStatus.FAILED: "red",
     WorkflowStatus.CANCELLED: "yellow",
 }
-
-
-def visible(text: str, *, multiline: bool = False) -> str:
-    """``text`` with every non-printable character (ANSI escapes, carriage returns, bidi
-    overrides; newlines and tabs too unless ``multiline``) written out as ``\\x1b``-style escapes."""
-    if text.isprintable():
-        return text
-    kept = "\n\t" if multiline else ""
-    return "".join(c if c.isprintable() or c in kept else repr(c)[1:-1] for c in text)
 
 
 def cell(text: str, *, style: str = "") -> Text:
@@ -52,32 +41,6 @@ def cell(text: str, *, style: str = "") -> Text:
 def shown(text: str) -> str:
     """Foreign text to embed in a markup string."""
     return escape(visible(text))
-
-
-def print_json(value: Any) -> None:
-    """``value`` as indented JSON; dataclasses become objects, datetimes ISO 8601 strings."""
-    print(json.dumps(_plain(value), indent=2, default=_json_default))
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
-
-
-def message_dict(message: Any) -> dict[str, Any]:
-    """A protobuf message as JSON-ready data, with the .proto's field names."""
-    return MessageToDict(message, preserving_proto_field_name=True)
 
 
 def _when(value: datetime | None) -> str:

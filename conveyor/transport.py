@@ -121,6 +121,7 @@ CONNECTION_OPTIONS = Options(
 )
 #: The options of the client commands and of :meth:`AsyncClient.from_env`.
 CLIENT_OPTIONS = Options(COORDINATOR_ADDRESS) + CONNECTION_OPTIONS
+_ADDRESS_ONLY = Options(COORDINATOR_ADDRESS)
 
 
 def read_token(token_file: Path | None = None, environ: Mapping[str, str] | None = None) -> str | None:
@@ -171,6 +172,11 @@ def security_from_arguments(
 ) -> ChannelSecurity:
     """The :class:`ChannelSecurity` that the flags of :func:`add_arguments` and the environment describe."""
     return security_from_values(CONNECTION_OPTIONS.resolve(args, environ, files=False), environ)
+
+
+def coordinator_address(args: argparse.Namespace | None, environ: Mapping[str, str] | None = None) -> str:
+    """The coordinator's address: ``--coordinator``, else ``$CONVEYOR_COORDINATOR``, else the default."""
+    return str(_ADDRESS_ONLY.resolve(args, environ, files=False)["coordinator"])
 
 
 def connection_from_arguments(

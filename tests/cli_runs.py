@@ -48,9 +48,14 @@ class CliRun:
         return json.loads(self.stdout)
 
 
+#: The checkout: what ``--workflows bench.workflows`` is found in (bench/ is not installed).
+CHECKOUT = Path(__file__).resolve().parents[1]
+
+
 def environment(columns: int) -> dict[str, str]:
-    """Plain output of a known width, whatever terminal runs the tests."""
-    return {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1"}
+    """Plain output of a known width, whatever terminal runs the tests; the checkout importable."""
+    path = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH", "")]))
+    return {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "PYTHONPATH": path}
 
 
 def run_once(*args: str, columns: int = 120, timeout: float = 120) -> CliRun:

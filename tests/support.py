@@ -10,13 +10,7 @@ from typing import Any
 
 import grpc
 
-from conveyor.client.client import AsyncClient
-from conveyor.coordinator.config import CoordinatorConfig
-from conveyor.coordinator.server import CoordinatorServer
-from conveyor.executor.llm import LlmCaller
-from conveyor.executor.worker import Executor, ExecutorConfig
-from conveyor.tasks import HandlerRegistry
-from conveyor.testing.simulator import Simulator, SimulatorConfig
+from conveyor.testing.env import ConveyorTestEnv
 from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import executor_service_pb2 as executor_pb
 from conveyor.v1 import executor_service_pb2_grpc
@@ -39,74 +33,12 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
-class Stack:
-    """A coordinator on a local port, plus executors and a simulator on demand, all in-process."""
+class Stack(ConveyorTestEnv):
+    """The suite's in-process stack: the testing kit's environment, started part by part.
 
-    def __init__(self, database_url: str, registry: WorkflowRegistry, **config: Any) -> None:
-        self.database_url = database_url
-        self.registry = registry
-        self.config_overrides = config
-        self.server: CoordinatorServer | None = None
-        self.simulator: Simulator | None = None
-        self.executors: list[tuple[Executor, asyncio.Task[int]]] = []
-        self.client: AsyncClient | None = None
-
-    @property
-    def coordinator(self) -> Any:
-        assert self.server is not None
-        return self.server.coordinator
-
-    async def start_coordinator(self, port: int = 0) -> CoordinatorServer:
-        config = CoordinatorConfig(
-            database_url=self.database_url,
-            listen=f"127.0.0.1:{port}",
-            **{"heartbeat_interval": 0.2, "lease_ttl": 2.0, **self.config_overrides},
-        )
-        self.server = CoordinatorServer(config, self.registry)
-        await self.server.start()
-        if self.client is None:
-            self.client = AsyncClient(self.server.address, timeout=20)
-        return self.server
-
-    async def stop_coordinator(self) -> None:
-        if self.server is not None:
-            await self.server.stop(grace=0.5)
-            self.server = None
-
-    async def start_simulator(self, config: SimulatorConfig | None = None) -> Simulator:
-        self.simulator = Simulator(config or SimulatorConfig())
-        await self.simulator.start()
-        return self.simulator
-
-    def start_executor(
-        self, *, handlers: HandlerRegistry | None = None, llm: bool = True, **config: Any
-    ) -> Executor:
-        assert self.server is not None
-        caller = None
-        if llm:
-            assert self.simulator is not None, "start_simulator() first"
-            caller = LlmCaller(base_url=self.simulator.base_url, api_key="test", timeout=10)
-        executor = Executor(
-            ExecutorConfig(coordinator=self.server.address, serve_llm=llm, **{"concurrency": 10, **config}),
-            handlers or HandlerRegistry(),
-            caller,
-        )
-        self.executors.append((executor, asyncio.create_task(executor.run())))
-        return executor
-
-    async def close(self) -> None:
-        for executor, _task in self.executors:
-            executor.abandon()
-        for _executor, task in self.executors:
-            try:
-                await asyncio.wait_for(task, 10)
-            except (TimeoutError, Exception):
-                task.cancel()
-        if self.client is not None:
-            await self.client.close()
-        await self.stop_coordinator()
-        if self.simulator is not None:
-            await self.simulator.stop()
+    ``Stack(database_url, registry, **coordinator_config)``; the conftest's ``make_stack``
+    starts the coordinator, tests start simulators and executors as they need them.
+    """
 
 
 def registry_of(*functions: Callable[..., Any]) -> WorkflowRegistry:

@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -55,6 +55,8 @@ class ChaosSettings:
     #: Also load the poison workflow and handlers (:mod:`bench.chaos.poison`).
     poison: bool = False
     seed: int = 1
+    #: What ``restart_database`` restarts (PostgreSQL only): by default the machine's cluster.
+    postgres_server: postgres.Server = field(default_factory=postgres.SharedCluster)
 
 
 class ChaosCluster:
@@ -317,7 +319,7 @@ class ChaosCluster:
         in_flight = await self.in_flight()
         if self.is_postgres:
             self._record("PostgreSQL restart", "pg_ctlcluster restart", in_flight)
-            await asyncio.to_thread(postgres.restart)
+            await asyncio.to_thread(self.settings.postgres_server.restart)
         else:
             self._record("SQLite write lock held", f"{sqlite_lock_seconds:.0f}s", in_flight)
             await asyncio.to_thread(self._hold_sqlite_write_lock, sqlite_lock_seconds)

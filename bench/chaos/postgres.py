@@ -1,18 +1,22 @@
-"""The local PostgreSQL server as a fault to inject: restart it, kill connections, bring it back.
+"""A PostgreSQL server as a fault to inject: restart it, kill connections, bring it back.
 
-The server is a Debian-style cluster driven by ``pg_ctlcluster`` (as root or the
-``postgres`` user); which one is ``$CONVEYOR_CHAOS_PG_CLUSTER`` (e.g. ``"15 main"``),
-else the only version under ``/etc/postgresql`` with the cluster ``main``. Whatever
-happens, :func:`ensure_running` must leave it accepting connections: other tests
-and engineers share it.
+Two kinds of server. The soak (``make chaos``) restarts the machine's Debian-style
+cluster, driven by ``pg_ctlcluster`` (as root or the ``postgres`` user); which one is
+``$CONVEYOR_CHAOS_PG_CLUSTER`` (e.g. ``"15 main"``), else the only version under
+``/etc/postgresql`` with the cluster ``main``; whatever happens, :func:`ensure_running`
+leaves it accepting connections. The test suite restarts a :class:`PrivateServer` of its
+own instead: restarting the shared server would break every other test run on the machine.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
@@ -51,9 +55,78 @@ def _pg_ctlcluster(action: str) -> None:
         ) from None
 
 
-def restart() -> None:
-    """Restart the server: every connection breaks, and it is down for a moment."""
-    _pg_ctlcluster("restart")
+class Server(Protocol):
+    """A PostgreSQL server the chaos cluster may restart."""
+
+    def restart(self) -> None:
+        """Restart the server: every connection breaks, and it is down for a moment."""
+
+
+class SharedCluster:
+    """The machine's cluster (``pg_ctlcluster``): what ``make chaos`` runs against."""
+
+    def restart(self) -> None:
+        _pg_ctlcluster("restart")
+
+
+class PrivateServer:
+    """A throwaway PostgreSQL server in ``directory`` (which exists) on a free port.
+
+    ``initdb`` and ``pg_ctl`` refuse to run as root, so as root they run as the
+    ``postgres`` user, who must be able to reach ``directory``. Trust authentication,
+    loopback only, no fsync: it holds test data only.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.data = directory / "data"
+        self.port = _free_port()
+        self.bin = _postgres_bin()
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> None:
+        if not self.data.exists():
+            if os.geteuid() == 0:
+                shutil.chown(self.directory, "postgres", "postgres")
+            self._run("initdb", "--auth=trust", "--username=postgres", "--no-sync", "-D", str(self.data))
+        self._pg_ctl("start", "-w", "-l", str(self.directory / "server.log"))
+
+    def restart(self) -> None:
+        self._pg_ctl("restart", "-w", "-m", "fast", "-l", str(self.directory / "server.log"))
+
+    def stop(self) -> None:
+        self._pg_ctl("stop", "-w", "-m", "immediate")
+
+    def _pg_ctl(self, action: str, *arguments: str) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", action, "-D", str(self.data), "-o", options, *arguments)
+
+    def _run(self, program: str, *arguments: str) -> None:
+        command = [str(self.bin / program), *arguments]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=120)
+        except subprocess.CalledProcessError as error:
+            raise ConfigurationError(
+                f"{' '.join(command)} failed: {error.stderr.decode(errors='replace').strip()}"
+            ) from None
+
+
+def _postgres_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not candidates:
+        raise ConfigurationError("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin (initdb)")
+    return candidates[-1].parent
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def accepting(url: str) -> bool:

@@ -93,7 +93,8 @@ def fill(database: Database, finished: int, unclaimable: int, claimable: int) ->
         _series(
             dialect,
             finished,
-            "INSERT INTO workflows (id, name, status, shard, args, created_at, completed_at, step_count) "
+            "INSERT INTO conveyor_workflows (id, name, status, shard, args, created_at, completed_at, "
+            "step_count) "
             f"SELECT 'done-' || {text}, 'research', "
             "CASE x % 20 WHEN 0 THEN 'failed' WHEN 1 THEN 'cancelled' ELSE 'completed' END, "
             f"x % {SHARDS}, '{{}}', x, x + 1, 1 FROM numbers",
@@ -101,33 +102,34 @@ def fill(database: Database, finished: int, unclaimable: int, claimable: int) ->
         _series(
             dialect,
             finished,
-            "INSERT INTO steps (workflow_id, number, kind, name, args, status, result, attempt, "
+            "INSERT INTO conveyor_steps (workflow_id, number, kind, name, args, status, result, attempt, "
             f"created_at, completed_at) SELECT 'done-' || {text}, 0, 'llm', 'call', '{{}}', 'completed', "
             "'\"ok\"', 1, x, x + 1 FROM numbers",
         ),
         _series(
             dialect,
             running,
-            "INSERT INTO workflows (id, name, status, shard, args, created_at, step_count) "
+            "INSERT INTO conveyor_workflows (id, name, status, shard, args, created_at, step_count) "
             f"SELECT 'live-' || {text}, 'research', 'running', x % {SHARDS}, '{{}}', {finished} + x, 1 "
             "FROM numbers",
         ),
         _series(
             dialect,
             running,
-            "INSERT INTO steps (workflow_id, number, kind, name, args, status, attempt, created_at) "
+            "INSERT INTO conveyor_steps (workflow_id, number, kind, name, args, status, attempt, created_at) "
             f"SELECT 'live-' || {text}, 0, 'llm', 'call', '{{}}', 'running', 0, {finished} + x "
             "FROM numbers",
         ),
-        "INSERT INTO tasks (id, shard, workflow_created_at, workflow_id, kind, attempt, max_attempts, "
+        "INSERT INTO conveyor_tasks (id, shard, workflow_created_at, workflow_id, kind, attempt, "
+        "max_attempts, "
         "initial_backoff, backoff_multiplier, max_backoff, rate_limit_waits, max_rate_limit_waits, "
         "available_at, delayed, claimed_by, claimed_at, fencing_token) "
         f"SELECT s.id, w.shard, w.created_at, w.id, CASE WHEN {sort} = 2 THEN 'unserved' ELSE 'llm' END, "
         "1, 5, 1.0, 2.0, 60.0, 0, 3, "
         f"CASE WHEN {sort} = 1 THEN {NOW * 2} ELSE 0 END, CASE WHEN {sort} = 1 THEN 1 ELSE 0 END, "
         f"CASE WHEN {sort} = 0 THEN 'busy-executor' END, CASE WHEN {sort} = 0 THEN 0 END, 1 "
-        "FROM steps s JOIN workflows w ON w.id = s.workflow_id WHERE s.status = 'running'",
-        f"INSERT INTO cluster (id, shard_count, epoch, created_at) VALUES (1, {SHARDS}, 1, 0)",
+        "FROM conveyor_steps s JOIN conveyor_workflows w ON w.id = s.workflow_id WHERE s.status = 'running'",
+        f"INSERT INTO conveyor_cluster (id, shard_count, epoch, created_at) VALUES (1, {SHARDS}, 1, 0)",
     ]
     with database.writer.begin() as connection:
         for statement in statements:

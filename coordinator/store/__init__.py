@@ -7,6 +7,7 @@ database's reader pool from worker threads.
 from .database import ClusterFacts, Database
 from .diagnosis import ShardDepth, Violation
 from .executors import ExecutorRecords
+from .namespace import PREFIX, VERSION_TABLE, owns_table
 from .queue import AttemptOutcome, ClaimedTask, Disposition, RecordOutcome, ReportedResult, TaskQueue
 from .replays import ReplayBatchOutcome, ReplayQueue
 from .timers import Timers
@@ -14,6 +15,8 @@ from .workflows import Started, StartRequest, StepRecord, WorkflowRecord, Workfl
 from .writer import Writer
 
 __all__ = [
+    "PREFIX",
+    "VERSION_TABLE",
     "AttemptOutcome",
     "ClaimedTask",
     "ClusterFacts",
@@ -35,4 +38,5 @@ __all__ = [
     "WorkflowSelection",
     "Workflows",
     "Writer",
+    "owns_table",
 ]

@@ -1,4 +1,4 @@
-"""The triggers that keep ``workflow_counts`` equal to ``SELECT name, status, count(*) FROM workflows``.
+"""The triggers that keep ``conveyor_workflow_counts`` equal to counting ``conveyor_workflows``.
 
 Counting ``workflows`` itself reads every row (an index holds them all too), and
 ``CountWorkflows`` and ``Diagnose`` count every few seconds; with a million finished
@@ -6,45 +6,51 @@ workflows that is most of the database's work. Triggers, rather than code in eac
 write path, keep the counts right for every statement that inserts, re-statuses or
 deletes a workflow, in its own transaction, including ones added later. The DDL lives
 here, in one place per dialect; migration 0003 runs it through :func:`create_triggers`
-and :func:`drop_triggers`.
+and :func:`drop_triggers`, and migration 0006 moves them to the prefixed names
+(:mod:`conveyor.coordinator.store.namespace`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy.engine import Connection
 
-# SQLite: row-level triggers; SQLite updates a row in place, so each costs one lookup.
-_SQLITE_UPSERT = (
-    "INSERT INTO workflow_counts (name, status, total) VALUES (NEW.name, NEW.status, 1) "
-    "ON CONFLICT (name, status) DO UPDATE SET total = total + 1;"
-)
-_SQLITE_DECREMENT = (
-    "UPDATE workflow_counts SET total = total - 1 WHERE name = OLD.name AND status = OLD.status;"
-)
+from .namespace import PREFIX
 
-SQLITE_TRIGGERS = {
-    "trg_workflows_count_insert": (
-        f"CREATE TRIGGER trg_workflows_count_insert AFTER INSERT ON workflows BEGIN {_SQLITE_UPSERT} END"
-    ),
-    "trg_workflows_count_update": (
-        "CREATE TRIGGER trg_workflows_count_update AFTER UPDATE OF name, status ON workflows "
-        "WHEN OLD.status IS NOT NEW.status OR OLD.name IS NOT NEW.name "
-        f"BEGIN {_SQLITE_DECREMENT} {_SQLITE_UPSERT} END"
-    ),
-    "trg_workflows_count_delete": (
-        f"CREATE TRIGGER trg_workflows_count_delete AFTER DELETE ON workflows BEGIN {_SQLITE_DECREMENT} END"
-    ),
-}
+
+def _sqlite_triggers(prefix: str) -> dict[str, str]:
+    """SQLite: row-level triggers; SQLite updates a row in place, so each costs one lookup."""
+    workflows, counts = f"{prefix}workflows", f"{prefix}workflow_counts"
+    upsert = (
+        f"INSERT INTO {counts} (name, status, total) VALUES (NEW.name, NEW.status, 1) "
+        "ON CONFLICT (name, status) DO UPDATE SET total = total + 1;"
+    )
+    decrement = f"UPDATE {counts} SET total = total - 1 WHERE name = OLD.name AND status = OLD.status;"
+    return {
+        f"{prefix}trg_workflows_count_insert": (
+            f"CREATE TRIGGER {prefix}trg_workflows_count_insert AFTER INSERT ON {workflows} "
+            f"BEGIN {upsert} END"
+        ),
+        f"{prefix}trg_workflows_count_update": (
+            f"CREATE TRIGGER {prefix}trg_workflows_count_update AFTER UPDATE OF name, status ON {workflows} "
+            "WHEN OLD.status IS NOT NEW.status OR OLD.name IS NOT NEW.name "
+            f"BEGIN {decrement} {upsert} END"
+        ),
+        f"{prefix}trg_workflows_count_delete": (
+            f"CREATE TRIGGER {prefix}trg_workflows_count_delete AFTER DELETE ON {workflows} "
+            f"BEGIN {decrement} END"
+        ),
+    }
+
 
 # PostgreSQL: statement-level triggers over transition tables, one upsert per (name, status)
 # per statement. Row-level ones updated one counter row once per workflow, and within one
 # transaction each update walks the row's growing chain of versions: quadratic, minutes
 # for a statement that inserts or cancels 100,000 workflows.
 _POSTGRES_APPLY = """
-    INSERT INTO workflow_counts (name, status, total)
+    INSERT INTO {counts} (name, status, total)
     SELECT name, status, sum(delta) FROM ({changes}) AS changes
     GROUP BY name, status HAVING sum(delta) <> 0
-    ON CONFLICT (name, status) DO UPDATE SET total = workflow_counts.total + EXCLUDED.total;
+    ON CONFLICT (name, status) DO UPDATE SET total = {counts}.total + EXCLUDED.total;
 """
 _POSTGRES_CHANGES = {
     "insert": "SELECT name, status, 1 AS delta FROM new_rows",
@@ -57,45 +63,60 @@ _POSTGRES_REFERENCING = {
     "delete": "OLD TABLE AS old_rows",
 }
 
-POSTGRES_FUNCTIONS = {
-    f"conveyor_count_workflows_{event}": (
-        f"CREATE FUNCTION conveyor_count_workflows_{event}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        + _POSTGRES_APPLY.format(changes=changes)
-        + "RETURN NULL; END $$"
+
+def _postgres_functions(prefix: str) -> dict[str, str]:
+    # Named conveyor_... before the prefix too: migration 0006 drops and recreates them.
+    return {
+        f"conveyor_count_workflows_{event}": (
+            f"CREATE FUNCTION conveyor_count_workflows_{event}() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN"
+            + _POSTGRES_APPLY.format(changes=changes, counts=f"{prefix}workflow_counts")
+            + "RETURN NULL; END $$"
+        )
+        for event, changes in _POSTGRES_CHANGES.items()
+    }
+
+
+def _postgres_triggers(prefix: str) -> dict[str, str]:
+    return {
+        f"{prefix}trg_workflows_count_{event}": (
+            f"CREATE TRIGGER {prefix}trg_workflows_count_{event} AFTER {event.upper()} ON {prefix}workflows "
+            f"REFERENCING {referencing} FOR EACH STATEMENT "
+            f"EXECUTE FUNCTION conveyor_count_workflows_{event}()"
+        )
+        for event, referencing in _POSTGRES_REFERENCING.items()
+    }
+
+
+def backfill(prefix: str = PREFIX) -> str:
+    """Counts of the workflows already there when the triggers are created."""
+    return (
+        f"INSERT INTO {prefix}workflow_counts (name, status, total) "
+        f"SELECT name, status, count(*) FROM {prefix}workflows GROUP BY name, status"
     )
-    for event, changes in _POSTGRES_CHANGES.items()
-}
-
-POSTGRES_TRIGGERS = {
-    f"trg_workflows_count_{event}": (
-        f"CREATE TRIGGER trg_workflows_count_{event} AFTER {event.upper()} ON workflows "
-        f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION conveyor_count_workflows_{event}()"
-    )
-    for event, referencing in _POSTGRES_REFERENCING.items()
-}
-
-#: Counts of the workflows already there when the triggers are created.
-BACKFILL = (
-    "INSERT INTO workflow_counts (name, status, total) "
-    "SELECT name, status, count(*) FROM workflows GROUP BY name, status"
-)
 
 
-def create_triggers(connection: Connection) -> None:
+def trigger_names(dialect_name: str, prefix: str = PREFIX) -> list[str]:
+    triggers = _postgres_triggers(prefix) if dialect_name == "postgresql" else _sqlite_triggers(prefix)
+    return list(triggers)
+
+
+def create_triggers(connection: Connection, prefix: str = PREFIX) -> None:
+    """Create the triggers on ``{prefix}workflows`` (``prefix`` is empty before migration 0006)."""
     if connection.dialect.name == "postgresql":
-        statements = [*POSTGRES_FUNCTIONS.values(), *POSTGRES_TRIGGERS.values()]
+        statements = [*_postgres_functions(prefix).values(), *_postgres_triggers(prefix).values()]
     else:
-        statements = list(SQLITE_TRIGGERS.values())
+        statements = list(_sqlite_triggers(prefix).values())
     for statement in statements:
         connection.exec_driver_sql(statement)
 
 
-def drop_triggers(connection: Connection) -> None:
+def drop_triggers(connection: Connection, prefix: str = PREFIX) -> None:
     if connection.dialect.name == "postgresql":
-        for name in POSTGRES_TRIGGERS:
-            connection.exec_driver_sql(f"DROP TRIGGER {name} ON workflows")
-        for name in POSTGRES_FUNCTIONS:
+        for name in _postgres_triggers(prefix):
+            connection.exec_driver_sql(f"DROP TRIGGER {name} ON {prefix}workflows")
+        for name in _postgres_functions(prefix):
             connection.exec_driver_sql(f"DROP FUNCTION {name}()")
     else:
-        for name in SQLITE_TRIGGERS:
+        for name in _sqlite_triggers(prefix):
             connection.exec_driver_sql(f"DROP TRIGGER {name}")

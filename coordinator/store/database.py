@@ -8,12 +8,16 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, func, insert, select
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, column, delete, func, insert, inspect, select, table, text
+from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConfigurationError
 
 from ..clock import now_us
 from .dialect import Dialect, dialect_for
+from .namespace import LEGACY_NAMES_OPTION, LEGACY_VERSION_TABLE, PREFIX, VERSION_TABLE
 from .ownership import DatabaseLock
 from .schema import cluster, workflows
 
@@ -49,11 +53,23 @@ class Database:
         self.reader: Engine = self.dialect.create_engine(writer=False, pool_size=reader_pool_size)
 
     def migrate(self) -> None:
-        """Create or upgrade the schema to the newest migration."""
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
+        """Create or upgrade Conveyor's tables to the newest migration, in one transaction.
+
+        Conveyor's revision lives in ``conveyor_alembic_version``; a database from before
+        that (its revision in ``alembic_version``) has the row moved first, and its objects
+        renamed by migration 0006. An application's own ``alembic_version`` is left alone.
+        """
         with self.writer.connect() as connection, self.dialect.migration_lock(connection):
-            config.attributes["connection"] = connection
+            legacy = adopt_legacy_revision(connection)
+            if legacy is not None:
+                log.info(
+                    "moving Conveyor's revision %s from %s to %s and prefixing its tables with %s",
+                    legacy,
+                    LEGACY_VERSION_TABLE,
+                    VERSION_TABLE,
+                    PREFIX,
+                )
+            config = migration_config(connection, legacy_names=legacy is not None)
             command.upgrade(config, "head")
             connection.commit()
 
@@ -89,3 +105,49 @@ class Database:
     def dispose(self) -> None:
         self.writer.dispose()
         self.reader.dispose()
+
+
+def migration_config(connection: Connection, *, legacy_names: bool = False) -> Config:
+    """Alembic's configuration for running Conveyor's migrations on ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    config.attributes[LEGACY_NAMES_OPTION] = legacy_names
+    return config
+
+
+def adopt_legacy_revision(connection: Connection) -> str | None:
+    """Move Conveyor's revision from ``alembic_version`` to its own version table; returns it.
+
+    Conveyor before its own namespace kept its revision in Alembic's default table, which an
+    application sharing the database also uses. Only a row naming one of Conveyor's own
+    revisions moves; the table is dropped if that leaves it empty, and kept with the
+    application's rows otherwise. None when there is nothing to move (a new database, or
+    one already moved). It runs in the caller's transaction, with the migrations after it,
+    so a failure leaves the database as it was.
+    """
+    inspector = inspect(connection)
+    if inspector.has_table(VERSION_TABLE) or not inspector.has_table(LEGACY_VERSION_TABLE):
+        return None
+    legacy = table(LEGACY_VERSION_TABLE, column("version_num"))
+    ours = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    found = [
+        revision
+        for revision in connection.execute(select(legacy.c.version_num)).scalars()
+        if revision in ours
+    ]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ConfigurationError(
+            f"{LEGACY_VERSION_TABLE} holds several of Conveyor's revisions ({', '.join(sorted(found))}); "
+            "Conveyor's history is linear, so the table was edited by hand. Keep only the newest of "
+            "them and start the coordinator again"
+        )
+    [revision] = found
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    context.stamp(ScriptDirectory(str(MIGRATIONS)), revision)
+    connection.execute(delete(legacy).where(legacy.c.version_num == revision))
+    if connection.execute(select(func.count()).select_from(legacy)).scalar_one() == 0:
+        connection.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
+    return str(revision)

@@ -3,11 +3,15 @@
 Every timestamp is an integer count of microseconds since the Unix epoch (UTC), see
 :mod:`conveyor.coordinator.clock`. Statuses and kinds are the strings of :mod:`conveyor.coordinator.model`.
 
-The migrations under ``migrations/versions`` create exactly these tables; a test
-compares a migrated database with this metadata on both dialects.
+Every name carries the ``conveyor_`` prefix (tables, indexes, constraints; see
+:mod:`conveyor.coordinator.store.namespace`); the Python names drop it. The migrations under
+``migrations/versions`` create exactly these tables; a test compares a migrated database with
+this metadata on both dialects.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -26,13 +30,27 @@ from sqlalchemy import (
 )
 
 from .dialect import AUTOINCREMENT_ID
+from .namespace import PREFIX
 
+
+def _table_stem(_constraint: Any, table: Table) -> str:
+    return table.name.removeprefix(PREFIX)
+
+
+def _referred_stem(constraint: Any, _table: Table) -> str:
+    return str(constraint.elements[0].target_fullname).split(".")[0].removeprefix(PREFIX)
+
+
+#: Every name starts with ``conveyor_`` (see `conveyor.coordinator.store.namespace`): in PostgreSQL,
+#: index and constraint names share one namespace per schema with the application's.
 metadata = MetaData(
     naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
+        "table_stem": _table_stem,
+        "referred_stem": _referred_stem,
+        "ix": f"{PREFIX}ix_%(table_stem)s_%(column_0_N_name)s",
+        "uq": f"{PREFIX}uq_%(table_stem)s_%(column_0_N_name)s",
+        "fk": f"{PREFIX}fk_%(table_stem)s_%(column_0_name)s_%(referred_stem)s",
+        "pk": f"{PREFIX}pk_%(table_stem)s",
     }
 )
 
@@ -41,7 +59,7 @@ NAME_LENGTH = 200
 
 #: One row: facts fixed when the database is created, and the executor epoch.
 cluster = Table(
-    "cluster",
+    f"{PREFIX}cluster",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("shard_count", Integer, nullable=False),
@@ -50,7 +68,7 @@ cluster = Table(
 )
 
 workflows = Table(
-    "workflows",
+    f"{PREFIX}workflows",
     metadata,
     Column("id", String(ID_LENGTH), primary_key=True),
     Column("name", String(NAME_LENGTH), nullable=False),
@@ -73,10 +91,10 @@ workflows = Table(
 
 #: The journal: one row per step a workflow took, numbered from 0.
 steps = Table(
-    "steps",
+    f"{PREFIX}steps",
     metadata,
     Column("id", AUTOINCREMENT_ID, primary_key=True, autoincrement=True),
-    Column("workflow_id", String(ID_LENGTH), ForeignKey("workflows.id"), nullable=False),
+    Column("workflow_id", String(ID_LENGTH), ForeignKey(f"{PREFIX}workflows.id"), nullable=False),
     Column("number", Integer, nullable=False),
     Column("kind", String(16), nullable=False),
     Column("name", String(NAME_LENGTH), nullable=False),
@@ -96,13 +114,13 @@ steps = Table(
     UniqueConstraint("workflow_id", "number"),
     # "Which steps of these workflows are still in progress?" after every result batch.
     Index(
-        "ix_steps_running_workflow_id",
+        f"{PREFIX}ix_steps_running_workflow_id",
         "workflow_id",
         postgresql_where=text("status = 'running'"),
         sqlite_where=text("status = 'running'"),
     ),
     Index(
-        "ix_steps_sleeping_wake_at",
+        f"{PREFIX}ix_steps_sleeping_wake_at",
         "wake_at",
         postgresql_where=text("status = 'running' AND kind = 'sleep'"),
         sqlite_where=text("status = 'running' AND kind = 'sleep'"),
@@ -113,9 +131,9 @@ steps = Table(
 #: Rows stay while the task is queued, claimed or waiting to retry, and are deleted
 #: in the transaction that records the step's final result.
 tasks = Table(
-    "tasks",
+    f"{PREFIX}tasks",
     metadata,
-    Column("id", BigInteger, ForeignKey("steps.id"), primary_key=True, autoincrement=False),
+    Column("id", BigInteger, ForeignKey(f"{PREFIX}steps.id"), primary_key=True, autoincrement=False),
     Column("shard", Integer, nullable=False),
     Column("workflow_created_at", BigInteger, nullable=False),
     Column("workflow_id", String(ID_LENGTH), nullable=False),
@@ -145,14 +163,14 @@ tasks = Table(
     # `conveyor.coordinator.store.queue`). An integer, not a boolean: the partial indexes below
     # compare it with the literal 0/1 that both databases spell the same way.
     Column("delayed", Integer, nullable=False, server_default=text("0")),
-    Index("ix_tasks_fifo", "shard", "workflow_created_at", "id"),
+    Index(f"{PREFIX}ix_tasks_fifo", "shard", "workflow_created_at", "id"),
     # The same order across shards: the claim that falls back to any shard walks it.
     Index(None, "workflow_created_at", "id"),
     # Exactly the claimable tasks, in FIFO order per kind (and per shard): a claim walks
     # only rows it can take, however many tasks are claimed, waiting out a backoff, or of
     # kinds no connected executor serves.
     Index(
-        "ix_tasks_ready_fifo",
+        f"{PREFIX}ix_tasks_ready_fifo",
         "kind",
         "workflow_created_at",
         "id",
@@ -160,7 +178,7 @@ tasks = Table(
         sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
     ),
     Index(
-        "ix_tasks_ready_shard_fifo",
+        f"{PREFIX}ix_tasks_ready_shard_fifo",
         "kind",
         "shard",
         "workflow_created_at",
@@ -171,7 +189,7 @@ tasks = Table(
     # Tasks waiting out a backoff, by when they become claimable: the claim's promotion
     # and the retry timer's "next due" read only the front of it.
     Index(
-        "ix_tasks_delayed_available_at",
+        f"{PREFIX}ix_tasks_delayed_available_at",
         "available_at",
         postgresql_where=text("delayed = 1"),
         sqlite_where=text("delayed = 1"),
@@ -179,7 +197,7 @@ tasks = Table(
     # A lease's tasks (expiry, release, Diagnose's per-executor counts); unclaimed rows,
     # nearly all of them, are left out.
     Index(
-        "ix_tasks_claimed_by",
+        f"{PREFIX}ix_tasks_claimed_by",
         "claimed_by",
         postgresql_where=text("claimed_by IS NOT NULL"),
         sqlite_where=text("claimed_by IS NOT NULL"),
@@ -188,7 +206,7 @@ tasks = Table(
     Index(None, "workflow_id"),
     # Only claimed tasks (at most the executors' total capacity): the deadline sweep's index.
     Index(
-        "ix_tasks_deadline_at",
+        f"{PREFIX}ix_tasks_deadline_at",
         "deadline_at",
         postgresql_where=text("claimed_by IS NOT NULL"),
         sqlite_where=text("claimed_by IS NOT NULL"),
@@ -199,19 +217,19 @@ tasks = Table(
 #: progress has a row here. Inserted in the transaction that finishes its last
 #: running step; deleted in the transaction that replays it.
 replay_queue = Table(
-    "replay_queue",
+    f"{PREFIX}replay_queue",
     metadata,
-    Column("workflow_id", String(ID_LENGTH), ForeignKey("workflows.id"), primary_key=True),
+    Column("workflow_id", String(ID_LENGTH), ForeignKey(f"{PREFIX}workflows.id"), primary_key=True),
     Column("shard", Integer, nullable=False),
     Column("workflow_created_at", BigInteger, nullable=False),
     Column("enqueued_at", BigInteger, nullable=False),
-    Index("ix_replay_queue_fifo", "workflow_created_at", "workflow_id"),
+    Index(f"{PREFIX}ix_replay_queue_fifo", "workflow_created_at", "workflow_id"),
     Index(None, "shard"),
 )
 
 #: Every executor that ever registered, and its last known state.
 executors = Table(
-    "executors",
+    f"{PREFIX}executors",
     metadata,
     Column("id", String(NAME_LENGTH), primary_key=True),
     Column("epoch", BigInteger, nullable=False),
@@ -225,7 +243,7 @@ executors = Table(
 
 #: Which executor leases which shard, per pool of executors serving the same task kinds.
 shard_leases = Table(
-    "shard_leases",
+    f"{PREFIX}shard_leases",
     metadata,
     Column("pool", String(NAME_LENGTH), nullable=False),
     Column("shard", Integer, nullable=False),
@@ -239,7 +257,7 @@ shard_leases = Table(
 #: transaction as every insert, status change and delete, whichever code makes it.
 #: ``CountWorkflows`` and ``Diagnose`` read this instead of counting ``workflows``.
 workflow_counts = Table(
-    "workflow_counts",
+    f"{PREFIX}workflow_counts",
     metadata,
     Column("name", String(NAME_LENGTH), nullable=False),
     Column("status", String(16), nullable=False),
@@ -252,7 +270,7 @@ workflow_counts = Table(
 #: looks for its marker to learn whether the transaction committed, instead of re-running
 #: units that are not idempotent (claims, starts without a key, epoch bumps).
 write_commits = Table(
-    "write_commits",
+    f"{PREFIX}write_commits",
     metadata,
     Column("id", String(32), primary_key=True),
     Column("committed_at", BigInteger, nullable=False),
@@ -261,7 +279,7 @@ write_commits = Table(
 #: One row: the coordinator holding this database's exclusive lock, for the message a
 #: second coordinator refuses to start with (the lock itself is not a row, see database.py).
 coordinator_holder = Table(
-    "coordinator_holder",
+    f"{PREFIX}coordinator_holder",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("host", String(NAME_LENGTH), nullable=False),

@@ -1,9 +1,10 @@
 """The database going away under a running coordinator.
 
 PostgreSQL: the server restarted mid-run, and the coordinator's connections killed
-with ``pg_terminate_backend``. SQLite (one file, no server): another process holds
-the write lock for seconds. Either way the coordinator waits, reconnects and loses
-nothing. PostgreSQL is running again when the test ends, pass or fail (conftest).
+with ``pg_terminate_backend``; the server is a private one of the test's own
+(``restartable_chaos_settings``), so other test runs on the machine are not disturbed.
+SQLite (one file, no server): another process holds the write lock for seconds. Either
+way the coordinator waits, reconnects and loses nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from bench.chaos.workload import Workload
 pytestmark = pytest.mark.slow
 
 
-async def test_a_database_outage_mid_run_loses_nothing(chaos_settings: ChaosSettings) -> None:
+async def test_a_database_outage_mid_run_loses_nothing(restartable_chaos_settings: ChaosSettings) -> None:
     workload = Workload(600, "database")
-    with ChaosCluster(chaos_settings) as chaos:
+    with ChaosCluster(restartable_chaos_settings) as chaos:
         async with chaos.client() as client:
             await workload.start(client)
             await workload.wait_until_finished(client, 100, timeout=120)

@@ -7,7 +7,8 @@ fields hold hostile values (huge, empty, control characters, SQL and path
 fragments, extreme numbers, out-of-range timestamps, unknown enum values, too many
 repeated entries, control characters in every text field, integers of thousands of
 digits and NaN in JSON, page tokens past BIGINT), raw bytes that are not protobuf at
-all, and messages whose integer fields carry wire values beyond their type's range.
+all, and messages whose integer fields carry wire values beyond their type's range;
+and bursts of concurrent hostile Hellos past ``max_executors``.
 Each answer must be OK or a status that blames the request (INVALID_ARGUMENT,
 NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED), never INTERNAL, UNKNOWN or a
 hang; and every refusal leaves the workflow-state tables byte-for-byte what they were.
@@ -39,7 +40,12 @@ from hypothesis import strategies as st
 
 from conveyor import WorkflowContext, workflow
 from conveyor.coordinator.store.schema import workflows
-from conveyor.v1 import admin_service_pb2, executor_service_pb2, workflow_service_pb2
+from conveyor.v1 import (
+    admin_service_pb2,
+    executor_service_pb2,
+    executor_service_pb2_grpc,
+    workflow_service_pb2,
+)
 from support import eventually, registry_of
 from toolkit import MakeStack, execute, replay_rows, snapshot, task_rows
 
@@ -399,6 +405,97 @@ def fuzz_claim_stream(channel: grpc.Channel, plausible: Plausible) -> list[str]:
 
     send()
     return problems
+
+
+# ------------------------------------------------------- concurrent Hellos past the limit
+
+HELLO_LIMIT = 3
+
+
+async def test_concurrent_hostile_hellos_past_max_executors_never_exceed_it(make_stack: MakeStack) -> None:
+    """Bursts of Hellos (hostile fields, many with an id that passes) race ``max_executors``
+    together: at most the limit are ever welcomed, every other answer is a proper refusal,
+    and once the welcomed ones hang up and their leases lapse a new executor gets in."""
+    stack = await make_stack(
+        registry_of(greet), max_executors=HELLO_LIMIT, max_streams_per_connection=64, lease_ttl=1.0
+    )
+    ids = st.one_of(
+        st.text(alphabet="abcdefghij-0123456789", min_size=1, max_size=20),
+        hostile_text(Plausible(texts=("fuzz-executor",), numbers=(1,))),
+    )
+    hellos = st.builds(
+        lambda executor_id, kinds, capacity: executor_service_pb2.ClaimTasksRequest(
+            hello=executor_service_pb2.Hello(executor_id=executor_id, task_kinds=kinds, capacity=capacity)
+        ),
+        ids,
+        st.lists(st.sampled_from(["llm", "nobody-serves-this", "x" * 300]), min_size=1, max_size=3),
+        st.sampled_from([1, 50, 0, -1, 2**31 - 1]),
+    )
+    bursts = st.lists(hellos, min_size=HELLO_LIMIT + 1, max_size=HELLO_LIMIT + 12)
+    problems: list[str] = []
+    loop = asyncio.get_running_loop()
+
+    async def burst(requests: list[Message]) -> None:
+        async with grpc.aio.insecure_channel(stack.server.address) as channel:
+            stub = executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"]
+            claim = channel.stream_stream(
+                path_of(stub.methods_by_name["ClaimTasks"]),
+                request_serializer=executor_service_pb2.ClaimTasksRequest.SerializeToString,
+                response_deserializer=executor_service_pb2.ClaimTasksResponse.FromString,
+            )
+            calls = [claim() for _ in requests]
+            await asyncio.gather(
+                *(call.write(request) for call, request in zip(calls, requests, strict=True))
+            )
+            answers = await asyncio.gather(*(_first_answer(call) for call in calls))
+            registered = len(stack.coordinator.sessions)
+            if registered > HELLO_LIMIT:
+                problems.append(f"{registered} executor sessions against max_executors={HELLO_LIMIT}")
+            # A Hello for an id already connected replaces that session: count ids, not answers.
+            welcomed = {r.hello.executor_id for r, a in zip(requests, answers, strict=True) if a == "welcome"}
+            if len(welcomed) > HELLO_LIMIT:
+                problems.append(f"{sorted(welcomed)} welcomed against max_executors={HELLO_LIMIT}")
+            wrong = [a for a in answers if a != "welcome" and a not in {c.name for c in PROPER_STATUSES}]
+            if wrong:
+                problems.append(f"answers {sorted(set(wrong))} to {[_show(r) for r in requests]}")
+            for call in calls:
+                call.cancel()
+        # Hung up: the sessions disconnect, and are forgotten once their leases lapse.
+        await eventually(lambda: len(stack.coordinator.sessions) == 0, timeout=60)
+
+    @settings(
+        max_examples=max(5, EXAMPLES_PER_METHOD // 3),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(requests=bursts)
+    def send(requests: list[Message]) -> None:
+        asyncio.run_coroutine_threadsafe(burst(requests), loop).result(timeout=120)
+
+    await asyncio.to_thread(send)
+    assert problems == []
+    # A new executor is still welcomed: nothing the bursts left holds a slot.
+    async with grpc.aio.insecure_channel(stack.server.address) as channel:
+        call = executor_service_pb2_grpc.ExecutorServiceStub(channel).ClaimTasks()
+        await call.write(
+            executor_service_pb2.ClaimTasksRequest(
+                hello=executor_service_pb2.Hello(
+                    executor_id="after-the-bursts", task_kinds=["llm"], capacity=1
+                )
+            )
+        )
+        assert await _first_answer(call) == "welcome"
+        call.cancel()
+
+
+async def _first_answer(call: Any) -> str:
+    """``welcome`` (or the first message's kind), or the status the stream ended with."""
+    try:
+        async with asyncio.timeout(CALL_TIMEOUT):
+            return str((await call.read()).WhichOneof("message"))
+    except grpc.aio.AioRpcError as error:
+        return str(error.code().name)
 
 
 def _show(request: Message | bytes) -> str:

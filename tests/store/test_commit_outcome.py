@@ -88,7 +88,9 @@ async def test_a_batch_whose_commit_broke_is_applied_exactly_once(
         # The writer still works afterwards, and the marker table stays tiny.
         assert await writer.run(ExecutorRecords.bump_epoch, "bump epoch") == before + 4
         with database.reader.connect() as connection:
-            assert connection.execute(sa.text("SELECT count(*) FROM write_commits")).scalar_one() == 1
+            assert (
+                connection.execute(sa.text("SELECT count(*) FROM conveyor_write_commits")).scalar_one() == 1
+            )
     finally:
         breaker.restore()
         await writer.stop()

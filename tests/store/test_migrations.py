@@ -18,6 +18,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from conveyor.coordinator.store.database import DEFAULT_SHARD_COUNT, MIGRATIONS, ClusterFacts, Database
+from conveyor.coordinator.store.namespace import VERSION_TABLE
 from conveyor.coordinator.store.schema import cluster, metadata, workflows
 from conveyor.errors import ConfigurationError
 
@@ -37,7 +38,9 @@ def script_directory() -> ScriptDirectory:
 
 def schema_differences(db: Database) -> list[Any]:
     with db.writer.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "version_table": VERSION_TABLE}
+        )
         return list(compare_metadata(context, metadata))
 
 
@@ -77,7 +80,9 @@ def schema_predicates() -> dict[str, str]:
 
 def current_revision(db: Database) -> str | None:
     with db.writer.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        return MigrationContext.configure(
+            connection, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
 
 
 # --- the migration chain ------------------------------------------------------------------------

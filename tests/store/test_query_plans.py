@@ -271,12 +271,16 @@ def test_the_claim_walks_only_claimable_tasks(database: Database, shards: str) -
 
     assert claimed  # the claim ran and took tasks, so its statements are the ones a claim sends
     for plan in plans:
-        assert "tasks" not in plan.full_scans, describe(plans)
+        assert "conveyor_tasks" not in plan.full_scans, describe(plans)
     [claim] = [plan for plan in plans if "claimable" in plan.sql]
-    assert claim.indexes & {"ix_tasks_ready_fifo", "ix_tasks_ready_shard_fifo"}, describe(plans)
-    assert not claim.indexes & {"ix_tasks_fifo", "ix_tasks_workflow_created_at_id", "ix_tasks_claimed_by"}, (
-        describe(plans)
+    assert claim.indexes & {"conveyor_ix_tasks_ready_fifo", "conveyor_ix_tasks_ready_shard_fifo"}, describe(
+        plans
     )
+    assert not claim.indexes & {
+        "conveyor_ix_tasks_fifo",
+        "conveyor_ix_tasks_workflow_created_at_id",
+        "conveyor_ix_tasks_claimed_by",
+    }, describe(plans)
 
 
 def test_the_backoff_timer_reads_only_delayed_tasks(database: Database) -> None:
@@ -287,7 +291,7 @@ def test_the_backoff_timer_reads_only_delayed_tasks(database: Database) -> None:
 
     assert found == [NOW + 60_000_000]
     [plan] = plans
-    assert "ix_tasks_delayed_available_at" in plan.indexes, describe(plans)
+    assert "conveyor_ix_tasks_delayed_available_at" in plan.indexes, describe(plans)
     assert not plan.full_scans, describe(plans)
 
 
@@ -304,7 +308,7 @@ def test_diagnose_never_reads_every_workflow_or_step(database: Database) -> None
 
     assert violations == []  # the data is consistent: the checks ran to the end
     for plan in plans:
-        assert not plan.full_scans & {"workflows", "steps"}, describe(plans)
+        assert not plan.full_scans & {"conveyor_workflows", "conveyor_steps"}, describe(plans)
 
 
 def test_diagnose_reports_a_finished_workflow_with_a_task(database: Database) -> None:
@@ -339,9 +343,16 @@ def test_cancelling_a_workflow_reads_its_rows_by_key(database: Database) -> None
 
     assert cancelled == [workflow_id]
     for plan in plans:
-        assert not plan.full_scans & {"workflows", "steps", "tasks", "replay_queue"}, describe(plans)
-    [delete_tasks] = [plan for plan in plans if plan.sql.lstrip().upper().startswith("DELETE FROM TASKS")]
-    assert "ix_tasks_workflow_id" in delete_tasks.indexes, describe(plans)
+        assert not plan.full_scans & {
+            "conveyor_workflows",
+            "conveyor_steps",
+            "conveyor_tasks",
+            "conveyor_replay_queue",
+        }, describe(plans)
+    [delete_tasks] = [
+        plan for plan in plans if plan.sql.lstrip().upper().startswith("DELETE FROM CONVEYOR_TASKS")
+    ]
+    assert "conveyor_ix_tasks_workflow_id" in delete_tasks.indexes, describe(plans)
 
 
 def test_counting_workflows_by_status_reads_no_table_whole(database: Database) -> None:
@@ -358,4 +369,4 @@ def test_counting_workflows_by_status_reads_no_table_whole(database: Database) -
         }
     ]
     for plan in plans:
-        assert "workflows" not in plan.full_scans, describe(plans)
+        assert "conveyor_workflows" not in plan.full_scans, describe(plans)

@@ -8,7 +8,16 @@ this directory for the HTTP control endpoints and the stats it keeps.
 
 from .config import SimulatorConfig
 from .latency import LatencyDistribution, parse_latency
+from .messages import MessagesRequest, Responder
 from .server import Simulator
 from .threaded import run_in_thread
 
-__all__ = ["LatencyDistribution", "Simulator", "SimulatorConfig", "parse_latency", "run_in_thread"]
+__all__ = [
+    "LatencyDistribution",
+    "MessagesRequest",
+    "Responder",
+    "Simulator",
+    "SimulatorConfig",
+    "parse_latency",
+    "run_in_thread",
+]

@@ -26,6 +26,7 @@ from .latency import LatencyDistribution, parse_latency
 from .messages import (
     InvalidRequest,
     MessagesRequest,
+    Responder,
     estimate_input_tokens,
     make_reply,
     message_body,
@@ -51,8 +52,10 @@ class SimulatorApp:
     marshals calls from other threads.
     """
 
-    def __init__(self, config: SimulatorConfig) -> None:
+    def __init__(self, config: SimulatorConfig, responder: Responder | None = None) -> None:
         self.config = config
+        #: Picks each reply's text in place of ``config.reply`` (see :data:`Responder`).
+        self.responder = responder
         self.stats = Stats()
         self.connections: set[HttpConnection] = set()
         self._latency: LatencyDistribution = parse_latency(config.latency)
@@ -176,7 +179,16 @@ class SimulatorApp:
             )
             self.stats.by_status[status] += 1
             return self._error(status, error_type, message, self._limiter.headers())
-        reply = make_reply(request, self.config.fixed_reply)
+        try:
+            text = self.responder(request) if self.responder is not None else None
+        except Exception as error:
+            # A scripted test's responder is test code: show its failure as the API's 500,
+            # which the caller sees (and retries), and in the log with its traceback.
+            logger.exception("the simulator's responder raised for %r", request.prompt[:200])
+            self._limiter.refund_output(request.max_tokens)
+            self.stats.by_status[500] += 1
+            return self._error(500, "api_error", f"the simulator's responder raised: {error!r}")
+        reply = make_reply(request, self.config.fixed_reply if text is None else text)
         self._limiter.refund_output(request.max_tokens - reply.output_tokens)
         body = message_body(f"msg_sim_{self._next_id()}", request, reply, input_tokens)
         if fault == "truncate":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ __all__ = [
     "InvalidRequest",
     "MessagesRequest",
     "Reply",
+    "Responder",
     "estimate_input_tokens",
     "make_reply",
     "message_body",
@@ -43,6 +45,16 @@ class MessagesRequest:
     messages: tuple[tuple[str, str], ...]
     #: The decoded request body, kept to recognise repeated requests.
     body: dict[str, Any]
+
+    @property
+    def prompt(self) -> str:
+        """The text of the last user message: what ``echo`` answers with."""
+        return next((text for role, text in reversed(self.messages) if role == "user"), "")
+
+
+#: Chooses the reply text for a request (tests script the LLM with one); ``None`` falls
+#: back to the configured ``reply`` (echo or fixed text).
+Responder = Callable[[MessagesRequest], "str | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +107,7 @@ def estimate_input_tokens(request: MessagesRequest) -> int:
 def make_reply(request: MessagesRequest, fixed_text: str | None) -> Reply:
     """Echo the last user message (or use ``fixed_text``), cut to ``max_tokens``."""
     if fixed_text is None:
-        fixed_text = next((text for role, text in reversed(request.messages) if role == "user"), "")
+        fixed_text = request.prompt
     limit = request.max_tokens * _CHARS_PER_TOKEN
     truncated = len(fixed_text) > limit
     text = fixed_text[:limit] if truncated else fixed_text

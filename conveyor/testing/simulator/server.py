@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from .app import SimulatorApp
 from .config import SimulatorConfig
 from .http11 import HttpConnection
+from .messages import Responder
 
 __all__ = ["Simulator"]
 
@@ -33,8 +34,15 @@ class Simulator:
     thread: off the event loop they are run on it and waited for.
     """
 
-    def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._app = SimulatorApp(config or SimulatorConfig())
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        responder: Responder | None = None,
+    ) -> None:
+        self._app = SimulatorApp(config or SimulatorConfig(), responder)
         self._host = host
         self._requested_port = port
         self._server: asyncio.Server | None = None
@@ -95,6 +103,15 @@ class Simulator:
     @property
     def config(self) -> SimulatorConfig:
         return self._app.config
+
+    @property
+    def responder(self) -> Responder | None:
+        """What picks each reply's text (None: the config's ``reply``); settable while running."""
+        return self._app.responder
+
+    @responder.setter
+    def responder(self, responder: Responder | None) -> None:
+        self._app.responder = responder
 
     def stats(self) -> dict[str, Any]:
         """Counters, as served by ``GET /_sim/stats``."""

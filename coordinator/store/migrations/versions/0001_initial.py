@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from conveyor.coordinator.store.dialect import AUTOINCREMENT_ID
+from conveyor.coordinator.store.namespace import migration_name as named
 
 revision = "0001"
 down_revision = None
@@ -23,15 +24,15 @@ SLEEPING = sa.text("status = 'running' AND kind = 'sleep'")
 
 def upgrade() -> None:
     op.create_table(
-        "cluster",
+        named("cluster"),
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("shard_count", sa.Integer(), nullable=False),
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("created_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_cluster"),
+        sa.PrimaryKeyConstraint("id", name=named("pk_cluster")),
     )
     op.create_table(
-        "workflows",
+        named("workflows"),
         sa.Column("id", sa.String(64), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
@@ -43,15 +44,15 @@ def upgrade() -> None:
         sa.Column("created_at", sa.BigInteger(), nullable=False),
         sa.Column("completed_at", sa.BigInteger(), nullable=True),
         sa.Column("step_count", sa.Integer(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_workflows"),
-        sa.UniqueConstraint("idempotency_key", name="uq_workflows_idempotency_key"),
+        sa.PrimaryKeyConstraint("id", name=named("pk_workflows")),
+        sa.UniqueConstraint("idempotency_key", name=named("uq_workflows_idempotency_key")),
     )
-    op.create_index("ix_workflows_created_at", "workflows", ["created_at"])
-    op.create_index("ix_workflows_status_created_at", "workflows", ["status", "created_at"])
-    op.create_index("ix_workflows_name_created_at", "workflows", ["name", "created_at"])
+    op.create_index(named("ix_workflows_created_at"), named("workflows"), ["created_at"])
+    op.create_index(named("ix_workflows_status_created_at"), named("workflows"), ["status", "created_at"])
+    op.create_index(named("ix_workflows_name_created_at"), named("workflows"), ["name", "created_at"])
 
     op.create_table(
-        "steps",
+        named("steps"),
         sa.Column("id", AUTOINCREMENT_ID, nullable=False, autoincrement=True),
         sa.Column("workflow_id", sa.String(64), nullable=False),
         sa.Column("number", sa.Integer(), nullable=False),
@@ -68,23 +69,29 @@ def upgrade() -> None:
         sa.Column("wake_at", sa.BigInteger(), nullable=True),
         sa.Column("executor_id", sa.String(200), nullable=True),
         sa.Column("result_token", sa.BigInteger(), nullable=True),
-        sa.ForeignKeyConstraint(["workflow_id"], ["workflows.id"], name="fk_steps_workflow_id_workflows"),
-        sa.PrimaryKeyConstraint("id", name="pk_steps"),
-        sa.UniqueConstraint("workflow_id", "number", name="uq_steps_workflow_id_number"),
+        sa.ForeignKeyConstraint(
+            ["workflow_id"], [named("workflows") + ".id"], name=named("fk_steps_workflow_id_workflows")
+        ),
+        sa.PrimaryKeyConstraint("id", name=named("pk_steps")),
+        sa.UniqueConstraint("workflow_id", "number", name=named("uq_steps_workflow_id_number")),
     )
     op.create_index(
-        "ix_steps_running_workflow_id",
-        "steps",
+        named("ix_steps_running_workflow_id"),
+        named("steps"),
         ["workflow_id"],
         postgresql_where=RUNNING,
         sqlite_where=RUNNING,
     )
     op.create_index(
-        "ix_steps_sleeping_wake_at", "steps", ["wake_at"], postgresql_where=SLEEPING, sqlite_where=SLEEPING
+        named("ix_steps_sleeping_wake_at"),
+        named("steps"),
+        ["wake_at"],
+        postgresql_where=SLEEPING,
+        sqlite_where=SLEEPING,
     )
 
     op.create_table(
-        "tasks",
+        named("tasks"),
         sa.Column("id", sa.BigInteger(), nullable=False, autoincrement=False),
         sa.Column("shard", sa.Integer(), nullable=False),
         sa.Column("workflow_created_at", sa.BigInteger(), nullable=False),
@@ -103,28 +110,30 @@ def upgrade() -> None:
         sa.Column("claimed_at", sa.BigInteger(), nullable=True),
         sa.Column("fencing_token", sa.BigInteger(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(["id"], ["steps.id"], name="fk_tasks_id_steps"),
-        sa.PrimaryKeyConstraint("id", name="pk_tasks"),
+        sa.ForeignKeyConstraint(["id"], [named("steps") + ".id"], name=named("fk_tasks_id_steps")),
+        sa.PrimaryKeyConstraint("id", name=named("pk_tasks")),
     )
-    op.create_index("ix_tasks_fifo", "tasks", ["shard", "workflow_created_at", "id"])
-    op.create_index("ix_tasks_claimed_by", "tasks", ["claimed_by"])
+    op.create_index(named("ix_tasks_fifo"), named("tasks"), ["shard", "workflow_created_at", "id"])
+    op.create_index(named("ix_tasks_claimed_by"), named("tasks"), ["claimed_by"])
 
     op.create_table(
-        "replay_queue",
+        named("replay_queue"),
         sa.Column("workflow_id", sa.String(64), nullable=False),
         sa.Column("shard", sa.Integer(), nullable=False),
         sa.Column("workflow_created_at", sa.BigInteger(), nullable=False),
         sa.Column("enqueued_at", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["workflow_id"], ["workflows.id"], name="fk_replay_queue_workflow_id_workflows"
+            ["workflow_id"], [named("workflows") + ".id"], name=named("fk_replay_queue_workflow_id_workflows")
         ),
-        sa.PrimaryKeyConstraint("workflow_id", name="pk_replay_queue"),
+        sa.PrimaryKeyConstraint("workflow_id", name=named("pk_replay_queue")),
     )
-    op.create_index("ix_replay_queue_fifo", "replay_queue", ["workflow_created_at", "workflow_id"])
-    op.create_index("ix_replay_queue_shard", "replay_queue", ["shard"])
+    op.create_index(
+        named("ix_replay_queue_fifo"), named("replay_queue"), ["workflow_created_at", "workflow_id"]
+    )
+    op.create_index(named("ix_replay_queue_shard"), named("replay_queue"), ["shard"])
 
     op.create_table(
-        "executors",
+        named("executors"),
         sa.Column("id", sa.String(200), nullable=False),
         sa.Column("epoch", sa.BigInteger(), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
@@ -133,18 +142,18 @@ def upgrade() -> None:
         sa.Column("peer", sa.String(200), nullable=False),
         sa.Column("connected_at", sa.BigInteger(), nullable=False),
         sa.Column("last_heartbeat_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_executors"),
+        sa.PrimaryKeyConstraint("id", name=named("pk_executors")),
     )
     op.create_table(
-        "shard_leases",
+        named("shard_leases"),
         sa.Column("pool", sa.String(200), nullable=False),
         sa.Column("shard", sa.Integer(), nullable=False),
         sa.Column("executor_id", sa.String(200), nullable=False),
         sa.Column("assigned_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("pool", "shard", name="pk_shard_leases"),
+        sa.PrimaryKeyConstraint("pool", "shard", name=named("pk_shard_leases")),
     )
 
 
 def downgrade() -> None:
     for table in ("shard_leases", "executors", "replay_queue", "tasks", "steps", "workflows", "cluster"):
-        op.drop_table(table)
+        op.drop_table(named(table))

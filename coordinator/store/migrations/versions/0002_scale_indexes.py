@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from conveyor.coordinator.store.namespace import migration_name as named
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -23,10 +25,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_workflows_name_status", "workflows", ["name", "status"])
-    op.create_index("ix_tasks_workflow_created_at_id", "tasks", ["workflow_created_at", "id"])
+    op.create_index(named("ix_workflows_name_status"), named("workflows"), ["name", "status"])
+    op.create_index(named("ix_tasks_workflow_created_at_id"), named("tasks"), ["workflow_created_at", "id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_tasks_workflow_created_at_id", table_name="tasks")
-    op.drop_index("ix_workflows_name_status", table_name="workflows")
+    op.drop_index(named("ix_tasks_workflow_created_at_id"), table_name=named("tasks"))
+    op.drop_index(named("ix_workflows_name_status"), table_name=named("workflows"))

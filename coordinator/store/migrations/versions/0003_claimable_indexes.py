@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from conveyor.coordinator.store import counts
+from conveyor.coordinator.store.namespace import migration_name as named
 
 revision = "0003"
 down_revision = "0002"
@@ -38,66 +39,67 @@ READY = "claimed_by IS NULL AND delayed = 0"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tasks") as batch:
+    with op.batch_alter_table(named("tasks")) as batch:
         batch.add_column(sa.Column("delayed", sa.Integer(), nullable=False, server_default=sa.text("0")))
     # Tasks already waiting out a backoff keep waiting: the claim promotes them when due.
     now_us = int(time.time() * 1_000_000)
     op.execute(
-        sa.text("UPDATE tasks SET delayed = 1 WHERE claimed_by IS NULL AND available_at > :now").bindparams(
-            now=now_us
-        )
+        sa.text(
+            f"UPDATE {named('tasks')} SET delayed = 1 WHERE claimed_by IS NULL AND available_at > :now"
+        ).bindparams(now=now_us)
     )
     op.create_index(
-        "ix_tasks_ready_fifo",
-        "tasks",
+        named("ix_tasks_ready_fifo"),
+        named("tasks"),
         ["kind", "workflow_created_at", "id"],
         postgresql_where=sa.text(READY),
         sqlite_where=sa.text(READY),
     )
     op.create_index(
-        "ix_tasks_ready_shard_fifo",
-        "tasks",
+        named("ix_tasks_ready_shard_fifo"),
+        named("tasks"),
         ["kind", "shard", "workflow_created_at", "id"],
         postgresql_where=sa.text(READY),
         sqlite_where=sa.text(READY),
     )
     op.create_index(
-        "ix_tasks_delayed_available_at",
-        "tasks",
+        named("ix_tasks_delayed_available_at"),
+        named("tasks"),
         ["available_at"],
         postgresql_where=sa.text("delayed = 1"),
         sqlite_where=sa.text("delayed = 1"),
     )
-    op.drop_index("ix_tasks_claimed_by", table_name="tasks")
+    op.drop_index(named("ix_tasks_claimed_by"), table_name=named("tasks"))
     op.create_index(
-        "ix_tasks_claimed_by",
-        "tasks",
+        named("ix_tasks_claimed_by"),
+        named("tasks"),
         ["claimed_by"],
         postgresql_where=sa.text("claimed_by IS NOT NULL"),
         sqlite_where=sa.text("claimed_by IS NOT NULL"),
     )
-    op.create_index("ix_tasks_workflow_id", "tasks", ["workflow_id"])
+    op.create_index(named("ix_tasks_workflow_id"), named("tasks"), ["workflow_id"])
 
     op.create_table(
-        "workflow_counts",
+        named("workflow_counts"),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("total", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("name", "status", name="pk_workflow_counts"),
+        sa.PrimaryKeyConstraint("name", "status", name=named("pk_workflow_counts")),
     )
     connection = op.get_bind()
-    connection.exec_driver_sql(counts.BACKFILL)
-    counts.create_triggers(connection)
+    prefix = named("")
+    connection.exec_driver_sql(counts.backfill(prefix))
+    counts.create_triggers(connection, prefix)
 
 
 def downgrade() -> None:
-    counts.drop_triggers(op.get_bind())
-    op.drop_table("workflow_counts")
-    op.drop_index("ix_tasks_workflow_id", table_name="tasks")
-    op.drop_index("ix_tasks_claimed_by", table_name="tasks")
-    op.create_index("ix_tasks_claimed_by", "tasks", ["claimed_by"])
-    op.drop_index("ix_tasks_delayed_available_at", table_name="tasks")
-    op.drop_index("ix_tasks_ready_shard_fifo", table_name="tasks")
-    op.drop_index("ix_tasks_ready_fifo", table_name="tasks")
-    with op.batch_alter_table("tasks") as batch:
+    counts.drop_triggers(op.get_bind(), named(""))
+    op.drop_table(named("workflow_counts"))
+    op.drop_index(named("ix_tasks_workflow_id"), table_name=named("tasks"))
+    op.drop_index(named("ix_tasks_claimed_by"), table_name=named("tasks"))
+    op.create_index(named("ix_tasks_claimed_by"), named("tasks"), ["claimed_by"])
+    op.drop_index(named("ix_tasks_delayed_available_at"), table_name=named("tasks"))
+    op.drop_index(named("ix_tasks_ready_shard_fifo"), table_name=named("tasks"))
+    op.drop_index(named("ix_tasks_ready_fifo"), table_name=named("tasks"))
+    with op.batch_alter_table(named("tasks")) as batch:
         batch.drop_column("delayed")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.coordinator.store.namespace import migration_name as named
+
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
@@ -23,21 +25,21 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
-        "write_commits",
+        named("write_commits"),
         sa.Column("id", sa.String(32), nullable=False),
         sa.Column("committed_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_write_commits"),
+        sa.PrimaryKeyConstraint("id", name=named("pk_write_commits")),
     )
     op.create_table(
-        "coordinator_holder",
+        named("coordinator_holder"),
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("host", sa.String(200), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.BigInteger(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_coordinator_holder"),
+        sa.PrimaryKeyConstraint("id", name=named("pk_coordinator_holder")),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("coordinator_holder")
-    op.drop_table("write_commits")
+    op.drop_table(named("coordinator_holder"))
+    op.drop_table(named("write_commits"))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from conveyor.coordinator.store.namespace import migration_name as named
+
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
@@ -25,14 +27,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("tasks", sa.Column("deadline_at", sa.BigInteger(), nullable=True))
+    op.add_column(named("tasks"), sa.Column("deadline_at", sa.BigInteger(), nullable=True))
     op.execute(
-        "UPDATE tasks SET deadline_at = claimed_at + CAST((COALESCE(timeout, 600) + 30) * 1000000 AS BIGINT) "
+        f"UPDATE {named('tasks')} "
+        "SET deadline_at = claimed_at + CAST((COALESCE(timeout, 600) + 30) * 1000000 AS BIGINT) "
         "WHERE claimed_by IS NOT NULL"
     )
     op.create_index(
-        "ix_tasks_deadline_at",
-        "tasks",
+        named("ix_tasks_deadline_at"),
+        named("tasks"),
         ["deadline_at"],
         postgresql_where=sa.text("claimed_by IS NOT NULL"),
         sqlite_where=sa.text("claimed_by IS NOT NULL"),
@@ -40,6 +43,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_tasks_deadline_at", table_name="tasks")
-    with op.batch_alter_table("tasks") as batch:
+    op.drop_index(named("ix_tasks_deadline_at"), table_name=named("tasks"))
+    with op.batch_alter_table(named("tasks")) as batch:
         batch.drop_column("deadline_at")
