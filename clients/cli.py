@@ -30,7 +30,7 @@ from conveyor.errors import (
     Unavailable,
 )
 
-from .client import DEFAULT_TARGET, AsyncClient
+from .client import AsyncClient
 from .models import Workflow, WorkflowStatus
 from .output import Output, output_for, visible
 
@@ -74,15 +74,9 @@ class Command(Generic[A]):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     """Options every client command takes: where the coordinator is, how to talk to it, output."""
-    parser.add_argument(
-        "--coordinator",
-        default=DEFAULT_TARGET,
-        metavar="HOST:PORT",
-        help="coordinator address (default %(default)s)",
-    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per call (default 30)")
-    transport.add_arguments(parser)
+    transport.add_arguments(parser, address=True)  # --coordinator, --token-file, --tls...: also $CONVEYOR_*
 
 
 def _shard_arguments(
@@ -341,7 +335,8 @@ class Connection:
 
     @classmethod
     def parse(cls, args: argparse.Namespace) -> Connection:
-        return cls(coordinator=args.coordinator, timeout=args.timeout, json=args.json)
+        # --coordinator, else $CONVEYOR_COORDINATOR, else the default.
+        return cls(coordinator=transport.coordinator_address(args), timeout=args.timeout, json=args.json)
 
 
 @dataclass(frozen=True)
@@ -495,7 +490,9 @@ def run(args: argparse.Namespace) -> int:
     output = output_for(json=connection.json)
 
     async def call() -> int | None:
-        security = transport.security_from_arguments(args)
+        security = transport.security_from_arguments(
+            args
+        )  # flags, else $CONVEYOR_TOKEN_FILE, $CONVEYOR_TLS...
         target, timeout = connection.coordinator, connection.timeout
         async with AsyncClient(target, timeout=timeout, security=security) as client:
             return await command.run(client, arguments, output)

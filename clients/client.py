@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ import grpc
 from conveyor import tracing
 from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.errors import DeadlineExceeded, RpcError
-from conveyor.transport import ChannelSecurity, open_channel
+from conveyor.transport import COORDINATOR_ADDRESS, ChannelSecurity, connection_from_arguments, open_channel
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -37,7 +37,7 @@ from .models import BulkCancel, Explanation, Started, Workflow, WorkflowStatus
 
 T = TypeVar("T")
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TARGET: str = COORDINATOR_ADDRESS.default
 
 
 def _encode_args(args: Any) -> str:
@@ -78,6 +78,17 @@ class AsyncClient:
         self.timeout = timeout
         self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
         self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
+        """A client configured as the ``conveyor`` client commands are, from the environment
+        (``environ``, default ``os.environ``): the address from ``$CONVEYOR_COORDINATOR``, the token
+        from ``$CONVEYOR_TOKEN_FILE`` or ``$CONVEYOR_TOKEN``, TLS from ``$CONVEYOR_TLS``,
+        ``$CONVEYOR_TLS_CA``, ``$CONVEYOR_TLS_CERT``, ``$CONVEYOR_TLS_KEY``; unset ones take their
+        defaults (``127.0.0.1:50051``, no token, plaintext). ``options``: as for the constructor
+        (``timeout``...). A bad value raises :class:`~conveyor.errors.ConfigurationError`."""
+        target, security = connection_from_arguments(None, environ)
+        return cls(target, security=security, **options)
 
     async def __aenter__(self) -> AsyncClient:
         return self

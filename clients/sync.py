@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from conveyor.transport import connection_from_arguments
 
 from .client import DEFAULT_TARGET, AsyncClient
 
@@ -70,6 +72,12 @@ class Client:
             return AsyncClient(target, **options)
 
         self._client = self._runner.run(connect())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> Client:
+        """A client configured from the environment, as :meth:`AsyncClient.from_env` describes."""
+        target, security = connection_from_arguments(None, environ)
+        return cls(target, security=security, **options)
 
     def __enter__(self) -> Client:
         return self

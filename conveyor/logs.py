@@ -18,7 +18,23 @@ from typing import Any
 
 from conveyor import tracing
 
+from .settings import Kind, Option, Options
+
 FORMATS = ("text", "json")
+
+#: ``--log-level`` and ``--log-format`` of the coordinator and executor (:mod:`conveyor.settings`).
+LOG_OPTIONS = Options(
+    Option("log_level", Kind.TEXT, "INFO", "DEBUG, INFO, WARNING...", field=None, group="logging"),
+    Option(
+        "log_format",
+        Kind.TEXT,
+        "text",
+        "text for people, or json: one object per line, with workflow/step/executor ids as fields",
+        choices=FORMATS,
+        field=None,
+        group="logging",
+    ),
+)
 
 #: The fields a log line may carry, in the order the JSON format writes them.
 ID_FIELDS = ("workflow_id", "step_number", "step_name", "task_id", "executor_id", "shard", "attempt")

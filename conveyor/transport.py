@@ -12,6 +12,10 @@ options and send credentials the same way:
   ``$CONVEYOR_TOKEN_FILE``, else from ``$CONVEYOR_TOKEN``. Never from a command-line
   value: anyone on the host can read other processes' arguments (``ps``).
 
+Each flag is also read from its ``CONVEYOR_*`` variable (``$CONVEYOR_COORDINATOR``,
+``$CONVEYOR_TLS``, ``$CONVEYOR_TLS_CA``...; :data:`CLIENT_OPTIONS`, :mod:`conveyor.settings`),
+which is how :meth:`AsyncClient.from_env` finds the coordinator.
+
 The token travels as ``authorization: Bearer <token>`` metadata on every call. It
 is added by a channel interceptor rather than gRPC call credentials because call
 credentials are only sent over TLS, and a loopback coordinator may run without it.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from typing import Any
 import grpc
 
 from .errors import ConfigurationError
+from .settings import Kind, Option, Options, Resolved
 
 TOKEN_ENV = "CONVEYOR_TOKEN"
 TOKEN_FILE_ENV = "CONVEYOR_TOKEN_FILE"
@@ -58,43 +63,129 @@ class ChannelSecurity:
             raise ConfigurationError("--tls-ca, --tls-cert and --tls-key only apply with TLS (--tls)")
 
 
-def read_token(token_file: Path | None = None) -> str | None:
+#: Where the coordinator listens: the client commands' and executors' ``--coordinator``.
+COORDINATOR_ADDRESS = Option(
+    "coordinator", Kind.TEXT, "127.0.0.1:50051", "coordinator address", metavar="HOST:PORT"
+)
+_SECURITY = "connection security"
+#: How a channel to the coordinator is secured; every process that dials it takes these.
+CONNECTION_OPTIONS = Options(
+    Option(
+        "token_file",
+        Kind.PATH,
+        None,
+        f"file holding the bearer token (else ${TOKEN_ENV})",
+        metavar="FILE",
+        field=None,
+        group=_SECURITY,
+    ),
+    Option(
+        "token",
+        Kind.TEXT,
+        None,
+        "the bearer token itself; a token file is safer (other users may read a process's environment)",
+        flag=None,
+        field=None,
+        secret=True,
+        in_file=False,
+        group=_SECURITY,
+    ),
+    Option(
+        "tls",
+        Kind.BOOL,
+        False,
+        "connect with TLS (implied by --tls-ca/--tls-cert)",
+        field=None,
+        group=_SECURITY,
+    ),
+    Option(
+        "tls_ca",
+        Kind.PATH,
+        None,
+        "PEM CA certificate to trust",
+        metavar="FILE",
+        default_text="system roots",
+        field=None,
+        group=_SECURITY,
+    ),
+    Option(
+        "tls_cert",
+        Kind.PATH,
+        None,
+        "PEM client certificate, for mutual TLS",
+        metavar="FILE",
+        field=None,
+        group=_SECURITY,
+    ),
+    Option("tls_key", Kind.PATH, None, "PEM key of --tls-cert", metavar="FILE", field=None, group=_SECURITY),
+)
+#: The options of the client commands and of :meth:`AsyncClient.from_env`.
+CLIENT_OPTIONS = Options(COORDINATOR_ADDRESS) + CONNECTION_OPTIONS
+_ADDRESS_ONLY = Options(COORDINATOR_ADDRESS)
+
+
+def read_token(token_file: Path | None = None, environ: Mapping[str, str] | None = None) -> str | None:
     """The bearer token from ``token_file``, else ``$CONVEYOR_TOKEN_FILE``, else ``$CONVEYOR_TOKEN``."""
-    path = token_file or (Path(os.environ[TOKEN_FILE_ENV]) if os.environ.get(TOKEN_FILE_ENV) else None)
+    environ = os.environ if environ is None else environ
+    path = token_file or (Path(environ[TOKEN_FILE_ENV]) if environ.get(TOKEN_FILE_ENV) else None)
     if path is not None:
         token = _read_text(path, "token file").strip()
         if not token:
             raise ConfigurationError(f"the token file {path} is empty")
         return token
-    return os.environ.get(TOKEN_ENV, "").strip() or None
+    return environ.get(TOKEN_ENV, "").strip() or None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The connection flags shared by every command that dials the coordinator."""
-    group = parser.add_argument_group("connection security")
-    group.add_argument(
-        "--token-file",
-        type=Path,
-        metavar="FILE",
-        help=f"file holding the bearer token (default ${TOKEN_FILE_ENV}, then ${TOKEN_ENV})",
-    )
-    group.add_argument("--tls", action="store_true", help="connect with TLS (implied by --tls-ca/--tls-cert)")
-    group.add_argument(
-        "--tls-ca", type=Path, metavar="FILE", help="PEM CA certificate to trust (default: system roots)"
-    )
-    group.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM client certificate, for mutual TLS")
-    group.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
+def add_arguments(parser: argparse.ArgumentParser, *, address: bool = False) -> None:
+    """The connection flags shared by every command that dials the coordinator; with ``address``,
+    ``--coordinator`` too."""
+    (CLIENT_OPTIONS if address else CONNECTION_OPTIONS).add_arguments(parser, config_file=False)
 
 
-def security_from_arguments(args: argparse.Namespace) -> ChannelSecurity:
-    """The :class:`ChannelSecurity` that the flags of :func:`add_arguments` describe."""
+def security_from_values(resolved: Resolved, environ: Mapping[str, str] | None = None) -> ChannelSecurity:
+    """The :class:`ChannelSecurity` that resolved :data:`CONNECTION_OPTIONS` describe.
+
+    The token comes from the token file (a flag's, ``$CONVEYOR_TOKEN_FILE``'s, a config file's),
+    else ``$CONVEYOR_TOKEN``; but ``$CONVEYOR_TOKEN`` beats a config file's token file, as every
+    variable beats the file.
+    """
+    token_file: Path | None = resolved["token_file"]
+    source = resolved.sources["token_file"]
+    if resolved["token"] and source not in ("default", TOKEN_FILE_ENV) and not source.startswith("--"):
+        token_file = None  # a config file's token file: $CONVEYOR_TOKEN beats it
+    if token_file is not None:
+        token = read_token(token_file, {})
+    else:
+        token = (resolved["token"] or "").strip() or None
+    tls_ca, tls_cert = resolved["tls_ca"], resolved["tls_cert"]
     return ChannelSecurity(
-        token=read_token(args.token_file),
-        tls=bool(args.tls or args.tls_ca or args.tls_cert),
-        ca_file=args.tls_ca,
-        cert_file=args.tls_cert,
-        key_file=args.tls_key,
+        token=token,
+        tls=bool(resolved["tls"] or tls_ca or tls_cert),
+        ca_file=tls_ca,
+        cert_file=tls_cert,
+        key_file=resolved["tls_key"],
     )
+
+
+def security_from_arguments(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> ChannelSecurity:
+    """The :class:`ChannelSecurity` that the flags of :func:`add_arguments` and the environment describe."""
+    return security_from_values(CONNECTION_OPTIONS.resolve(args, environ, files=False), environ)
+
+
+def coordinator_address(args: argparse.Namespace | None, environ: Mapping[str, str] | None = None) -> str:
+    """The coordinator's address: ``--coordinator``, else ``$CONVEYOR_COORDINATOR``, else the default."""
+    return str(_ADDRESS_ONLY.resolve(args, environ, files=False)["coordinator"])
+
+
+def connection_from_arguments(
+    args: argparse.Namespace | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ChannelSecurity]:
+    """The coordinator's address and the channel's security: flags (``args``, if any), else
+    ``$CONVEYOR_COORDINATOR``, ``$CONVEYOR_TOKEN_FILE``, ``$CONVEYOR_TLS``... else the defaults."""
+    resolved = CLIENT_OPTIONS.resolve(args, environ, files=False)
+    return resolved["coordinator"], security_from_values(resolved, environ)
 
 
 def open_channel(

@@ -50,6 +50,7 @@ from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
 
 from .llm import CallOutcome, LlmCaller
 from .metrics import ExecutorMetrics
+from .options import OPTIONS
 from .results import ResultReporter
 
 log = logging.getLogger(__name__)
@@ -81,15 +82,17 @@ def default_executor_id() -> str:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    coordinator: str = "127.0.0.1:50051"
-    concurrency: int = 50
+    """The executor's settings; the defaults of those with an option come from :data:`OPTIONS`."""
+
+    coordinator: str = OPTIONS.defaults.coordinator
+    concurrency: int = OPTIONS.defaults.concurrency
     executor_id: str = field(default_factory=default_executor_id)
     #: Run LLM steps (task kind "llm"); an executor may serve handlers only.
-    serve_llm: bool = True
+    serve_llm: bool = not OPTIONS.defaults.no_llm
     #: Per-attempt time limit when the task carries none.
-    default_timeout: float = 600.0
+    default_timeout: float = OPTIONS.defaults.llm_timeout
     #: How long a graceful drain may take before running tasks are abandoned.
-    drain_timeout: float = 300.0
+    drain_timeout: float = OPTIONS.defaults.drain_timeout
     flush_interval: float = 0.02
     max_message_bytes: int = 64 * 1024 * 1024
     #: The longest wait between reconnect attempts (each wait is drawn with jitter).
@@ -98,8 +101,7 @@ class ExecutorConfig:
     security: ChannelSecurity = field(default_factory=ChannelSecurity)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.concurrency <= 100_000:
-            raise ValueError(f"concurrency must be between 1 and 100000, not {self.concurrency}")
+        OPTIONS.check_bounds(self)  # however the config was built
         if not self.reconnect_max_delay > 0:
             raise ValueError(f"reconnect_max_delay must be positive, not {self.reconnect_max_delay}")
 
