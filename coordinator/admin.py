@@ -11,7 +11,6 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import InvalidArgument
@@ -21,8 +20,7 @@ from .clock import now_us
 from .context import EngineContext
 from .model import WorkflowStatus
 from .reports import DiagnoseReport, ExecutorView
-from .store import ShardDepth, Workflows, WorkflowSelection, diagnosis
-from .store.schema import tasks
+from .store import ShardDepth, Workflows, WorkflowSelection, diagnosis, holdings
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +160,7 @@ class AdminOperations:
         names = self.ctx.registry.names()
 
         def query(connection: Connection) -> tuple[Any, ...]:
-            claimed: dict[str, int] = dict(
-                connection.execute(
-                    select(tasks.c.claimed_by, func.count())
-                    .where(tasks.c.claimed_by.is_not(None))
-                    .group_by(tasks.c.claimed_by)
-                ).all()
-            )
+            claimed = holdings.held_per_executor(connection)
             return (
                 diagnosis.shard_depths(connection, now),
                 (

@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Sequence
 
-from sqlalchemy import update
 from sqlalchemy.engine import Connection
 
 from conveyor.v1 import executor_service_pb2 as pb
@@ -19,9 +18,8 @@ from . import protocol
 from .clock import now_us
 from .context import EngineContext
 from .sessions import SessionState
-from .store import ClaimedTask, Disposition, ReportedResult, deadlines
+from .store import ClaimedTask, Disposition, ReportedResult, deadlines, holdings
 from .store.deadlines import ExpiryOutcome
-from .store.schema import tasks
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +124,7 @@ class Dispatcher:
 
         def release(connection: Connection) -> None:
             for executor_id, ids in orphaned:
-                connection.execute(
-                    update(tasks)
-                    .where(tasks.c.claimed_by == executor_id, tasks.c.id.in_(ids))
-                    .values(claimed_by=None, claimed_at=None)
-                )
+                holdings.release_unsent(connection, executor_id, ids)
 
         await self.ctx.write(release, "release")
         self.ctx.wake_all()

@@ -29,7 +29,6 @@ import time
 from collections.abc import Callable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConveyorError
@@ -62,11 +61,11 @@ from .store import (
     Workflows,
     WorkflowSelection,
     Writer,
+    holdings,
 )
 from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
-from .store.schema import tasks
 from .workflow_api import WorkflowApi
 
 __all__ = ["Coordinator", "CoordinatorStats", "DiagnoseReport", "ExecutorView"]
@@ -254,11 +253,7 @@ class Coordinator:
 
         def holders(connection: Connection) -> list[str]:
             ExecutorRecords.clear_leases(connection)
-            return list(
-                connection.execute(
-                    select(tasks.c.claimed_by).where(tasks.c.claimed_by.is_not(None)).distinct()
-                ).scalars()
-            )
+            return holdings.holders(connection)
 
         for executor_id in await self.writer.run(holders, "recover"):
             ghost = ExecutorSession(

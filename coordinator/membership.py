@@ -15,7 +15,6 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from conveyor import logs
@@ -26,10 +25,9 @@ from . import protocol, validation
 from .clock import now_us
 from .context import EngineContext
 from .sessions import ExecutorSession, SessionState, pool_name
-from .store import ExecutorRecords, deadlines
+from .store import ExecutorRecords, deadlines, holdings
 from .store.deadlines import Claim
 from .store.queue import RequeueOutcome
-from .store.schema import tasks
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +149,7 @@ class Membership:
         session.credits = 0
         try:
             holding = await self.ctx.read(
-                lambda c: c.execute(
-                    select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
-                ).scalar_one()
+                functools.partial(holdings.held_by, executor_id=session.executor_id)
             )
             if holding == 0:
                 self.ctx.sessions.discard(session)
@@ -249,11 +245,7 @@ class Membership:
         session.state = SessionState.DISCONNECTED
         session.credits = 0
         await self.rebalance()
-        holding = await self.ctx.read(
-            lambda c: c.execute(
-                select(func.count()).select_from(tasks).where(tasks.c.claimed_by == session.executor_id)
-            ).scalar_one()
-        )
+        holding = await self.ctx.read(functools.partial(holdings.held_by, executor_id=session.executor_id))
         if was_draining and holding == 0:
             self.ctx.sessions.discard(session)
             await self.ctx.write(
