@@ -12,20 +12,20 @@ holds the writes of many workflows).
 Only the OpenTelemetry *API* is used, and it is optional (the ``[otel]`` extra; the anthropic
 SDK depends on it too). Without it, or without a TracerProvider, every span is a no-op and
 carriers pass through the coordinator unchanged. Conveyor installs a TracerProvider only
-when asked: ``CONVEYOR_OTEL_EXPORTER`` (:func:`configure_from_environment`).
+when asked: ``--otel-exporter`` / ``CONVEYOR_OTEL_EXPORTER`` (:data:`TRACING_OPTIONS`, :func:`configure`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import ConfigurationError, MissingExtra
+from conveyor.settings import Kind, Option, Options
 
 try:
     from opentelemetry import context as otel_context
@@ -213,15 +213,33 @@ if otel_trace is not None:
     }
 
 
-def configure_from_environment(service_name: str) -> bool:
-    """Install a global TracerProvider exporting Conveyor's spans if ``CONVEYOR_OTEL_EXPORTER`` asks
-    for one: ``console`` (stderr), ``otlp`` (the OTLP exporter's own ``OTEL_EXPORTER_OTLP_*``
-    settings) or ``file:PATH`` (one JSON object per span, appended). Returns whether it did.
+#: ``--otel-exporter`` of the coordinator and executor (:mod:`conveyor.settings`).
+TRACING_OPTIONS = Options(
+    Option(
+        "otel_exporter",
+        Kind.TEXT,
+        None,
+        "export Conveyor's spans: console (stderr), otlp (the OTLP exporter's OTEL_EXPORTER_OTLP_* "
+        "settings) or file:PATH (JSON lines); unset, none is installed and an application's own "
+        "OpenTelemetry setup gets the spans",
+        field=None,
+        metavar="EXPORTER",
+        default_text="none",
+        group="tracing",
+    ),
+)
+
+
+def configure(choice: str | None, service_name: str) -> bool:
+    """Install a global TracerProvider exporting Conveyor's spans if ``choice`` (the
+    ``otel_exporter`` option) asks for one: ``console`` (stderr), ``otlp`` (the OTLP exporter's
+    own ``OTEL_EXPORTER_OTLP_*`` settings) or ``file:PATH`` (one JSON object per span,
+    appended). Returns whether it did.
 
     Unset, nothing is installed: an application that sets up OpenTelemetry itself keeps its own
     provider, and Conveyor's spans go wherever that one sends them.
     """
-    choice = os.environ.get(EXPORTER_VARIABLE, "").strip()
+    choice = (choice or "").strip()
     if not choice:
         return False
     try:

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         resolved = OPTIONS.resolve(args)
         logs.configure(resolved["log_level"], resolved["log_format"])
-        tracing.configure_from_environment("conveyor-coordinator")
+        tracing.configure(resolved["otel_exporter"], "conveyor-coordinator")
         fields = resolved.fields(OPTIONS)
         fields["claim_order"] = ClaimOrder(fields["claim_order"])
         config = CoordinatorConfig(**fields)

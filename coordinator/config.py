@@ -13,6 +13,7 @@ from pathlib import Path
 
 from conveyor.logs import LOG_OPTIONS
 from conveyor.settings import Kind, Option, Options
+from conveyor.tracing import TRACING_OPTIONS
 
 from .model import ClaimOrder
 
@@ -285,6 +286,7 @@ OPTIONS = (
         },
     )
     + LOG_OPTIONS
+    + TRACING_OPTIONS
 )
 
 

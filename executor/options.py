@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from conveyor.logs import LOG_OPTIONS
 from conveyor.settings import Kind, Option, Options
+from conveyor.tracing import TRACING_OPTIONS
 from conveyor.transport import CLIENT_OPTIONS
 
 _LLM = "LLM calls"
@@ -146,5 +147,6 @@ OPTIONS = (
         ),
     )
     + LOG_OPTIONS
+    + TRACING_OPTIONS
     + CLIENT_OPTIONS.without("coordinator")
 )

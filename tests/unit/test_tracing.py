@@ -49,15 +49,14 @@ def test_the_stored_form_reads_back_and_anything_else_reads_as_untraced() -> Non
         assert tracing.decode(unreadable) == {}
 
 
-def test_without_an_exporter_setting_no_provider_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(tracing.EXPORTER_VARIABLE, raising=False)
-    assert tracing.configure_from_environment("conveyor-test") is False
+def test_without_an_exporter_setting_no_provider_is_installed() -> None:
+    assert tracing.configure(None, "conveyor-test") is False
+    assert tracing.configure("", "conveyor-test") is False
 
 
-def test_an_unknown_exporter_setting_says_what_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(tracing.EXPORTER_VARIABLE, "zipkin")
+def test_an_unknown_exporter_setting_says_what_is_accepted() -> None:
     with pytest.raises(ConfigurationError, match="console, otlp or file:PATH"):
-        tracing.configure_from_environment("conveyor-test")
+        tracing.configure("zipkin", "conveyor-test")
 
 
 def test_the_executor_refuses_a_bad_exporter_setting_with_a_message(tmp_path: Path) -> None:
