@@ -11,7 +11,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, column, delete, func, insert, inspect, select, table, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Inspector
 
 from conveyor.backoff import BackoffPolicy
 from conveyor.errors import ConfigurationError
@@ -124,34 +124,57 @@ def adopt_legacy_revision(connection: Connection) -> str | None:
     """Move Conveyor's revision from ``alembic_version`` to its own version table; returns it.
 
     Conveyor before its own namespace kept its revision in Alembic's default table, which an
-    application sharing the database also uses. Only a row naming one of Conveyor's own
-    revisions moves; the table is dropped if that leaves it empty, and kept with the
-    application's rows otherwise. None when there is nothing to move (a new database, or
-    one already moved). It runs in the caller's transaction, with the migrations after it,
-    so a failure leaves the database as it was.
+    application sharing the database also uses — possibly with ids like Conveyor's (Alembic's
+    ``--rev-id`` invites 0001, 0002...). So the revision is read from Conveyor's old tables
+    themselves (:func:`legacy_schema_revision`), and only that row moves; the table is dropped
+    if that leaves it empty, and kept with the application's rows otherwise. None when there
+    is nothing to move (a new database, one already moved, or only an application's history).
+    It runs in the caller's transaction, with the migrations after it, so a failure leaves
+    the database as it was.
     """
     inspector = inspect(connection)
     if inspector.has_table(VERSION_TABLE) or not inspector.has_table(LEGACY_VERSION_TABLE):
         return None
+    revision = legacy_schema_revision(inspector)
+    if revision is None:
+        return None  # no Conveyor tables of old: every row there is an application's
     legacy = table(LEGACY_VERSION_TABLE, column("version_num"))
-    ours = {script.revision for script in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
-    found = [
-        revision
-        for revision in connection.execute(select(legacy.c.version_num)).scalars()
-        if revision in ours
-    ]
-    if not found:
-        return None
-    if len(found) > 1:
+    rows = set(connection.execute(select(legacy.c.version_num)).scalars())
+    if revision not in rows:
+        held = ", ".join(sorted(rows)) or "no row"
         raise ConfigurationError(
-            f"{LEGACY_VERSION_TABLE} holds several of Conveyor's revisions ({', '.join(sorted(found))}); "
-            "Conveyor's history is linear, so the table was edited by hand. Keep only the newest of "
-            "them and start the coordinator again"
+            f"this database holds Conveyor's tables of before its namespace at revision {revision}, "
+            f"but {LEGACY_VERSION_TABLE} does not record it (it holds {held}); "
+            f"restore the row ('INSERT INTO {LEGACY_VERSION_TABLE} VALUES ('{revision}')') and start "
+            "the coordinator again"
         )
-    [revision] = found
     context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
     context.stamp(ScriptDirectory(str(MIGRATIONS)), revision)
     connection.execute(delete(legacy).where(legacy.c.version_num == revision))
     if connection.execute(select(func.count()).select_from(legacy)).scalar_one() == 0:
         connection.execute(text(f"DROP TABLE {LEGACY_VERSION_TABLE}"))
-    return str(revision)
+    return revision
+
+
+def legacy_schema_revision(inspector: Inspector) -> str | None:
+    """The revision (0001 to 0005) of Conveyor's unprefixed tables, read from what they contain;
+    None if they are not there. Each revision added something the next check looks for."""
+    if not (
+        inspector.has_table("cluster")
+        and inspector.has_table("replay_queue")
+        and inspector.has_table("tasks")
+    ):
+        return None
+    cluster_columns = {c["name"] for c in inspector.get_columns("cluster")}
+    task_columns = {c["name"] for c in inspector.get_columns("tasks")}
+    if not ({"shard_count", "epoch"} <= cluster_columns and "fencing_token" in task_columns):
+        return None  # an application's tables of those names
+    if "deadline_at" in task_columns:
+        return "0005"
+    if inspector.has_table("write_commits"):
+        return "0004"
+    if "delayed" in task_columns:
+        return "0003"
+    if "ix_workflows_name_status" in {i["name"] for i in inspector.get_indexes("workflows")}:
+        return "0002"
+    return "0001"

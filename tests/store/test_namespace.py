@@ -493,3 +493,32 @@ async def test_a_moved_database_runs_workflows(database_url: str, make_stack: Ma
     run_app(database_url, lambda c: [c.exec_driver_sql(statement) for statement in LEGACY_ROWS[:1]])
 
     await run_one_workflow(make_stack)
+
+
+# --- an application whose revision ids look like Conveyor's -----------------------------------------
+
+
+@pytest.mark.parametrize("app_head", ["0002", "0005"])
+def test_an_application_numbering_its_revisions_like_conveyor_keeps_them(
+    database: Database, database_url: str, tmp_path: Path, app_head: str
+) -> None:
+    """Alembic's ``--rev-id`` invites ids like 0001, 0002: the same as Conveyor's old ones.
+    Such a row is the application's unless Conveyor's old tables are there too."""
+    ids = ["0001", "0002", "0003", "0004", "0005"][: int(app_head)]
+    app = tmp_path / "app"
+    (app / "versions").mkdir(parents=True)
+    (app / "env.py").write_text(APP_ENV)
+    for number, (revision, parent) in enumerate(zip(ids, [None, *ids], strict=False)):
+        (app / "versions" / f"{revision}.py").write_text(
+            f"from alembic import op\nimport sqlalchemy as sa\n"
+            f"revision, down_revision, branch_labels, depends_on = {revision!r}, {parent!r}, None, None\n"
+            f"def upgrade():\n"
+            f"    op.create_table('invoices_{number}', sa.Column('id', sa.Integer(), primary_key=True))\n"
+        )
+    migrate_app(database_url, app)
+
+    database.migrate()
+
+    assert app_revision(database_url) == app_head
+    assert conveyor_revision(database) == head()
+    assert schema_differences(database) == []
