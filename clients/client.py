@@ -231,7 +231,8 @@ class AsyncClient:
         """Poll until the workflow finishes; the interval grows to 2 s for long waits."""
         # Jittered, so that many clients waiting on one coordinator do not poll in step.
         polls = Backoff(
-            BackoffPolicy(poll_interval, max(poll_interval, 2.0), multiplier=1.5, jitter=0.5),
+            # A poll interval of 0 (or less) means "as often as sensible", not an error.
+            BackoffPolicy(max(poll_interval, 0.01), max(poll_interval, 2.0), multiplier=1.5, jitter=0.5),
             deadline=timeout,
         )
         while True:

@@ -78,11 +78,18 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float | None:
-        """How long to wait before the next try; None when that would end past the deadline."""
+        """How long to wait before the next try; None once the deadline has passed.
+
+        The wait before the last try is cut short to end at the deadline, so a loop given
+        ``deadline`` seconds makes its last try then, not up to one delay earlier.
+        """
         ceiling = self.policy.ceiling(self.attempt)
         delay = self._rng.uniform(ceiling * (1 - self.policy.jitter), ceiling)
-        if self._deadline is not None and self._clock() + delay >= self._deadline:
-            return None
+        if self._deadline is not None:
+            remaining = self._deadline - self._clock()
+            if remaining <= 0:
+                return None
+            delay = min(delay, remaining)
         self.attempt += 1
         return delay
 

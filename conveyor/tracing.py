@@ -92,7 +92,7 @@ def decode(stored: str | None) -> Carrier:
         return {}
     try:
         value = json.loads(stored)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested text (an edited row)
         return {}
     if not isinstance(value, dict):
         return {}
@@ -230,11 +230,11 @@ TRACING_OPTIONS = Options(
 )
 
 
-def configure(choice: str | None, service_name: str) -> bool:
+def configure(choice: str | None, service_name: str, setting: str = EXPORTER_VARIABLE) -> bool:
     """Install a global TracerProvider exporting Conveyor's spans if ``choice`` (the
     ``otel_exporter`` option) asks for one: ``console`` (stderr), ``otlp`` (the OTLP exporter's
     own ``OTEL_EXPORTER_OTLP_*`` settings) or ``file:PATH`` (one JSON object per span,
-    appended). Returns whether it did.
+    appended). Returns whether it did. ``setting`` names where ``choice`` came from, for messages.
 
     Unset, nothing is installed: an application that sets up OpenTelemetry itself keeps its own
     provider, and Conveyor's spans go wherever that one sends them.
@@ -252,7 +252,7 @@ def configure(choice: str | None, service_name: str) -> bool:
             SpanExporter,
         )
     except ImportError as error:
-        raise MissingExtra(f"{EXPORTER_VARIABLE}={choice}", "otel", error.name) from None
+        raise MissingExtra(f"{setting}={choice}", "otel", error.name) from None
     exporter: SpanExporter
     if choice == "console":
         exporter, simple = ConsoleSpanExporter(), False
@@ -261,18 +261,22 @@ def configure(choice: str | None, service_name: str) -> bool:
             otlp = importlib.import_module("opentelemetry.exporter.otlp.proto.grpc.trace_exporter")
         except ImportError:
             raise ConfigurationError(
-                f"{EXPORTER_VARIABLE}=otlp needs the OTLP exporter: pip install "
-                "opentelemetry-exporter-otlp-proto-grpc"
+                f"{setting}=otlp needs the OTLP exporter: pip install opentelemetry-exporter-otlp-proto-grpc"
             ) from None
         exporter, simple = otlp.OTLPSpanExporter(), False
     elif choice.startswith("file:") and len(choice) > len("file:"):
         from conveyor.tracing_file import JsonLinesExporter
 
-        exporter, simple = JsonLinesExporter(choice.removeprefix("file:")), True
+        path = choice.removeprefix("file:")
+        try:
+            exporter, simple = JsonLinesExporter(path), True
+        except OSError as error:
+            raise ConfigurationError(
+                f"{setting}: cannot open the trace file {path} ({error.strerror}); give a writable path"
+            ) from None
     else:
         raise ConfigurationError(
-            f"{EXPORTER_VARIABLE} must be console, otlp or file:PATH, not {choice!r}; unset it to "
-            "export nothing"
+            f"{setting} must be console, otlp or file:PATH, not {choice!r}; unset it to export nothing"
         )
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     # A file is cheap to write at once, and nothing is lost if the process is killed.

@@ -38,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         resolved = OPTIONS.resolve(args)
         logs.configure(resolved["log_level"], resolved["log_format"])
-        tracing.configure(resolved["otel_exporter"], "conveyor-coordinator")
+        tracing.configure(
+            resolved["otel_exporter"], "conveyor-coordinator", resolved.sources["otel_exporter"]
+        )
         fields = resolved.fields(OPTIONS)
         fields["claim_order"] = ClaimOrder(fields["claim_order"])
         config = CoordinatorConfig(**fields)

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         resolved = OPTIONS.resolve(args)
         logs.configure(resolved["log_level"], resolved["log_format"])
-        tracing.configure(resolved["otel_exporter"], "conveyor-executor")
+        tracing.configure(resolved["otel_exporter"], "conveyor-executor", resolved.sources["otel_exporter"])
         return asyncio.run(_run(resolved))
     except (ConfigurationError, ValueError) as error:
         print(f"conveyor executor: {error}", file=sys.stderr)

@@ -84,10 +84,8 @@ async def replay_rows(url: str) -> list[Row[Any]]:
 
 
 async def restart_coordinator(stack: Stack, registry: WorkflowRegistry | None = None) -> None:
-    """Stop the coordinator and start a new one on the same database (optionally other code).
-
-    The new server listens on a new port, so the stack gets a new client; executors
-    of the old one are not carried over.
+    """Stop the coordinator and start a new one on the same database and port (optionally
+    other code). The stack gets a new client; its executors reconnect by themselves.
     """
     await stack.stop_coordinator()
     if registry is not None:

@@ -69,6 +69,8 @@ class ConveyorTestEnv:
         self.registry = registry
         self.config_overrides = coordinator_config
         self.server: CoordinatorServer | None = None
+        #: The port of the first start: a restart listens there again (0: none yet).
+        self._port = 0
         self.simulator: Simulator | None = None
         self.executors: list[tuple[Executor, asyncio.Task[int]]] = []
         self.client: AsyncClient | None = None
@@ -143,14 +145,18 @@ class ConveyorTestEnv:
             raise ConfigurationError("the coordinator is not running: start_coordinator() first")
         return self.server.coordinator
 
-    async def start_coordinator(self, port: int = 0) -> CoordinatorServer:
+    async def start_coordinator(self, port: int | None = None) -> CoordinatorServer:
+        """Start the coordinator; a restart listens on the port of the first start (unless
+        ``port`` says otherwise), so the client and executors reconnect to it."""
+        if port is None:
+            port = self._port
         config = CoordinatorConfig(
             database_url=self.database_url,
             listen=f"127.0.0.1:{port}",
             **{**TEST_COORDINATOR_DEFAULTS, **self.config_overrides},
         )
         self.server = CoordinatorServer(config, self.registry)
-        await self.server.start()
+        self._port = await self.server.start()
         if self.client is None:
             self.client = AsyncClient(self.server.address, timeout=20)
         return self.server

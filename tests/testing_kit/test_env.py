@@ -70,6 +70,19 @@ async def test_scripted_replies_answer_in_order_and_every_prompt_is_recorded(dat
     assert [request.prompt for request in env.llm_requests] == ["why?", "and then? first"]
 
 
+async def test_a_restarted_coordinator_is_where_the_client_and_executors_look(database_url: str) -> None:
+    """The documented way to restart: stop_coordinator(), start_coordinator()."""
+    async with ConveyorTestEnv.start(
+        workflows=[two_turns], replies=fixed("ok"), database_url=database_url
+    ) as env:
+        before = await env.run("two_turns", ["once"])
+        await env.stop_coordinator()
+        await env.start_coordinator()
+        after = await env.run("two_turns", ["again"], within=60)
+
+    assert (before.status, after.status) == (WorkflowStatus.COMPLETED, WorkflowStatus.COMPLETED), after.error
+
+
 async def test_without_replies_the_llm_echoes_the_prompt(database_url: str) -> None:
     async with ConveyorTestEnv.start(workflows=[two_turns], database_url=database_url) as env:
         finished = await env.run("two_turns", ["hello"])

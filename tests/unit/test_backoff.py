@@ -90,14 +90,16 @@ def test_reset_starts_again_from_the_first_delay() -> None:
     assert backoff.next_delay() == pytest.approx(0.1)
 
 
-def test_no_delay_once_waiting_would_end_past_the_deadline() -> None:
+def test_the_last_wait_ends_at_the_deadline_and_none_follows() -> None:
     clock = FakeClock()
     backoff = Backoff(BackoffPolicy(initial=1.0, maximum=1.0, jitter=0.0), deadline=2.5, clock=clock)
     assert backoff.next_delay() == 1.0
     clock.now += 1.0
     assert backoff.next_delay() == 1.0
     clock.now += 1.0
-    assert backoff.next_delay() is None  # 2.0 + 1.0 would pass 2.5
+    assert backoff.next_delay() == pytest.approx(0.5)  # cut short: the last try is at the deadline
+    clock.now += 0.5
+    assert backoff.next_delay() is None
     backoff.reset()  # a success gives a fresh deadline
     assert backoff.next_delay() == 1.0
 

@@ -45,7 +45,15 @@ def test_the_stored_form_reads_back_and_anything_else_reads_as_untraced() -> Non
     stored = tracing.encode(carrier)
     assert stored is not None and tracing.decode(stored) == carrier
     assert tracing.encode({}) is None
-    for unreadable in (None, "", "not json", "[1]", '{"traceparent": 5}', '{"traceparent": "00-x"}'):
+    for unreadable in (
+        None,
+        "",
+        "not json",
+        "[1]",
+        '{"traceparent": 5}',
+        '{"traceparent": "00-x"}',
+        "[" * 100_000,
+    ):
         assert tracing.decode(unreadable) == {}
 
 
@@ -55,8 +63,13 @@ def test_without_an_exporter_setting_no_provider_is_installed() -> None:
 
 
 def test_an_unknown_exporter_setting_says_what_is_accepted() -> None:
-    with pytest.raises(ConfigurationError, match="console, otlp or file:PATH"):
-        tracing.configure("zipkin", "conveyor-test")
+    with pytest.raises(ConfigurationError, match="--otel-exporter must be console, otlp or file:PATH"):
+        tracing.configure("zipkin", "conveyor-test", "--otel-exporter")
+
+
+def test_an_unwritable_trace_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot open the trace file"):
+        tracing.configure(f"file:{tmp_path}/missing/spans.jsonl", "conveyor-test")
 
 
 def test_the_executor_refuses_a_bad_exporter_setting_with_a_message(tmp_path: Path) -> None:
