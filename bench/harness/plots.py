@@ -111,3 +111,29 @@ def timelines(
     axes.legend(handles, labels, fontsize=8)
     axes.set_title(title)
     return _save(figure, path)
+
+
+def lines(
+    path: Path,
+    title: str,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    xlabel: str,
+    ylabel: str,
+    *,
+    log_x: bool = False,
+    log_y: bool = False,
+) -> Path:
+    """Lines of (x, y) with markers, one per series; optional log axes."""
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for label, points in series.items():
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, linewidth=1.2)
+    if log_x:
+        axes.set_xscale("log", base=2)
+    if log_y:
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=8)
+    axes.grid(True, alpha=0.3)
+    return _save(figure, path)
