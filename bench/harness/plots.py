@@ -125,11 +125,13 @@ def lines(
 ) -> Path:
     """Lines of (x, y) with markers, one per series; optional log axes."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
-    for label, points in series.items():
+    drawn = {label: points for label, points in series.items() if points}
+    for label, points in drawn.items():
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, linewidth=1.2)
-    if log_x:
+    # A log axis needs positive values; with nothing to draw the plot stays linear (and empty).
+    if log_x and any(p[0] > 0 for points in drawn.values() for p in points):
         axes.set_xscale("log", base=2)
-    if log_y:
+    if log_y and any(p[1] > 0 for points in drawn.values() for p in points):
         axes.set_yscale("log")
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
