@@ -67,16 +67,23 @@ class CostModel:
     max_steps_per_transaction: int = 2048
 
 
-#: Measured on the 2-core machine (see docs/scaling.md for the commands and runs).
+#: Per step and per transaction, measured on the 2-core machine on 2026-12-06 (docs/scaling.md):
+#: ``python -m bench dbcost`` on PostgreSQL (2 executors x 200 slots, 3,000 workflows) for the
+#: coordinator's and PostgreSQL's CPU, WAL bytes and statements per transaction; pg_test_fsync
+#: for the flush. The machine was shared (1.3-1.6 other cores busy), which inflates CPU per
+#: step about threefold against the quieter benchmark suite (0.27-0.65 coordinator ms per step):
+#: these are the pessimistic numbers. Per-transaction CPU and the round trip are assumptions.
+#: The WAL bandwidth is an assumed production ceiling for one PostgreSQL, not this VM's disk
+#: (45 MB/s with fdatasync here; ``--wal-bandwidth-mb 45`` shows what that does).
 MEASURED = CostModel(
-    coordinator_cpu_per_step=0.40e-3,
-    coordinator_cpu_per_transaction=0.5e-3,
-    database_cpu_per_step=0.35e-3,
-    database_cpu_per_transaction=0.3e-3,
-    wal_bytes_per_step=5200.0,
+    coordinator_cpu_per_step=1.14e-3,
+    coordinator_cpu_per_transaction=0.2e-3,
+    database_cpu_per_step=0.72e-3,
+    database_cpu_per_transaction=0.1e-3,
+    wal_bytes_per_step=5480.0,
     wal_flush_seconds=2.5e-3,
-    wal_bandwidth=400e6,
-    round_trips_per_transaction=11.0,
+    wal_bandwidth=500e6,
+    round_trips_per_transaction=14.0,
     round_trip_seconds=0.1e-3,
 )
 
@@ -310,11 +317,16 @@ class Simulation:
     def _run_loop(self, owner: _Owner) -> None:
         if owner.loop_busy or not owner.loop_queue or not owner.up:
             return
-        batch = list(owner.loop_queue)
-        owner.loop_queue.clear()
+        # The loop works through what arrived in pieces of at most a transaction's worth, as the
+        # coordinator's event loop handles one RPC batch at a time (not a backlog in one go).
+        batch: list[_Unit] = []
+        steps = 0
+        while owner.loop_queue and steps < self.cost.max_steps_per_transaction:
+            unit = owner.loop_queue.popleft()
+            batch.append(unit)
+            steps += self.s.weight if unit.step >= 0 else 0
         owner.loop_busy = True
         owner.in_flight.update((unit.serial, unit) for unit in batch)
-        steps = sum(1 for unit in batch if unit.step >= 0) * self.s.weight
         # One loop batch feeds about one transaction: its fixed CPU (statements, savepoints) is here too.
         busy = self.cost.coordinator_cpu_per_step * steps + self.cost.coordinator_cpu_per_transaction
         self.coordinator_busy_seconds += self._within_run(busy)
@@ -661,13 +673,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="above this many steps per run, one simulated workflow stands for several (default %(default)s)",
     )
     parser.add_argument(
-        "--failover-coordinators", type=int, default=4, help="coordinators in the failover run (default 4)"
+        "--failover-coordinators",
+        type=int,
+        default=16,
+        help="coordinators in the failover run (default %(default)s)",
     )
     parser.add_argument(
-        "--failover-load", type=float, default=2.0, help="load of the failover run, x --today (default 2)"
+        "--failover-load",
+        type=float,
+        default=10.0,
+        help="load of the failover run, x --today (default %(default)s)",
     )
     parser.add_argument(
         "--takeover", type=float, default=10.0, help="seconds until a standby owns the range (default 10)"
+    )
+    parser.add_argument(
+        "--coordinator-cpu-ms",
+        type=float,
+        default=MEASURED.coordinator_cpu_per_step * 1e3,
+        help="coordinator CPU per step (default %(default)s)",
+    )
+    parser.add_argument(
+        "--database-cpu-ms",
+        type=float,
+        default=MEASURED.database_cpu_per_step * 1e3,
+        help="PostgreSQL CPU per step (default %(default)s)",
+    )
+    parser.add_argument(
+        "--wal-bytes",
+        type=float,
+        default=MEASURED.wal_bytes_per_step,
+        help="WAL bytes per step (default %(default)s)",
+    )
+    parser.add_argument(
+        "--wal-flush-ms",
+        type=float,
+        default=MEASURED.wal_flush_seconds * 1e3,
+        help="one WAL flush (fdatasync) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--wal-bandwidth-mb",
+        type=float,
+        default=MEASURED.wal_bandwidth / 1e6,
+        help="WAL bytes per second one PostgreSQL can write, in MB (default %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
@@ -687,7 +735,16 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     out = report.ResultsDirectory(NAME, args.results)
     info = machine.describe()
+    cost = dataclasses.replace(
+        MEASURED,
+        coordinator_cpu_per_step=args.coordinator_cpu_ms / 1e3,
+        database_cpu_per_step=args.database_cpu_ms / 1e3,
+        wal_bytes_per_step=args.wal_bytes,
+        wal_flush_seconds=args.wal_flush_ms / 1e3,
+        wal_bandwidth=args.wal_bandwidth_mb * 1e6,
+    )
     base = Scenario(
+        cost=cost,
         coordinators=1,
         offered_steps_per_second=args.today,
         database_cores=args.database_cores,
@@ -822,7 +879,7 @@ def run(args: argparse.Namespace) -> int:
         reference=(failover.offered_steps_per_second, "offered load"),
     )
     summary = (
-        f"Discrete-event simulation (`bench/scaling_sim.py`), cost model {dataclasses.asdict(MEASURED)}; "
+        f"Discrete-event simulation (`bench/scaling_sim.py`), cost model {_describe(cost)}; "
         f"{args.duration:.0f} simulated seconds per run, rates measured after {args.warmup:.0f} s; "
         f"PostgreSQL with {args.database_cores} cores; LLM latency uniform "
         f"{base.llm_latency[0]}-{base.llm_latency[1]} s with executor slots for twice the load; "
@@ -847,7 +904,7 @@ def run(args: argparse.Namespace) -> int:
         info,
         report.options(args),
         {
-            "cost_model": dataclasses.asdict(MEASURED),
+            "cost_model": dataclasses.asdict(cost),
             "runs": [{"sweep": sweep, **r.as_json(), "bottleneck": bottleneck(r)} for sweep, r in results],
             "failover": {**dip, "steps_lost": lost},
         },
@@ -855,3 +912,16 @@ def run(args: argparse.Namespace) -> int:
     )
     console.print(summary)
     return 0 if lost == 0 and failover_result.duplicate_applies == 0 else 1
+
+
+def _describe(cost: CostModel) -> str:
+    return (
+        f"coordinator {cost.coordinator_cpu_per_step * 1e3:.2f} ms per step + "
+        f"{cost.coordinator_cpu_per_transaction * 1e3:.2f} ms per transaction, PostgreSQL "
+        f"{cost.database_cpu_per_step * 1e3:.2f} ms + {cost.database_cpu_per_transaction * 1e3:.2f} ms, "
+        f"{cost.wal_bytes_per_step:,.0f} WAL bytes per step, "
+        f"WAL flush {cost.wal_flush_seconds * 1e3:.1f} ms, "
+        "WAL bandwidth "
+        f"{cost.wal_bandwidth / 1e6:,.0f} MB/s, {cost.round_trips_per_transaction:.0f} round trips of "
+        f"{cost.round_trip_seconds * 1e3:.1f} ms per transaction"
+    )
