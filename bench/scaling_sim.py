@@ -151,6 +151,7 @@ class _Owner:
     loop_busy: bool = False
     writer_queue: deque[_Unit] = field(default_factory=deque)
     writer_busy: bool = False
+    writer_since: float = 0.0
     #: Units in the event loop or the writer right now (lost from memory if the owner stops).
     in_flight: dict[int, _Unit] = field(default_factory=dict)
     #: Results and starts the owner could not take while it was down (executors and clients hold them).
@@ -190,6 +191,9 @@ class Result:
     wal_flushes_per_second: float
     transactions_per_second: float
     coordinator_busy: float
+    #: Share of the time each owner's single writer had a transaction under way (mean over owners):
+    #: its PostgreSQL backend runs the transaction on one core, so near 1 the writer is the limit.
+    writer_busy: float
 
     def as_json(self) -> dict[str, Any]:
         document = dataclasses.asdict(self)
@@ -229,6 +233,7 @@ class Simulation:
         self.steps_made_ready = 0
         self.database_busy_seconds = 0.0
         self.coordinator_busy_seconds = 0.0
+        self.writer_busy_seconds = 0.0
         self.flushes = 0
         self.flush_busy_seconds = 0.0
         self.wal_bytes = 0.0
@@ -352,6 +357,7 @@ class Simulation:
             batch.append(unit)
             steps += self.s.weight if unit.step >= 0 else 0
         owner.writer_busy = True
+        owner.writer_since = self.now
         generation = owner.generation
         self.transactions += 1
         network = cost.round_trips_per_transaction * cost.round_trip_seconds
@@ -419,6 +425,7 @@ class Simulation:
         if generation != owner.generation:
             return  # fenced: the owner lost its term while this transaction ran
         owner.writer_busy = False
+        self.writer_busy_seconds += min(self.now, self.s.duration) - min(owner.writer_since, self.s.duration)
         for unit in batch:
             del owner.in_flight[unit.serial]
             self._apply(unit)
@@ -522,6 +529,7 @@ class Simulation:
             wal_flushes_per_second=self.flushes / s.duration,
             transactions_per_second=self.transactions / s.duration,
             coordinator_busy=self.coordinator_busy_seconds / (s.duration * s.coordinators),
+            writer_busy=self.writer_busy_seconds / (s.duration * s.coordinators),
         )
 
     def census(self) -> tuple[int, int]:
@@ -569,6 +577,7 @@ def bottleneck(result: Result) -> str:
     s = result.scenario
     loads = {
         "coordinator CPU": result.coordinator_busy,
+        "single writer": result.writer_busy,
         "PostgreSQL CPU": result.database_busy,
         "WAL bandwidth": result.wal_bandwidth_share,
     }
@@ -806,6 +815,7 @@ def run(args: argparse.Namespace) -> int:
         "result → committed p50 ms",
         "p99 ms",
         "coordinator busy",
+        "writer busy",
         "PostgreSQL CPU busy",
         "WAL MB/s",
         "WAL flushes/s",
@@ -822,6 +832,7 @@ def run(args: argparse.Namespace) -> int:
             r.latency_p50 * 1000,
             r.latency_p99 * 1000,
             f"{r.coordinator_busy:.0%}",
+            f"{r.writer_busy:.0%}",
             f"{r.database_busy:.0%}",
             r.wal_bytes_per_second / 1e6,
             r.wal_flushes_per_second,
