@@ -136,6 +136,7 @@ def lines(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.legend(fontsize=8)
+    if drawn:
+        axes.legend(fontsize=8)
     axes.grid(True, alpha=0.3)
     return _save(figure, path)
