@@ -888,6 +888,10 @@ def run(args: argparse.Namespace) -> int:
         {"steps committed per second (0.5 s buckets)": failover_result.throughput_series},
         "steps per second",
         reference=(failover.offered_steps_per_second, "offered load"),
+        events=[
+            (failover.failover_at or 0.0, "owner stops"),
+            ((failover.failover_at or 0.0) + failover.takeover_seconds, "standby takes over"),
+        ],
     )
     summary = (
         f"Discrete-event simulation (`bench/scaling_sim.py`), cost model {_describe(cost)}; "

@@ -89,13 +89,16 @@ def timelines(
     reference: tuple[float, str] | None = None,
     second: Mapping[str, Sequence[tuple[float, float]]] | None = None,
     second_label: str = "",
+    events: Sequence[tuple[float, str]] = (),
 ) -> Path:
-    """Lines of (time, value); an optional reference line and an optional second y axis."""
+    """Lines of (time, value); an optional reference line, second y axis, and vertical event marks."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
     for label, points in series.items():
         axes.plot([p[0] for p in points], [p[1] for p in points], label=label, linewidth=1.2)
     if reference is not None:
         axes.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+    for index, (when, label) in enumerate(events):
+        axes.axvline(when, color=f"C{index + 3}", linestyle=":", linewidth=1.2, label=label)
     axes.set_xlabel("seconds since the first workflow started")
     axes.set_ylabel(ylabel)
     handles, labels = axes.get_legend_handles_labels()
