@@ -7,11 +7,15 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from .scenarios import bigdb, fifo, overhead, peer, ratelimit, scale, suite
+from . import scaling_sim
+from .scenarios import bigdb, dbcost, fifo, overhead, peer, ratelimit, scale, suite
 
 
 def scenarios() -> dict[str, ModuleType]:
-    return {module.NAME: module for module in (overhead, fifo, ratelimit, scale, peer, bigdb, suite)}
+    return {
+        module.NAME: module
+        for module in (overhead, fifo, ratelimit, scale, peer, bigdb, dbcost, scaling_sim, suite)
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -77,6 +77,9 @@ class ClusterSpec:
     coordinator_args: Sequence[str] = ()
     executor_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    #: The module the coordinator runs as (``python -m MODULE coordinator ...``); a wrapper such as
+    #: ``bench.harness.statement_probe`` observes the coordinator without changing it.
+    coordinator_module: str = "conveyor.cli"
 
 
 class LocalCluster:
@@ -101,7 +104,13 @@ class LocalCluster:
     ) -> None:
         self.stop()
 
-    def _spawn(self, name: str, args: Sequence[str], env: dict[str, str] | None = None) -> ManagedProcess:
+    def _spawn(
+        self,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str] | None = None,
+        module: str = "conveyor.cli",
+    ) -> ManagedProcess:
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.spec.workdir / f"{name}.log"
         restarts = 1
@@ -110,7 +119,7 @@ class LocalCluster:
             log_path = self.spec.workdir / f"{name}-{restarts}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "conveyor.cli", *args],
+                [sys.executable, "-m", module, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env, **(env or {})},
@@ -137,7 +146,9 @@ class LocalCluster:
         args = ["coordinator", "--db", self.spec.database_url, "--listen", f"127.0.0.1:{port}"]
         for module in self.spec.workflow_modules:
             args += ["--workflows", module]
-        self.coordinator = self._spawn("coordinator", [*args, *self.spec.coordinator_args])
+        self.coordinator = self._spawn(
+            "coordinator", [*args, *self.spec.coordinator_args], module=self.spec.coordinator_module
+        )
         self.coordinator_address = self.coordinator.wait_for_address(60)
 
     def add_executor(

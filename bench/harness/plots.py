@@ -89,13 +89,16 @@ def timelines(
     reference: tuple[float, str] | None = None,
     second: Mapping[str, Sequence[tuple[float, float]]] | None = None,
     second_label: str = "",
+    events: Sequence[tuple[float, str]] = (),
 ) -> Path:
-    """Lines of (time, value); an optional reference line and an optional second y axis."""
+    """Lines of (time, value); an optional reference line, second y axis, and vertical event marks."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
     for label, points in series.items():
         axes.plot([p[0] for p in points], [p[1] for p in points], label=label, linewidth=1.2)
     if reference is not None:
         axes.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+    for index, (when, label) in enumerate(events):
+        axes.axvline(when, color=f"C{index + 3}", linestyle=":", linewidth=1.2, label=label)
     axes.set_xlabel("seconds since the first workflow started")
     axes.set_ylabel(ylabel)
     handles, labels = axes.get_legend_handles_labels()
@@ -110,4 +113,33 @@ def timelines(
         handles, labels = handles + more_handles, labels + more_labels
     axes.legend(handles, labels, fontsize=8)
     axes.set_title(title)
+    return _save(figure, path)
+
+
+def lines(
+    path: Path,
+    title: str,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    xlabel: str,
+    ylabel: str,
+    *,
+    log_x: bool = False,
+    log_y: bool = False,
+) -> Path:
+    """Lines of (x, y) with markers, one per series; optional log axes."""
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    drawn = {label: points for label, points in series.items() if points}
+    for label, points in drawn.items():
+        axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, linewidth=1.2)
+    # A log axis needs positive values; with nothing to draw the plot stays linear (and empty).
+    if log_x and any(p[0] > 0 for points in drawn.values() for p in points):
+        axes.set_xscale("log", base=2)
+    if log_y and any(p[1] > 0 for points in drawn.values() for p in points):
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    if drawn:
+        axes.legend(fontsize=8)
+    axes.grid(True, alpha=0.3)
     return _save(figure, path)

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,10 @@ class ClusterShape:
     simulator_args: Sequence[str] = ("--latency", "fixed:0")
     coordinator_args: Sequence[str] = ()
     executor_args: Sequence[str] = ()
+    #: See :attr:`bench.cluster.ClusterSpec.coordinator_module`.
+    coordinator_module: str = "conveyor.cli"
+    #: Extra environment for every process of the cluster.
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +120,8 @@ def run_on_cluster(
         simulator_args=tuple(shape.simulator_args),
         coordinator_args=tuple(shape.coordinator_args),
         executor_args=tuple(shape.executor_args),
+        env=dict(shape.env),
+        coordinator_module=shape.coordinator_module,
     )
     with LocalCluster(spec) as cluster:
         assert cluster.coordinator is not None and cluster.simulator_url is not None
