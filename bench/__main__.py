@@ -7,11 +7,13 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from .scenarios import bigdb, fifo, overhead, peer, ratelimit, scale, suite
+from .scenarios import agent_loop, bigdb, fifo, overhead, peer, ratelimit, scale, suite
 
 
 def scenarios() -> dict[str, ModuleType]:
-    return {module.NAME: module for module in (overhead, fifo, ratelimit, scale, peer, bigdb, suite)}
+    return {
+        module.NAME: module for module in (overhead, fifo, ratelimit, scale, agent_loop, peer, bigdb, suite)
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

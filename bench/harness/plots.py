@@ -111,3 +111,28 @@ def timelines(
     axes.legend(handles, labels, fontsize=8)
     axes.set_title(title)
     return _save(figure, path)
+
+
+def lines(
+    path: Path,
+    title: str,
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    reference: tuple[float, str] | None = None,
+) -> Path:
+    """One line of (x, y) points per series, optionally on a logarithmic x axis."""
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    for label, points in series.items():
+        axes.plot([p[0] for p in points], [p[1] for p in points], label=label, linewidth=1.2, marker=".")
+    if reference is not None:
+        axes.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
+    if log_x:
+        axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title, fontsize=10)
+    axes.legend(fontsize=8)
+    return _save(figure, path)

@@ -14,7 +14,7 @@ from types import ModuleType
 
 from rich.console import Console
 
-from . import fifo, overhead, peer, ratelimit, scale
+from . import agent_loop, fifo, overhead, peer, ratelimit, scale
 
 NAME = "suite"
 
@@ -24,6 +24,7 @@ STANDARD: list[tuple[ModuleType, list[str]]] = [
     (fifo, []),
     (ratelimit, []),
     (scale, []),
+    (agent_loop, []),
     (peer, []),
 ]
 QUICK: list[tuple[ModuleType, list[str]]] = [
@@ -34,6 +35,7 @@ QUICK: list[tuple[ModuleType, list[str]]] = [
     ),
     (ratelimit, ["--duration", "60", "--warmup", "30"]),
     (scale, ["--sizes", "2000,10000"]),
+    (agent_loop, ["--quick"]),
     (peer, ["--workflows", "500"]),
 ]
 
