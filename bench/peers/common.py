@@ -54,6 +54,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tool-every", type=int, default=5, help="agent workload: a tool call every N turns")
     parser.add_argument("--workflows", type=int, required=True)
     parser.add_argument("--concurrency", type=int, required=True, help="LLM calls (activities) at once")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=900.0,
+        help="seconds to wait for the workflows; unfinished ones count as not completed (default 900)",
+    )
 
 
 def workflow_input(args: argparse.Namespace, index: int) -> dict[str, Any]:

@@ -124,7 +124,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
             load_input=False,
             load_output=False,
         )
-        if not unfinished:
+        if not unfinished or time.time() > began + args.time_limit:
             break
         await asyncio.sleep(1.0)
     finished = time.time()

@@ -159,16 +159,20 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
         enqueued = time.time()
         gate = asyncio.Semaphore(WAITS_IN_FLIGHT)
         done = 0
+        loop_deadline = asyncio.get_running_loop().time() + args.time_limit - (time.time() - began)
 
         async def output(index: int) -> float | None:
             nonlocal done
             async with gate:
                 url = f"{INGRESS}/restate/workflow/{name}/{run_id}-{index}/attach"
-                async with session.get(url) as response:
-                    if response.status >= 300:
-                        print(f"restate peer: {url}: {response.status}", file=sys.stderr, flush=True)
-                        return None
-                    result = await response.json(content_type=None)
+                try:
+                    async with asyncio.timeout_at(loop_deadline), session.get(url) as response:
+                        if response.status >= 300:
+                            print(f"restate peer: {url}: {response.status}", file=sys.stderr, flush=True)
+                            return None
+                        result = await response.json(content_type=None)
+                except TimeoutError:
+                    return None
             done += 1
             if done % 500 == 0:
                 print(f"restate peer: {done:,} workflows finished", file=sys.stderr, flush=True)

@@ -133,23 +133,29 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
 
         await asyncio.gather(*(starter() for _ in range(STARTS_IN_FLIGHT)))
         enqueued = time.time()
-        results = await _results([h for h in handles if h is not None])
-        history_bytes = await _history_bytes([h for h in handles[:5] if h is not None])
+        results = await _results([h for h in handles if h is not None], began + args.time_limit)
+        finished_handles = [h for h, r in zip(handles, results, strict=True) if h is not None and r]
+        history_bytes = await _history_bytes(finished_handles[:5])
     await close_clients()
     finished = [r.get("finished_at") if r else None for r in results]
     return timings_document(began, enqueued, created, finished, history_bytes_per_workflow=history_bytes)
 
 
-async def _results(handles: list[WorkflowHandle[Any, Any]]) -> list[dict[str, Any] | None]:
-    """Every workflow's result, a bounded number of waits at a time, with a progress line."""
+async def _results(handles: list[WorkflowHandle[Any, Any]], deadline: float) -> list[dict[str, Any] | None]:
+    """Every workflow's result, a bounded number of waits at a time, with a progress line;
+    None for a workflow that failed or had not finished by ``deadline`` (Unix time)."""
     gate = asyncio.Semaphore(200)
     done = 0
+    loop_deadline = asyncio.get_running_loop().time() + (deadline - time.time())
 
     async def one(handle: WorkflowHandle[Any, Any]) -> dict[str, Any] | None:
         nonlocal done
         async with gate:
             try:
-                result: dict[str, Any] = await handle.result()
+                async with asyncio.timeout_at(loop_deadline):
+                    result: dict[str, Any] = await handle.result()
+            except TimeoutError:
+                return None
             except Exception as error:  # a failed workflow counts as not completed
                 print(f"temporal peer: {handle.id} failed: {error}", file=sys.stderr, flush=True)
                 return None

@@ -109,6 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Conveyor executors sharing that concurrency (default %(default)s)",
     )
     parser.add_argument(
+        "--peer-time-limit",
+        type=float,
+        default=900.0,
+        help="seconds a peer may take; its unfinished workflows then count as not completed (default 900)",
+    )
+    parser.add_argument(
         "--restate-cache",
         type=Path,
         default=DEFAULT_RESTATE_CACHE,
@@ -125,6 +131,7 @@ class Job:
     workflows: int
     steps_per_workflow: int
     turns: int = 0
+    time_limit: float = 900.0
 
     @property
     def title(self) -> str:
@@ -134,6 +141,7 @@ class Job:
 
     def peer_flags(self) -> list[str]:
         flags = ["--workload", self.workload, "--workflows", str(self.workflows)]
+        flags += ["--time-limit", str(self.time_limit)]
         if self.workload == "agent":
             flags += ["--turns", str(self.turns), "--tool-every", str(TOOL_EVERY)]
         return flags
@@ -146,10 +154,16 @@ def _jobs(args: argparse.Namespace) -> list[Job]:
         raise SystemExit(f"--workloads takes research and/or agent, not {args.workloads!r}")
     jobs = []
     if "research" in wanted:
-        jobs.append(Job("research", args.workflows, STEPS_PER_WORKFLOW))
+        jobs.append(Job("research", args.workflows, STEPS_PER_WORKFLOW, time_limit=args.peer_time_limit))
     if "agent" in wanted:
         jobs.append(
-            Job("agent", args.agent_workflows, steps_of(args.agent_turns, TOOL_EVERY), args.agent_turns)
+            Job(
+                "agent",
+                args.agent_workflows,
+                steps_of(args.agent_turns, TOOL_EVERY),
+                args.agent_turns,
+                args.peer_time_limit,
+            )
         )
     return jobs
 
