@@ -83,13 +83,14 @@ def test_scale_on_both_databases(tmp_path: Path, postgres_url: str) -> None:
         assert all(run["database_mib"] > 0 and run["failed"] == 0 for run in results[kind].values())
 
 
+@pytest.mark.timeout(900)  # eight engine runs, each starting its own servers
 def test_peer_runs_every_engine_on_both_workloads(tmp_path: Path) -> None:
     results, _ = run_scenario(
         tmp_path,
         "peer",
-        "--workflows 20 --agent-workflows 2 --agent-turns 6 --concurrency 10 --db sqlite",
+        "--workflows 12 --agent-workflows 2 --agent-turns 6 --concurrency 10 --db sqlite",
     )
-    for workload, count in (("research", 20), ("agent", 2)):
+    for workload, count in (("research", 12), ("agent", 2)):
         rows = {row["engine"]: row for row in results[workload]}
         assert set(rows) == {"conveyor", "dbos", "temporal", "restate"}
         for engine, row in rows.items():
