@@ -29,8 +29,8 @@ test: $(STAMP)
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$status
 
-## bench: the standard benchmark suite (about 45 min; QUICK=1 for a few minutes); results in results/
-# (.[dev] includes .[bench]: matplotlib, DBOS Transact, the profilers)
+## bench: the standard benchmark suite (about an hour; QUICK=1 for a few minutes); results in results/
+# (.[dev] includes .[bench]: matplotlib, the DBOS, Temporal and Restate peers, the profilers)
 bench: $(STAMP)
 	$(BIN)/python -m bench suite $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 

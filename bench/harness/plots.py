@@ -125,12 +125,15 @@ def lines(
     *,
     log_x: bool = False,
     log_y: bool = False,
+    reference: tuple[float, str] | None = None,
 ) -> Path:
-    """Lines of (x, y) with markers, one per series; optional log axes."""
+    """Lines of (x, y) with markers, one per series; optional log axes and a dashed reference level."""
     figure, axes = plt.subplots(figsize=(9, 4.5))
     drawn = {label: points for label, points in series.items() if points}
     for label, points in drawn.items():
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label, linewidth=1.2)
+    if reference is not None:
+        axes.axhline(reference[0], color="grey", linestyle="--", linewidth=1, label=reference[1])
     # A log axis needs positive values; with nothing to draw the plot stays linear (and empty).
     if log_x and any(p[0] > 0 for points in drawn.values() for p in points):
         axes.set_xscale("log", base=2)
@@ -139,7 +142,7 @@ def lines(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    if drawn:
+    if drawn or reference is not None:
         axes.legend(fontsize=8)
     axes.grid(True, alpha=0.3)
     return _save(figure, path)

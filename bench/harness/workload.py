@@ -93,6 +93,19 @@ def research_args(index: int) -> dict[str, str]:
     return {"topic": f"{TOPICS[index % len(TOPICS)]} #{index}"}
 
 
+@dataclass(frozen=True)
+class Workload:
+    """Which workflow a run starts, with what arguments, and how many steps each one takes."""
+
+    name: str = "research"
+    args: Callable[[int], Any] = research_args
+    steps_per_workflow: int = STEPS_PER_WORKFLOW
+
+
+#: The seed's four-step research workflow (:mod:`bench.workflows`), the default of every run.
+RESEARCH = Workload()
+
+
 def run_on_cluster(
     database: RunDatabase,
     workdir: Path,
@@ -104,6 +117,7 @@ def run_on_cluster(
     time_limit: float = 3600.0,
     stop_when: Callable[[float, dict[str, Any]], bool] | None = None,
     profile: bool = False,
+    workload: Workload = RESEARCH,
 ) -> RunOutcome:
     """Run ``workflows`` research workflows on a fresh cluster and return what happened.
 
@@ -147,6 +161,7 @@ def run_on_cluster(
                         label,
                         time_limit,
                         stop_when,
+                        workload,
                     )
                 )
             except BaseException:
@@ -154,7 +169,7 @@ def run_on_cluster(
                 raise
         exit_codes = cluster.stop()
     return RunOutcome(
-        timings=timings.load(database.url),
+        timings=timings.load(database.url, workload.name),
         sampler=sampler,
         monotonic_to_wall=monotonic_to_wall,
         start_seconds=driven.start_seconds,
@@ -183,6 +198,7 @@ async def _drive(
     label: str,
     time_limit: float,
     stop_when: Callable[[float, dict[str, Any]], bool] | None,
+    workload: Workload,
 ) -> _Driven:
     driven = _Driven()
     async with AsyncClient(address, timeout=120) as client:
@@ -199,7 +215,7 @@ async def _drive(
             bar = progress.add_task("run", total=count, detail="starting")
             accepted = [0]
             began = time.monotonic()
-            starting = asyncio.create_task(_start_all(client, count, accepted))
+            starting = asyncio.create_task(_start_all(client, workload, count, accepted))
             finished = 0
             next_log_line = LOG_LINE_INTERVAL
             while True:
@@ -209,20 +225,21 @@ async def _drive(
                 driven.simulator_series.append((elapsed, stats))
                 if starting.done():
                     driven.start_seconds = driven.start_seconds or starting.result()
-                counts = await client.count_workflows("research")
+                counts = await client.count_workflows(workload.name)
                 finished = sum(n for status, n in counts.items() if status.finished)
                 failed = counts[WorkflowStatus.FAILED]
                 progress.update(
                     bar,
                     completed=finished,
-                    detail=f"started {accepted[0]:,}, "
-                    f"{finished * STEPS_PER_WORKFLOW / elapsed:,.0f} steps/s, "
+                    detail=f"started {accepted[0]:,}, {stats.get('requests', 0):,} LLM calls, "
+                    f"{finished * workload.steps_per_workflow / elapsed:,.0f} steps/s, "
                     f"{stats.get('rate_limited', 0):,} x 429, {failed} failed",
                 )
                 if not console.is_terminal and elapsed >= next_log_line:  # logs get a line every 10 s
                     next_log_line += LOG_LINE_INTERVAL
                     console.print(
-                        f"{label}: {elapsed:.0f}s, {finished:,}/{count:,} finished, {failed} failed"
+                        f"{label}: {elapsed:.0f}s, {finished:,}/{count:,} finished, {failed} failed, "
+                        f"{stats.get('requests', 0):,} LLM calls"
                     )
                 if stop_when is not None and stop_when(elapsed, stats):
                     break
@@ -246,7 +263,7 @@ async def _finish(task: asyncio.Task[Any]) -> None:
         await task
 
 
-async def _start_all(client: AsyncClient, count: int, accepted: list[int]) -> float:
+async def _start_all(client: AsyncClient, workload: Workload, count: int, accepted: list[int]) -> float:
     """Start ``count`` workflows with a few StartWorkflows calls in flight; returns the seconds it took.
 
     ``accepted[0]`` counts the workflows started so far, for the progress display.
@@ -259,7 +276,7 @@ async def _start_all(client: AsyncClient, count: int, accepted: list[int]) -> fl
     async def starter() -> None:
         while not batches.empty():
             batch = batches.get_nowait()
-            await client.start_workflows([("research", research_args(i)) for i in batch])
+            await client.start_workflows([(workload.name, workload.args(i)) for i in batch])
             accepted[0] += len(batch)
 
     await asyncio.gather(*(starter() for _ in range(START_CALLS_IN_FLIGHT)))

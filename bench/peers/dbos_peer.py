@@ -1,7 +1,8 @@
 """The benchmark workflow on DBOS Transact: same shape, same prompts, same SDK, same simulator.
 
-``python -m bench.peers.dbos_peer --system-db URL --workflows N --concurrency C --output FILE``
-(with ``ANTHROPIC_BASE_URL`` pointing at the simulator) enqueues N research workflows
+``python -m bench.peers.dbos_peer --system-db URL [--workload research|agent] --workflows N
+--concurrency C --output FILE`` (with ``ANTHROPIC_BASE_URL`` pointing at the simulator)
+enqueues N workflows
 on a DBOS queue of concurrency C, waits until all have finished, and writes the
 timings to FILE as JSON: when each workflow was enqueued and when its last step
 finished, and how long enqueueing took.
@@ -9,7 +10,9 @@ finished, and how long enqueueing took.
 The workflow mirrors :func:`bench.workflows.research` exactly: ``extract``, then
 ``analyze_a`` and ``analyze_b`` at once (``asyncio.gather`` of two steps), then
 ``summarize``; each step one Messages API call through ``anthropic.AsyncAnthropic``
-on its aiohttp transport with the SDK's retries off, as Conveyor's executors do.
+on its aiohttp transport with the SDK's retries off, as Conveyor's executors do. The
+agent loop mirrors :func:`bench.agent.agent_loop`: one step per turn (the whole
+conversation as its input) and one per tool call.
 """
 
 from __future__ import annotations
@@ -23,40 +26,56 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import anthropic
 from dbos import DBOS, DBOSConfig
 
-from ..harness.workload import research_args
+from ..agent import first_prompt, next_prompt, tool_message, tool_observation
 from ..workflows import (
-    MAX_TOKENS,
-    MODEL,
     analyze_a_prompt,
     analyze_b_prompt,
     extract_prompt,
     summarize_prompt,
 )
+from .common import add_workload_arguments, complete, workflow_input
 
-QUEUE_NAME = "research"
+QUEUE_NAME = "bench"
 QUEUE_POLLING_INTERVAL = 0.1
 ENQUEUES_IN_FLIGHT = 8
-_client: anthropic.AsyncAnthropic | None = None
 
 
 @DBOS.step()
 async def ask(prompt: str) -> str:
-    global _client
-    if _client is None:  # created on the loop DBOS runs workflows on, which is not ours
-        _client = anthropic.AsyncAnthropic(max_retries=0, http_client=anthropic.DefaultAioHttpClient())
-    message = await _client.messages.create(
-        model=MODEL, max_tokens=MAX_TOKENS, messages=[{"role": "user", "content": prompt}]
-    )
-    return "".join(block.text for block in message.content if block.type == "text")
+    # The client is made on the loop DBOS runs workflows on (one per loop: see complete()).
+    return await complete([{"role": "user", "content": prompt}])
 
 
 @DBOS.step()
 async def finished_at() -> float:
     """When the workflow's last LLM step was done (a step, so replays would see the same value)."""
     return time.time()
+
+
+@DBOS.step()
+async def turn(messages: list[dict[str, Any]]) -> str:
+    return await complete(messages)
+
+
+@DBOS.step()
+async def lookup(session: str, turn: int, query: str) -> dict[str, str]:
+    return tool_observation(session, turn, query)
+
+
+@DBOS.workflow()
+async def agent_loop(session: str, turns: int, tool_every: int) -> dict[str, Any]:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": first_prompt(session)}]
+    for index in range(turns):
+        reply = await turn(messages)
+        messages.append({"role": "assistant", "content": reply})
+        if tool_every > 0 and (index + 1) % tool_every == 0:
+            observation = await lookup(session, index, reply)
+            messages.append({"role": "user", "content": tool_message(observation)})
+        else:
+            messages.append({"role": "user", "content": next_prompt(index)})
+    return {"summary": messages[-2]["content"], "finished_at": await finished_at()}
 
 
 @DBOS.workflow()
@@ -75,6 +94,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     queue = await DBOS.register_queue_async(
         QUEUE_NAME, worker_concurrency=args.concurrency, polling_interval_sec=QUEUE_POLLING_INTERVAL
     )
+    chosen = research if args.workload == "research" else agent_loop
     began = time.time()
     handles: list[Any] = [None] * args.workflows
     created: list[float] = [0.0] * args.workflows
@@ -85,7 +105,11 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
         while next_index < args.workflows:
             index, next_index = next_index, next_index + 1
             created[index] = time.time()
-            handles[index] = await queue.enqueue_async(research, research_args(index)["topic"])
+            arguments = workflow_input(args, index)
+            if args.workload == "research":
+                handles[index] = await queue.enqueue_async(research, arguments["topic"])
+            else:
+                handles[index] = await queue.enqueue_async(agent_loop, **arguments)
             if (index + 1) % 1000 == 0:
                 print(f"dbos peer: {index + 1:,} workflows enqueued", file=sys.stderr, flush=True)
 
@@ -94,19 +118,19 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     # One status query a second, rather than a poll per workflow handle.
     while True:
         unfinished = await DBOS.list_workflows_async(
-            name=research.__qualname__,
+            name=chosen.__qualname__,
             status=["ENQUEUED", "PENDING"],
             limit=1,
             load_input=False,
             load_output=False,
         )
-        if not unfinished:
+        if not unfinished or time.time() > began + args.time_limit:
             break
         await asyncio.sleep(1.0)
     finished = time.time()
     outputs = {
         status.workflow_id: status.output
-        for status in await DBOS.list_workflows_async(name=research.__qualname__, load_input=False)
+        for status in await DBOS.list_workflows_async(name=chosen.__qualname__, load_input=False)
     }
     results = [outputs.get(handle.get_workflow_id()) or {} for handle in handles]
     return {
@@ -127,8 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--schema", default="dbos", help="DBOS system schema on PostgreSQL (default %(default)s)"
     )
-    parser.add_argument("--workflows", type=int, required=True)
-    parser.add_argument("--concurrency", type=int, required=True, help="the queue's concurrency")
+    add_workload_arguments(parser)
     parser.add_argument("--output", type=Path, required=True, help="where to write the timings (JSON)")
     args = parser.parse_args(argv)
     config: DBOSConfig = {

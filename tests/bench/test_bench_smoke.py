@@ -83,11 +83,46 @@ def test_scale_on_both_databases(tmp_path: Path, postgres_url: str) -> None:
         assert all(run["database_mib"] > 0 and run["failed"] == 0 for run in results[kind].values())
 
 
-def test_peer_runs_dbos_on_the_same_workload(tmp_path: Path) -> None:
-    results, _ = run_scenario(tmp_path, "peer", "--workflows 20 --concurrency 10 --db sqlite")
-    assert results["sqlite"]["conveyor"]["completed"] == 20
-    assert results["sqlite"]["dbos"]["completed"] == 20
-    assert results["sqlite"]["total_time_ratio"] > 0
+@pytest.mark.timeout(900)  # eight engine runs, each starting its own servers
+def test_peer_runs_every_engine_on_both_workloads(tmp_path: Path) -> None:
+    results, _ = run_scenario(
+        tmp_path,
+        "peer",
+        "--workflows 12 --agent-workflows 2 --agent-turns 6 --concurrency 10 --db sqlite",
+    )
+    for workload, count in (("research", 12), ("agent", 2)):
+        rows = {row["engine"]: row for row in results[workload]}
+        assert set(rows) == {"conveyor", "dbos", "temporal", "restate"}
+        for engine, row in rows.items():
+            assert "unavailable" not in row, f"{engine}: {row.get('unavailable')}"
+            assert row["completed"] == count, engine
+            assert row["cpu_per_1000_steps"] > 0 and row["peak_rss_mib"] > 0, engine
+        assert rows["conveyor"]["cpu_per_step_ratio"] == 1.0
+        assert rows["temporal"]["store"].startswith("own")
+
+
+def test_agent_loop_measures_gaps_journal_and_memory(tmp_path: Path) -> None:
+    results, directory = run_scenario(
+        tmp_path,
+        "agent-loop",
+        "--lengths 5,20 --workflows 3,2 --tool-every 4 --in-flight 30 --in-flight-turns 50 "
+        "--in-flight-seconds 3 --concurrency 10 --db sqlite",
+    )
+    short, long = results["lengths"]["sqlite"]
+    assert (short["turns"], short["steps_per_workflow"], short["completed"]) == (5, 6, 3)
+    assert (long["turns"], long["steps_per_workflow"], long["completed"]) == (20, 25, 2)
+    assert long["steps_done"] == 2 * 25 and long["failed"] == 0
+    for gaps in (long["gap_to_enqueue_ms"], long["gap_to_start_ms"]):
+        assert gaps["first_10pct"]["p50"] >= 0 and gaps["last_10pct"]["p50"] >= 0
+    assert long["enqueue_gap_ratio_p50"] > 0
+    # Every step's stored arguments include the whole conversation so far: the journal of the
+    # longer loop is larger than its final conversation (today: much larger).
+    assert long["journal_bytes_per_workflow"] > long["conversation_bytes_per_workflow"] > 0
+    assert len(long["gap_by_step_ms"]) == 24
+    in_flight = results["in_flight"]["sqlite"]
+    assert in_flight["workflows"] == 30 and in_flight["coordinator_peak_rss_mib"] > 0
+    assert in_flight["steps_done"] > 0
+    assert (directory / "agent-loop-gaps-sqlite.png").exists()
 
 
 @pytest.fixture
