@@ -25,13 +25,13 @@ the same for every attempt of the step::
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import ConfigurationError
+from .user_modules import import_user_module
 
 HANDLER_MARK = "__conveyor_task_kind__"
 #: Set on handlers declared with ``context=True``: they are called as ``handler(payload, ctx)``.
@@ -133,10 +133,7 @@ class HandlerRegistry:
     def from_modules(cls, module_names: list[str]) -> HandlerRegistry:
         registry = cls()
         for module_name in module_names:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as error:
-                raise ConfigurationError(f"cannot import handler module {module_name!r}: {error}") from error
+            module = import_user_module(module_name, "handler module")
             found = [obj for obj in vars(module).values() if callable(obj) and hasattr(obj, HANDLER_MARK)]
             if not found:
                 raise ConfigurationError(f"module {module_name!r} defines no @task_handler functions")
