@@ -211,7 +211,8 @@ def add_commands(subparsers: Any) -> None:
         subparsers,
         "cancel",
         "cancel workflows by id, or in bulk by filter (with a dry run)",
-        "Cancel running workflows: the ones named by id, or, server-side and oldest first, every one "
+        "Cancel running workflows: the ones named by id (one already finished or unknown is reported "
+        "and the others are still cancelled), or, server-side and oldest first, every one "
         "that matches a filter (a shard or --all, and optionally a name and start-time bounds). "
         "With --dry-run nothing changes and the matches are counted. Times are ISO 8601 "
         "(2025-01-31T12:00:00, UTC unless an offset is given) or a duration ago (90s, 30m, 2h, 1d).",
