@@ -86,7 +86,8 @@ async def test_a_retried_side_effect_happens_once_with_the_steps_idempotency_key
     first = await stack.client.start_workflow("checkout", {"kind": kind, "amounts": [10, 20]})
     second = await stack.client.start_workflow("checkout", {"kind": kind, "amounts": [10]})
     for started in (first, second):
-        finished = await wait_finished(stack.client, started.workflow_id)
+        # Six attempts and their replays in turn: a loaded machine needs more than the default wait.
+        finished = await wait_finished(stack.client, started.workflow_id, within=90)
         assert finished.status is WorkflowStatus.COMPLETED, finished.error
         assert [receipt["attempt"] for receipt in finished.result] == [2] * len(finished.result)
 
