@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ from conveyor import transport
 from conveyor.errors import (
     ConfigurationError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     RpcError,
@@ -46,7 +48,8 @@ EXIT_INVARIANT_BROKEN = 7
 EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}  success
-  {EXIT_REFUSED}  the coordinator refused the request (e.g. the workflow already finished)
+  {EXIT_REFUSED}  the coordinator refused the request (e.g. the workflow already finished, or an
+     idempotency key was reused with other arguments)
   {EXIT_USAGE}  bad usage or a request the coordinator found invalid
   {EXIT_NOT_FOUND}  no such workflow
   {EXIT_UNAVAILABLE}  the coordinator is unreachable
@@ -109,13 +112,22 @@ def add_commands(subparsers: Any) -> None:
         "start",
         "start a workflow and print its id",
         "Start a workflow and print its id (with --wait: wait for it, then show it).",
-        'conveyor start research --args \'{"topic": "tides"}\'',
+        'conveyor start research --args \'{"topic": "tides"}\'  (or --args @args.json, or --args -)',
         Command(StartArgs.parse, _start),
     )
     start.add_argument("name", help="registered workflow name")
-    start.add_argument("--args", default="", help="JSON object (keyword arguments) or array (positional)")
     start.add_argument(
-        "--idempotency-key", default="", help="a repeated key returns the first workflow instead"
+        "--args",
+        default="",
+        metavar="JSON|@FILE|-",
+        help="JSON object (keyword arguments) or array (positional); @FILE reads it from a file, "
+        "- from stdin",
+    )
+    start.add_argument(
+        "--idempotency-key",
+        default="",
+        help="per workflow name: a repeat with the same arguments returns the first workflow; with "
+        "other arguments it is refused (exit 1)",
     )
     start.add_argument("--wait", action="store_true", help="wait for the workflow to finish")
     _within_argument(start)
@@ -199,7 +211,8 @@ def add_commands(subparsers: Any) -> None:
         subparsers,
         "cancel",
         "cancel workflows by id, or in bulk by filter (with a dry run)",
-        "Cancel running workflows: the ones named by id, or, server-side and oldest first, every one "
+        "Cancel running workflows: the ones named by id (one already finished or unknown is reported "
+        "and the others are still cancelled), or, server-side and oldest first, every one "
         "that matches a filter (a shard or --all, and optionally a name and start-time bounds). "
         "With --dry-run nothing changes and the matches are counted. Times are ISO 8601 "
         "(2025-01-31T12:00:00, UTC unless an offset is given) or a duration ago (90s, 30m, 2h, 1d).",
@@ -535,8 +548,36 @@ def _usage(message: str) -> int:
 # -------------------------------------------------------------------- workflows
 
 
+def read_arguments(given: str) -> str:
+    """The JSON text of ``--args``: as given, or read from ``@FILE`` or from stdin (``-``).
+
+    What is read is checked here, so a wrong file is reported with its name rather than as
+    the coordinator's complaint about the text; JSON given inline is the coordinator's to check.
+    """
+    if given == "-":
+        source, text = "stdin", sys.stdin.read()
+    elif given.startswith("@"):
+        path = given[1:]
+        source = path
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as error:
+            raise ConfigurationError(f"cannot read --args file {path!r}: {error.strerror or error}") from None
+        except UnicodeDecodeError as error:
+            raise ConfigurationError(f"--args file {path!r} is not UTF-8 text: {error}") from None
+    else:
+        return given
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigurationError(f"--args from {source} is not valid JSON: {error}") from None
+    return text
+
+
 async def _start(client: AsyncClient, args: StartArgs, output: Output) -> int | None:
-    started = await client.start_workflow(args.name, args.args, idempotency_key=args.idempotency_key)
+    arguments = read_arguments(args.args)
+    started = await client.start_workflow(args.name, arguments, idempotency_key=args.idempotency_key)
     if not args.wait:
         output.started(started)
         return None
@@ -623,8 +664,7 @@ async def _cancel(client: AsyncClient, args: CancelArgs, output: Output) -> int 
         filters = args.bulk_only_flags()
         if filters:
             return _usage(f"{', '.join(filters)} only apply to a bulk cancel (--shard N or --all)")
-        output.workflows([await client.cancel_workflow(wid, args.reason) for wid in args.workflow_ids])
-        return None
+        return await _cancel_each(client, args, output)
     if not args.bulk:
         return _usage("name the workflows to cancel, or pick them by filter with --shard N or --all")
     outcome = await client.cancel_workflows(
@@ -638,6 +678,38 @@ async def _cancel(client: AsyncClient, args: CancelArgs, output: Output) -> int 
     )
     output.bulk_cancel(outcome, dry_run=args.dry_run)
     return None
+
+
+async def _cancel_each(client: AsyncClient, args: CancelArgs, output: Output) -> int | None:
+    """Cancel each workflow named; one already finished or unknown does not stop the others.
+
+    Each refusal is reported as it comes; the exit code is that of the worst one (refused 1,
+    bad id 2, not found 3). An unreachable coordinator or a refused token stops at once.
+    """
+    cancelled: list[Workflow] = []
+    refusals: list[tuple[str, RpcError]] = []
+    for workflow_id in dict.fromkeys(args.workflow_ids):
+        try:
+            cancelled.append(await client.cancel_workflow(workflow_id, args.reason))
+        except (NotFound, FailedPrecondition, InvalidArgument) as error:
+            _fail(f"not cancelled: {error.message}")
+            refusals.append((workflow_id, error))
+    if cancelled:
+        output.workflows(cancelled)
+    if not refusals:
+        return None
+    if len(args.workflow_ids) > 1:
+        names = ", ".join(workflow_id for workflow_id, _ in refusals)
+        _fail(f"cancelled {len(cancelled)} of {len(cancelled) + len(refusals)}; not cancelled: {names}")
+    codes = {_CANCEL_EXIT_CODES[type(error)] for _, error in refusals}
+    return EXIT_REFUSED if EXIT_REFUSED in codes else max(codes)
+
+
+_CANCEL_EXIT_CODES: dict[type[RpcError], int] = {
+    FailedPrecondition: EXIT_REFUSED,
+    InvalidArgument: EXIT_USAGE,
+    NotFound: EXIT_NOT_FOUND,
+}
 
 
 # ------------------------------------------------------------------------ admin

@@ -15,7 +15,7 @@ from .errors import (
     TaskRateLimited,
     WorkflowError,
 )
-from .tasks import HandlerRegistry, task_handler
+from .tasks import HandlerRegistry, TaskContext, task_handler
 from .workflow import (
     DEFAULT_LLM_RETRY,
     DEFAULT_TASK_RETRY,
@@ -40,6 +40,7 @@ __all__ = [
     "RetryPolicy",
     "RpcError",
     "StepFailed",
+    "TaskContext",
     "TaskError",
     "TaskRateLimited",
     "WorkflowContext",

@@ -23,7 +23,7 @@ processes:
   conveyor simulator     an Anthropic Messages API simulator (tests, demo, benchmarks)
 
 clients (against --coordinator, default 127.0.0.1:50051):
-  conveyor start NAME --args JSON      start a workflow, print its id
+  conveyor start NAME --args JSON      start a workflow, print its id (--args @FILE, - for stdin)
   conveyor get ID [--json]             a workflow, its result and its steps
   conveyor list / count                workflows by status and name, page by page / per status
   conveyor wait ID...                  wait until workflows finish

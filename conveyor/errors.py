@@ -8,6 +8,7 @@
     │   │                         request the coordinator refuses (server side)
     │   ├── InvalidArgument       INVALID_ARGUMENT: the request itself is wrong
     │   ├── NotFound              NOT_FOUND: no such workflow
+    │   ├── AlreadyExists         ALREADY_EXISTS: an idempotency key reused with other arguments
     │   ├── FailedPrecondition    FAILED_PRECONDITION: valid request, wrong state
     │   ├── ResourceExhausted     RESOURCE_EXHAUSTED: a limit was hit
     │   ├── Unauthenticated       UNAUTHENTICATED: no or unknown credentials
@@ -82,6 +83,16 @@ class NotFound(RpcError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(RpcError):
+    """A start reused an idempotency key with other arguments than the workflow it started.
+
+    The same name, key and arguments return the existing workflow instead; a new key starts
+    another one.
+    """
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(RpcError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -124,6 +135,7 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
     for cls in (
         InvalidArgument,
         NotFound,
+        AlreadyExists,
         FailedPrecondition,
         ResourceExhausted,
         Unauthenticated,

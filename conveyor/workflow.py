@@ -220,17 +220,11 @@ class WorkflowRegistry:
     @classmethod
     def from_modules(cls, module_names: list[str]) -> WorkflowRegistry:
         """Import each module and collect the functions marked with :func:`workflow`."""
-        import importlib
+        from .user_modules import import_user_module
 
         registry = cls()
         for module_name in module_names:
-            try:
-                module = importlib.import_module(module_name)
-            except ImportError as error:
-                raise ConfigurationError(
-                    f"cannot import workflow module {module_name!r}: {error}. "
-                    "Pass an importable module path (is it installed, or on PYTHONPATH?)"
-                ) from error
+            module = import_user_module(module_name, "workflow module")
             found = [obj for obj in vars(module).values() if callable(obj) and hasattr(obj, WORKFLOW_MARK)]
             if not found:
                 raise ConfigurationError(f"module {module_name!r} defines no @workflow functions")

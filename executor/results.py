@@ -87,12 +87,19 @@ class ResultReporter:
     def adopt(self, task_id: int, fencing_token: int) -> bool:
         """The task came again with a newer token: report its held result with that one.
 
-        Returns whether a result for ``task_id`` is held here (then the task must not
-        run again). A result already on its way with the older token and answered
-        STALE is sent again with the newer one.
+        Returns whether a held result for ``task_id`` stands for the new delivery (then the
+        task must not run again). A result already on its way with the older token and
+        answered STALE is sent again with the newer one.
+
+        Only a success is adopted. A held failure does not finish the step, so the new
+        delivery may be the retry it caused: the coordinator accepted the failure and
+        re-claimed the task for this executor before the RecordResults answer came back.
+        Adopted, that retry would never run, and its step would wait for its deadline.
+        Not adopted, the new attempt runs and the failure is reported with its own token
+        (accepted if it came first, answered STALE otherwise).
         """
         held = [r for r in (*self._in_flight, *self._pending) if r.task_id == task_id]
-        if not held or task_id in self._not_adoptable:
+        if not held or task_id in self._not_adoptable or any(r.HasField("failure") for r in held):
             return False
         self._adopted_tokens[task_id] = fencing_token
         for result in self._pending:

@@ -42,7 +42,7 @@ import conveyor
 from conveyor import logs, tracing
 from conveyor.backoff import Backoff, BackoffPolicy
 from conveyor.errors import ConfigurationError, PermanentTaskError, TaskRateLimited
-from conveyor.tasks import HandlerRegistry
+from conveyor.tasks import Handler, HandlerRegistry, TaskContext, takes_context
 from conveyor.transport import ChannelSecurity, open_channel
 from conveyor.v1 import common_pb2
 from conveyor.v1 import executor_service_pb2 as pb
@@ -592,19 +592,32 @@ def _task_fields(task: pb.Task) -> dict[str, Any]:
     )
 
 
-async def _run_handler(handler: Any, task: pb.Task, timeout: float) -> CallOutcome:
+def task_context(task: pb.Task) -> TaskContext:
+    """What a handler declared with ``context=True`` learns about its attempt."""
+    return TaskContext(
+        workflow_id=task.workflow_id,
+        step_number=task.step_number,
+        step_name=task.name,
+        kind=task.kind,
+        attempt=task.attempt,
+        max_attempts=task.max_attempts,
+    )
+
+
+async def _run_handler(handler: Handler, task: pb.Task, timeout: float) -> CallOutcome:
     try:
         payload = json.loads(task.payload_json)["payload"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         return CallOutcome(
             error_class=common_pb2.ERROR_CLASS_NON_RETRYABLE, message=f"malformed task payload: {error!r}"
         )
+    arguments = (payload, task_context(task)) if takes_context(handler) else (payload,)
     try:
         async with asyncio.timeout(timeout):
             if asyncio.iscoroutinefunction(handler):
-                value = await handler(payload)
+                value = await handler(*arguments)
             else:
-                value = await asyncio.to_thread(handler, payload)
+                value = await asyncio.to_thread(handler, *arguments)
     except TimeoutError:
         return CallOutcome(
             error_class=common_pb2.ERROR_CLASS_RETRYABLE, message=f"handler timed out after {timeout:.0f}s"

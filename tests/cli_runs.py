@@ -58,10 +58,18 @@ def environment(columns: int) -> dict[str, str]:
     return {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "PYTHONPATH": path}
 
 
-def run_once(*args: str, columns: int = 120, timeout: float = 120) -> CliRun:
-    """``conveyor ARGS`` in a process of its own."""
+def run_once(
+    *args: str, columns: int = 120, timeout: float = 120, stdin: str | None = None, cwd: Path | None = None
+) -> CliRun:
+    """``conveyor ARGS`` in a process of its own (``stdin``: text to feed it; ``cwd``: where it runs)."""
     result = subprocess.run(
-        [*COMMAND, *args], capture_output=True, text=True, timeout=timeout, env=environment(columns)
+        [*COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment(columns),
+        input=stdin,
+        cwd=cwd,
     )
     return CliRun(result.returncode, result.stdout, result.stderr)
 

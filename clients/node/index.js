@@ -12,7 +12,8 @@
 //
 // Fields keep their .proto names (snake_case); enums are their names ("WORKFLOW_STATUS_COMPLETED");
 // int64 values are strings. A failed call rejects with a ConveyorError whose `code` is the gRPC
-// status name (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...).
+// status name (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...; ALREADY_EXISTS for an idempotency key
+// reused with other arguments, its details saying where they differ).
 "use strict";
 
 const path = require("node:path");

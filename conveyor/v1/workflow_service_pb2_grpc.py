@@ -78,8 +78,12 @@ class WorkflowServiceServicer:
 
     def StartWorkflow(self, request, context):
         """Start one workflow. Unknown workflow names and arguments that do not fit the
-        workflow's signature are INVALID_ARGUMENT. With an idempotency key, a
-        repeated call returns the workflow the first call started.
+        workflow's signature are INVALID_ARGUMENT. An idempotency key belongs to the
+        workflow name: a repeated call with the same name, key and arguments (compared
+        as canonical JSON) returns the workflow the first call started
+        (already_existed); the same name and key with other arguments is
+        ALREADY_EXISTS, whose message says where the arguments differ. The same key
+        under another name starts a workflow of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +91,8 @@ class WorkflowServiceServicer:
 
     def StartWorkflows(self, request, context):
         """Start many workflows in one transaction, in request order (which is also
-        their FIFO order). Either all start or, on a bad request, none do.
+        their FIFO order). Either all start or, on a bad request, none do. Keys as
+        for StartWorkflow; a key repeated within the call refers to its first use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

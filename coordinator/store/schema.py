@@ -84,7 +84,8 @@ workflows = Table(
     Column("step_count", Integer, nullable=False),
     # W3C Trace Context of the start (JSON), handed to every task: conveyor.tracing.
     Column("trace_context", Text),
-    UniqueConstraint("idempotency_key"),
+    # A key belongs to a workflow name: the same key may start one workflow of each name.
+    UniqueConstraint("name", "idempotency_key"),
     Index(None, "created_at"),
     Index(None, "status", "created_at"),
     Index(None, "name", "created_at"),

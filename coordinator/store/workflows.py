@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 from sqlalchemy import Select, func, insert, select
 from sqlalchemy.engine import Connection
 
-from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound
+from conveyor.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 from ..clock import CreationClock
-from ..model import StepKind, StepStatus, WorkflowStatus
+from ..json_difference import first_difference
+from ..model import StepKind, StepStatus, WorkflowStatus, canonical_json
 from ..shards import shard_for
 from .journal import cancel_workflows
 from .schema import replay_queue, steps, workflow_counts, workflows
@@ -123,6 +125,31 @@ def _workflow_record(row: object, step_records: tuple[StepRecord, ...] = ()) -> 
     )
 
 
+@dataclass(frozen=True)
+class _KeyedStart:
+    """A workflow started with an idempotency key: what a repeat of its start is compared with."""
+
+    workflow_id: str
+    args_json: str
+
+
+def _check_same_arguments(earlier: _KeyedStart, request: StartRequest, index: int | None) -> None:
+    """Refuse a start whose key is known for its name with other arguments (canonical JSON)."""
+    if earlier.args_json == request.args_json:
+        return
+    stored = json.loads(earlier.args_json) if earlier.args_json else None
+    given = json.loads(request.args_json) if request.args_json else None
+    if canonical_json(stored) == canonical_json(given):  # stored before arguments were canonical
+        return
+    where = first_difference(stored, given) or "they differ"
+    prefix = f"workflow #{index}: " if index is not None else ""
+    raise AlreadyExists(
+        f"{prefix}idempotency key {request.idempotency_key!r} already started {request.name!r} workflow "
+        f"{earlier.workflow_id} with other arguments ({where}). Send the same arguments to get that "
+        "workflow back, or use a new key to start another one."
+    )
+
+
 class Workflows:
     """Units and reads over the ``workflows`` table and its journal."""
 
@@ -134,26 +161,34 @@ class Workflows:
         """Insert workflows and their first replay-queue rows; replays start their steps.
 
         Creation times come from one strictly increasing clock, in request order, so
-        the FIFO order is the order workflows were started in.
+        the FIFO order is the order workflows were started in. An idempotency key belongs
+        to its workflow name: a start with a known name and key returns that workflow if
+        the arguments are the same and is refused (:class:`AlreadyExists`) if they are not.
         """
-        keys = [r.idempotency_key for r in requests if r.idempotency_key]
-        known: dict[str, str] = {}
-        if keys:
-            known = {
-                row.idempotency_key: row.id
-                for row in connection.execute(
-                    select(workflows.c.idempotency_key, workflows.c.id).where(
-                        workflows.c.idempotency_key.in_(keys)
-                    )
+        keyed = {(r.name, r.idempotency_key) for r in requests if r.idempotency_key}
+        known: dict[tuple[str, str], _KeyedStart] = {}
+        if keyed:
+            # Both IN lists narrow the index scan; the exact pairs are picked out here.
+            rows = connection.execute(
+                select(workflows.c.name, workflows.c.idempotency_key, workflows.c.id, workflows.c.args).where(
+                    workflows.c.idempotency_key.in_(sorted({key for _, key in keyed})),
+                    workflows.c.name.in_(sorted({name for name, _ in keyed})),
                 )
+            )
+            known = {
+                (row.name, row.idempotency_key): _KeyedStart(row.id, row.args)
+                for row in rows
+                if (row.name, row.idempotency_key) in keyed
             }
         started: list[Started] = []
         workflow_rows: list[dict[str, object]] = []
         replay_rows: list[dict[str, object]] = []
-        for request in requests:
+        for index, request in enumerate(requests):
             key = request.idempotency_key
-            if key and key in known:
-                started.append(Started(known[key], True))
+            earlier = known.get((request.name, key)) if key else None
+            if earlier is not None:
+                _check_same_arguments(earlier, request, index if len(requests) > 1 else None)
+                started.append(Started(earlier.workflow_id, True))
                 continue
             workflow_id = uuid.uuid4().hex
             created_at = self._clock.next()
@@ -180,7 +215,7 @@ class Workflows:
                 }
             )
             if key:
-                known[key] = workflow_id
+                known[(request.name, key)] = _KeyedStart(workflow_id, request.args_json)
             started.append(Started(workflow_id, False))
         if workflow_rows:
             connection.execute(insert(workflows), workflow_rows)

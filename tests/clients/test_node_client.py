@@ -107,3 +107,44 @@ async def test_the_node_example_reports_failures_and_errors_in_its_exit_code(
     assert "invariants hold" in failed.stdout
     assert unknown.returncode == 2
     assert "INVALID_ARGUMENT: unknown workflow 'nosuch'" in unknown.stderr
+
+
+#: Starts `double` twice with one key: the same arguments, then other ones; prints what came back.
+REUSED_KEY_SCRIPT = """
+const { ConveyorClient } = require("./index.js");
+const client = new ConveyorClient(process.argv[1]);
+(async () => {
+  const first = await client.startWorkflow("double", { value: 1 }, { idempotencyKey: "node-key" });
+  const again = await client.startWorkflow("double", { value: 1 }, { idempotencyKey: "node-key" });
+  let refused = null;
+  try {
+    await client.startWorkflow("double", { value: 2 }, { idempotencyKey: "node-key" });
+  } catch (error) {
+    refused = { name: error.name, code: error.code, details: error.details };
+  }
+  console.log(JSON.stringify({ first, again, refused }));
+  client.close();
+})();
+"""
+
+
+async def test_the_node_client_surfaces_a_reused_key_as_already_exists(
+    make_stack: MakeStack, node_client: Path
+) -> None:
+    stack = await make_stack(WORKFLOWS)
+
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(NODE), "-e", REUSED_KEY_SCRIPT, stack.server.address],
+        cwd=node_client,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert output["again"] == {"workflow_id": output["first"]["workflow_id"], "already_existed": True}
+    assert output["refused"]["name"] == "ConveyorError"
+    assert output["refused"]["code"] == "ALREADY_EXISTS"
+    assert "at $.value: stored 1, this request has 2" in output["refused"]["details"]

@@ -10,7 +10,7 @@ digits and NaN in JSON, page tokens past BIGINT), raw bytes that are not protobu
 all, and messages whose integer fields carry wire values beyond their type's range;
 and bursts of concurrent hostile Hellos past ``max_executors``.
 Each answer must be OK or a status that blames the request (INVALID_ARGUMENT,
-NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED), never INTERNAL, UNKNOWN or a
+NOT_FOUND, ALREADY_EXISTS, FAILED_PRECONDITION, RESOURCE_EXHAUSTED), never INTERNAL, UNKNOWN or a
 hang; and every refusal leaves the workflow-state tables byte-for-byte what they were.
 
 "What they were" is read once the coordinator has settled (nothing in its replay
@@ -56,6 +56,7 @@ PROPER_STATUSES = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,  # an idempotency key reused with other arguments
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
