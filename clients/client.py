@@ -33,7 +33,7 @@ from conveyor.v1 import (
     workflow_service_pb2_grpc,
 )
 
-from .models import BulkCancel, Explanation, Started, Workflow, WorkflowStatus
+from .models import BulkCancel, Explanation, Purge, Started, Workflow, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -297,6 +297,23 @@ class AsyncClient:
         if started_after is not None:
             request.started_after.FromDatetime(started_after)
         return BulkCancel.from_wire(await self._call(self._admin.CancelWorkflows, request))
+
+    async def purge_workflows(
+        self,
+        finished_before: datetime,
+        *,
+        statuses: Sequence[WorkflowStatus] = (),
+        limit: int = 0,
+        dry_run: bool = False,
+    ) -> Purge:
+        """Delete the finished workflows (of ``statuses``; empty: completed, failed and cancelled)
+        that finished before ``finished_before``, with their journals, oldest first; ``dry_run``
+        only counts them. Running workflows are never purged."""
+        request = admin_service_pb2.PurgeWorkflowsRequest(
+            statuses=[s.to_wire() for s in statuses], limit=limit, dry_run=dry_run
+        )
+        request.finished_before.FromDatetime(finished_before)
+        return Purge.from_wire(await self._call(self._admin.PurgeWorkflows, request))
 
     async def diagnose(self, *, max_violations: int = 20) -> admin_service_pb2.DiagnoseResponse:
         return await self._call(

@@ -222,3 +222,17 @@ class BulkCancel:
     @classmethod
     def from_wire(cls, response: admin_service_pb2.CancelWorkflowsResponse) -> BulkCancel:
         return cls(response.matched, response.cancelled, tuple(response.sample_workflow_ids))
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What ``PurgeWorkflows`` matched and deleted (nothing deleted on a dry run)."""
+
+    matched: int
+    purged: int
+    #: The first matching workflows by finish time, to check the filter picked the right ones.
+    sample_workflow_ids: tuple[str, ...]
+
+    @classmethod
+    def from_wire(cls, response: admin_service_pb2.PurgeWorkflowsResponse) -> Purge:
+        return cls(response.matched, response.purged, tuple(response.sample_workflow_ids))

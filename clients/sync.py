@@ -111,4 +111,5 @@ class Client:
     clear_replay_queue = _blocking(AsyncClient.clear_replay_queue)
     clear_task_queue = _blocking(AsyncClient.clear_task_queue)
     cancel_workflows = _blocking(AsyncClient.cancel_workflows)
+    purge_workflows = _blocking(AsyncClient.purge_workflows)
     diagnose = _blocking(AsyncClient.diagnose)

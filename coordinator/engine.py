@@ -47,6 +47,7 @@ from .model import WorkflowStatus
 from .replay_runner import ReplayRunner
 from .replay_service import ReplayService
 from .reports import CoordinatorStats, DiagnoseReport, ExecutorView
+from .retention import PurgeOutcome, Retention
 from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import (
     Database,
@@ -194,6 +195,7 @@ class Coordinator:
         self.replay_service = ReplayService(self._ctx)
         self.admin = AdminOperations(self._ctx)
         self.workflow_api = WorkflowApi(self._ctx)
+        self.retention = Retention(self._ctx)
         writer.start()
         await self._recover()
         # Named as before the split: tests and health reports find a loop by its name.
@@ -206,6 +208,8 @@ class Coordinator:
             "_sweep_loop": self._sweep_loop,
             "_deadline_loop": self.dispatcher.deadline_loop,
         }
+        if self.config.retention is not None:
+            loops["_retention_loop"] = self.retention.retention_loop
         for name, loop in loops.items():
             self._loops.append(asyncio.create_task(self._supervised(name, loop), name=name))
         log.info(
@@ -414,3 +418,8 @@ class Coordinator:
 
     async def diagnose(self, max_violations: int, *, check_invariants: bool = True) -> DiagnoseReport:
         return await self.admin.diagnose(max_violations, check_invariants=check_invariants)
+
+    async def purge_workflows(
+        self, finished_before: int, statuses: Collection[WorkflowStatus], limit: int, dry_run: bool
+    ) -> PurgeOutcome:
+        return await self.retention.purge_workflows(finished_before, statuses, limit, dry_run)
