@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -35,7 +35,7 @@ from conveyor.errors import ConveyorError
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.workflow import WorkflowRegistry
 
-from . import explain
+from . import explain, validation
 from .admin import AdminOperations
 from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
@@ -67,6 +67,7 @@ from .store import (
 from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
+from .watch import WatchEvent
 from .workflow_api import WorkflowApi
 
 __all__ = ["Coordinator", "CoordinatorStats", "DiagnoseReport", "ExecutorView"]
@@ -207,6 +208,7 @@ class Coordinator:
             "_lease_loop": self.membership.lease_loop,
             "_sweep_loop": self._sweep_loop,
             "_deadline_loop": self.dispatcher.deadline_loop,
+            "_watch_loop": self._ctx.watches.pump_loop,
         }
         if self.config.retention is not None:
             loops["_retention_loop"] = self.retention.retention_loop
@@ -223,6 +225,7 @@ class Coordinator:
     def close_executor_streams(self) -> None:
         """First step of a shutdown: end every executor's stream; they reconnect to the next coordinator."""
         self._ctx.stopping = True
+        self._ctx.watches.close()
         for session in self.sessions:
             session.close_stream(
                 "UNAVAILABLE", "the coordinator is shutting down; reconnect with the tasks held"
@@ -369,6 +372,11 @@ class Coordinator:
 
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
         return await self.workflow_api.explain_workflow(workflow_id)
+
+    def watch_workflow(self, workflow_id: str) -> AsyncIterator[WatchEvent]:
+        """The workflow's snapshot, then its changes until it finishes (see :mod:`.watch`)."""
+        validation.identifier(workflow_id, "workflow_id")
+        return self._ctx.watches.watch(workflow_id)
 
     def executor_presences(self) -> list[explain.ExecutorPresence]:
         return self.workflow_api.executor_presences()
