@@ -225,7 +225,9 @@ class AsyncClient:
         )
         return Explanation.from_wire(response)
 
-    async def watch(self, workflow_id: str, *, timeout: float | None = None) -> AsyncIterator[WatchEvent]:
+    async def watch_workflow(
+        self, workflow_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[WatchEvent]:
         """Follow the workflow (``WatchWorkflow``): its snapshot first, then each step's change, and
         last ``workflow_finished``; the stream then ends. One stream, no retries: after a coordinator
         restart (:class:`~conveyor.errors.Unavailable`) watch again (``wait`` does)."""

@@ -104,7 +104,7 @@ class Client:
     cancel_workflow = _blocking(AsyncClient.cancel_workflow)
     explain_workflow = _blocking(AsyncClient.explain_workflow)
     wait = _blocking(AsyncClient.wait)
-    watch = _blocking_iterator(AsyncClient.watch)
+    watch_workflow = _blocking_iterator(AsyncClient.watch_workflow)
 
     # admin
     fail_pending_tasks = _blocking(AsyncClient.fail_pending_tasks)

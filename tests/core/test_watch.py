@@ -62,7 +62,7 @@ def watchers(stack: Stack) -> int:
 
 
 async def collect(client: AsyncClient, workflow_id: str) -> list[WatchEvent]:
-    return [event async for event in client.watch(workflow_id)]
+    return [event async for event in client.watch_workflow(workflow_id)]
 
 
 async def test_a_watcher_sees_the_snapshot_then_every_step_in_order_then_the_finish(
