@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -241,12 +242,17 @@ class WatchHub:
     # ----------------------------------------------------------------------- loop
 
     async def pump_loop(self) -> None:
-        """Re-read the workflows marked changed, for all their watchers at once; catch up now and then."""
+        """Re-read the workflows marked changed, for all their watchers at once; catch up now and then
+        (on a clock, not when idle: a busy coordinator wakes the loop all the time)."""
+        last_catch_up = time.monotonic()
         while True:
             try:
-                async with asyncio.timeout(CATCH_UP_INTERVAL):
+                async with asyncio.timeout(max(0.0, last_catch_up + CATCH_UP_INTERVAL - time.monotonic())):
                     await self._wake.wait()
             except TimeoutError:
+                pass
+            if time.monotonic() - last_catch_up >= CATCH_UP_INTERVAL:
+                last_catch_up = time.monotonic()
                 await self._catch_up()
             self._wake.clear()
             await self.refresh()
@@ -277,8 +283,11 @@ class WatchHub:
             self._track(workflow_id, state.running_step_ids)
 
     async def _catch_up(self) -> None:
+        # A watcher still waiting for its snapshot has seen nothing yet to compare with.
         watched = {
-            workflow_id: next(iter(watchers)) for workflow_id, watchers in self._watchers.items() if watchers
+            workflow_id: ready[0]
+            for workflow_id, watchers in self._watchers.items()
+            if (ready := [watcher for watcher in watchers if watcher.ready and not watcher.ended])
         }
         if not watched:
             return

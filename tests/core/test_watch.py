@@ -8,14 +8,18 @@ from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 
 from conveyor import WorkflowContext, task_handler, workflow
 from conveyor.client.client import AsyncClient
 from conveyor.client.models import WatchEvent, WorkflowStatus
+from conveyor.coordinator import watch as watch_module
+from conveyor.coordinator.store import watching
+from conveyor.coordinator.store.schema import workflows
 from conveyor.errors import DeadlineExceeded, NotFound
 from conveyor.v1 import workflow_service_pb2
 from support import Stack, eventually, registry_of
-from toolkit import MakeStack, RawStubs, handlers_of, restart_coordinator, rpc_error, task_rows
+from toolkit import MakeStack, RawStubs, execute, handlers_of, restart_coordinator, rpc_error, task_rows
 
 SHARDS = 4
 
@@ -181,3 +185,50 @@ async def test_a_wait_gives_up_after_its_timeout(make_stack: MakeStack) -> None:
     with pytest.raises(DeadlineExceeded, match=r"still running after 0\.3s"):
         await stack.client.wait(started.workflow_id, timeout=0.3)
     await eventually(lambda: watchers(stack) == 0)
+
+
+async def test_idle_watchers_cost_one_coalesced_check_not_a_read_each(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 watchers of idle workflows: one snapshot read each, then only the periodic check, one
+    query for all of them; a change no event announced is still caught by it."""
+    monkeypatch.setattr(watch_module, "CATCH_UP_INTERVAL", 0.1)
+    state_reads: list[list[str]] = []
+    version_reads: list[list[str]] = []
+    real_states, real_versions = watching.states, watching.versions
+
+    def states(connection: Any, from_step: Any) -> Any:
+        state_reads.append(list(from_step))
+        return real_states(connection, from_step)
+
+    def versions(connection: Any, workflow_ids: Any) -> Any:
+        version_reads.append(list(workflow_ids))
+        return real_versions(connection, workflow_ids)
+
+    monkeypatch.setattr(watching, "states", states)
+    monkeypatch.setattr(watching, "versions", versions)
+    stack = await make_stack(WORKFLOWS, shards=SHARDS)
+    ids = [s.workflow_id for s in await stack.client.start_workflows([("parked", [i]) for i in range(200)])]
+    await eventually(lambda: task_rows(stack.database_url))
+    await eventually(lambda: watchers(stack) == 0)
+    state_reads.clear()
+    waits = [asyncio.create_task(stack.client.wait(workflow_id, timeout=120)) for workflow_id in ids]
+    await eventually(lambda: watchers(stack) == 200)
+    checks = len(version_reads)
+    await eventually(lambda: len(version_reads) >= checks + 3)
+    assert set(ids) <= {workflow_id for read in state_reads for workflow_id in read}  # the snapshots
+    reads, checks = len(state_reads), len(version_reads)
+    await eventually(lambda: len(version_reads) >= checks + 5)
+
+    assert len(state_reads) == reads  # idle: no workflow read again
+    assert all(sorted(read) == sorted(ids) for read in version_reads[checks:])  # one check for all
+    # A change made behind the engine's back (no notification) reaches the watcher anyway.
+    await execute(
+        stack.database_url,
+        sa.update(workflows).where(workflows.c.id == ids[0]).values(status="failed", error="from outside"),
+    )
+    first = await asyncio.wait_for(waits[0], 30)
+    assert (first.status, first.error) == (WorkflowStatus.FAILED, "from outside")
+    for wait in waits[1:]:
+        wait.cancel()
+    await asyncio.gather(*waits[1:], return_exceptions=True)
