@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import generate_latest
 
 from conveyor import WorkflowContext, workflow
 from conveyor.client.models import WorkflowStatus
@@ -235,6 +236,8 @@ async def test_the_retention_loop_purges_expired_workflows_in_the_background(mak
     await eventually(all_finished_gone)
     assert set((await rows_of(stack.database_url, finished)).values()) == {0}
     assert stack.coordinator.stats.workflows_purged == len(finished)
+    exported = generate_latest(stack.coordinator.metrics.registry).decode()
+    assert f"conveyor_workflows_purged_total {float(len(finished))}" in exported
     # Workflows finishing later are purged too, once they expire.
     later = (await stack.client.start_workflow("quick", [99])).workflow_id
     await wait_finished(stack.client, later)
