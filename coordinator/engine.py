@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -373,7 +373,7 @@ class Coordinator:
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
         return await self.workflow_api.explain_workflow(workflow_id)
 
-    def watch_workflow(self, workflow_id: str) -> AsyncIterator[WatchEvent]:
+    def watch_workflow(self, workflow_id: str) -> AsyncGenerator[WatchEvent, None]:
         """The workflow's snapshot, then its changes until it finishes (see :mod:`.watch`)."""
         validation.identifier(workflow_id, "workflow_id")
         return self._ctx.watches.watch(workflow_id)

@@ -30,7 +30,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -184,7 +184,7 @@ class WatchHub:
 
     # ------------------------------------------------------------------- watching
 
-    async def watch(self, workflow_id: str) -> AsyncIterator[WatchEvent]:
+    async def watch(self, workflow_id: str) -> AsyncGenerator[WatchEvent, None]:
         """The workflow's snapshot, then its changes until it finishes (NotFound for an unknown id)."""
         if self._closed is not None:
             raise self._closed

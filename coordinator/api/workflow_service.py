@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import grpc
@@ -145,8 +146,10 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def WatchWorkflow(
         self, request: pb.WatchWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> None:
-        async for event in self._coordinator.watch_workflow(request.workflow_id):
-            await context.write(_watch_event_to_wire(event))
+        # Closed at once when the caller goes away, so the watcher is forgotten then, not at GC.
+        async with contextlib.aclosing(self._coordinator.watch_workflow(request.workflow_id)) as events:
+            async for event in events:
+                await context.write(_watch_event_to_wire(event))
 
     @rpc
     async def ExplainWorkflow(
