@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from conveyor import transport
+from conveyor.durations import UNITS
 from conveyor.errors import (
     ConfigurationError,
     DeadlineExceeded,
@@ -235,6 +236,36 @@ def add_commands(subparsers: Any) -> None:
     cancel.add_argument("--reason", default="", help="recorded as each workflow's error")
     _common(cancel)
 
+    purge = _command(
+        subparsers,
+        "purge",
+        "delete finished workflows and their journals (with a dry run)",
+        "Delete, server-side and oldest finish first, the finished workflows (completed, failed, "
+        "cancelled) that finished before a time, with every step of their journals. Running "
+        "workflows are never purged. With --dry-run nothing changes and the matches are counted. "
+        "Times are ISO 8601 (2025-01-31T12:00:00, UTC unless an offset is given) or a duration ago "
+        "(90m, 12h, 7d). The coordinator's --retention does the same in the background.",
+        "conveyor purge --finished-before 7d --status failed --dry-run",
+        Command(PurgeArgs.parse, _purge),
+    )
+    purge.add_argument(
+        "--finished-before",
+        type=_moment,
+        metavar="TIME",
+        required=True,
+        help="purge the workflows that finished before this time (ISO 8601, or a duration ago: 7d)",
+    )
+    purge.add_argument(
+        "--status",
+        action="append",
+        choices=[status.value for status in WorkflowStatus if status.finished],
+        default=[],
+        help="only workflows that finished so (repeatable; default: completed, failed and cancelled)",
+    )
+    purge.add_argument("--limit", type=int, default=0, help="at most this many, oldest first")
+    purge.add_argument("--dry-run", action="store_true", help="count the matches, delete nothing")
+    _common(purge)
+
     _add_admin_commands(subparsers)
 
 
@@ -316,15 +347,14 @@ def _within_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(?P<amount>\d+(?:\.\d+)?)(?P<unit>[smhdw])")
 
 
 def _moment(text: str) -> datetime:
     """ISO 8601 (UTC unless it has an offset), or a duration ago: 90s, 30m, 2h, 1d."""
     match = _DURATION.fullmatch(text.strip())
     if match:
-        ago = float(match["amount"]) * _UNIT_SECONDS[match["unit"]]
+        ago = float(match["amount"]) * UNITS[match["unit"]]
         return datetime.now(UTC) - timedelta(seconds=ago)
     try:
         moment = datetime.fromisoformat(text)
@@ -459,6 +489,19 @@ class CancelArgs:
             ("--started-after", self.started_after),
         )
         return [flag for flag, value in given if value]
+
+
+@dataclass(frozen=True)
+class PurgeArgs:
+    finished_before: datetime
+    statuses: tuple[WorkflowStatus, ...]
+    limit: int
+    dry_run: bool
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> PurgeArgs:
+        statuses = tuple(WorkflowStatus(status) for status in dict.fromkeys(args.status))
+        return cls(args.finished_before, statuses, args.limit, args.dry_run)
 
 
 @dataclass(frozen=True)
@@ -710,6 +753,14 @@ _CANCEL_EXIT_CODES: dict[type[RpcError], int] = {
     InvalidArgument: EXIT_USAGE,
     NotFound: EXIT_NOT_FOUND,
 }
+
+
+async def _purge(client: AsyncClient, args: PurgeArgs, output: Output) -> int | None:
+    outcome = await client.purge_workflows(
+        args.finished_before, statuses=args.statuses, limit=args.limit, dry_run=args.dry_run
+    )
+    output.purge(outcome, dry_run=args.dry_run)
+    return None
 
 
 # ------------------------------------------------------------------------ admin

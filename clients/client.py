@@ -33,7 +33,7 @@ from conveyor.v1 import (
     workflow_service_pb2_grpc,
 )
 
-from .models import BulkCancel, Explanation, Started, Workflow, WorkflowStatus
+from .models import BulkCancel, Explanation, Purge, Started, WatchEvent, Workflow, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -225,8 +225,70 @@ class AsyncClient:
         )
         return Explanation.from_wire(response)
 
+    async def watch_workflow(
+        self, workflow_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Follow the workflow (``WatchWorkflow``): its snapshot first, then each step's change, and
+        last ``workflow_finished``; the stream then ends. One stream, no retries: after a coordinator
+        restart (:class:`~conveyor.errors.Unavailable`) watch again (``wait`` does)."""
+        call = self._workflows.WatchWorkflow(
+            workflow_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id), timeout=timeout
+        )
+        try:
+            async for message in call:
+                yield WatchEvent.from_wire(message)
+        except grpc.aio.AioRpcError as error:
+            raise RpcError.from_status(error.code(), error.details() or "") from None
+        finally:
+            call.cancel()
+
     async def wait(
         self, workflow_id: str, *, timeout: float | None = None, poll_interval: float = 0.2
+    ) -> Workflow:
+        """Wait until the workflow finishes and return it (:class:`~conveyor.errors.DeadlineExceeded`
+        after ``timeout`` seconds).
+
+        The coordinator pushes the finish over a ``WatchWorkflow`` stream; when the stream breaks
+        (a coordinator restart) the wait watches again, for as long as the coordinator stays
+        unreachable up to the client's call ``timeout``. Against a coordinator without
+        ``WatchWorkflow`` it polls ``GetWorkflow`` every ``poll_interval`` seconds instead."""
+        try:
+            async with asyncio.timeout(timeout):
+                finished = await self._watch_until_finished(workflow_id)
+                if finished is not None:
+                    return finished
+        except TimeoutError:
+            raise DeadlineExceeded(f"workflow {workflow_id} still running after {timeout}s") from None
+        return await self._poll_until_finished(workflow_id, timeout, poll_interval)
+
+    async def _watch_until_finished(self, workflow_id: str) -> Workflow | None:
+        """The finished workflow, watched; None if the coordinator cannot watch (an older one)."""
+        # Jittered, so that the watchers of a restarted coordinator do not all come back at once.
+        reconnects = Backoff(BackoffPolicy(0.05, 2.0, multiplier=2.0, jitter=0.5), deadline=self.timeout)
+        while True:
+            call = self._workflows.WatchWorkflow(
+                workflow_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
+            )
+            try:
+                async for message in call:
+                    reconnects.reset()
+                    workflow = Workflow.from_wire(message.workflow)
+                    if workflow.status.finished:
+                        return workflow
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return None
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise RpcError.from_status(error.code(), error.details() or "") from None
+                delay = reconnects.next_delay()
+                if delay is None:
+                    raise RpcError.from_status(error.code(), error.details() or "") from None
+                await asyncio.sleep(delay)
+            finally:
+                call.cancel()
+
+    async def _poll_until_finished(
+        self, workflow_id: str, timeout: float | None, poll_interval: float
     ) -> Workflow:
         """Poll until the workflow finishes; the interval grows to 2 s for long waits."""
         # Jittered, so that many clients waiting on one coordinator do not poll in step.
@@ -297,6 +359,23 @@ class AsyncClient:
         if started_after is not None:
             request.started_after.FromDatetime(started_after)
         return BulkCancel.from_wire(await self._call(self._admin.CancelWorkflows, request))
+
+    async def purge_workflows(
+        self,
+        finished_before: datetime,
+        *,
+        statuses: Sequence[WorkflowStatus] = (),
+        limit: int = 0,
+        dry_run: bool = False,
+    ) -> Purge:
+        """Delete the finished workflows (of ``statuses``; empty: completed, failed and cancelled)
+        that finished before ``finished_before``, with their journals, oldest first; ``dry_run``
+        only counts them. Running workflows are never purged."""
+        request = admin_service_pb2.PurgeWorkflowsRequest(
+            statuses=[s.to_wire() for s in statuses], limit=limit, dry_run=dry_run
+        )
+        request.finished_before.FromDatetime(finished_before)
+        return Purge.from_wire(await self._call(self._admin.PurgeWorkflows, request))
 
     async def diagnose(self, *, max_violations: int = 20) -> admin_service_pb2.DiagnoseResponse:
         return await self._call(

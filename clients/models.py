@@ -128,6 +128,26 @@ class Workflow:
 
 
 @dataclass(frozen=True)
+class WatchEvent:
+    """One message of ``WatchWorkflow``: the snapshot, a step's change, or the finish."""
+
+    #: ``snapshot``, ``step_started``, ``step_completed``, ``step_failed``, ``step_cancelled``
+    #: or ``workflow_finished``.
+    kind: str
+    #: The workflow as of this event (its steps only in the snapshot).
+    workflow: Workflow
+    step: Step | None = None
+
+    @classmethod
+    def from_wire(cls, message: workflow_service_pb2.WatchWorkflowResponse) -> WatchEvent:
+        kind = (
+            workflow_service_pb2.WatchEventKind.Name(message.kind).removeprefix("WATCH_EVENT_KIND_").lower()
+        )
+        step = Step.from_wire(message.step) if message.HasField("step") else None
+        return cls(kind, Workflow.from_wire(message.workflow), step)
+
+
+@dataclass(frozen=True)
 class Started:
     workflow_id: str
     already_existed: bool
@@ -222,3 +242,17 @@ class BulkCancel:
     @classmethod
     def from_wire(cls, response: admin_service_pb2.CancelWorkflowsResponse) -> BulkCancel:
         return cls(response.matched, response.cancelled, tuple(response.sample_workflow_ids))
+
+
+@dataclass(frozen=True)
+class Purge:
+    """What ``PurgeWorkflows`` matched and deleted (nothing deleted on a dry run)."""
+
+    matched: int
+    purged: int
+    #: The first matching workflows by finish time, to check the filter picked the right ones.
+    sample_workflow_ids: tuple[str, ...]
+
+    @classmethod
+    def from_wire(cls, response: admin_service_pb2.PurgeWorkflowsResponse) -> Purge:
+        return cls(response.matched, response.purged, tuple(response.sample_workflow_ids))

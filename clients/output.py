@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from conveyor.v1 import admin_service_pb2
 
-from .models import BulkCancel, Explanation, Started, Workflow, WorkflowStatus
+from .models import BulkCancel, Explanation, Purge, Started, Workflow, WorkflowStatus
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -76,6 +76,7 @@ class Output(Protocol):
     def counts(self, by_status: Mapping[WorkflowStatus, int]) -> None: ...
     def explanation(self, explanation: Explanation) -> None: ...
     def bulk_cancel(self, outcome: BulkCancel, *, dry_run: bool) -> None: ...
+    def purge(self, outcome: Purge, *, dry_run: bool) -> None: ...
     def failed_tasks(self, failed: int) -> None: ...
     def epoch_bumped(self, response: admin_service_pb2.BumpEpochResponse) -> None: ...
     def cleared(self, what: str, cleared: int, cancelled_workflows: int) -> None: ...
@@ -112,6 +113,9 @@ class JsonOutput:
         print_json(explanation)
 
     def bulk_cancel(self, outcome: BulkCancel, *, dry_run: bool) -> None:
+        print_json({**asdict(outcome), "dry_run": dry_run})
+
+    def purge(self, outcome: Purge, *, dry_run: bool) -> None:
         print_json({**asdict(outcome), "dry_run": dry_run})
 
     def failed_tasks(self, failed: int) -> None:
@@ -171,6 +175,13 @@ class TableOutput:
         print(f"{verb} {count} running workflow(s)")
         if outcome.sample_workflow_ids:
             print(visible("oldest: " + ", ".join(outcome.sample_workflow_ids[:5])))
+
+    def purge(self, outcome: Purge, *, dry_run: bool) -> None:
+        verb = "would purge" if dry_run else "purged"
+        count = outcome.matched if dry_run else outcome.purged
+        print(f"{verb} {count} finished workflow(s) and their journals")
+        if outcome.sample_workflow_ids:
+            print(visible("first finished: " + ", ".join(outcome.sample_workflow_ids[:5])))
 
     def failed_tasks(self, failed: int) -> None:
         print(f"failed {failed} pending task(s)")

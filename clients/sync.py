@@ -104,6 +104,7 @@ class Client:
     cancel_workflow = _blocking(AsyncClient.cancel_workflow)
     explain_workflow = _blocking(AsyncClient.explain_workflow)
     wait = _blocking(AsyncClient.wait)
+    watch_workflow = _blocking_iterator(AsyncClient.watch_workflow)
 
     # admin
     fail_pending_tasks = _blocking(AsyncClient.fail_pending_tasks)
@@ -111,4 +112,5 @@ class Client:
     clear_replay_queue = _blocking(AsyncClient.clear_replay_queue)
     clear_task_queue = _blocking(AsyncClient.clear_task_queue)
     cancel_workflows = _blocking(AsyncClient.cancel_workflows)
+    purge_workflows = _blocking(AsyncClient.purge_workflows)
     diagnose = _blocking(AsyncClient.diagnose)

@@ -39,7 +39,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .errors import ConfigurationError
+from .durations import format_duration, parse_duration
+from .errors import ConfigurationError, InvalidArgument
 
 ENV_PREFIX = "CONVEYOR_"
 CONFIG_ENV = "CONVEYOR_CONFIG"
@@ -66,6 +67,8 @@ class Kind(Enum):
     PATH = "a file path"
     #: Repeatable: a flag given several times, a comma-separated variable, a TOML array of strings.
     LIST = "a list of names"
+    #: Seconds, written ``90m``, ``12h``, ``7d`` (:mod:`conveyor.durations`) or as a number.
+    DURATION = "a duration (90m, 12h, 7d)"
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,11 @@ class Option:
             return lowered in _TRUE
         if self.kind is Kind.LIST:
             return tuple(item.strip() for item in text.split(",") if item.strip())
+        if self.kind is Kind.DURATION:
+            try:
+                return self.check(parse_duration(text), source)
+            except InvalidArgument:
+                raise ConfigurationError(f"{source}={self._shown(text)} is not {self.kind.value}") from None
         if self.kind is Kind.INT:
             try:
                 value: Any = int(text)
@@ -153,6 +161,7 @@ class Option:
             Kind.BOOL: (bool,),
             Kind.PATH: (str,),
             Kind.LIST: (list,),
+            Kind.DURATION: (str, int, float),
         }[self.kind]
         # bool is an int in Python; TOML's true is no number.
         if not isinstance(value, expected) or (isinstance(value, bool) and self.kind is not Kind.BOOL):
@@ -161,7 +170,9 @@ class Option:
             if not all(isinstance(item, str) for item in value):
                 raise ConfigurationError(f"{source} = {self._shown(value)} is not a list of strings")
             return tuple(value)
-        if self.kind is Kind.FLOAT and isinstance(value, int | float):
+        if self.kind is Kind.DURATION and isinstance(value, str):
+            return self.parse_text(value, source)
+        if self.kind in (Kind.FLOAT, Kind.DURATION) and isinstance(value, int | float):
             value = float(value)
         if self.kind is Kind.PATH:
             value = Path(str(value))
@@ -178,7 +189,8 @@ class Option:
         return value
 
     def bounds_text(self) -> str:
-        low, high = (_number(bound) for bound in (self.low, self.high))
+        shown = format_duration if self.kind is Kind.DURATION else _number
+        low, high = (None if bound is None else shown(bound) for bound in (self.low, self.high))
         if self.low is not None and self.high is not None:
             return f"between {low} and {high}"
         return f"at least {low}" if self.low is not None else f"at most {high}"
@@ -200,7 +212,14 @@ def _wrapped(text: str | None) -> str | None:
     return None if text is None else textwrap.fill(text, 90)
 
 
-_METAVARS = {Kind.INT: "N", Kind.FLOAT: "SECONDS", Kind.TEXT: "TEXT", Kind.PATH: "FILE", Kind.LIST: "NAME"}
+_METAVARS = {
+    Kind.INT: "N",
+    Kind.FLOAT: "SECONDS",
+    Kind.TEXT: "TEXT",
+    Kind.PATH: "FILE",
+    Kind.LIST: "NAME",
+    Kind.DURATION: "DURATION",
+}
 
 
 def _number(value: float | None) -> str:

@@ -52,6 +52,7 @@ class AdminOperations:
         )
         if replays:
             self.ctx.replay_needed.set()
+        self.ctx.watches.all_changed()
         log.warning("operator force-failed %d pending task(s) on %s", failed, _describe_shards(shards))
         return failed
 
@@ -71,6 +72,7 @@ class AdminOperations:
             "clear replay queue",
         )
         self.ctx.count_finished(WorkflowStatus.CANCELLED, cancelled)
+        self.ctx.watches.all_changed()
         log.warning("operator cleared %d replay-queue entries on %s", cleared, _describe_shards(shards))
         return cleared, cancelled
 
@@ -91,6 +93,7 @@ class AdminOperations:
             "the task queue was cleared by an operator (ClearTaskQueue)",
         )
         self.ctx.count_finished(WorkflowStatus.CANCELLED, cancelled)
+        self.ctx.watches.all_changed()
         log.warning("operator cleared %d task(s) on %s", cleared, _describe_shards(shards))
         return cleared, cancelled
 
@@ -136,6 +139,7 @@ class AdminOperations:
             )
             cancelled += len(ids)
             self.ctx.count_finished(WorkflowStatus.CANCELLED, len(ids))
+            self.ctx.watches.changed(ids)
             if len(ids) < batch:
                 break
         log.warning(

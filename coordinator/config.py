@@ -133,6 +133,15 @@ OPTIONS = (
             choices=tuple(order.value for order in ClaimOrder),
         ),
         Option(
+            "retention",
+            Kind.DURATION,
+            None,
+            "purge finished workflows (completed, failed, cancelled) and their journal this long after "
+            "they finished, in small batches in the background (90m, 12h, 7d)",
+            low=1,
+            default_text="off (keep forever)",
+        ),
+        Option(
             "metrics_port",
             Kind.INT,
             None,
@@ -353,6 +362,12 @@ class CoordinatorConfig:
     monitoring_host: str = OPTIONS.defaults.monitoring_host
     #: How often the queue, workflow and executor gauges are refreshed from the database.
     gauge_refresh_interval: float = OPTIONS.defaults.gauge_refresh_interval
+    #: Seconds after it finished that a workflow is purged with its journal; None: kept forever.
+    retention: float | None = OPTIONS.defaults.retention
+    #: Workflows purged per write transaction (by the retention loop and PurgeWorkflows).
+    retention_batch_size: int = 500
+    #: Longest the retention loop waits before looking for expired workflows again.
+    retention_interval: float = 60.0
 
     def __post_init__(self) -> None:
         OPTIONS.check_bounds(self)  # however the config was built

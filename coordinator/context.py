@@ -31,6 +31,7 @@ from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import Database, ReplayQueue, TaskQueue, Timers, Workflows, Writer, deadlines
 from .store.deadlines import Claim
 from .store.reader import Reader
+from .watch import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class EngineContext:
         self.retry_due = asyncio.Event()
         self.timer_alarm = Alarm(self.timer_due.set)
         self.retry_alarm = Alarm(self.retry_due.set)
+        #: WatchWorkflow's watchers: every part that commits a change to a workflow tells it.
+        self.watches = WatchHub(reader)
 
     async def write(self, unit: Callable[[Connection], T], label: str) -> T:
         return await self.writer.run(unit, label)

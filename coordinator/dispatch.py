@@ -38,6 +38,7 @@ class Dispatcher:
             functools.partial(self.ctx.queue.record, executor_id=executor_id, results=results, now=now_us()),
             "record results",
         )
+        self.ctx.watches.tasks_changed(result.task_id for result in results)
         session = self.ctx.sessions.get(executor_id)
         if session is not None:
             session.last_seen = time.monotonic()
@@ -178,6 +179,7 @@ class Dispatcher:
             outcome.failed,
         )
         self.ctx.send_cancels(outcome.revoked, "the attempt passed its start-to-close deadline")
+        self.ctx.watches.tasks_changed(claim.task_id for claim in outcome.revoked)
         self.ctx.retry_alarm.request(outcome.next_retry_at)
         self.ctx.wake_holders(outcome.shards)
         if outcome.replays_enqueued:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Callable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Connection
@@ -35,7 +35,7 @@ from conveyor.errors import ConveyorError
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.workflow import WorkflowRegistry
 
-from . import explain
+from . import explain, validation
 from .admin import AdminOperations
 from .clock import CreationClock, now_us
 from .config import CoordinatorConfig
@@ -47,6 +47,7 @@ from .model import WorkflowStatus
 from .replay_runner import ReplayRunner
 from .replay_service import ReplayService
 from .reports import CoordinatorStats, DiagnoseReport, ExecutorView
+from .retention import PurgeOutcome, Retention
 from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import (
     Database,
@@ -66,6 +67,7 @@ from .store import (
 from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
+from .watch import WatchEvent
 from .workflow_api import WorkflowApi
 
 __all__ = ["Coordinator", "CoordinatorStats", "DiagnoseReport", "ExecutorView"]
@@ -194,6 +196,7 @@ class Coordinator:
         self.replay_service = ReplayService(self._ctx)
         self.admin = AdminOperations(self._ctx)
         self.workflow_api = WorkflowApi(self._ctx)
+        self.retention = Retention(self._ctx)
         writer.start()
         await self._recover()
         # Named as before the split: tests and health reports find a loop by its name.
@@ -205,7 +208,10 @@ class Coordinator:
             "_lease_loop": self.membership.lease_loop,
             "_sweep_loop": self._sweep_loop,
             "_deadline_loop": self.dispatcher.deadline_loop,
+            "_watch_loop": self._ctx.watches.pump_loop,
         }
+        if self.config.retention is not None:
+            loops["_retention_loop"] = self.retention.retention_loop
         for name, loop in loops.items():
             self._loops.append(asyncio.create_task(self._supervised(name, loop), name=name))
         log.info(
@@ -219,6 +225,7 @@ class Coordinator:
     def close_executor_streams(self) -> None:
         """First step of a shutdown: end every executor's stream; they reconnect to the next coordinator."""
         self._ctx.stopping = True
+        self._ctx.watches.close()
         for session in self.sessions:
             session.close_stream(
                 "UNAVAILABLE", "the coordinator is shutting down; reconnect with the tasks held"
@@ -366,6 +373,11 @@ class Coordinator:
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
         return await self.workflow_api.explain_workflow(workflow_id)
 
+    def watch_workflow(self, workflow_id: str) -> AsyncGenerator[WatchEvent, None]:
+        """The workflow's snapshot, then its changes until it finishes (see :mod:`.watch`)."""
+        validation.identifier(workflow_id, "workflow_id")
+        return self._ctx.watches.watch(workflow_id)
+
     def executor_presences(self) -> list[explain.ExecutorPresence]:
         return self.workflow_api.executor_presences()
 
@@ -414,3 +426,8 @@ class Coordinator:
 
     async def diagnose(self, max_violations: int, *, check_invariants: bool = True) -> DiagnoseReport:
         return await self.admin.diagnose(max_violations, check_invariants=check_invariants)
+
+    async def purge_workflows(
+        self, finished_before: int, statuses: Collection[WorkflowStatus], limit: int, dry_run: bool
+    ) -> PurgeOutcome:
+        return await self.retention.purge_workflows(finished_before, statuses, limit, dry_run)

@@ -207,6 +207,11 @@ class _StatsCollector(Collector):
             "Executors that lost their lease (no heartbeat for the lease TTL)",
             [((), stats.leases_expired)],
         )
+        yield _counter(
+            "conveyor_workflows_purged",
+            "Finished workflows purged with their journals (--retention and PurgeWorkflows)",
+            [((), stats.workflows_purged)],
+        )
 
 
 def _counter(

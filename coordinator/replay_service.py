@@ -57,7 +57,9 @@ class ReplayService:
         ]
         results = await self.ctx.replay_runner.run(calls)
         outcomes = {call.workflow_id: result for call, result in zip(calls, results, strict=True)}
-        return await self.ctx.write(lambda c: self.ctx.replays.apply(c, due, outcomes, now), "replay")
+        outcome = await self.ctx.write(lambda c: self.ctx.replays.apply(c, due, outcomes, now), "replay")
+        self.ctx.watches.changed(item.workflow_id for item in due)
+        return outcome
 
     async def timer_loop(self) -> None:
         while True:

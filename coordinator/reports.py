@@ -31,6 +31,8 @@ class CoordinatorStats:
     deadlines_expired: int = 0
     #: Attempts executors were told to stop (CancelTasks).
     attempts_cancelled: int = 0
+    #: Finished workflows purged with their journals (retention and PurgeWorkflows).
+    workflows_purged: int = 0
 
 
 @dataclass(frozen=True)

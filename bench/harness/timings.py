@@ -242,6 +242,32 @@ def sustained_rate(
     return count * events_per_item / (last - first) if last > first else math.nan
 
 
+def sustained_rate_from_progress(
+    progress: Sequence[tuple[float, int]],
+    total: int,
+    events_per_item: int,
+    low: float = 0.1,
+    high: float = 0.9,
+) -> tuple[float, float, float]:
+    """:func:`sustained_rate` from a sampled series of (time, items finished): the times the
+    ``low`` and ``high`` shares of ``total`` were reached (interpolated between samples) and
+    the rate between them. For runs whose items leave no trace (retention purges them)."""
+
+    def reached(share: float) -> float:
+        target = share * total
+        previous = (0.0, 0)
+        for sample in progress:
+            if sample[1] >= target:
+                (t0, n0), (t1, n1) = previous, sample
+                return t1 if n1 == n0 else t0 + (t1 - t0) * (target - n0) / (n1 - n0)
+            previous = sample
+        return math.nan
+
+    first, last = reached(low), reached(high)
+    rate = (high - low) * total * events_per_item / (last - first) if last > first else math.nan
+    return first, last, rate
+
+
 def deciles(timings: RunTimings) -> list[dict[str, float]]:
     """Per tenth of the workflows in start order: when they started and finished (s from the first start)."""
     items = timings.workflows

@@ -72,6 +72,11 @@ class RunOutcome:
     timed_out: bool = False
     #: The harness vacuumed and analyzed PostgreSQL's tables (the server has autovacuum off).
     vacuumed_by_harness: bool = False
+    #: Workflows finished, counted once a second: (seconds since the first start call, count).
+    #: The timings of a run with retention lack the purged workflows; this series does not.
+    progress: list[tuple[float, int]] = field(default_factory=list)
+    #: time.monotonic() of the first start call (the zero of ``progress``).
+    began_monotonic: float = 0.0
 
     def cpu_seconds(self, names: list[str], start: float, end: float) -> float:
         """CPU of ``names`` between two times given in seconds since the first workflow started."""
@@ -179,6 +184,8 @@ def run_on_cluster(
         simulator_series=driven.simulator_series,
         timed_out=driven.timed_out,
         vacuumed_by_harness=vacuuming,
+        progress=driven.progress,
+        began_monotonic=driven.began,
     )
 
 
@@ -187,6 +194,8 @@ class _Driven:
     start_seconds: float = 0.0
     simulator_series: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     timed_out: bool = False
+    progress: list[tuple[float, int]] = field(default_factory=list)
+    began: float = 0.0
 
 
 async def _drive(
@@ -214,7 +223,7 @@ async def _drive(
         ) as progress:
             bar = progress.add_task("run", total=count, detail="starting")
             accepted = [0]
-            began = time.monotonic()
+            began = driven.began = time.monotonic()
             starting = asyncio.create_task(_start_all(client, workload, count, accepted))
             finished = 0
             next_log_line = LOG_LINE_INTERVAL
@@ -226,7 +235,13 @@ async def _drive(
                 if starting.done():
                     driven.start_seconds = driven.start_seconds or starting.result()
                 counts = await client.count_workflows(workload.name)
-                finished = sum(n for status, n in counts.items() if status.finished)
+                # With retention, purged workflows leave the counts: the started ones not
+                # running any more have finished. (Without, the counts say so exactly.)
+                finished = max(
+                    sum(n for status, n in counts.items() if status.finished),
+                    accepted[0] - counts[WorkflowStatus.RUNNING],
+                )
+                driven.progress.append((time.monotonic() - began, finished))
                 failed = counts[WorkflowStatus.FAILED]
                 progress.update(
                     bar,

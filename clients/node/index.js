@@ -6,7 +6,8 @@
 //   const { ConveyorClient } = require("./index.js");
 //   const client = new ConveyorClient("127.0.0.1:50051");
 //   const { workflow_id } = await client.startWorkflow("research", { topic: "tides" });
-//   const workflow = await client.waitForWorkflow(workflow_id);
+//   const workflow = await client.waitForWorkflow(workflow_id);   // pushed over WatchWorkflow
+//   await client.watchWorkflow(workflow_id, (event) => console.log(event.kind));
 //   const report = await client.admin.Diagnose({});
 //   client.close();
 //
@@ -66,15 +67,21 @@ class ConveyorClient {
 
   _bind(stub, service) {
     const methods = {};
-    for (const name of Object.keys(service)) {
-      methods[name] = (request) => this._call(stub, name, request);
+    for (const [name, method] of Object.entries(service)) {
+      // Streams (WatchWorkflow) have their own methods below.
+      if (!method.responseStream) methods[name] = (request) => this._call(stub, name, request);
     }
     return methods;
   }
 
-  _call(stub, method, request) {
+  _metadata() {
     const metadata = new grpc.Metadata();
     if (this.token) metadata.set("authorization", `Bearer ${this.token}`);
+    return metadata;
+  }
+
+  _call(stub, method, request) {
+    const metadata = this._metadata();
     const deadline = new Date(Date.now() + this.timeoutMs);
     return new Promise((resolve, reject) => {
       stub[method](request || {}, metadata, { deadline }, (error, response) => {
@@ -89,9 +96,61 @@ class ConveyorClient {
     return this.workflows.StartWorkflow({ name, args_json: JSON.stringify(args), idempotency_key: idempotencyKey });
   }
 
-  // Poll until the workflow finishes (the interval grows to 2 s); resolves to the Workflow.
+  // Follow a workflow (WatchWorkflow): `onEvent` gets each message ({kind, workflow, step}; kind
+  // "WATCH_EVENT_KIND_SNAPSHOT" first, "WATCH_EVENT_KIND_WORKFLOW_FINISHED" last) and the promise
+  // resolves to the finished Workflow. One stream, no retries: waitForWorkflow re-watches.
+  // `timeoutMs` bounds the whole stream (DEADLINE_EXCEEDED).
+  watchWorkflow(workflowId, onEvent = () => {}, { timeoutMs = Infinity } = {}) {
+    const options = Number.isFinite(timeoutMs) ? { deadline: new Date(Date.now() + timeoutMs) } : {};
+    return new Promise((resolve, reject) => {
+      let finished = null;
+      const call = this._stubs[0].WatchWorkflow({ workflow_id: workflowId }, this._metadata(), options);
+      call.on("data", (event) => {
+        onEvent(event);
+        if (FINISHED.has(event.workflow.status)) finished = event.workflow;
+      });
+      call.on("error", (error) => {
+        if (finished) resolve(finished);
+        else reject(new ConveyorError(STATUS_NAMES[error.code] || String(error.code), error.details));
+      });
+      call.on("end", () => {
+        if (finished) resolve(finished);
+        else reject(new ConveyorError("UNAVAILABLE", `the watch of ${workflowId} ended before it finished`));
+      });
+    });
+  }
+
+  // Resolve to the Workflow once it finishes. The coordinator pushes the finish (WatchWorkflow);
+  // after a coordinator restart the wait watches again (while the coordinator stays unreachable
+  // for at most the client's timeoutMs); an older coordinator without WatchWorkflow is polled
+  // every `pollMs` (growing to 2 s).
   async waitForWorkflow(workflowId, { timeoutMs = Infinity, pollMs = 200 } = {}) {
     const deadline = Date.now() + timeoutMs;
+    const stillRunning = () =>
+      new ConveyorError("DEADLINE_EXCEEDED", `workflow ${workflowId} still running after ${timeoutMs} ms`);
+    let retry = 50;
+    let unreachableSince = null;
+    for (;;) {
+      try {
+        return await this.watchWorkflow(workflowId, () => {
+          unreachableSince = null;
+          retry = 50;
+        }, { timeoutMs: deadline - Date.now() });
+      } catch (error) {
+        if (error.code === "UNIMPLEMENTED") return this._pollForWorkflow(workflowId, deadline, timeoutMs, pollMs);
+        if (error.code === "DEADLINE_EXCEEDED") throw stillRunning();
+        if (error.code !== "UNAVAILABLE") throw error;
+        unreachableSince = unreachableSince || Date.now();
+        if (Date.now() - unreachableSince > this.timeoutMs) throw error;
+        if (Date.now() + retry > deadline) throw stillRunning();
+        // Jittered, so that the watchers of a restarted coordinator do not all come back at once.
+        await new Promise((resolve) => setTimeout(resolve, retry * (0.5 + Math.random() / 2)));
+        retry = Math.min(retry * 2, 2000);
+      }
+    }
+  }
+
+  async _pollForWorkflow(workflowId, deadline, timeoutMs, pollMs) {
     let interval = pollMs;
     for (;;) {
       const { workflow } = await this.workflows.GetWorkflow({ workflow_id: workflowId });

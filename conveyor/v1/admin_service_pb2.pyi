@@ -191,3 +191,25 @@ class CancelWorkflowsResponse(_message.Message):
     cancelled: int
     sample_workflow_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, matched: _Optional[int] = ..., cancelled: _Optional[int] = ..., sample_workflow_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PurgeWorkflowsRequest(_message.Message):
+    __slots__ = ("finished_before", "statuses", "limit", "dry_run")
+    FINISHED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    finished_before: _timestamp_pb2.Timestamp
+    statuses: _containers.RepeatedScalarFieldContainer[_common_pb2.WorkflowStatus]
+    limit: int
+    dry_run: bool
+    def __init__(self, finished_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., statuses: _Optional[_Iterable[_Union[_common_pb2.WorkflowStatus, str]]] = ..., limit: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class PurgeWorkflowsResponse(_message.Message):
+    __slots__ = ("matched", "purged", "sample_workflow_ids")
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    PURGED_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_WORKFLOW_IDS_FIELD_NUMBER: _ClassVar[int]
+    matched: int
+    purged: int
+    sample_workflow_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, matched: _Optional[int] = ..., purged: _Optional[int] = ..., sample_workflow_ids: _Optional[_Iterable[str]] = ...) -> None: ...

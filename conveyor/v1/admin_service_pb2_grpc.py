@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsResponse.FromString,
                 _registered_method=True)
+        self.PurgeWorkflows = channel.unary_unary(
+                '/conveyor.v1.AdminService/PurgeWorkflows',
+                request_serializer=conveyor_dot_v1_dot_admin__service__pb2.PurgeWorkflowsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_admin__service__pb2.PurgeWorkflowsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -117,6 +122,17 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PurgeWorkflows(self, request, context):
+        """Delete finished workflows (completed, failed, cancelled) that finished before
+        a time, with their journals, oldest finish first, in batches of short
+        transactions. Running workflows are never purged. With dry_run nothing
+        changes and the response counts what would be purged. Repeating a call is
+        safe; a call cut short (deadline, restart) keeps the batches already done.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +165,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.CancelWorkflows,
                     request_deserializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsResponse.SerializeToString,
+            ),
+            'PurgeWorkflows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PurgeWorkflows,
+                    request_deserializer=conveyor_dot_v1_dot_admin__service__pb2.PurgeWorkflowsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_admin__service__pb2.PurgeWorkflowsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +335,33 @@ class AdminService:
             '/conveyor.v1.AdminService/CancelWorkflows',
             conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsRequest.SerializeToString,
             conveyor_dot_v1_dot_admin__service__pb2.CancelWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeWorkflows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.AdminService/PurgeWorkflows',
+            conveyor_dot_v1_dot_admin__service__pb2.PurgeWorkflowsRequest.SerializeToString,
+            conveyor_dot_v1_dot_admin__service__pb2.PurgeWorkflowsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,16 @@ class StepWait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_WAIT_RETRY_BACKOFF: _ClassVar[StepWait]
     STEP_WAIT_RATE_LIMITED: _ClassVar[StepWait]
     STEP_WAIT_SLEEPING: _ClassVar[StepWait]
+
+class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_EVENT_KIND_UNSPECIFIED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_SNAPSHOT: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_STEP_STARTED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_STEP_COMPLETED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_STEP_FAILED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_STEP_CANCELLED: _ClassVar[WatchEventKind]
+    WATCH_EVENT_KIND_WORKFLOW_FINISHED: _ClassVar[WatchEventKind]
 WORKFLOW_SITUATION_UNSPECIFIED: WorkflowSituation
 WORKFLOW_SITUATION_STEPS_IN_PROGRESS: WorkflowSituation
 WORKFLOW_SITUATION_REPLAY_QUEUED: WorkflowSituation
@@ -45,6 +55,13 @@ STEP_WAIT_EXECUTOR_LOST: StepWait
 STEP_WAIT_RETRY_BACKOFF: StepWait
 STEP_WAIT_RATE_LIMITED: StepWait
 STEP_WAIT_SLEEPING: StepWait
+WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
+WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
+WATCH_EVENT_KIND_STEP_STARTED: WatchEventKind
+WATCH_EVENT_KIND_STEP_COMPLETED: WatchEventKind
+WATCH_EVENT_KIND_STEP_FAILED: WatchEventKind
+WATCH_EVENT_KIND_STEP_CANCELLED: WatchEventKind
+WATCH_EVENT_KIND_WORKFLOW_FINISHED: WatchEventKind
 
 class StartWorkflowRequest(_message.Message):
     __slots__ = ("name", "args_json", "idempotency_key", "trace_context")
@@ -241,3 +258,19 @@ class ExplainWorkflowResponse(_message.Message):
     replay_queue_ahead: int
     generated_at: _timestamp_pb2.Timestamp
     def __init__(self, workflow: _Optional[_Union[Workflow, _Mapping]] = ..., situation: _Optional[_Union[WorkflowSituation, str]] = ..., summary: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[StepExplanation, _Mapping]]] = ..., replay_queue_ahead: _Optional[int] = ..., generated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WatchWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id",)
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    def __init__(self, workflow_id: _Optional[str] = ...) -> None: ...
+
+class WatchWorkflowResponse(_message.Message):
+    __slots__ = ("kind", "workflow", "step")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    kind: WatchEventKind
+    workflow: Workflow
+    step: _common_pb2.Step
+    def __init__(self, kind: _Optional[_Union[WatchEventKind, str]] = ..., workflow: _Optional[_Union[Workflow, _Mapping]] = ..., step: _Optional[_Union[_common_pb2.Step, _Mapping]] = ...) -> None: ...

@@ -70,6 +70,11 @@ class WorkflowServiceStub:
                 request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowResponse.FromString,
                 _registered_method=True)
+        self.WatchWorkflow = channel.unary_stream(
+                '/conveyor.v1.WorkflowService/WatchWorkflow',
+                request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -136,6 +141,19 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchWorkflow(self, request, context):
+        """Follow a workflow as it runs: the first message is its current snapshot
+        (with its journal), then one per step started, completed, failed or
+        cancelled, in journal order, and a last one when the workflow finishes,
+        after which the stream ends (at once for a finished workflow). NOT_FOUND
+        for an unknown id. The coordinator pushes changes as it commits them (no
+        polling). UNAVAILABLE when the coordinator shuts down: watch again; the new
+        stream starts from the snapshot, so nothing is missed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +191,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.ExplainWorkflow,
                     request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowResponse.SerializeToString,
+            ),
+            'WatchWorkflow': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -365,6 +388,33 @@ class WorkflowService:
             '/conveyor.v1.WorkflowService/ExplainWorkflow',
             conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowRequest.SerializeToString,
             conveyor_dot_v1_dot_workflow__service__pb2.ExplainWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/conveyor.v1.WorkflowService/WatchWorkflow',
+            conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

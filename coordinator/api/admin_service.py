@@ -98,6 +98,31 @@ class AdminService(admin_service_pb2_grpc.AdminServiceServicer):
         )
         return pb.CancelWorkflowsResponse(matched=matched, cancelled=cancelled, sample_workflow_ids=sample)
 
+    @rpc
+    async def PurgeWorkflows(
+        self, request: pb.PurgeWorkflowsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PurgeWorkflowsResponse:
+        if not request.HasField("finished_before"):
+            raise InvalidArgument(
+                "finished_before is required: purge the workflows that finished before which time?"
+            )
+        statuses = []
+        for wire in request.statuses:
+            status = protocol.WORKFLOW_STATUS_FROM_WIRE.get(wire)
+            if status is None:
+                raise InvalidArgument(f"statuses holds {wire}, which is not a workflow status")
+            statuses.append(status)
+        outcome = await self._coordinator.purge_workflows(
+            # The Unix epoch itself reads as unset: nothing finished before it either way.
+            protocol.from_timestamp(request.finished_before, "finished_before") or 0,
+            statuses,
+            _limit(request.limit),
+            request.dry_run,
+        )
+        return pb.PurgeWorkflowsResponse(
+            matched=outcome.matched, purged=outcome.purged, sample_workflow_ids=outcome.sample
+        )
+
 
 def _diagnosis_to_wire(report: DiagnoseReport) -> pb.DiagnoseResponse:
     def age(created_at: int | None) -> Duration | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import grpc
@@ -15,6 +16,7 @@ from .. import protocol
 from ..engine import Coordinator
 from ..explain import Explanation, Situation, StepExplanation, Wait
 from ..store.workflows import Started
+from ..watch import WatchEvent, WatchEventKind
 from .errors import rpc
 
 _SITUATION_TO_WIRE = {
@@ -141,10 +143,37 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         return pb.CancelWorkflowResponse(workflow=protocol.workflow_to_wire(record))
 
     @rpc
+    async def WatchWorkflow(
+        self, request: pb.WatchWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        # Closed at once when the caller goes away, so the watcher is forgotten then, not at GC.
+        async with contextlib.aclosing(self._coordinator.watch_workflow(request.workflow_id)) as events:
+            async for event in events:
+                await context.write(_watch_event_to_wire(event))
+
+    @rpc
     async def ExplainWorkflow(
         self, request: pb.ExplainWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainWorkflowResponse:
         return _explanation_to_wire(await self._coordinator.explain_workflow(request.workflow_id))
+
+
+_WATCH_EVENT_TO_WIRE = {
+    WatchEventKind.SNAPSHOT: pb.WATCH_EVENT_KIND_SNAPSHOT,
+    WatchEventKind.STEP_STARTED: pb.WATCH_EVENT_KIND_STEP_STARTED,
+    WatchEventKind.STEP_COMPLETED: pb.WATCH_EVENT_KIND_STEP_COMPLETED,
+    WatchEventKind.STEP_FAILED: pb.WATCH_EVENT_KIND_STEP_FAILED,
+    WatchEventKind.STEP_CANCELLED: pb.WATCH_EVENT_KIND_STEP_CANCELLED,
+    WatchEventKind.WORKFLOW_FINISHED: pb.WATCH_EVENT_KIND_WORKFLOW_FINISHED,
+}
+
+
+def _watch_event_to_wire(event: WatchEvent) -> pb.WatchWorkflowResponse:
+    return pb.WatchWorkflowResponse(
+        kind=_WATCH_EVENT_TO_WIRE[event.kind],
+        workflow=protocol.workflow_to_wire(event.workflow),
+        step=None if event.step is None else protocol.step_to_wire(event.step),
+    )
 
 
 def _explanation_to_wire(explanation: Explanation) -> pb.ExplainWorkflowResponse:

@@ -90,6 +90,15 @@ workflows = Table(
     Index(None, "status", "created_at"),
     Index(None, "name", "created_at"),
     Index(None, "name", "status"),
+    # Retention and PurgeWorkflows: the finished workflows of a status, oldest finish first.
+    # Running workflows (no completed_at) stay out of it, so starting one does not touch it.
+    Index(
+        f"{PREFIX}ix_workflows_finished",
+        "status",
+        "completed_at",
+        postgresql_where=text("completed_at IS NOT NULL"),
+        sqlite_where=text("completed_at IS NOT NULL"),
+    ),
 )
 
 #: The journal: one row per step a workflow took, numbered from 0.

@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Select, func, insert, select
 from sqlalchemy.engine import Connection
@@ -92,7 +93,7 @@ class WorkflowSelection:
         return query.order_by(workflows.c.created_at)
 
 
-_workflow_columns = (
+WORKFLOW_COLUMNS = (
     workflows.c.id,
     workflows.c.name,
     workflows.c.status,
@@ -107,7 +108,26 @@ _workflow_columns = (
 )
 
 
-def _workflow_record(row: object, step_records: tuple[StepRecord, ...] = ()) -> WorkflowRecord:
+def step_record(s: Any) -> StepRecord:
+    """A ``steps`` row as a :class:`StepRecord`."""
+    return StepRecord(
+        number=s.number,
+        kind=StepKind(s.kind),
+        name=s.name,
+        status=StepStatus(s.status),
+        attempt=s.attempt,
+        args_json=s.args,
+        result_json=s.result,
+        error=s.error,
+        created_at=s.created_at,
+        started_at=s.started_at,
+        completed_at=s.completed_at,
+        executor_id=s.executor_id,
+    )
+
+
+def workflow_record(row: object, step_records: tuple[StepRecord, ...] = ()) -> WorkflowRecord:
+    """A row of :data:`WORKFLOW_COLUMNS` as a :class:`WorkflowRecord`."""
     r = row  # rows are attribute-accessible tuples
     return WorkflowRecord(
         id=r.id,  # type: ignore[attr-defined]
@@ -253,31 +273,18 @@ class Workflows:
         return cancel_workflows(connection, ids, reason, now)
 
     def get(self, connection: Connection, workflow_id: str, *, include_steps: bool) -> WorkflowRecord:
-        row = connection.execute(select(*_workflow_columns).where(workflows.c.id == workflow_id)).first()
+        row = connection.execute(select(*WORKFLOW_COLUMNS).where(workflows.c.id == workflow_id)).first()
         if row is None:
             raise NotFound(f"no workflow with id {workflow_id!r}")
         step_records: tuple[StepRecord, ...] = ()
         if include_steps:
             step_records = tuple(
-                StepRecord(
-                    number=s.number,
-                    kind=StepKind(s.kind),
-                    name=s.name,
-                    status=StepStatus(s.status),
-                    attempt=s.attempt,
-                    args_json=s.args,
-                    result_json=s.result,
-                    error=s.error,
-                    created_at=s.created_at,
-                    started_at=s.started_at,
-                    completed_at=s.completed_at,
-                    executor_id=s.executor_id,
-                )
+                step_record(s)
                 for s in connection.execute(
                     select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
                 )
             )
-        return _workflow_record(row, step_records)
+        return workflow_record(row, step_records)
 
     def list(
         self,
@@ -290,7 +297,7 @@ class Workflows:
         newest_first: bool,
     ) -> tuple[list[WorkflowRecord], str | None]:
         """One page in creation order; the token is the last creation time seen (unique per workflow)."""
-        query = select(*_workflow_columns)
+        query = select(*WORKFLOW_COLUMNS)
         if statuses:
             query = query.where(workflows.c.status.in_([s.value for s in statuses]))
         if name:
@@ -302,7 +309,7 @@ class Workflows:
             )
         order = workflows.c.created_at.desc() if newest_first else workflows.c.created_at.asc()
         rows = connection.execute(query.order_by(order).limit(page_size + 1)).all()
-        records = [_workflow_record(row) for row in rows[:page_size]]
+        records = [workflow_record(row) for row in rows[:page_size]]
         next_token = _encode_page_token(records[-1].created_at) if len(rows) > page_size else None
         return records, next_token
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conveyor import WorkflowContext, workflow
-from support import registry_of
+from support import eventually, registry_of
 from toolkit import MakeStack
 
 NODE_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
@@ -148,3 +148,33 @@ async def test_the_node_client_surfaces_a_reused_key_as_already_exists(
     assert output["refused"]["name"] == "ConveyorError"
     assert output["refused"]["code"] == "ALREADY_EXISTS"
     assert "at $.value: stored 1, this request has 2" in output["refused"]["details"]
+
+
+@workflow
+async def parked(ctx: WorkflowContext) -> None:
+    await ctx.task("unserved", 1)
+
+
+async def test_the_node_client_watches_a_workflow_until_it_finishes(
+    make_stack: MakeStack, node_client: Path
+) -> None:
+    stack = await make_stack(registry_of(parked))
+    started = await stack.client.start_workflow("parked", {})
+    watching = asyncio.create_task(
+        run_example(node_client, stack.server.address, "--watch", started.workflow_id, "--json")
+    )
+
+    async def watched() -> bool:
+        return bool(stack.coordinator.ctx.watches.watcher_count == 1 or watching.done())
+
+    await eventually(watched, timeout=60)
+    await stack.client.cancel_workflow(started.workflow_id, "stop watching")
+    result = await watching
+
+    assert result.returncode == 1, result.stderr
+    output = json.loads(result.stdout)
+    assert output == {
+        "workflow_id": started.workflow_id,
+        "status": "cancelled",
+        "events": ["snapshot", "step_cancelled", "workflow_finished"],
+    }

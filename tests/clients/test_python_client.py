@@ -90,17 +90,33 @@ class _RecordingInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: igno
         return await continuation(details, request)
 
 
+class _RecordingStreamInterceptor(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, methods: set[str]) -> None:
+        self.methods = methods
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Awaitable[Any]], details: Any, request: Any
+    ) -> Any:
+        method = details.method
+        self.methods.add(method.decode() if isinstance(method, bytes) else method)
+        return await continuation(details, request)
+
+
 async def test_calling_every_async_method_sends_every_rpc_of_the_client_services(
     make_stack: MakeStack,
 ) -> None:
     stack = await make_stack(WORKFLOWS)
     recorder = _RecordingInterceptor()
-    channel = grpc.aio.insecure_channel(stack.server.address, interceptors=[recorder])
+    channel = grpc.aio.insecure_channel(
+        stack.server.address, interceptors=[recorder, _RecordingStreamInterceptor(recorder.methods)]
+    )
     client = AsyncClient(channel=channel, timeout=20)
     try:
         first, second = await client.start_workflows([("parked", {"item": 1}), ("parked", {"item": 2})])
         single = await client.start_workflow("instant", {"value": 4}, idempotency_key="key-1")
         assert (await client.wait(single.workflow_id, timeout=20)).result == 4
+        events = [event async for event in client.watch_workflow(single.workflow_id)]
+        assert [event.kind for event in events] == ["snapshot"]
         assert (
             await client.get_workflow(first.workflow_id, include_steps=True)
         ).status is WorkflowStatus.RUNNING
@@ -123,6 +139,8 @@ async def test_calling_every_async_method_sends_every_rpc_of_the_client_services
         assert await client.fail_pending_tasks(None) == 1
         await client.clear_task_queue(None)
         await client.clear_replay_queue(None)
+        purged = await client.purge_workflows(datetime.now(UTC) + timedelta(minutes=1), dry_run=True)
+        assert purged.matched == 3
         with pytest.raises(NotFound):
             await client.get_workflow("missing")
     finally:

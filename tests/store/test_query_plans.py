@@ -25,9 +25,10 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
 from conveyor.coordinator.model import StepStatus, WorkflowStatus
-from conveyor.coordinator.store import Database, TaskQueue
+from conveyor.coordinator.store import Database, TaskQueue, retention
 from conveyor.coordinator.store.diagnosis import invariant_violations, shard_depths
 from conveyor.coordinator.store.journal import cancel_workflows
+from conveyor.coordinator.store.retention import PurgeSelection
 from conveyor.coordinator.store.schema import steps, tasks, workflows
 from conveyor.coordinator.store.workflows import Workflows
 
@@ -370,3 +371,31 @@ def test_counting_workflows_by_status_reads_no_table_whole(database: Database) -
     ]
     for plan in plans:
         assert "conveyor_workflows" not in plan.full_scans, describe(plans)
+
+
+def test_a_purge_batch_finds_old_finished_workflows_through_their_index(database: Database) -> None:
+    selection = PurgeSelection(finished_before=100)
+    purged: list[int] = []
+
+    plans = plans_of(
+        database,
+        lambda c: purged.extend([retention.count(c, selection, 0), retention.purge_oldest(c, selection, 50)]),
+    )
+
+    assert purged[0] == len([1 for created in range(1, 3 * FINISHED + 1) if created + 1 < 100])
+    assert purged[1] == 50
+    for plan in plans:
+        assert not plan.full_scans & {
+            "conveyor_workflows",
+            "conveyor_steps",
+            "conveyor_tasks",
+            "conveyor_replay_queue",
+        }, describe(plans)
+    selects = [
+        plan
+        for plan in plans
+        if "completed_at <" in plan.sql and plan.sql.lstrip().upper().startswith("SELECT")
+    ]
+    assert selects and all("conveyor_ix_workflows_finished" in plan.indexes for plan in selects), describe(
+        plans
+    )
