@@ -16,6 +16,7 @@ from ..clock import CreationClock
 from ..model import StepKind, StepStatus, WorkflowStatus
 from ..shards import shard_for
 from .journal import cancel_workflows
+from .payloads import expanded_args
 from .schema import replay_queue, steps, workflow_counts, workflows
 
 
@@ -223,6 +224,10 @@ class Workflows:
             raise NotFound(f"no workflow with id {workflow_id!r}")
         step_records: tuple[StepRecord, ...] = ()
         if include_steps:
+            rows = connection.execute(
+                select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
+            ).all()
+            args = expanded_args(connection, {s.number: (workflow_id, s.args) for s in rows})
             step_records = tuple(
                 StepRecord(
                     number=s.number,
@@ -230,7 +235,7 @@ class Workflows:
                     name=s.name,
                     status=StepStatus(s.status),
                     attempt=s.attempt,
-                    args_json=s.args,
+                    args_json=args[s.number],
                     result_json=s.result,
                     error=s.error,
                     created_at=s.created_at,
@@ -238,9 +243,7 @@ class Workflows:
                     completed_at=s.completed_at,
                     executor_id=s.executor_id,
                 )
-                for s in connection.execute(
-                    select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
-                )
+                for s in rows
             )
         return _workflow_record(row, step_records)
 

@@ -1,0 +1,425 @@
+"""Step arguments stored in linear space: large parts once per workflow, by content.
+
+An agent loop resends its whole conversation at every LLM step, so storing each step's
+arguments whole makes a workflow's journal grow with the square of its turns. Instead a
+step whose canonical arguments are at least :data:`MIN_PART_CHARS` long is stored
+*compacted*: its JSON text with large parts replaced by references to rows of
+``blobs`` (keyed by workflow and digest), each written once however many steps resend it.
+
+Two kinds of reference, each spelled as a JSON object with spaces that canonical JSON never
+contains (it has no whitespace outside strings, and a ``"`` inside a string is escaped), so a
+reference can never be confused with user data, and a stored value stays readable JSON:
+
+* ``{ "$blob": "<digest>" }`` stands for a JSON value (an object, array or string) whose
+  canonical text hashes to ``digest``; its row holds the value's own compacted text.
+* ``{ "$list": "<digest>" }`` stands for a list, named by the digest of its canonical text
+  up to its last element (``[e1,...,en`` without the closing bracket, which no complete value
+  can equal). Its row holds the run of elements the list added to an earlier prefix, named by
+  ``parent``: a conversation that grew by two messages since the last step costs one row of
+  two messages, and reading it back walks the parent chain (one recursive query).
+
+Lists directly in the arguments (not inside a list's elements) are stored as such chains;
+other objects, arrays and strings are blobs when their compacted text is still long.
+Everything below :data:`MAX_DEPTH` levels is kept inline.
+
+Each compacted step also stores ``args_digest``, the SHA-256 of its full canonical arguments,
+which replay compares with the arguments the workflow code asks for
+(:meth:`conveyor.coordinator.replay.JournalEntry.was_called_with`): as strong as comparing
+the text, and replay never reassembles a past request. Steps with short arguments, and every
+row written before this scheme, keep their plain canonical JSON and a NULL digest; readers
+tell the two apart by the reference marker, which plain canonical JSON cannot contain.
+
+Writing compares the compacted form with the canonical text before it commits to it, and
+stores the plain text if they differ (a value this encoder spells differently from
+:func:`conveyor.coordinator.model.canonical_json`): reassembly is byte-identical or not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, bindparam, select, tuple_, update
+from sqlalchemy.engine import Connection
+
+from conveyor.errors import ConveyorError
+
+from ..model import canonical_digest, canonical_json
+from .dialect import Dialect
+from .schema import blobs, steps
+
+K = TypeVar("K", bound=Hashable)
+
+#: Arguments and parts shorter than this stay inline: a reference costs ~60 characters plus a
+#: row, which only pays for itself on values this long.
+MIN_PART_CHARS = 1024
+#: Nesting levels below the arguments' top that may become parts; deeper values stay inline,
+#: so a deeply nested value cannot turn into one row per level.
+MAX_DEPTH = 6
+#: The longest list suffix looked up first for an already stored prefix; a list that changed
+#: further back is looked up whole.
+RECENT_PREFIXES = 32
+#: Digests per lookup query (bound parameters are limited per statement).
+LOOKUP_CHUNK = 500
+
+_MARKER = '{ "$'
+_REFERENCE = re.compile(r'\{ "\$(blob|list)": "([A-Za-z0-9_-]{43})" \}')
+
+
+class CorruptJournalError(ConveyorError):
+    """A compacted step argument refers to a part its workflow does not have."""
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Chain:
+    """A list stored as a prefix chain: the digest of each prefix and each element's stored text."""
+
+    prefixes: list[str]
+    elements: list[str]
+    #: The blobs each element's stored text refers to.
+    element_blobs: list[dict[str, str]]
+
+
+@dataclass
+class _Compacted:
+    """One step's arguments, compacted, with the parts they need (before knowing which exist)."""
+
+    stored: str
+    blobs: dict[str, str] = field(default_factory=dict)
+    chains: list[_Chain] = field(default_factory=list)
+
+
+def _reference(kind: str, digest: str) -> str:
+    return f'{{ "${kind}": "{digest}" }}'
+
+
+def _leaf(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _blob(plain: str, stored: str, depth: int, found: dict[str, str]) -> str:
+    if depth == 0 or len(stored) < MIN_PART_CHARS:
+        return stored
+    digest = canonical_digest(plain)
+    found[digest] = stored
+    return _reference("blob", digest)
+
+
+def _encode(value: Any, depth: int, in_list: bool, out: _Compacted, found: dict[str, str]) -> tuple[str, str]:
+    """(canonical text, stored text) of ``value``; the parts it needs go into ``found`` / ``out``."""
+    if isinstance(value, str):
+        plain = _leaf(value)
+        return plain, _blob(plain, plain, depth, found)
+    if not isinstance(value, dict | list):
+        plain = _leaf(value)  # a number, true, false or null
+        return plain, plain
+    if depth >= MAX_DEPTH:
+        plain = canonical_json(value)
+        return plain, _blob(plain, plain, depth, found)
+    if isinstance(value, dict):
+        plain_items: list[str] = []
+        stored_items: list[str] = []
+        for key in sorted(value):
+            name = _leaf(key) + ":"
+            plain, stored = _encode(value[key], depth + 1, in_list, out, found)
+            plain_items.append(name + plain)
+            stored_items.append(name + stored)
+        plain = "{" + ",".join(plain_items) + "}"
+        return plain, _blob(plain, "{" + ",".join(stored_items) + "}", depth, found)
+    if in_list:  # inside a chain's element: a plain array, a blob when long
+        pairs = [_encode(element, depth + 1, True, out, found) for element in value]
+        plain = "[" + ",".join(p for p, _ in pairs) + "]"
+        return plain, _blob(plain, "[" + ",".join(s for _, s in pairs) + "]", depth, found)
+    return _encode_chain(value, depth, out)
+
+
+def _encode_chain(value: list[Any], depth: int, out: _Compacted) -> tuple[str, str]:
+    chain = _Chain([], [], [])
+    running = hashlib.sha256(b"[")
+    plain_elements: list[str] = []
+    for index, element in enumerate(value):
+        element_blobs: dict[str, str] = {}
+        plain, stored = _encode(element, depth + 1, True, out, element_blobs)
+        running.update((plain if index == 0 else "," + plain).encode("utf-8"))
+        chain.prefixes.append(_b64(running.digest()))
+        chain.elements.append(stored)
+        chain.element_blobs.append(element_blobs)
+        plain_elements.append(plain)
+    plain = "[" + ",".join(plain_elements) + "]"
+    if len(plain) < MIN_PART_CHARS:
+        for element_blobs in chain.element_blobs:
+            out.blobs.update(element_blobs)
+        return plain, "[" + ",".join(chain.elements) + "]"
+    out.chains.append(chain)
+    return plain, _reference("list", chain.prefixes[-1])
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _compact(args_json: str) -> _Compacted | None:
+    """The compacted form of canonical ``args_json``, or None to store it plain."""
+    if len(args_json) < MIN_PART_CHARS:
+        return None
+    try:
+        value = json.loads(args_json)
+        out = _Compacted("")
+        plain, stored = _encode(value, 0, False, out, out.blobs)
+    except (ValueError, TypeError, RecursionError):
+        return None  # not something this encoder spells canonically: stored plain
+    if plain != args_json or _MARKER not in stored:
+        return None
+    out.stored = stored
+    return out
+
+
+def compact_step_args(
+    connection: Connection, dialect: Dialect, rows: Sequence[MutableMapping[str, Any]]
+) -> None:
+    """Before ``rows`` (``steps`` rows with ``workflow_id`` and canonical ``args``) are inserted:
+    compact their large arguments, set ``args_digest`` on those, and insert the parts the
+    workflows do not have yet. Rows are processed in order, so a later step may continue a
+    list an earlier row of the same batch stored."""
+    plans: list[tuple[MutableMapping[str, Any], _Compacted]] = []
+    for row in rows:
+        row.setdefault("args_digest", None)
+        compacted = _compact(row["args"])
+        if compacted is not None:
+            plans.append((row, compacted))
+    if not plans:
+        return
+    wanted: set[tuple[str, str]] = set()
+    for row, compacted in plans:
+        workflow_id = row["workflow_id"]
+        wanted.update((workflow_id, digest) for digest in compacted.blobs)
+        for chain in compacted.chains:
+            wanted.update((workflow_id, digest) for digest in chain.prefixes[-RECENT_PREFIXES:])
+    known = _existing(connection, wanted)
+    # A list changed before its recent end (history edited or trimmed): look its prefixes up whole.
+    older: set[tuple[str, str]] = set()
+    for row, compacted in plans:
+        for chain in compacted.chains:
+            recent = chain.prefixes[-RECENT_PREFIXES:]
+            if len(chain.prefixes) > RECENT_PREFIXES and not any(
+                (row["workflow_id"], d) in known for d in recent
+            ):
+                older.update((row["workflow_id"], d) for d in chain.prefixes[:-RECENT_PREFIXES])
+    known |= _existing(connection, older)
+    new_rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(workflow_id: str, digest: str, parent: str | None, body: str) -> None:
+        key = (workflow_id, digest)
+        if key not in known and key not in new_rows:
+            new_rows[key] = {"workflow_id": workflow_id, "digest": digest, "parent": parent, "body": body}
+
+    for row, compacted in plans:
+        workflow_id = row["workflow_id"]
+        for digest, body in compacted.blobs.items():
+            add(workflow_id, digest, None, body)
+        for chain in compacted.chains:
+            stored_end = _longest_stored_prefix(workflow_id, chain.prefixes, known, new_rows)
+            if stored_end == len(chain.prefixes):
+                continue
+            for element_blobs in chain.element_blobs[stored_end:]:
+                for digest, body in element_blobs.items():
+                    add(workflow_id, digest, None, body)
+            parent = chain.prefixes[stored_end - 1] if stored_end else None
+            add(workflow_id, chain.prefixes[-1], parent, ",".join(chain.elements[stored_end:]))
+        row["args_digest"] = canonical_digest(row["args"])
+        row["args"] = compacted.stored
+    if new_rows:
+        connection.execute(dialect.insert_ignoring_duplicates(blobs), list(new_rows.values()))
+
+
+def _longest_stored_prefix(
+    workflow_id: str,
+    prefixes: Sequence[str],
+    known: set[tuple[str, str]],
+    new_rows: Mapping[tuple[str, str], object],
+) -> int:
+    """How many leading elements an existing (or just planned) row already holds."""
+    for end in range(len(prefixes), 0, -1):
+        key = (workflow_id, prefixes[end - 1])
+        if key in known or key in new_rows:
+            return end
+    return 0
+
+
+def _existing(connection: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    pending = list(keys)
+    for start in range(0, len(pending), LOOKUP_CHUNK):
+        chunk = pending[start : start + LOOKUP_CHUNK]
+        found.update(
+            (row.workflow_id, row.digest)
+            for row in connection.execute(
+                select(blobs.c.workflow_id, blobs.c.digest).where(
+                    tuple_(blobs.c.workflow_id, blobs.c.digest).in_(chunk)
+                )
+            )
+        )
+    return found
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def is_compacted(stored_args: str) -> bool:
+    return _MARKER in stored_args
+
+
+def expanded_args(connection: Connection, stored: Mapping[K, tuple[str, str]]) -> dict[K, str]:
+    """The canonical arguments of steps, from ``{key: (workflow id, stored args)}``.
+
+    Plain rows are returned as they are, without a query; the parts of compacted ones are
+    read in a few queries for the whole batch (one per nesting level of references, each
+    following list chains to their start in the database), never one per part.
+    """
+    compacted = {key: value for key, value in stored.items() if _MARKER in value[1]}
+    if not compacted:
+        return {key: text for key, (_, text) in stored.items()}
+    parts = _PartReader(connection)
+    parts.load(
+        {
+            (workflow_id, digest)
+            for workflow_id, text in compacted.values()
+            for _, digest in _REFERENCE.findall(text)
+        }
+    )
+    return {
+        key: parts.expand(workflow_id, text) if key in compacted else text
+        for key, (workflow_id, text) in stored.items()
+    }
+
+
+#: Rounds of reference loading before the data is declared corrupt: references nest at most
+#: ``MAX_DEPTH`` levels (plus a list's element), so more rounds means a reference cycle.
+_MAX_ROUNDS = MAX_DEPTH + 3
+
+
+class _PartReader:
+    """The parts of one batch of steps, loaded level by level, and their expansions."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._rows: dict[tuple[str, str], tuple[str | None, str]] = {}
+        self._expanded: dict[tuple[str, str], str] = {}
+        self._expanding: set[tuple[str, str]] = set()
+
+    def load(self, keys: set[tuple[str, str]]) -> None:
+        for _ in range(_MAX_ROUNDS):
+            missing = keys - self._rows.keys()
+            if not missing:
+                return
+            fetched = _fetch_with_ancestors(self._connection, missing)
+            self._rows.update(fetched)
+            absent = missing - fetched.keys()
+            if absent:
+                workflow_id, digest = sorted(absent)[0]
+                raise CorruptJournalError(
+                    f"workflow {workflow_id} refers to stored argument part {digest}, which its journal "
+                    "does not hold (deleted by hand?); restore the conveyor_blobs rows from a backup"
+                )
+            keys = {
+                (workflow_id, digest)
+                for (workflow_id, _), (_, body) in fetched.items()
+                if _MARKER in body
+                for _, digest in _REFERENCE.findall(body)
+            }
+        raise CorruptJournalError(
+            "stored argument parts refer to each other in a cycle; the journal is corrupt"
+        )
+
+    def expand(self, workflow_id: str, text: str) -> str:
+        if _MARKER not in text:
+            return text
+        return _REFERENCE.sub(lambda match: self._part(workflow_id, match.group(1), match.group(2)), text)
+
+    def _part(self, workflow_id: str, kind: str, digest: str) -> str:
+        key = (workflow_id, digest)
+        if kind == "blob":
+            if key not in self._expanded:
+                if key in self._expanding:
+                    raise CorruptJournalError(
+                        f"the stored part {digest} of workflow {workflow_id} contains itself"
+                    )
+                self._expanding.add(key)
+                self._expanded[key] = self.expand(workflow_id, self._row(key)[1])
+            return self._expanded[key]
+        runs: list[str] = []
+        seen: set[str] = set()
+        current: str | None = digest
+        while current is not None:
+            if current in seen:
+                raise CorruptJournalError(f"the stored list {digest} of workflow {workflow_id} is a cycle")
+            seen.add(current)
+            parent, body = self._row((workflow_id, current))
+            node = (workflow_id, current)
+            if node not in self._expanded:
+                self._expanded[node] = self.expand(workflow_id, body)
+            runs.append(self._expanded[node])
+            current = parent
+        runs.reverse()
+        return "[" + ",".join(runs) + "]"
+
+    def _row(self, key: tuple[str, str]) -> tuple[str | None, str]:
+        try:
+            return self._rows[key]
+        except KeyError:
+            raise CorruptJournalError(
+                f"workflow {key[0]} refers to stored argument part {key[1]}, which was not loaded"
+            ) from None
+
+
+def _fetch_with_ancestors(
+    connection: Connection, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str | None, str]]:
+    """The rows ``keys`` name and every list ancestor of theirs (a recursive query per chunk)."""
+    found: dict[tuple[str, str], tuple[str | None, str]] = {}
+    pending = sorted(keys)
+    for start in range(0, len(pending), LOOKUP_CHUNK):
+        chunk = pending[start : start + LOOKUP_CHUNK]
+        walk = (
+            select(blobs.c.workflow_id, blobs.c.digest, blobs.c.parent)
+            .where(tuple_(blobs.c.workflow_id, blobs.c.digest).in_(chunk))
+            .cte("walk", recursive=True)
+        )
+        parents = blobs.alias("parents")
+        walk = walk.union(
+            select(parents.c.workflow_id, parents.c.digest, parents.c.parent).join(
+                walk, and_(parents.c.workflow_id == walk.c.workflow_id, parents.c.digest == walk.c.parent)
+            )
+        )
+        for row in connection.execute(
+            select(blobs.c.workflow_id, blobs.c.digest, blobs.c.parent, blobs.c.body).join(
+                walk, and_(blobs.c.workflow_id == walk.c.workflow_id, blobs.c.digest == walk.c.digest)
+            )
+        ):
+            found[(row.workflow_id, row.digest)] = (row.parent, row.body)
+    return found
+
+
+# --- migrating back ------------------------------------------------------------------------------
+
+
+def inline_all_step_args(connection: Connection) -> None:
+    """Write every compacted step's arguments back whole (the downgrade of migration 0009)."""
+    rows = connection.execute(
+        select(steps.c.id, steps.c.workflow_id, steps.c.args).where(steps.c.args_digest.is_not(None))
+    ).all()
+    if not rows:
+        return
+    full = expanded_args(connection, {row.id: (row.workflow_id, row.args) for row in rows})
+    connection.execute(
+        update(steps).where(steps.c.id == bindparam("step_id")).values(args=bindparam("full_args")),
+        [{"step_id": step_id, "full_args": text} for step_id, text in full.items()],
+    )
