@@ -2,7 +2,7 @@
 
 An agent loop resends its whole conversation at every LLM step, so storing each step's
 arguments whole makes a workflow's journal grow with the square of its turns. Instead a
-step whose canonical arguments are at least :data:`MIN_PART_CHARS` long is stored
+step whose canonical arguments are at least :data:`MIN_ARGS_CHARS` long is stored
 *compacted*: its JSON text with large parts replaced by references to rows of
 ``blobs`` (keyed by workflow and digest), each written once however many steps resend it.
 
@@ -20,7 +20,7 @@ reference can never be confused with user data, and a stored value stays readabl
 
 Lists directly in the arguments (not inside a list's elements) are stored as such chains;
 other objects, arrays and strings are blobs when their compacted text is still long.
-Everything below :data:`MAX_DEPTH` levels is kept inline.
+Values :data:`MAX_DEPTH` levels down are not split further.
 
 Each compacted step also stores ``args_digest``, the SHA-256 of its full canonical arguments,
 which replay compares with the arguments the workflow code asks for
@@ -29,9 +29,10 @@ the text, and replay never reassembles a past request. Steps with short argument
 row written before this scheme, keep their plain canonical JSON and a NULL digest; readers
 tell the two apart by the reference marker, which plain canonical JSON cannot contain.
 
-Writing compares the compacted form with the canonical text before it commits to it, and
-stores the plain text if they differ (a value this encoder spells differently from
-:func:`conveyor.coordinator.model.canonical_json`): reassembly is byte-identical or not used.
+The encoder spells each value's canonical text alongside its compacted one, and stores a
+step plain unless its own spelling equals the step's canonical text exactly (a value it
+would spell differently from :func:`conveyor.coordinator.model.canonical_json`): reassembly,
+which only substitutes parts' texts for their references, is byte-identical or not used.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ from .schema import blobs, steps
 
 K = TypeVar("K", bound=Hashable)
 
-#: Arguments and parts shorter than this stay inline: a reference costs ~60 characters plus a
-#: row, which only pays for itself on values this long.
+#: Shorter arguments are stored plain, as are parts shorter than these: a reference costs
+#: ~60 characters plus a row. Values outside lists (a system prompt, tool definitions) are
+#: resent whole at every step, so they become parts from a lower size than list elements,
+#: which their list's chain stores once anyway (they become parts of their own only so that
+#: a trimmed or edited history still shares them).
+MIN_ARGS_CHARS = 256
+MIN_SHARED_CHARS = 128
 MIN_PART_CHARS = 1024
 #: Nesting levels below the arguments' top that may become parts; deeper values stay inline,
 #: so a deeply nested value cannot turn into one row per level.
@@ -105,8 +111,8 @@ def _leaf(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
-def _blob(plain: str, stored: str, depth: int, found: dict[str, str]) -> str:
-    if depth == 0 or len(stored) < MIN_PART_CHARS:
+def _blob(plain: str, stored: str, depth: int, in_list: bool, found: dict[str, str]) -> str:
+    if depth == 0 or len(stored) < (MIN_PART_CHARS if in_list else MIN_SHARED_CHARS):
         return stored
     digest = canonical_digest(plain)
     found[digest] = stored
@@ -117,13 +123,13 @@ def _encode(value: Any, depth: int, in_list: bool, out: _Compacted, found: dict[
     """(canonical text, stored text) of ``value``; the parts it needs go into ``found`` / ``out``."""
     if isinstance(value, str):
         plain = _leaf(value)
-        return plain, _blob(plain, plain, depth, found)
+        return plain, _blob(plain, plain, depth, in_list, found)
     if not isinstance(value, dict | list):
         plain = _leaf(value)  # a number, true, false or null
         return plain, plain
     if depth >= MAX_DEPTH:
         plain = canonical_json(value)
-        return plain, _blob(plain, plain, depth, found)
+        return plain, _blob(plain, plain, depth, in_list, found)
     if isinstance(value, dict):
         plain_items: list[str] = []
         stored_items: list[str] = []
@@ -133,11 +139,11 @@ def _encode(value: Any, depth: int, in_list: bool, out: _Compacted, found: dict[
             plain_items.append(name + plain)
             stored_items.append(name + stored)
         plain = "{" + ",".join(plain_items) + "}"
-        return plain, _blob(plain, "{" + ",".join(stored_items) + "}", depth, found)
+        return plain, _blob(plain, "{" + ",".join(stored_items) + "}", depth, in_list, found)
     if in_list:  # inside a chain's element: a plain array, a blob when long
         pairs = [_encode(element, depth + 1, True, out, found) for element in value]
         plain = "[" + ",".join(p for p, _ in pairs) + "]"
-        return plain, _blob(plain, "[" + ",".join(s for _, s in pairs) + "]", depth, found)
+        return plain, _blob(plain, "[" + ",".join(s for _, s in pairs) + "]", depth, True, found)
     return _encode_chain(value, depth, out)
 
 
@@ -154,7 +160,7 @@ def _encode_chain(value: list[Any], depth: int, out: _Compacted) -> tuple[str, s
         chain.element_blobs.append(element_blobs)
         plain_elements.append(plain)
     plain = "[" + ",".join(plain_elements) + "]"
-    if len(plain) < MIN_PART_CHARS:
+    if len(plain) < MIN_SHARED_CHARS:
         for element_blobs in chain.element_blobs:
             out.blobs.update(element_blobs)
         return plain, "[" + ",".join(chain.elements) + "]"
@@ -168,7 +174,7 @@ def _b64(raw: bytes) -> str:
 
 def _compact(args_json: str) -> _Compacted | None:
     """The compacted form of canonical ``args_json``, or None to store it plain."""
-    if len(args_json) < MIN_PART_CHARS:
+    if len(args_json) < MIN_ARGS_CHARS:
         return None
     try:
         value = json.loads(args_json)
