@@ -43,14 +43,14 @@ import json
 import re
 from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import and_, bindparam, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConveyorError
 
-from ..model import canonical_digest, canonical_json
+from ..model import canonical_digest
 from .dialect import Dialect
 from .schema import blobs, steps
 
@@ -70,6 +70,10 @@ MAX_DEPTH = 6
 #: The longest list suffix looked up first for an already stored prefix; a list that changed
 #: further back is looked up whole.
 RECENT_PREFIXES = 32
+#: How many of a list's last prefixes end a row: with 2, the last element has a row of its
+#: own, so a step that changes it (Anthropic's prompt-cache marker moving on to the newest
+#: message) still continues the previous step's chain, re-storing only that element.
+SEPARATE_TAIL = 2
 #: Digests per lookup query (bound parameters are limited per statement).
 LOOKUP_CHUNK = 500
 
@@ -84,14 +88,57 @@ class CorruptJournalError(ConveyorError):
 # --- writing -------------------------------------------------------------------------------------
 
 
+#: canonical_json's encoder, built once: json.dumps builds one per call, which is most of
+#: its cost on the small values (messages) a long history is made of. Values here come from
+#: canonical JSON text, so canonical_json's check for lone surrogates is not repeated.
+_canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+class _Digests(Sequence[str]):
+    """Prefix digests, spelled (base64) only when looked at: most are only hashed."""
+
+    def __init__(self, raw: list[bytes]) -> None:
+        self._raw = raw
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [_b64(raw) for raw in self._raw[index]]
+        return _b64(self._raw[index])
+
+
 @dataclass
 class _Chain:
-    """A list stored as a prefix chain: the digest of each prefix and each element's stored text."""
+    """A list to store as a prefix chain: its elements and the digest of each prefix."""
 
-    prefixes: list[str]
-    elements: list[str]
-    #: The blobs each element's stored text refers to.
-    element_blobs: list[dict[str, str]]
+    elements: list[Any]
+    prefixes: _Digests
+    depth: int
+
+    def stored_run(self, start: int, end: int, blobs_found: dict[str, str]) -> str:
+        """The stored text of elements ``start`` to ``end``, their parts added to ``blobs_found``.
+
+        Only new elements are encoded part by part; the prefix a stored row already holds is
+        only hashed, by the C encoder, so a step costs little more than its new messages."""
+        texts = []
+        for element in self.elements[start:end]:
+            found: dict[str, str] = {}
+            plain, stored = _encode(element, self.depth + 1, True, _Compacted(""), found)
+            canonical = _canonical(element)
+            if plain == canonical:
+                texts.append(stored)
+                blobs_found.update(found)
+            else:  # spelled differently from canonical JSON: kept whole, which is always exact
+                texts.append(canonical)
+        return ",".join(texts)
 
 
 @dataclass
@@ -107,10 +154,6 @@ def _reference(kind: str, digest: str) -> str:
     return f'{{ "${kind}": "{digest}" }}'
 
 
-def _leaf(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
-
-
 def _blob(plain: str, stored: str, depth: int, in_list: bool, found: dict[str, str]) -> str:
     if depth == 0 or len(stored) < (MIN_PART_CHARS if in_list else MIN_SHARED_CHARS):
         return stored
@@ -122,19 +165,19 @@ def _blob(plain: str, stored: str, depth: int, in_list: bool, found: dict[str, s
 def _encode(value: Any, depth: int, in_list: bool, out: _Compacted, found: dict[str, str]) -> tuple[str, str]:
     """(canonical text, stored text) of ``value``; the parts it needs go into ``found`` / ``out``."""
     if isinstance(value, str):
-        plain = _leaf(value)
+        plain = _canonical(value)
         return plain, _blob(plain, plain, depth, in_list, found)
     if not isinstance(value, dict | list):
-        plain = _leaf(value)  # a number, true, false or null
+        plain = _canonical(value)  # a number, true, false or null
         return plain, plain
     if depth >= MAX_DEPTH:
-        plain = canonical_json(value)
+        plain = _canonical(value)
         return plain, _blob(plain, plain, depth, in_list, found)
     if isinstance(value, dict):
         plain_items: list[str] = []
         stored_items: list[str] = []
         for key in sorted(value):
-            name = _leaf(key) + ":"
+            name = _canonical(key) + ":"
             plain, stored = _encode(value[key], depth + 1, in_list, out, found)
             plain_items.append(name + plain)
             stored_items.append(name + stored)
@@ -148,22 +191,18 @@ def _encode(value: Any, depth: int, in_list: bool, out: _Compacted, found: dict[
 
 
 def _encode_chain(value: list[Any], depth: int, out: _Compacted) -> tuple[str, str]:
-    chain = _Chain([], [], [])
     running = hashlib.sha256(b"[")
     plain_elements: list[str] = []
-    for index, element in enumerate(value):
-        element_blobs: dict[str, str] = {}
-        plain, stored = _encode(element, depth + 1, True, out, element_blobs)
-        running.update((plain if index == 0 else "," + plain).encode("utf-8"))
-        chain.prefixes.append(_b64(running.digest()))
-        chain.elements.append(stored)
-        chain.element_blobs.append(element_blobs)
+    prefixes: list[bytes] = []
+    for element in value:
+        plain = _canonical(element)
+        running.update((("," if plain_elements else "") + plain).encode("utf-8"))
+        prefixes.append(running.digest())
         plain_elements.append(plain)
     plain = "[" + ",".join(plain_elements) + "]"
     if len(plain) < MIN_SHARED_CHARS:
-        for element_blobs in chain.element_blobs:
-            out.blobs.update(element_blobs)
-        return plain, "[" + ",".join(chain.elements) + "]"
+        return plain, plain
+    chain = _Chain(value, _Digests(prefixes), depth)
     out.chains.append(chain)
     return plain, _reference("list", chain.prefixes[-1])
 
@@ -232,14 +271,17 @@ def compact_step_args(
         for digest, body in compacted.blobs.items():
             add(workflow_id, digest, None, body)
         for chain in compacted.chains:
-            stored_end = _longest_stored_prefix(workflow_id, chain.prefixes, known, new_rows)
-            if stored_end == len(chain.prefixes):
-                continue
-            for element_blobs in chain.element_blobs[stored_end:]:
-                for digest, body in element_blobs.items():
-                    add(workflow_id, digest, None, body)
-            parent = chain.prefixes[stored_end - 1] if stored_end else None
-            add(workflow_id, chain.prefixes[-1], parent, ",".join(chain.elements[stored_end:]))
+            start = _longest_stored_prefix(workflow_id, chain.prefixes, known, new_rows)
+            length = len(chain.prefixes)
+            # The last few elements get rows of their own, so that the next step finds the
+            # prefix before them even if it changed them (a prompt-cache marker moved on).
+            for end in range(max(start + 1, length - SEPARATE_TAIL + 1), length + 1):
+                element_blobs: dict[str, str] = {}
+                body = chain.stored_run(start, end, element_blobs)
+                for digest, blob_body in element_blobs.items():
+                    add(workflow_id, digest, None, blob_body)
+                add(workflow_id, chain.prefixes[end - 1], chain.prefixes[start - 1] if start else None, body)
+                start = end
         row["args_digest"] = canonical_digest(row["args"])
         row["args"] = compacted.stored
     if new_rows:

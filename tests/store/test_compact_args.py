@@ -154,7 +154,14 @@ def test_any_arguments_read_back_byte_identical(database: Database, name: str) -
             assert args == canonical
 
 
-def test_a_growing_conversation_is_stored_in_linear_space(database: Database) -> None:
+def with_cache_marker(messages: list[Any]) -> list[Any]:
+    """Anthropic's prompt-cache breakpoint on the newest message: it moves every turn, so the
+    previous step's last message reads differently in the next step's history."""
+    return [*messages[:-1], {**messages[-1], "cache_control": {"type": "ephemeral"}}]
+
+
+@pytest.mark.parametrize("moving_marker", [False, True], ids=["appended", "moving cache marker"])
+def test_a_growing_conversation_is_stored_in_linear_space(database: Database, moving_marker: bool) -> None:
     """150 turns, each resending the whole history: the old scheme stored the sum of all
     histories (quadratic); the journal must stay within 3x the final conversation."""
     add_workflow(database, "loop")
@@ -162,7 +169,8 @@ def test_a_growing_conversation_is_stored_in_linear_space(database: Database) ->
     every_request = []
     for turn in range(150):
         messages.append({"role": "user", "content": f"tool result {turn}: " + "r" * 120})
-        every_request.append(request(messages, system="You are a careful agent. " * 40))
+        sent = with_cache_marker(messages) if moving_marker else messages
+        every_request.append(request(sent, system="You are a careful agent. " * 40))
         write_steps(database, "loop", [every_request[-1]], first=turn)
         messages.append(
             {"role": "assistant", "content": [{"type": "text", "text": f"turn {turn} " + "a" * 100}]}
