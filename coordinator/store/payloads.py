@@ -41,11 +41,11 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Hashable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
-from sqlalchemy import and_, bindparam, select, tuple_, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConveyorError
@@ -302,6 +302,20 @@ def _longest_stored_prefix(
     return 0
 
 
+def _keys_in(keys: Sequence[tuple[str, str]]) -> ColumnElement[bool]:
+    """``(workflow_id, digest) IN keys``, spelled per workflow: SQLite scans the whole table
+    for a row-value IN, but looks up each ``workflow_id = ? AND digest IN (...)`` in the key."""
+    by_workflow: dict[str, list[str]] = {}
+    for workflow_id, digest in keys:
+        by_workflow.setdefault(workflow_id, []).append(digest)
+    return or_(
+        *(
+            and_(blobs.c.workflow_id == workflow_id, blobs.c.digest.in_(digests))
+            for workflow_id, digests in by_workflow.items()
+        )
+    )
+
+
 def _existing(connection: Connection, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
     found: set[tuple[str, str]] = set()
     pending = list(keys)
@@ -309,11 +323,7 @@ def _existing(connection: Connection, keys: Iterable[tuple[str, str]]) -> set[tu
         chunk = pending[start : start + LOOKUP_CHUNK]
         found.update(
             (row.workflow_id, row.digest)
-            for row in connection.execute(
-                select(blobs.c.workflow_id, blobs.c.digest).where(
-                    tuple_(blobs.c.workflow_id, blobs.c.digest).in_(chunk)
-                )
-            )
+            for row in connection.execute(select(blobs.c.workflow_id, blobs.c.digest).where(_keys_in(chunk)))
         )
     return found
 
@@ -438,7 +448,7 @@ def _fetch_with_ancestors(
         chunk = pending[start : start + LOOKUP_CHUNK]
         walk = (
             select(blobs.c.workflow_id, blobs.c.digest, blobs.c.parent)
-            .where(tuple_(blobs.c.workflow_id, blobs.c.digest).in_(chunk))
+            .where(_keys_in(chunk))
             .cte("walk", recursive=True)
         )
         parents = blobs.alias("parents")
@@ -454,6 +464,20 @@ def _fetch_with_ancestors(
         ):
             found[(row.workflow_id, row.digest)] = (row.parent, row.body)
     return found
+
+
+# --- deleting ------------------------------------------------------------------------------------
+
+
+def delete_workflow_parts(connection: Connection, workflow_ids: Collection[str]) -> int:
+    """Delete the stored argument parts of ``workflow_ids``; returns how many rows went.
+
+    Whatever deletes workflows (retention, a purge) calls this with their steps' deletion:
+    parts belong to one workflow, and the foreign key to ``workflows`` refuses to delete a
+    workflow whose parts are left. Cancelling keeps the journal, and so the parts."""
+    if not workflow_ids:
+        return 0
+    return int(connection.execute(delete(blobs).where(blobs.c.workflow_id.in_(list(workflow_ids)))).rowcount)
 
 
 # --- migrating back ------------------------------------------------------------------------------

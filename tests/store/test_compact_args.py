@@ -23,6 +23,7 @@ from conveyor.coordinator.store.payloads import (
     MIN_ARGS_CHARS,
     CorruptJournalError,
     compact_step_args,
+    delete_workflow_parts,
 )
 from conveyor.coordinator.store.replays import ReplayQueue
 from conveyor.coordinator.store.schema import blobs, steps, workflows
@@ -254,16 +255,21 @@ def test_short_arguments_are_stored_plain(database: Database) -> None:
     ]
 
 
-def test_reading_parts_of_many_steps_costs_a_few_queries_not_one_per_part(database: Database) -> None:
+def test_reading_parts_of_many_steps_costs_a_few_index_lookups_not_one_query_per_part(
+    database: Database,
+) -> None:
     add_workflow(database, "queries")
+    add_workflow(database, "other")
     messages: list[Any] = []
     for turn in range(60):
         messages.append({"role": "user", "content": f"{turn} {BIG}"})
-        write_steps(database, "queries", [request(messages, tools=[{"name": "t", "doc": BIG}])], first=turn)
-    statements: list[str] = []
+        args = request(messages, tools=[{"name": "t", "doc": BIG}])
+        write_steps(database, "queries", [args], first=turn)
+        write_steps(database, "other", [args], first=turn)
+    statements: list[tuple[str, Any]] = []
 
     def count(*args: Any) -> None:
-        statements.append(str(args[2]))
+        statements.append((args[2], args[3]))
 
     sa.event.listen(database.reader, "before_cursor_execute", count)
     try:
@@ -271,8 +277,13 @@ def test_reading_parts_of_many_steps_costs_a_few_queries_not_one_per_part(databa
     finally:
         sa.event.remove(database.reader, "before_cursor_execute", count)
 
-    part_reads = [s for s in statements if "blobs" in s]
+    part_reads = [(sql, parameters) for sql, parameters in statements if "blobs" in sql]
     assert 1 <= len(part_reads) <= 3, statements
+    if database.dialect.name == "sqlite":  # the plan walks the key, never the whole table
+        with database.reader.connect() as connection:
+            for sql, parameters in part_reads:
+                plan = [row[3] for row in connection.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, parameters)]
+                assert not [step for step in plan if step.startswith("SCAN conveyor_blobs")], plan
 
 
 def test_a_missing_part_is_reported_as_a_corrupt_journal(database: Database) -> None:
@@ -326,3 +337,23 @@ def test_rows_of_revision_0007_read_after_the_upgrade_and_the_downgrade_inlines(
             assert not sa.inspect(connection).has_table("conveyor_blobs")
     finally:
         db.dispose()
+
+
+def test_a_workflow_is_deleted_only_with_its_parts(database: Database) -> None:
+    """Nothing deletes workflows today; whatever will (retention) must delete their parts, and
+    the foreign key refuses a deletion that forgets them rather than leaving orphans."""
+    add_workflow(database, "gone")
+    add_workflow(database, "kept")
+    args = request([{"role": "user", "content": BIG}] * 3)
+    write_steps(database, "gone", [args])
+    write_steps(database, "kept", [args])
+
+    with pytest.raises(sa.exc.IntegrityError), database.writer.begin() as connection:
+        connection.execute(sa.delete(steps).where(steps.c.workflow_id == "gone"))
+        connection.execute(sa.delete(workflows).where(workflows.c.id == "gone"))
+    with database.writer.begin() as connection:
+        assert delete_workflow_parts(connection, ["gone"]) > 0
+        connection.execute(sa.delete(steps).where(steps.c.workflow_id == "gone"))
+        connection.execute(sa.delete(workflows).where(workflows.c.id == "gone"))
+
+    assert read_back(database, "kept") == [args]
