@@ -11,9 +11,11 @@ and what the journal then holds for the workflow is read back from the database:
 and ``args_digest``, and the parts with their digests (UTF-8 bytes, without row overhead).
 "Old" is the sum of the canonical requests, what the journal stored before. Two histories:
 append-only, and with Anthropic's prompt-cache marker moved to the newest message every turn
-(so the previous last message changes at every step). Also timed: compacting one step on the
-writer and reassembling the last step for its executor (the claim path), at the first and
-last 10% of the loop. Results go to ``results/journal_size-<time>.json`` and stdout.
+(so the previous last message changes at every step). Also measured, in CPU time of this
+process (the coordinator's side; stable on a loaded machine, unlike wall time; it leaves out
+PostgreSQL's own work): compacting one step on the writer (median of the first and last 10%
+of the loop) and reassembling the last step for its executor (the claim path).
+Results go to ``results/journal_size-<time>.json`` and stdout.
 """
 
 from __future__ import annotations
@@ -140,9 +142,9 @@ def measure(db: Database, workflow_id: str, turns: int, cache_marker: bool) -> d
             "created_at": 1,
         }
         with db.writer.begin() as connection:
-            started = time.perf_counter()
+            started = time.process_time()
             compact_step_args(connection, db.dialect, [row])
-            compact_seconds.append(time.perf_counter() - started)
+            compact_seconds.append(time.process_time() - started)
             connection.execute(sa.insert(steps), [row])
         messages.append(reply)
     final_conversation = len(canonical_json(messages).encode())
@@ -155,9 +157,9 @@ def measure(db: Database, workflow_id: str, turns: int, cache_marker: bool) -> d
         part_rows = connection.execute(
             sa.select(blobs.c.digest, blobs.c.parent, blobs.c.body).where(blobs.c.workflow_id == workflow_id)
         ).all()
-        started = time.perf_counter()
+        started = time.process_time()
         [last] = expanded_args(connection, {0: (workflow_id, step_rows[-1].args)}).values()
-        expand_seconds = time.perf_counter() - started
+        expand_seconds = time.process_time() - started
     assert last == args, "the last step did not read back byte-identical"
     new_bytes = sum(len(r.args.encode()) + len((r.args_digest or "").encode()) for r in step_rows) + sum(
         len(r.body.encode()) + len(r.digest) + len(r.parent or "") for r in part_rows
@@ -212,8 +214,8 @@ def _line(row: dict[str, Any]) -> str:
         f"conversation {row['final_conversation_bytes']:>10,} B  old {row['old_bytes']:>14,} B  "
         f"new {row['new_bytes']:>10,} B  new/conv {row['new_over_conversation']:>5}  "
         f"old/new {row['old_over_new']:>7}  "
-        f"compact ms {row['compact_ms_first_10pct']}->{row['compact_ms_last_10pct']}  "
-        f"expand ms {row['expand_last_step_ms']}"
+        f"compact CPU ms {row['compact_ms_first_10pct']}->{row['compact_ms_last_10pct']}  "
+        f"expand CPU ms {row['expand_last_step_ms']}"
     )
 
 
