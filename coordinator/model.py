@@ -6,6 +6,8 @@ Statuses and kinds are stored as short lower-case strings so the tables read wel
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from enum import StrEnum
 from typing import Any
@@ -74,3 +76,11 @@ def canonical_json(value: Any) -> str:
             "the JSON), which is not Unicode text; decode bytes properly or send them base64-encoded"
         ) from None
     return text
+
+
+def canonical_digest(canonical_text: str) -> str:
+    """A collision-resistant name of a canonical JSON text: SHA-256, base64url without padding
+    (43 characters). The journal keeps it for arguments it stores compacted, and replay compares
+    it instead of the text (:mod:`conveyor.coordinator.store.payloads`)."""
+    digest = hashlib.sha256(canonical_text.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

@@ -51,7 +51,7 @@ from conveyor.workflow import (
 
 from . import validation
 from .clock import seconds_to_us, to_datetime
-from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_json
+from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_digest, canonical_json
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -72,10 +72,21 @@ class JournalEntry:
     number: int
     kind: StepKind
     name: str
+    #: The canonical arguments, or, when ``args_digest`` is set, their compacted stored form
+    #: (:mod:`conveyor.coordinator.store.payloads`), shown only in error messages.
     args_json: str
     status: StepStatus
     result_json: str | None = None
     error: str | None = None
+    #: :func:`canonical_digest` of the canonical arguments when the journal stores them compacted.
+    args_digest: str | None = None
+
+    def was_called_with(self, args_json: str) -> bool:
+        """Whether this step was taken with the canonical arguments ``args_json``: the same text,
+        or for compacted arguments the same SHA-256, so replay never reassembles past requests."""
+        if self.args_digest is not None:
+            return canonical_digest(args_json) == self.args_digest
+        return self.args_json == args_json
 
 
 @dataclass(frozen=True)
@@ -372,7 +383,7 @@ class _ReplayContext:
         future = self._loop.create_future()
         if number < len(self._journal):
             entry = self._journal[number]
-            if (entry.kind, entry.name, entry.args_json) != (kind, name, args_json):
+            if (entry.kind, entry.name) != (kind, name) or not entry.was_called_with(args_json):
                 error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json))
                 self.fatal_error = self.fatal_error or error
                 raise error

@@ -41,6 +41,7 @@ from ..clock import seconds_to_us
 from ..model import ClaimOrder, ErrorClass, StepStatus
 from .dialect import Dialect
 from .journal import cancel_workflows, enqueue_idle_workflows, finish_steps
+from .payloads import expanded_args
 from .schema import steps, tasks, workflows
 
 #: Claim statements kept built, one per set of shards an executor leased.
@@ -513,6 +514,9 @@ class TaskQueue:
                 .where(steps.c.id.in_([row.id for row in claimed]))
             )
         }
+        payloads = expanded_args(
+            connection, {row.id: (row.workflow_id, details[row.id].args) for row in claimed}
+        )
         result = [
             ClaimedTask(
                 task_id=row.id,
@@ -521,7 +525,7 @@ class TaskQueue:
                 step_number=details[row.id].number,
                 kind=row.kind,
                 name=details[row.id].name,
-                payload_json=details[row.id].args,
+                payload_json=payloads[row.id],
                 attempt=row.attempt,
                 max_attempts=row.max_attempts,
                 shard=row.shard,

@@ -35,6 +35,7 @@ from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
 from ..replay import JournalEntry, NewStep, ReplayOutcome, replay
 from .dialect import Dialect, is_transient
 from .journal import cancel_workflows
+from .payloads import compact_step_args
 from .schema import replay_queue, steps, tasks, workflows
 
 log = logging.getLogger(__name__)
@@ -334,6 +335,7 @@ class ReplayQueue:
                 steps.c.kind,
                 steps.c.name,
                 steps.c.args,
+                steps.c.args_digest,
                 steps.c.status,
                 steps.c.result,
                 steps.c.error,
@@ -350,6 +352,7 @@ class ReplayQueue:
                     StepStatus(row.status),
                     row.result,
                     row.error,
+                    row.args_digest,
                 )
             )
         return journals
@@ -384,6 +387,7 @@ class ReplayQueue:
             )
             if step.wake_at_us is not None:
                 outcome.next_wake_at = min(outcome.next_wake_at or step.wake_at_us, step.wake_at_us)
+        compact_step_args(connection, self._dialect, step_rows)
         step_ids = (
             connection.execute(insert(steps).returning(steps.c.id, sort_by_parameter_order=True), step_rows)
             .scalars()

@@ -56,6 +56,8 @@ metadata = MetaData(
 
 ID_LENGTH = 64
 NAME_LENGTH = 200
+#: conveyor.coordinator.model.canonical_digest: SHA-256, base64url without padding.
+DIGEST_LENGTH = 43
 
 #: One row: facts fixed when the database is created, and the executor epoch.
 cluster = Table(
@@ -110,7 +112,10 @@ steps = Table(
     Column("number", Integer, nullable=False),
     Column("kind", String(16), nullable=False),
     Column("name", String(NAME_LENGTH), nullable=False),
+    # Canonical JSON, or its compacted form (parts in ``blobs``; see store/payloads.py) when
+    # ``args_digest`` is set: the SHA-256 of the canonical JSON, which replay compares.
     Column("args", Text, nullable=False),
+    Column("args_digest", String(DIGEST_LENGTH)),
     Column("status", String(16), nullable=False),
     Column("result", Text),
     # The final error, or while RUNNING the error of the last attempt that will be retried.
@@ -137,6 +142,20 @@ steps = Table(
         postgresql_where=text("status = 'running' AND kind = 'sleep'"),
         sqlite_where=text("status = 'running' AND kind = 'sleep'"),
     ),
+)
+
+#: The parts of compacted step arguments, content-addressed per workflow (store/payloads.py):
+#: a JSON value (``parent`` NULL), or a run of list elements continuing the list prefix
+#: ``parent``. Written once however many steps resend them; deleted only with the workflow
+#: (the foreign key makes a delete of a workflow that forgets them fail).
+blobs = Table(
+    f"{PREFIX}blobs",
+    metadata,
+    Column("workflow_id", String(ID_LENGTH), ForeignKey(f"{PREFIX}workflows.id"), nullable=False),
+    Column("digest", String(DIGEST_LENGTH), nullable=False),
+    Column("parent", String(DIGEST_LENGTH)),
+    Column("body", Text, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "digest"),
 )
 
 #: The FIFO task queue: one row per LLM/task step in progress (its id is the step's).
@@ -303,6 +322,7 @@ ALL_TABLES = (
     cluster,
     workflows,
     steps,
+    blobs,
     tasks,
     replay_queue,
     executors,

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ..model import StepStatus
+from .payloads import expanded_args
 from .schema import steps, workflows
 from .workflows import WORKFLOW_COLUMNS, StepRecord, WorkflowRecord, step_record, workflow_record
 
@@ -53,9 +54,10 @@ def states(connection: Connection, from_step: Mapping[str, int]) -> dict[str, Wa
                 .order_by(steps.c.number)
             )
         )
+        args = expanded_args(connection, {s.number: (workflow_id, s.args) for s in step_rows})
         found[workflow_id] = WatchedState(
             workflow_record(row),
-            tuple(step_record(s) for s in step_rows),
+            tuple(step_record(s, args[s.number]) for s in step_rows),
             frozenset(s.id for s in step_rows if s.status == StepStatus.RUNNING),
         )
     return found

@@ -19,6 +19,7 @@ from ..json_difference import first_difference
 from ..model import StepKind, StepStatus, WorkflowStatus, canonical_json
 from ..shards import shard_for
 from .journal import cancel_workflows
+from .payloads import expanded_args
 from .schema import replay_queue, steps, workflow_counts, workflows
 
 
@@ -108,15 +109,16 @@ WORKFLOW_COLUMNS = (
 )
 
 
-def step_record(s: Any) -> StepRecord:
-    """A ``steps`` row as a :class:`StepRecord`."""
+def step_record(s: Any, args_json: str) -> StepRecord:
+    """A ``steps`` row as a :class:`StepRecord`; ``args_json`` is its arguments expanded
+    (:func:`~conveyor.coordinator.store.payloads.expanded_args`: the row may hold them compacted)."""
     return StepRecord(
         number=s.number,
         kind=StepKind(s.kind),
         name=s.name,
         status=StepStatus(s.status),
         attempt=s.attempt,
-        args_json=s.args,
+        args_json=args_json,
         result_json=s.result,
         error=s.error,
         created_at=s.created_at,
@@ -278,11 +280,13 @@ class Workflows:
             raise NotFound(f"no workflow with id {workflow_id!r}")
         step_records: tuple[StepRecord, ...] = ()
         if include_steps:
+            rows = connection.execute(
+                select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
+            ).all()
+            args = expanded_args(connection, {s.number: (workflow_id, s.args) for s in rows})
             step_records = tuple(
-                step_record(s)
-                for s in connection.execute(
-                    select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
-                )
+                step_record(s, args[s.number])
+                for s in rows
             )
         return workflow_record(row, step_records)
 
