@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -51,6 +52,8 @@ MAX_TRACESTATE_LENGTH = 512
 EXPORTER_VARIABLE = "CONVEYOR_OTEL_EXPORTER"
 
 _provider: TracerProvider | None = None
+#: OpenTelemetry installs the provider this variable names on first use.
+_PROVIDER_FROM_ENVIRONMENT = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 _cached_tracer: Any = None
 
 
@@ -149,6 +152,10 @@ class SpanHandle:
             self._span.end()
 
 
+#: The span of an untraced call without a provider: records nothing, hands nothing on.
+_UNTRACED = SpanHandle(None, {})
+
+
 def start_span(
     name: str,
     *,
@@ -157,6 +164,11 @@ def start_span(
     attributes: Mapping[str, str | int | float | bool] | None = None,
 ) -> SpanHandle:
     """Start a span under ``parent`` (a carrier; None: the current span). Not made current."""
+    if parent is not None and not parent and not _provider_installed():
+        # Without a provider a span under no parent is the invalid no-op span: nothing is recorded,
+        # handed on or logged. Skipping OpenTelemetry's machinery for it matters: the writer opens
+        # one per commit and the replay runner one per replay of an untraced workflow.
+        return _UNTRACED
     carrier = valid_carrier(parent) if parent is not None else {}
     if otel_trace is None:
         return SpanHandle(None, carrier)
@@ -190,6 +202,20 @@ def span(
     finally:
         otel_context.detach(token)
         handle.end()
+
+
+def _provider_installed() -> bool:
+    """Whether spans may go anywhere: a provider given to :func:`use_tracer_provider`, a global one
+    set, or one named by ``OTEL_PYTHON_TRACER_PROVIDER`` (OpenTelemetry's default is a proxy that
+    records nothing until one is). Read from OpenTelemetry's module state, which costs nothing; if
+    a release renames it, every span takes the full path again."""
+    if otel_trace is None:
+        return False
+    return (
+        _provider is not None
+        or getattr(otel_trace, "_TRACER_PROVIDER", True) is not None
+        or _PROVIDER_FROM_ENVIRONMENT
+    )
 
 
 def _tracer() -> Any:

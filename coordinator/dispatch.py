@@ -12,8 +12,6 @@ from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection
 
-from conveyor.v1 import executor_service_pb2 as pb
-
 from . import protocol
 from .clock import now_us
 from .context import EngineContext
@@ -92,8 +90,7 @@ class Dispatcher:
                 session.credits -= len(claimed)
                 size = self.ctx.config.max_batch_size
                 for start in range(0, len(claimed), size):
-                    batch = [protocol.task_to_wire(task) for task in claimed[start : start + size]]
-                    session.send(pb.ClaimTasksResponse(tasks=pb.TaskBatch(tasks=batch)))
+                    session.send(protocol.tasks_to_wire(claimed[start : start + size]))
                 if session.credits > 0 and session.maybe_work:
                     self.ctx.dispatch_needed.set()
             if orphaned:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -109,18 +111,27 @@ def workflow_to_wire(record: WorkflowRecord) -> workflow_service_pb2.Workflow:
     )
 
 
-def task_to_wire(task: ClaimedTask) -> executor_service_pb2.Task:
-    return executor_service_pb2.Task(
-        task_id=task.task_id,
-        fencing_token=task.fencing_token,
-        workflow_id=task.workflow_id,
-        step_number=task.step_number,
-        kind=task.kind,
-        name=task.name,
-        payload_json=task.payload_json,
-        attempt=task.attempt,
-        max_attempts=task.max_attempts,
-        shard=task.shard,
-        timeout=duration(task.timeout) if task.timeout else None,
-        trace_context=tracing.decode(task.trace_context),
-    )
+def tasks_to_wire(tasks: Sequence[ClaimedTask]) -> executor_service_pb2.ClaimTasksResponse:
+    """One batch of claimed tasks for an executor's stream.
+
+    Each task is written straight into the batch: building a ``Task`` and handing a list of
+    them to the constructor makes protobuf copy every one (half the cost per task).
+    """
+    message = executor_service_pb2.ClaimTasksResponse()
+    add = message.tasks.tasks.add
+    for task in tasks:
+        add(
+            task_id=task.task_id,
+            fencing_token=task.fencing_token,
+            workflow_id=task.workflow_id,
+            step_number=task.step_number,
+            kind=task.kind,
+            name=task.name,
+            payload_json=task.payload_json,
+            attempt=task.attempt,
+            max_attempts=task.max_attempts,
+            shard=task.shard,
+            timeout=duration(task.timeout) if task.timeout else None,
+            trace_context=tracing.decode(task.trace_context),
+        )
+    return message

@@ -149,6 +149,16 @@ _task_state_columns = (
     tasks.c.max_rate_limit_waits,
 )
 
+#: Built once with an expanding IN: building such a statement per call (and its cache key) cost
+#: more than running it, on every result batch and every claim.
+_task_states = select(*_task_state_columns).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+_delete_tasks = delete(tasks).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
+_claimed_details = (
+    select(steps.c.id, steps.c.number, steps.c.name, steps.c.args, workflows.c.trace_context)
+    .join(workflows, workflows.c.id == steps.c.workflow_id)
+    .where(steps.c.id.in_(bindparam("ids", expanding=True)))
+)
+
 _retry_task = (
     update(tasks)
     .where(tasks.c.id == bindparam("task_id"))
@@ -247,7 +257,7 @@ class _AttemptWrites:
         if not self.finished:
             return 0
         finish_steps(connection, self.finished)
-        connection.execute(delete(tasks).where(tasks.c.id.in_([row["step_id"] for row in self.finished])))
+        connection.execute(_delete_tasks, {"ids": [row["step_id"] for row in self.finished]})
         return enqueue_idle_workflows(connection, dialect, self.workflows, now)
 
 
@@ -507,12 +517,7 @@ class TaskQueue:
         if not claimed:
             return []
         details = {
-            row.id: row
-            for row in connection.execute(
-                select(steps.c.id, steps.c.number, steps.c.name, steps.c.args, workflows.c.trace_context)
-                .join(workflows, workflows.c.id == steps.c.workflow_id)
-                .where(steps.c.id.in_([row.id for row in claimed]))
-            )
+            row.id: row for row in connection.execute(_claimed_details, {"ids": [row.id for row in claimed]})
         }
         payloads = expanded_args(
             connection, {row.id: (row.workflow_id, details[row.id].args) for row in claimed}
@@ -546,10 +551,7 @@ class TaskQueue:
         and enqueue a replay for every workflow left with nothing in progress."""
         outcome = RecordOutcome([Disposition.STALE] * len(results))
         rows = {
-            row.id: row
-            for row in connection.execute(
-                select(*_task_state_columns).where(tasks.c.id.in_([r.task_id for r in results]))
-            )
+            row.id: row for row in connection.execute(_task_states, {"ids": [r.task_id for r in results]})
         }
         writes = _AttemptWrites()
         unmatched: list[int] = []
