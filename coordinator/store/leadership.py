@@ -1,0 +1,262 @@
+"""Leadership of a PostgreSQL database: one coordinator leads (writes), the others stand by.
+
+The ``conveyor_leadership`` row names the leader: its *term* (raised by one at every
+takeover), its id, the address it serves on, and the deadline by which it must renew
+(on the database's clock, so coordinators' clocks need not agree).
+
+* The leader renews every third of the lease (:meth:`Leadership.renew`): a conditional
+  ``UPDATE ... WHERE term = mine AND holder = me``; no row updated means it was deposed.
+* A standby reads the row every poll and, once the deadline has passed, takes over with a
+  conditional ``UPDATE ... SET term = term + 1 WHERE term = seen AND deadline < now``
+  (:meth:`Leadership.campaign`); of several standbys exactly one wins.
+* **Fencing.** Every write transaction of the leader begins with :meth:`Leadership.fence`:
+  ``SELECT term ... FOR SHARE`` on the row. Holding that share lock until commit, the
+  transaction serializes with a takeover's ``UPDATE``: either it committed before the
+  takeover (and the new leader recovers its writes), or it reads the new term and is
+  refused. A paused (SIGSTOP) or partitioned old leader therefore never commits after a
+  new one took over, whatever its clock says. The same statement sets the transaction's
+  ``idle_in_transaction_session_timeout``, so a leader paused *inside* a transaction
+  does not hold its share lock (and block the takeover) for longer than that.
+
+Advisory locks alone would not do: a partitioned leader keeps its session, and its lock,
+until TCP gives up. SQLite has no leadership: one coordinator holds the file lock
+(:mod:`.ownership`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, create_engine, literal_column, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.elements import ColumnElement
+
+from conveyor.errors import NotLeader
+
+from .schema import leadership
+
+log = logging.getLogger(__name__)
+
+#: The database's clock in microseconds: every deadline is set and compared on it.
+_DATABASE_NOW_US: ColumnElement[int] = literal_column(
+    "(extract(epoch from clock_timestamp()) * 1000000)::bigint"
+)
+#: How long a leader's transaction may sit idle (its process paused, its network cut)
+#: before PostgreSQL ends it, releasing the share lock a takeover waits for.
+IDLE_IN_TRANSACTION_MS = 3000
+#: How long a takeover waits for a (paused) leader's transaction before trying next poll.
+TAKEOVER_LOCK_TIMEOUT = "1s"
+
+
+def new_holder_id() -> str:
+    """A coordinator process's id in the leadership row: readable, and unique across restarts."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Leader:
+    """The leadership row as last read."""
+
+    term: int
+    holder: str
+    address: str
+    deadline_us: int
+    #: The database's clock when it was read.
+    now_us: int
+
+    @property
+    def expired(self) -> bool:
+        return self.deadline_us < self.now_us
+
+    def describe(self) -> str:
+        return f"coordinator {self.holder} at {self.address} (term {self.term})"
+
+
+class Leadership:
+    """This coordinator's standing in its database's leadership: leader of a term, or standby.
+
+    Its own engine (no pool: every call a fresh connection) keeps campaigning apart from the
+    writer, whose connection may be stuck in a long transaction.
+    """
+
+    def __init__(self, url: str, *, holder: str, address: str, lease: float) -> None:
+        self.holder = holder
+        self.address = address
+        self.lease_us = int(lease * 1_000_000)
+        self._engine: Engine = create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": max(1, int(lease / 3))}
+        )
+        #: The term this coordinator leads; None while it stands by.
+        self.term: int | None = None
+        #: The leader as last seen (this coordinator too, while it leads).
+        self.leader: Leader | None = None
+        #: Why this coordinator stopped leading, once it did; its writes are refused meanwhile.
+        self.fenced: str | None = None
+
+    @property
+    def leading(self) -> bool:
+        return self.term is not None
+
+    @property
+    def leader_address(self) -> str | None:
+        return None if self.leader is None else self.leader.address
+
+    def read(self, connection: Connection | None = None) -> Leader | None:
+        query = select(
+            leadership.c.term,
+            leadership.c.holder,
+            leadership.c.address,
+            leadership.c.deadline_us,
+            _DATABASE_NOW_US.label("now_us"),
+        ).where(leadership.c.id == 1)
+        if connection is not None:
+            row = connection.execute(query).first()
+        else:
+            with self._engine.connect() as own:
+                row = own.execute(query).first()
+        return None if row is None else Leader(row.term, row.holder, row.address, row.deadline_us, row.now_us)
+
+    def campaign(self) -> bool:
+        """One round: take the lead if nobody holds it or its deadline passed; True if this
+        coordinator leads now. A leader renews instead (:meth:`renew`)."""
+        if self.term is not None:
+            return self.renew()
+        with self._engine.begin() as connection:
+            current = self.read(connection)
+            if current is None:
+                term = connection.execute(
+                    postgresql.insert(leadership)
+                    .values(
+                        id=1,
+                        term=1,
+                        holder=self.holder,
+                        address=self.address,
+                        deadline_us=_DATABASE_NOW_US + self.lease_us,
+                        elected_at_us=_DATABASE_NOW_US,
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(leadership.c.term)
+                ).scalar()
+            elif current.expired:
+                connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{TAKEOVER_LOCK_TIMEOUT}'")
+                term = connection.execute(
+                    update(leadership)
+                    .where(
+                        leadership.c.id == 1,
+                        leadership.c.term == current.term,
+                        leadership.c.deadline_us < _DATABASE_NOW_US,
+                    )
+                    .values(
+                        term=leadership.c.term + 1,
+                        holder=self.holder,
+                        address=self.address,
+                        deadline_us=_DATABASE_NOW_US + self.lease_us,
+                        elected_at_us=_DATABASE_NOW_US,
+                    )
+                    .returning(leadership.c.term)
+                ).scalar()
+            else:
+                self.leader = current
+                return False
+            self.leader = self.read(connection)
+        if term is None:
+            return False  # another standby won this round
+        self.term = int(term)
+        self.fenced = None
+        log.warning(
+            "leading the database from %s (term %d%s)",
+            self.address,
+            self.term,
+            "" if current is None else f"; took over from {current.describe()} whose lease had run out",
+        )
+        return True
+
+    def renew(self) -> bool:
+        """Push this leader's deadline a lease ahead; False (and fenced) if it was deposed."""
+        term = self.term
+        if term is None:
+            return False
+        with self._engine.begin() as connection:
+            renewed = connection.execute(
+                update(leadership)
+                .where(leadership.c.id == 1, leadership.c.term == term, leadership.c.holder == self.holder)
+                .values(deadline_us=_DATABASE_NOW_US + self.lease_us)
+                .returning(leadership.c.term)
+            ).scalar()
+            if renewed is None:
+                self.leader = self.read(connection)
+        if renewed is None:
+            taker = "another coordinator" if self.leader is None else self.leader.describe()
+            self.step_down(f"{taker} took over the database (this one led term {term})")
+            return False
+        return True
+
+    def fence(self, connection: Connection) -> None:
+        """First statement of every write transaction: refuse it unless this coordinator still
+        leads its term. The share lock it takes lasts until the transaction ends."""
+        term = self.term
+        if term is None:
+            raise self.refusal()
+        current = connection.execute(
+            select(
+                leadership.c.term,
+                literal_column(
+                    f"set_config('idle_in_transaction_session_timeout', '{IDLE_IN_TRANSACTION_MS}', true)"
+                ),
+            )
+            .where(leadership.c.id == 1)
+            .with_for_update(read=True)
+        ).scalar()
+        if current != term:
+            self.leader = self.read(connection)
+            taker = "another coordinator" if self.leader is None else self.leader.describe()
+            self.step_down(f"{taker} took over the database (this one led term {term})")
+            raise self.refusal()
+
+    def check(self) -> None:
+        """Raise :class:`NotLeader` unless this coordinator leads (the writer's guard)."""
+        if self.term is None:
+            raise self.refusal()
+
+    def step_down(self, reason: str) -> None:
+        """Stop leading: from now on every write is refused."""
+        if self.term is not None:
+            log.error("stepping down: %s; standing by", reason)
+        self.term = None
+        self.fenced = f"it no longer leads the database: {reason}"
+
+    def refusal(self) -> NotLeader:
+        leader = self.leader if self.leader is not None and self.leader.holder != self.holder else None
+        where = (
+            f"the leader is {leader.describe()}; send requests there"
+            if leader is not None
+            else "no leader is known yet; retry shortly (a standby takes over within the lease)"
+        )
+        deposed = "" if self.fenced is None else f" ({self.fenced})"
+        return NotLeader(
+            f"this coordinator ({self.address}) is a standby and does not serve work{deposed}; {where}",
+            None if leader is None else leader.address,
+        )
+
+    def resign(self) -> None:
+        """On a clean stop: end the lease now, so a standby takes over at its next poll."""
+        term, self.term = self.term, None
+        if term is None:
+            return
+        with self._engine.begin() as connection:
+            connection.execute(
+                update(leadership)
+                .where(leadership.c.id == 1, leadership.c.term == term, leadership.c.holder == self.holder)
+                .values(deadline_us=0)
+            )
+        log.info("resigned the lead of term %d", term)
+
+    def release(self) -> None:
+        """Drop the campaign's connections (the lease is left to run out or be resigned)."""
+        self._engine.dispose()
