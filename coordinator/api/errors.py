@@ -37,8 +37,8 @@ def rpc(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except RpcError as error:
-            if isinstance(error, NotLeader) and error.leader_address:
-                context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader_address),))
+            if isinstance(error, NotLeader):  # refused, nothing applied: clients follow the leader
+                context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader_address or ""),))
             await context.abort(error.code, error.message[:MAX_STATUS_MESSAGE])
         except DecodeError as error:  # a streamed message that is not protobuf (see .decoding)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_message(error))

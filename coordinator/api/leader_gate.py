@@ -37,7 +37,8 @@ class LeaderGate(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ship
 
 
 def _refusing(handler: grpc.RpcMethodHandler, refusal: NotLeader) -> grpc.RpcMethodHandler:
-    metadata = ((LEADER_METADATA_KEY, refusal.leader_address),) if refusal.leader_address else ()
+    # Always there, empty while no leader is known: it tells the caller nothing was applied.
+    metadata = ((LEADER_METADATA_KEY, refusal.leader_address or ""),)
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc.StatusCode.UNAVAILABLE, refusal.message, trailing_metadata=metadata)

@@ -75,7 +75,7 @@ class Leader:
         return self.deadline_us < self.now_us
 
     def describe(self) -> str:
-        return f"coordinator {self.holder} at {self.address} (term {self.term})"
+        return f"{self.holder} at {self.address} (term {self.term})"
 
 
 class Leadership:
@@ -164,10 +164,12 @@ class Leadership:
             else:
                 self.leader = current
                 return False
-            self.leader = self.read(connection)
+            leader = self.read(connection)
+        if term is not None:
+            self.term = int(term)  # before the leader changes: never a moment naming itself as another
+        self.leader = leader
         if term is None:
             return False  # another standby won this round
-        self.term = int(term)
         self.fenced = None
         log.warning(
             "leading the database from %s (term %d%s)",

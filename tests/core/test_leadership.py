@@ -119,7 +119,7 @@ async def test_a_takeover_waits_for_the_leaders_open_transaction_and_then_fences
             usurper.commit()
             with (
                 writer.begin(),
-                pytest.raises(Unavailable, match=r"coordinator usurper at u:9 \(term 2\) took over"),
+                pytest.raises(Unavailable, match=r"usurper at u:9 \(term 2\) took over"),
             ):
                 leader.fence(writer)
         assert not leader.leading
