@@ -31,7 +31,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, create_engine, literal_column, select, update
+from sqlalchemy import Engine, create_engine, exc, literal_column, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
@@ -52,6 +52,8 @@ _DATABASE_NOW_US: ColumnElement[int] = literal_column(
 IDLE_IN_TRANSACTION_MS = 3000
 #: How long a takeover waits for a (paused) leader's transaction before trying next poll.
 TAKEOVER_LOCK_TIMEOUT = "1s"
+#: PostgreSQL's SQLSTATE for a lock wait that ran past lock_timeout.
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 def new_holder_id() -> str:
@@ -89,8 +91,13 @@ class Leadership:
         self.holder = holder
         self.address = address
         self.lease_us = int(lease * 1_000_000)
+        # Autocommit: every campaign statement is a transaction of its own, so a coordinator
+        # paused between two statements never sits "idle in transaction" holding the row.
         self._engine: Engine = create_engine(
-            url, poolclass=NullPool, connect_args={"connect_timeout": max(1, int(lease / 3))}
+            url,
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"connect_timeout": max(1, int(lease / 3))},
         )
         #: The term this coordinator leads; None while it stands by.
         self.term: int | None = None
@@ -127,7 +134,7 @@ class Leadership:
         coordinator leads now. A leader renews instead (:meth:`renew`)."""
         if self.term is not None:
             return self.renew()
-        with self._engine.begin() as connection:
+        with self._engine.connect() as connection:
             current = self.read(connection)
             if current is None:
                 term = connection.execute(
@@ -144,23 +151,7 @@ class Leadership:
                     .returning(leadership.c.term)
                 ).scalar()
             elif current.expired:
-                connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{TAKEOVER_LOCK_TIMEOUT}'")
-                term = connection.execute(
-                    update(leadership)
-                    .where(
-                        leadership.c.id == 1,
-                        leadership.c.term == current.term,
-                        leadership.c.deadline_us < _DATABASE_NOW_US,
-                    )
-                    .values(
-                        term=leadership.c.term + 1,
-                        holder=self.holder,
-                        address=self.address,
-                        deadline_us=_DATABASE_NOW_US + self.lease_us,
-                        elected_at_us=_DATABASE_NOW_US,
-                    )
-                    .returning(leadership.c.term)
-                ).scalar()
+                term = self._take_over(connection, current)
             else:
                 self.leader = current
                 return False
@@ -179,12 +170,57 @@ class Leadership:
         )
         return True
 
+    def _take_over(self, connection: Connection, current: Leader) -> int | None:
+        """Raise the term of ``current``, whose lease ran out; None if another standby was first.
+
+        The update waits for the old leader's open write transactions (their share locks). One
+        stalled *inside* a statement (a paused process half-way through sending a pipelined
+        insert) is not idle, so nothing ends it: once the wait times out, the old leader's
+        transactions still holding the row are terminated, and the next poll takes over.
+        """
+        connection.exec_driver_sql(f"SET lock_timeout = '{TAKEOVER_LOCK_TIMEOUT}'")
+        try:
+            term = connection.execute(
+                update(leadership)
+                .where(
+                    leadership.c.id == 1,
+                    leadership.c.term == current.term,
+                    leadership.c.deadline_us < _DATABASE_NOW_US,
+                )
+                .values(
+                    term=leadership.c.term + 1,
+                    holder=self.holder,
+                    address=self.address,
+                    deadline_us=_DATABASE_NOW_US + self.lease_us,
+                    elected_at_us=_DATABASE_NOW_US,
+                )
+                .returning(leadership.c.term)
+            ).scalar()
+        except exc.OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            ended = connection.execute(
+                text(
+                    "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
+                    f"WHERE l.relation = '{leadership.name}'::regclass AND l.mode = 'RowShareLock' "
+                    "AND l.granted AND l.pid <> pg_backend_pid()"
+                )
+            ).scalar()
+            log.warning(
+                "%s's lease ran out but its write transactions still hold the leadership row; "
+                "terminated %s of them, taking over at the next poll",
+                current.describe(),
+                ended,
+            )
+            return None
+        return None if term is None else int(term)
+
     def renew(self) -> bool:
         """Push this leader's deadline a lease ahead; False (and fenced) if it was deposed."""
         term = self.term
         if term is None:
             return False
-        with self._engine.begin() as connection:
+        with self._engine.connect() as connection:
             renewed = connection.execute(
                 update(leadership)
                 .where(leadership.c.id == 1, leadership.c.term == term, leadership.c.holder == self.holder)
@@ -251,7 +287,7 @@ class Leadership:
         term, self.term = self.term, None
         if term is None:
             return
-        with self._engine.begin() as connection:
+        with self._engine.connect() as connection:
             connection.execute(
                 update(leadership)
                 .where(leadership.c.id == 1, leadership.c.term == term, leadership.c.holder == self.holder)

@@ -46,7 +46,7 @@ async def hello(ctx: WorkflowContext, n: int) -> int:
 
 def server(database_url: str, *, standby: bool = False) -> CoordinatorServer:
     config = CoordinatorConfig(
-        database_url=database_url, listen="127.0.0.1:0", standby=standby, leader_lease=1.5
+        database_url=database_url, listen="127.0.0.1:0", standby=standby, leader_lease=4.0
     )
     return CoordinatorServer(config, registry_of(held, hello))
 

@@ -32,7 +32,7 @@ async def hello(ctx: WorkflowContext, n: int) -> int:
     return n
 
 
-def server(database_url: str, *, standby: bool = False, lease: float = 1.5) -> CoordinatorServer:
+def server(database_url: str, *, standby: bool = False, lease: float = 4.0) -> CoordinatorServer:
     config = CoordinatorConfig(
         database_url=database_url, listen="127.0.0.1:0", standby=standby, leader_lease=lease
     )
@@ -128,6 +128,32 @@ async def test_a_takeover_waits_for_the_leaders_open_transaction_and_then_fences
         engine.dispose()
 
 
+async def test_a_takeover_ends_the_transactions_a_stalled_leader_left_holding_the_row(
+    postgres_url: str,
+) -> None:
+    """A leader stalled inside a write transaction past its lease (not idle, so PostgreSQL's
+    idle timeout does not end it) cannot block the takeover: its transaction is terminated."""
+    CoordinatorServer(
+        CoordinatorConfig(database_url=postgres_url), registry_of(hello)
+    ).coordinator.database.migrate()
+    stalled = Leadership(postgres_url, holder="stalled", address="a:1", lease=0.3)
+    standby = Leadership(postgres_url, holder="standby", address="b:2", lease=30)
+    engine = sa.create_engine(postgres_url)
+    try:
+        assert stalled.campaign()
+        with engine.connect() as writer:
+            writer.begin()
+            stalled.fence(writer)  # holds the row until it ends
+            await eventually(lambda: standby.campaign(), timeout=20)
+            assert standby.term == 2
+            with pytest.raises(sa.exc.OperationalError):  # its session was terminated
+                writer.execute(sa.text("SELECT 1"))
+    finally:
+        stalled.release()
+        standby.release()
+        engine.dispose()
+
+
 async def test_a_second_coordinator_without_standby_is_refused_naming_the_leader(
     postgres_url: str, servers: list[CoordinatorServer]
 ) -> None:
@@ -185,7 +211,7 @@ async def test_a_standby_refuses_work_names_the_leader_and_takes_over_when_it_st
 async def test_a_deposed_leader_has_its_writes_refused_and_stands_by(
     postgres_url: str, servers: list[CoordinatorServer]
 ) -> None:
-    first = server(postgres_url, lease=1.5)
+    first = server(postgres_url)
     await first.start()
     servers.append(first)
     engine = sa.create_engine(postgres_url)
