@@ -41,6 +41,7 @@ from .clock import now_us
 from .config import CoordinatorConfig
 from .engine import Coordinator
 from .metrics import refresh_gauges
+from .reports import DiagnoseReport
 from .status_page import StatusPage
 from .store.dialect import PostgresDialect, describe_error
 from .store.leadership import Leadership
@@ -333,12 +334,15 @@ class CoordinatorServer:
                 coordinator.metrics.registry, config.monitoring_host, config.metrics_port, self._authorize
             )
             self.metrics_port = self._metrics.port
+
+            async def report() -> DiagnoseReport:
+                # A standby has no engine to report on; leadership comes without an event to await.
+                while self._refusal() is not None:  # noqa: ASYNC110
+                    await asyncio.sleep(config.gauge_refresh_interval)
+                return await coordinator.diagnose(0, check_invariants=False)
+
             self._gauges = asyncio.create_task(
-                refresh_gauges(
-                    coordinator.metrics,
-                    lambda: coordinator.diagnose(0, check_invariants=False),
-                    config.gauge_refresh_interval,
-                ),
+                refresh_gauges(coordinator.metrics, report, config.gauge_refresh_interval),
                 name="refresh gauges",
             )
             log.info("metrics at http://%s:%d/metrics", config.monitoring_host, self.metrics_port)

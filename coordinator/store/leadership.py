@@ -6,17 +6,19 @@ takeover), its id, the address it serves on, and the deadline by which it must r
 
 * The leader renews every third of the lease (:meth:`Leadership.renew`): a conditional
   ``UPDATE ... WHERE term = mine AND holder = me``; no row updated means it was deposed.
-* A standby reads the row every poll and, once the deadline has passed, takes over with a
-  conditional ``UPDATE ... SET term = term + 1 WHERE term = seen AND deadline < now``
+* A standby reads the row every poll and, once the deadline has passed, takes over: it locks
+  the row ``FOR UPDATE``, checks the term it saw and the deadline again, and raises the term
   (:meth:`Leadership.campaign`); of several standbys exactly one wins.
 * **Fencing.** Every write transaction of the leader begins with :meth:`Leadership.fence`:
-  ``SELECT term ... FOR SHARE`` on the row. Holding that share lock until commit, the
-  transaction serializes with a takeover's ``UPDATE``: either it committed before the
-  takeover (and the new leader recovers its writes), or it reads the new term and is
-  refused. A paused (SIGSTOP) or partitioned old leader therefore never commits after a
-  new one took over, whatever its clock says. The same statement sets the transaction's
+  ``SELECT term ... FOR KEY SHARE`` on the row. Holding that lock until commit, the
+  transaction serializes with a takeover, which locks the row ``FOR UPDATE`` before raising
+  the term: either it committed before the takeover (and the new leader recovers its
+  writes), or it reads the new term and is refused. The leader's own renewals update no key
+  column, so they take no lock that conflicts with its write transactions. A paused
+  (SIGSTOP) or partitioned old leader therefore never commits after a new one took over,
+  whatever its clock says. The same statement sets the transaction's
   ``idle_in_transaction_session_timeout``, so a leader paused *inside* a transaction
-  does not hold its share lock (and block the takeover) for longer than that.
+  does not hold its lock (and block the takeover) for longer than that.
 
 Advisory locks alone would not do: a partitioned leader keeps its session, and its lock,
 until TCP gives up. SQLite has no leadership: one coordinator holds the file lock
@@ -151,7 +153,7 @@ class Leadership:
                     .returning(leadership.c.term)
                 ).scalar()
             elif current.expired:
-                term = self._take_over(connection, current)
+                term = self._take_over(current)
             else:
                 self.leader = current
                 return False
@@ -170,42 +172,58 @@ class Leadership:
         )
         return True
 
-    def _take_over(self, connection: Connection, current: Leader) -> int | None:
+    def _take_over(self, current: Leader) -> int | None:
         """Raise the term of ``current``, whose lease ran out; None if another standby was first.
 
-        The update waits for the old leader's open write transactions (their share locks). One
-        stalled *inside* a statement (a paused process half-way through sending a pipelined
-        insert) is not idle, so nothing ends it: once the wait times out, the old leader's
-        transactions still holding the row are terminated, and the next poll takes over.
+        ``FOR UPDATE`` on the row waits for the old leader's open write transactions (their
+        key-share locks). One stalled *inside* a statement (a paused process half-way through
+        sending a pipelined insert) is not idle, so nothing ends it: once the wait times out,
+        the transactions still holding the row are terminated, and the next poll takes over.
         """
-        connection.exec_driver_sql(f"SET lock_timeout = '{TAKEOVER_LOCK_TIMEOUT}'")
         try:
-            term = connection.execute(
-                update(leadership)
-                .where(
-                    leadership.c.id == 1,
-                    leadership.c.term == current.term,
-                    leadership.c.deadline_us < _DATABASE_NOW_US,
+            with (
+                self._engine.connect().execution_options(isolation_level="READ COMMITTED") as connection,
+                connection.begin(),
+            ):
+                connection.execute(
+                    select(
+                        literal_column(f"set_config('lock_timeout', '{TAKEOVER_LOCK_TIMEOUT}', true)"),
+                        literal_column(
+                            "set_config('idle_in_transaction_session_timeout', "
+                            f"'{IDLE_IN_TRANSACTION_MS}', true)"
+                        ),
+                    )
                 )
-                .values(
-                    term=leadership.c.term + 1,
-                    holder=self.holder,
-                    address=self.address,
-                    deadline_us=_DATABASE_NOW_US + self.lease_us,
-                    elected_at_us=_DATABASE_NOW_US,
-                )
-                .returning(leadership.c.term)
-            ).scalar()
+                locked = connection.execute(
+                    select(leadership.c.term, (leadership.c.deadline_us < _DATABASE_NOW_US).label("expired"))
+                    .where(leadership.c.id == 1)
+                    .with_for_update()
+                ).first()
+                if locked is None or locked.term != current.term or not locked.expired:
+                    return None  # another standby took over, or the leader renewed meanwhile
+                term = connection.execute(
+                    update(leadership)
+                    .where(leadership.c.id == 1)
+                    .values(
+                        term=leadership.c.term + 1,
+                        holder=self.holder,
+                        address=self.address,
+                        deadline_us=_DATABASE_NOW_US + self.lease_us,
+                        elected_at_us=_DATABASE_NOW_US,
+                    )
+                    .returning(leadership.c.term)
+                ).scalar_one()
         except exc.OperationalError as error:
             if getattr(error.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
                 raise
-            ended = connection.execute(
-                text(
-                    "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
-                    f"WHERE l.relation = '{leadership.name}'::regclass AND l.mode = 'RowShareLock' "
-                    "AND l.granted AND l.pid <> pg_backend_pid()"
-                )
-            ).scalar()
+            with self._engine.connect() as connection:
+                ended = connection.execute(
+                    text(
+                        "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
+                        f"WHERE l.relation = '{leadership.name}'::regclass AND l.mode = 'RowShareLock' "
+                        "AND l.granted AND l.pid <> pg_backend_pid()"
+                    )
+                ).scalar()
             log.warning(
                 "%s's lease ran out but its write transactions still hold the leadership row; "
                 "terminated %s of them, taking over at the next poll",
@@ -213,7 +231,7 @@ class Leadership:
                 ended,
             )
             return None
-        return None if term is None else int(term)
+        return int(term)
 
     def renew(self) -> bool:
         """Push this leader's deadline a lease ahead; False (and fenced) if it was deposed."""
@@ -237,7 +255,7 @@ class Leadership:
 
     def fence(self, connection: Connection) -> None:
         """First statement of every write transaction: refuse it unless this coordinator still
-        leads its term. The share lock it takes lasts until the transaction ends."""
+        leads its term. The key-share lock it takes lasts until the transaction ends."""
         term = self.term
         if term is None:
             raise self.refusal()
@@ -249,7 +267,7 @@ class Leadership:
                 ),
             )
             .where(leadership.c.id == 1)
-            .with_for_update(read=True)
+            .with_for_update(read=True, key_share=True)
         ).scalar()
         if current != term:
             self.leader = self.read(connection)

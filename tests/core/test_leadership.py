@@ -96,8 +96,9 @@ async def test_leadership_terms_rise_and_a_deposed_leader_cannot_renew(postgres_
 async def test_a_takeover_waits_for_the_leaders_open_transaction_and_then_fences_it(
     postgres_url: str,
 ) -> None:
-    """The fence's share lock serializes with the takeover: while a leader's write transaction
-    is open the takeover cannot commit; once it has, the leader's next transaction is refused."""
+    """The fence's key-share lock serializes with the takeover: while a leader's write transaction
+    is open the takeover cannot lock the row; once it has taken over, the leader's next
+    transaction is refused. The leader's renewals do not wait for its own transactions."""
     CoordinatorServer(
         CoordinatorConfig(database_url=postgres_url), registry_of(hello)
     ).coordinator.database.migrate()
@@ -109,8 +110,11 @@ async def test_a_takeover_waits_for_the_leaders_open_transaction_and_then_fences
             transaction = writer.begin()
             leader.fence(writer)  # the leader's write transaction, still open
             usurper.execute(sa.text("SET lock_timeout = '200ms'"))
+            # The leader's renewal does not wait for its own write transaction...
+            assert leader.renew()
+            # ...but a takeover's lock does.
             with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
-                usurper.execute(leadership.update().values(term=leadership.c.term + 1, holder="usurper"))
+                usurper.execute(sa.select(leadership.c.term).with_for_update())
             usurper.rollback()
             transaction.commit()
             usurper.execute(
