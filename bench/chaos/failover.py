@@ -420,7 +420,14 @@ class FailoverCluster:
         self._record("leader SIGKILL", f"coordinator {old}", in_flight)
         await asyncio.to_thread(self.coordinators[old].process.wait)
         takeover = await self._await_takeover("SIGKILL", old, term, began)
-        await asyncio.to_thread(self._start_coordinator, old, standby=True)
+        for attempt in range(3):  # a loaded machine may be slow to free the killed one's port
+            try:
+                await asyncio.to_thread(self._start_coordinator, old, standby=True)
+                break
+            except ConfigurationError:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(1)
         return takeover
 
     async def pause_leader(self) -> Takeover:
@@ -560,9 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap", type=float, default=3.0, help="seconds of steady work between failovers")
     parser.add_argument("--leader-lease", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="where the processes' logs go")
     args = parser.parse_args(argv)
-    with _schema(args.db) as url, tempfile.TemporaryDirectory(prefix="conveyor-failover-") as workdir:
-        settings = FailoverSettings(database_url=url, workdir=Path(workdir), leader_lease=args.leader_lease)
+    with _schema(args.db) as url, tempfile.TemporaryDirectory(prefix="conveyor-failover-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        settings = FailoverSettings(database_url=url, workdir=workdir, leader_lease=args.leader_lease)
         result = asyncio.run(_benchmark(settings, args.failovers, args.workflows, args.gap))
     text = json.dumps(result, indent=2)
     print(text)
