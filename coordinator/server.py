@@ -439,6 +439,8 @@ async def _in_own_thread(call: Callable[[], T], *, timeout: float) -> T:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(settle, result, None)
 
+    # A call given up on may still fail later: its error is read here, not reported as lost.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
     threading.Thread(target=run, name="conveyor-leadership", daemon=True).start()
     async with asyncio.timeout(timeout):
         return await asyncio.shield(future)
