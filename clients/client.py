@@ -23,8 +23,9 @@ import grpc
 
 from conveyor import tracing
 from conveyor.backoff import Backoff, BackoffPolicy
+from conveyor.endpoints import CoordinatorEndpoints, refused_by_standby
 from conveyor.errors import DeadlineExceeded, RpcError
-from conveyor.transport import COORDINATOR_ADDRESS, ChannelSecurity, connection_from_arguments, open_channel
+from conveyor.transport import COORDINATOR_ADDRESS, ChannelSecurity, connection_from_arguments
 from conveyor.v1 import (
     admin_service_pb2,
     admin_service_pb2_grpc,
@@ -38,6 +39,19 @@ from .models import BulkCancel, Explanation, Purge, Started, WatchEvent, Workflo
 T = TypeVar("T")
 
 DEFAULT_TARGET: str = COORDINATOR_ADDRESS.default
+#: Between tries of a call refused by a standby or not delivered, moving towards the leader.
+LEADER_FOLLOW_BACKOFF = BackoffPolicy(initial=0.1, maximum=2.0, jitter=0.5)
+
+
+def _not_applied(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call certainly did nothing: refused by a standby (it names the leader),
+    or never delivered (no connection). Anything else may have been applied."""
+    if refused_by_standby(error):
+        return True
+    details = error.details() or ""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in details or "Connection refused" in details
+    )
 
 
 def _encode_args(args: Any) -> str:
@@ -65,19 +79,28 @@ class AsyncClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         security: ChannelSecurity | None = None,
     ) -> None:
-        """``security``: TLS and bearer token (:mod:`conveyor.transport`); default plaintext, no token."""
-        self._channel = channel or open_channel(
-            target,
-            security,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-            ],
-        )
-        self._owns_channel = channel is None
+        """``target``: the coordinator's address, or several comma-separated (a leader and its
+        standbys: calls go to the leader, and follow it when another takes over).
+        ``security``: TLS and bearer token (:mod:`conveyor.transport`); default plaintext, no token."""
+        #: The addresses and the channel to the leader; None with a caller's own ``channel``.
+        self._endpoints: CoordinatorEndpoints | None = None
+        if channel is None:
+            self._endpoints = CoordinatorEndpoints(
+                target,
+                security,
+                options=[
+                    ("grpc.max_receive_message_length", max_message_bytes),
+                    ("grpc.max_send_message_length", max_message_bytes),
+                ],
+            )
+            channel = self._endpoints.channel
         self.timeout = timeout
-        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(self._channel)
-        self._admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self._bind(channel)
+
+    def _bind(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+        self._workflows = workflow_service_pb2_grpc.WorkflowServiceStub(channel)
+        self._admin = admin_service_pb2_grpc.AdminServiceStub(channel)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **options: Any) -> AsyncClient:
@@ -97,18 +120,45 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._owns_channel:
-            await self._channel.close()
+        if self._endpoints is not None:
+            await self._endpoints.close()
 
     async def _call(
         self, rpc: Callable[..., Awaitable[T]], request: object, metadata: Sequence[tuple[str, str]] = ()
     ) -> T:
-        try:
-            if metadata:
-                return await rpc(request, timeout=self.timeout, metadata=tuple(metadata))
-            return await rpc(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            raise RpcError.from_status(error.code(), error.details() or "") from None
+        """Call ``rpc``; a call that certainly was not applied (a standby refused it, naming the
+        leader; no coordinator could be reached) is sent again to the leader or the next address."""
+        moves = Backoff(LEADER_FOLLOW_BACKOFF, deadline=self.timeout)
+        while True:
+            channel = self._channel
+            try:
+                if metadata:
+                    return await rpc(request, timeout=self.timeout, metadata=tuple(metadata))
+                return await rpc(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as error:
+                delay = None
+                if self._endpoints is not None and _not_applied(error):
+                    moved = self._endpoints.follow(error, channel) or self._endpoints.channel is not channel
+                    # Refused by a standby or a leader still recovering: try again, there or at
+                    # the leader; undelivered: only if there is another address to try.
+                    if moved or refused_by_standby(error):
+                        delay = moves.next_delay()
+                if delay is None:
+                    raise RpcError.from_status(error.code(), error.details() or "") from None
+            rpc = self._rebound(rpc)
+            await asyncio.sleep(delay)
+
+    def _rebound(self, rpc: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        """The same method of the stubs of the channel the endpoints moved to."""
+        assert self._endpoints is not None
+        old_stubs = (self._workflows, self._admin)
+        self._bind(self._endpoints.channel)
+        for old, new in zip(old_stubs, (self._workflows, self._admin), strict=True):
+            for name, method in vars(old).items():
+                if method is rpc:
+                    rebound: Callable[..., Awaitable[T]] = getattr(new, name)
+                    return rebound
+        return rpc
 
     # ---------------------------------------------------------------- workflows
 

@@ -122,6 +122,20 @@ class DatabaseInUse(Unavailable):
     """
 
 
+#: Trailing metadata key with which a coordinator that does not lead names the one that does.
+LEADER_METADATA_KEY = "conveyor-leader"
+
+
+class NotLeader(Unavailable):
+    """This coordinator does not lead its database (a standby, or a deposed leader): nothing
+    was applied. ``leader_address`` is where the leader listens, when known; the refusal
+    carries it in the ``conveyor-leader`` trailing metadata, and clients follow it."""
+
+    def __init__(self, message: str, leader_address: str | None = None) -> None:
+        super().__init__(message)
+        self.leader_address = leader_address
+
+
 class DeadlineExceeded(RpcError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

@@ -65,7 +65,12 @@ class ChannelSecurity:
 
 #: Where the coordinator listens: the client commands' and executors' ``--coordinator``.
 COORDINATOR_ADDRESS = Option(
-    "coordinator", Kind.TEXT, "127.0.0.1:50051", "coordinator address", metavar="HOST:PORT"
+    "coordinator",
+    Kind.TEXT,
+    "127.0.0.1:50051",
+    "coordinator address; several, comma-separated, for a leader and its standbys (the leader is "
+    "found and followed)",
+    metavar="HOST:PORT[,HOST:PORT...]",
 )
 _SECURITY = "connection security"
 #: How a channel to the coordinator is secured; every process that dials it takes these.

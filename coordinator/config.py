@@ -26,6 +26,7 @@ _MONITORING_HELP = (
     "loopback address unless given --insecure"
 )
 _LIMITS = "limits"
+_LEADERSHIP = "leadership (PostgreSQL)"
 _SECURITY = "security"
 _SECURITY_HELP = (
     "Without --auth-tokens-file every caller is trusted, so the coordinator then only "
@@ -116,6 +117,34 @@ OPTIONS = (
             "code that blocks or computes for longer belongs in a task handler",
             low=0.001,
             high=3600,
+        ),
+        Option(
+            "standby",
+            Kind.BOOL,
+            False,
+            "PostgreSQL only: if another coordinator leads the database, stand by (health NOT_SERVING "
+            "for the work services, callers sent to the leader) and take over when its lease runs out, "
+            "instead of refusing to start",
+            group=_LEADERSHIP,
+        ),
+        Option(
+            "leader_lease",
+            Kind.FLOAT,
+            6.0,
+            "seconds a leader's lease lasts; it renews every third of it, and a standby takes over "
+            "within about 4/3 of it after the leader died, stalled or lost the database",
+            low=0.3,
+            high=600,
+            group=_LEADERSHIP,
+        ),
+        Option(
+            "advertise_address",
+            Kind.TEXT,
+            None,
+            "the HOST:PORT standbys send callers to while this coordinator leads",
+            metavar="HOST:PORT",
+            default_text="--listen (its host replaced by this machine's name if it is 0.0.0.0 or [::])",
+            group=_LEADERSHIP,
         ),
         Option(
             "sqlite_synchronous",
@@ -292,6 +321,8 @@ OPTIONS = (
             _MONITORING: _MONITORING_HELP,
             _SECURITY: _SECURITY_HELP,
             _LIMITS: "Bounds every caller is held to; the defaults suit most deployments.",
+            _LEADERSHIP: "Several coordinators on one PostgreSQL database: one leads, the others "
+            "(--standby) take over when it fails. SQLite allows exactly one coordinator.",
         },
     )
     + LOG_OPTIONS
@@ -344,6 +375,12 @@ class CoordinatorConfig:
     tls_client_ca_file: Path | None = OPTIONS.defaults.tls_client_ca
     #: Listen on a non-loopback address without authentication (see :mod:`conveyor.coordinator.auth_tls`).
     insecure: bool = OPTIONS.defaults.insecure
+    #: Stand by when another coordinator leads the (PostgreSQL) database instead of refusing to start.
+    standby: bool = OPTIONS.defaults.standby
+    #: Seconds a leader's lease lasts (renewed every third of it); a standby takes over once it ran out.
+    leader_lease: float = OPTIONS.defaults.leader_lease
+    #: Where standbys send callers while this coordinator leads; None: derived from ``listen``.
+    advertise_address: str | None = OPTIONS.defaults.advertise_address
     #: Most executors connected at once; one more is refused with RESOURCE_EXHAUSTED.
     max_executors: int = OPTIONS.defaults.max_executors
     #: Most ClaimTasks streams open on one client connection (an executor needs one).

@@ -64,6 +64,7 @@ from .store import (
     Writer,
     holdings,
 )
+from .store.leadership import Leadership
 from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
@@ -89,19 +90,23 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig, registry: WorkflowRegistry) -> None:
         self.config = config
         self.registry = registry
-        # A write waiting on another process's SQLite lock must not outlast the retry deadline,
-        # or a locked file holds every unit far past the moment it should fail as Unavailable.
-        self.database = Database(
-            config.database_url,
-            sqlite_synchronous=config.sqlite_synchronous,
-            sqlite_busy_timeout=min(30.0, config.database_retry_deadline),
-        )
+        self.database = self._open_database()
+        self._started_before = False
         self.stats = CoordinatorStats()
         # The engine reports its events to an observer; the metrics are the one it has.
         self.metrics = CoordinatorMetrics(self.stats)
         self._loops: list[asyncio.Task[None]] = []
         #: Failures of each background loop since start-up (each one re-armed every loop).
         self._loop_failures: dict[str, int] = {}
+
+    def _open_database(self) -> Database:
+        # A write waiting on another process's SQLite lock must not outlast the retry deadline,
+        # or a locked file holds every unit far past the moment it should fail as Unavailable.
+        return Database(
+            self.config.database_url,
+            sqlite_synchronous=self.config.sqlite_synchronous,
+            sqlite_busy_timeout=min(30.0, self.config.database_retry_deadline),
+        )
 
     # ------------------------------------------------------------------- wiring
 
@@ -147,20 +152,33 @@ class Coordinator:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
-        # The database's exclusive lock comes first, before even migrating: a second
-        # coordinator would requeue the first one's running tasks (see store/ownership.py).
-        self.lock = DatabaseLock(self.database.dialect)
-        await asyncio.to_thread(self.lock.acquire)
+    async def start(self, leadership: Leadership | None = None) -> None:
+        """Recover and serve. With ``leadership`` (PostgreSQL, several coordinators): this one
+        was elected, and every write checks it still leads; a coordinator that was deposed
+        and elected again starts here again. Without: the database's exclusive lock comes
+        first, before even migrating: a second coordinator would requeue the first one's
+        running tasks (see store/ownership.py)."""
+        if self._started_before:
+            # A new term: a deposed leader's engines may hang on a dead connection.
+            self.database = self._open_database()
+        self._started_before = True
+        self._loops = []
+        if leadership is not None:
+            self.lock: DatabaseLock | Leadership = leadership
+        else:
+            self.lock = DatabaseLock(self.database.dialect)
+            await asyncio.to_thread(self.lock.acquire)
         try:
-            await self._start()
+            await self._start(leadership)
         except BaseException:
-            self.lock.release()
+            if leadership is None:
+                self.lock.release()
             raise
 
-    async def _start(self) -> None:
+    async def _start(self, leadership: Leadership | None) -> None:
         await asyncio.to_thread(self.database.migrate)
-        await asyncio.to_thread(self.database.record_holder, self.lock)
+        if isinstance(self.lock, DatabaseLock):
+            await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         dialect = self.database.dialect
         writer = Writer(
@@ -168,6 +186,7 @@ class Coordinator:
             group_commit_window=self.config.group_commit_window,
             retry_deadline=self.config.database_retry_deadline,
             guard=self.lock.check,
+            fence=None if leadership is None else leadership.fence,
         )
         self._ctx = EngineContext(
             config=self.config,
@@ -249,7 +268,8 @@ class Coordinator:
         self.replay_runner.stop()
         await self.writer.stop()
         await asyncio.to_thread(self.database.dispose)
-        await asyncio.to_thread(self.lock.release)
+        if isinstance(self.lock, DatabaseLock):
+            await asyncio.to_thread(self.lock.release)
 
     async def _recover(self) -> None:
         """Pick up where a previous coordinator process left off.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -111,9 +112,17 @@ class ResultReporter:
         """Until every result added so far has been reported."""
         await self._drained.wait()
 
-    async def run(self, stub: ExecutorServiceStub) -> None:
+    async def run(
+        self,
+        stub: ExecutorServiceStub | Callable[[], ExecutorServiceStub],
+        on_failure: Callable[[grpc.aio.AioRpcError], object] | None = None,
+    ) -> None:
+        """Report until cancelled. ``stub``: the stub, or a function giving the current one (the
+        leader's, with standby coordinators); ``on_failure`` sees every failed call (to follow
+        the leader) before it is retried."""
         # Jittered: after a coordinator restart the executors' reports do not arrive in waves.
         backoff = Backoff(REPORT_BACKOFF)
+        current = stub if callable(stub) else lambda: stub
         while True:
             if not self._pending:
                 self._drained.set()
@@ -127,12 +136,14 @@ class ResultReporter:
             batch = self._take_batch()
             self._in_flight = batch
             try:
-                response = await stub.RecordResults(
+                response = await current().RecordResults(
                     pb.RecordResultsRequest(executor_id=self._executor_id, results=batch),
                     timeout=REPORT_TIMEOUT,
                 )
             except grpc.aio.AioRpcError as error:
                 self._in_flight = []
+                if on_failure is not None:
+                    on_failure(error)
                 if error.code() in REFUSALS:
                     if len(batch) > 1:
                         # Refused as a whole (too big a message, one bad result): send them

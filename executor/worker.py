@@ -41,9 +41,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 import conveyor
 from conveyor import logs, tracing
 from conveyor.backoff import Backoff, BackoffPolicy
+from conveyor.endpoints import CoordinatorEndpoints
 from conveyor.errors import ConfigurationError, PermanentTaskError, TaskRateLimited
 from conveyor.tasks import Handler, HandlerRegistry, TaskContext, takes_context
-from conveyor.transport import ChannelSecurity, open_channel
+from conveyor.transport import ChannelSecurity
 from conveyor.v1 import common_pb2
 from conveyor.v1 import executor_service_pb2 as pb
 from conveyor.v1.executor_service_pb2_grpc import ExecutorServiceStub
@@ -115,6 +116,9 @@ class _Credit:
 
 
 class Executor:
+    #: The coordinator addresses and the channel to the leader (set by :meth:`run`).
+    _endpoints: CoordinatorEndpoints
+
     def __init__(self, config: ExecutorConfig, handlers: HandlerRegistry, llm: LlmCaller | None) -> None:
         if config.serve_llm and llm is None:
             raise ValueError("an executor serving LLM steps needs an LlmCaller")
@@ -206,26 +210,41 @@ class Executor:
         options = [
             ("grpc.max_receive_message_length", self.config.max_message_bytes),
             ("grpc.max_send_message_length", self.config.max_message_bytes),
-            ("grpc.keepalive_time_ms", 20_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
+            # A stalled (SIGSTOPped, partitioned) coordinator answers no ping: the stream is
+            # given up within 10 s, and the executor moves on to the leader.
+            ("grpc.keepalive_time_ms", 5_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        async with open_channel(self.config.coordinator, self.config.security, options=options) as channel:
-            stub = ExecutorServiceStub(channel)
-            reporter = asyncio.create_task(self._reporter.run(stub), name="report results")
-            try:
-                await self._serve(stub)
-                return await self._finish_drain()
-            finally:
-                reporter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reporter
-                for task in self._running.values():
-                    task.cancel()
-                if self._llm is not None:
-                    await self._llm.close()
+        endpoints = self._endpoints = CoordinatorEndpoints(
+            self.config.coordinator, self.config.security, options=options
+        )
+        # The reporter makes one call at a time: the channel of its last stub is that of a failure.
+        report_channel = endpoints.channel
 
-    async def _serve(self, stub: ExecutorServiceStub) -> None:
+        def report_stub() -> ExecutorServiceStub:
+            nonlocal report_channel
+            report_channel = endpoints.channel
+            return ExecutorServiceStub(report_channel)
+
+        reporter = asyncio.create_task(
+            self._reporter.run(report_stub, lambda error: endpoints.follow(error, report_channel)),
+            name="report results",
+        )
+        try:
+            await self._serve()
+            return await self._finish_drain()
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            for task in self._running.values():
+                task.cancel()
+            if self._llm is not None:
+                await self._llm.close()
+            await endpoints.close()
+
+    async def _serve(self) -> None:
         """Keep a stream open, reconnecting with backoff, until draining."""
         # Jittered, so that executors cut off by one coordinator restart do not all come back
         # at the same instants.
@@ -235,14 +254,17 @@ class Executor:
         # executor must keep heartbeating, or its lease expires and its tasks run twice.
         while not self._closed_drained and not self._abandon.is_set():
             connected_at = time.monotonic()
+            channel = self._endpoints.channel
             try:
-                await self._stream(stub)
+                await self._stream(ExecutorServiceStub(channel))
             except grpc.aio.AioRpcError as error:
+                # A standby names the leader; a coordinator that is gone makes way for the next.
+                self._endpoints.follow(error, channel)
                 if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
                     raise
                 if error.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
                     raise ConfigurationError(
-                        f"the coordinator at {self.config.coordinator} refused this executor "
+                        f"the coordinator at {self._endpoints.current} refused this executor "
                         f"({error.code().name}: {error.details()}); check its token (--token-file or "
                         "$CONVEYOR_TOKEN) and --executor-id"
                     ) from None
@@ -250,7 +272,7 @@ class Executor:
                 log.log(
                     level,
                     "stream to %s lost (%s: %s)",
-                    self.config.coordinator,
+                    self._endpoints.current,
                     error.code().name,
                     error.details(),
                 )
@@ -319,7 +341,7 @@ class Executor:
             self._reporter.max_batch = welcome.max_batch_size
         log.info(
             "connected to %s as %s: epoch %d, %d slots, kinds %s",
-            self.config.coordinator,
+            self._endpoints.current,
             self.config.executor_id,
             welcome.epoch,
             self.config.concurrency,

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from conveyor.errors import RpcError
+from conveyor.errors import LEADER_METADATA_KEY, NotLeader, RpcError
 
 from .decoding import malformed_message
 
@@ -37,6 +37,8 @@ def rpc(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except RpcError as error:
+            if isinstance(error, NotLeader):  # refused, nothing applied: clients follow the leader
+                context.set_trailing_metadata(((LEADER_METADATA_KEY, error.leader_address or ""),))
             await context.abort(error.code, error.message[:MAX_STATUS_MESSAGE])
         except DecodeError as error:  # a streamed message that is not protobuf (see .decoding)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed_message(error))

@@ -1,5 +1,9 @@
 """One coordinator per database: an exclusive lock held for the coordinator's whole life.
 
+On PostgreSQL the coordinator server uses the database's leadership instead
+(:mod:`.leadership`: a leader, standbys, fencing by term); this lock remains SQLite's rule
+and that of a bare :class:`~conveyor.coordinator.engine.Coordinator` started without it.
+
 A second coordinator on the same database would recover as if the first had crashed,
 requeueing the tasks the first one's live executors are running. So a coordinator takes
 an exclusive lock before touching the database (even before migrating) and keeps it

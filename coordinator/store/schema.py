@@ -318,6 +318,20 @@ coordinator_holder = Table(
     Column("started_at", BigInteger, nullable=False),
 )
 
+#: One row on PostgreSQL: the coordinator that leads (may write) and until when, see
+#: leadership.py. ``term`` rises by one at every takeover; the leader's every write
+#: transaction reads it first, so a deposed leader's writes are refused.
+leadership = Table(
+    f"{PREFIX}leadership",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("term", BigInteger, nullable=False),
+    Column("holder", String(NAME_LENGTH), nullable=False),
+    Column("address", String(NAME_LENGTH), nullable=False),
+    Column("deadline_us", BigInteger, nullable=False),
+    Column("elected_at_us", BigInteger, nullable=False),
+)
+
 ALL_TABLES = (
     cluster,
     workflows,
@@ -330,4 +344,5 @@ ALL_TABLES = (
     write_commits,
     coordinator_holder,
     workflow_counts,
+    leadership,
 )

@@ -86,10 +86,13 @@ class Writer:
         max_units_per_transaction: int = 256,
         retry_deadline: float = 60.0,
         guard: Callable[[], None] | None = None,
+        fence: Callable[[Connection], None] | None = None,
     ) -> None:
         self._engine = engine
         #: Called before every commit; raises to refuse it (the database lock was lost).
         self._guard = guard
+        #: Runs first in every transaction; raises to refuse it (leadership.py: the leader's term).
+        self._fence = fence
         self._window = group_commit_window
         self._max_units = max_units_per_transaction
         self._retry_deadline = retry_deadline
@@ -243,6 +246,8 @@ class Writer:
         marker = uuid.uuid4().hex
         transaction = connection.begin()
         try:
+            if self._fence is not None:
+                self._fence(connection)
             for pending in batch:
                 if not isolated:
                     try:
