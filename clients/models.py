@@ -134,6 +134,18 @@ class Started:
 
 
 @dataclass(frozen=True)
+class SignalSent:
+    """What SignalWorkflow did with a signal."""
+
+    workflow_id: str
+    name: str
+    #: A waiting ``ctx.wait_for_signal`` took it at once; otherwise it is buffered for the next wait.
+    delivered: bool
+    #: The idempotency key matched an earlier signal: nothing new was stored.
+    duplicate: bool
+
+
+@dataclass(frozen=True)
 class StepExplanation:
     """What one step in progress waits for; ``text`` says it in words."""
 
@@ -142,7 +154,7 @@ class StepExplanation:
     kind: str
     #: "llm" or the handler kind; empty for sleeps.
     task_kind: str
-    #: queued, no_executor, running, executor_lost, retry_backoff, rate_limited or sleeping.
+    #: queued, no_executor, running, executor_lost, retry_backoff, rate_limited, sleeping or signal.
     wait: str
     text: str
     shard: int

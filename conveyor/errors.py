@@ -153,6 +153,19 @@ class StepFailed(WorkflowError):
         self.error = error
 
 
+class SignalTimeout(WorkflowError):
+    """No signal of the awaited name arrived within ``ctx.wait_for_signal``'s timeout.
+
+    Workflow code may catch it (escalate, remind, give up politely); uncaught, it fails the
+    workflow. The step stays in the journal as failed, so replay raises it at the same point.
+    """
+
+    def __init__(self, step_number: int, signal_name: str, error: str) -> None:
+        super().__init__(f"step {step_number}: {error}")
+        self.step_number = step_number
+        self.signal_name = signal_name
+
+
 class NonDeterminismError(WorkflowError):
     """Replaying the workflow asked for a different step than its journal records.
 

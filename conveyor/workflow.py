@@ -169,6 +169,15 @@ class WorkflowContext(Protocol):
         """A durable timer: survives coordinator restarts, costs no executor slot."""
         ...
 
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        """Wait for the next signal ``name`` sent to this workflow (``SignalWorkflow``); return its payload.
+
+        Signals are durable and buffered: one sent before the workflow waits is kept and
+        delivered, in the order sent, to the next waits for that name. With ``timeout``
+        (seconds), raises :class:`~conveyor.errors.SignalTimeout` when none arrives in time.
+        """
+        ...
+
     def now(self) -> datetime:
         """The current UTC time, recorded on first execution and replayed thereafter."""
         ...

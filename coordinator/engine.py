@@ -54,6 +54,8 @@ from .store import (
     ExecutorRecords,
     ReplayQueue,
     ReportedResult,
+    Signals,
+    SignalSent,
     Started,
     TaskQueue,
     Timers,
@@ -184,6 +186,7 @@ class Coordinator:
             ),
             replays=ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes),
             timers=Timers(dialect),
+            signals=Signals(dialect),
             sessions=SessionRegistry(facts.shard_count),
             writer=writer,
             reader=Reader(self.database, retry_deadline=self.config.database_retry_deadline),
@@ -365,6 +368,11 @@ class Coordinator:
 
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
         return await self.workflow_api.explain_workflow(workflow_id)
+
+    async def signal_workflow(
+        self, workflow_id: str, name: str, payload_json: str, idempotency_key: str
+    ) -> SignalSent:
+        return await self.workflow_api.signal_workflow(workflow_id, name, payload_json, idempotency_key)
 
     def executor_presences(self) -> list[explain.ExecutorPresence]:
         return self.workflow_api.executor_presences()

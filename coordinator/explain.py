@@ -41,6 +41,7 @@ class Wait(StrEnum):
     RETRY_BACKOFF = "retry_backoff"
     RATE_LIMITED = "rate_limited"
     SLEEPING = "sleeping"
+    SIGNAL = "signal"
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,24 @@ def _explain_step(
             Wait.SLEEPING,
             f"{title} sleeps {due}",
             available_at=wake_at,
+        )
+    if step.kind is StepKind.SIGNAL:
+        deadline = ""
+        if step.wake_at is not None:
+            deadline = (
+                f"; it times out at {_clock(step.wake_at)} (in {_seconds((step.wake_at - now) / 1e6)})"
+                if step.wake_at > now
+                else "; its timeout has passed and the coordinator fires it shortly"
+            )
+        return StepExplanation(
+            step.number,
+            step.name,
+            step.kind,
+            "",
+            Wait.SIGNAL,
+            f"{title} is waiting for signal `{step.name}` since {_clock(step.created_at)}{deadline}; "
+            f"send it with `conveyor signal WORKFLOW_ID {step.name} --payload JSON`",
+            available_at=step.wake_at,
         )
     task = step.task
     if task is None:

@@ -31,6 +31,7 @@ class StepKind(StrEnum):
     SLEEP = "sleep"
     NOW = "now"
     RANDOM = "random"
+    SIGNAL = "signal"
 
 
 class ClaimOrder(StrEnum):

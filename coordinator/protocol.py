@@ -34,6 +34,7 @@ STEP_KIND_TO_WIRE = {
     StepKind.SLEEP: common_pb2.STEP_KIND_SLEEP,
     StepKind.NOW: common_pb2.STEP_KIND_NOW,
     StepKind.RANDOM: common_pb2.STEP_KIND_RANDOM,
+    StepKind.SIGNAL: common_pb2.STEP_KIND_SIGNAL,
 }
 
 ERROR_CLASS_FROM_WIRE = {

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
-from conveyor.errors import NonDeterminismError, StepFailed, WorkflowError
+from conveyor.errors import NonDeterminismError, SignalTimeout, StepFailed, WorkflowError
 from conveyor.workflow import (
     DEFAULT_LLM_RETRY,
     DEFAULT_TASK_RETRY,
@@ -328,6 +328,25 @@ class _ReplayContext:
             lambda _result: None,
         )
 
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        validation.step_name(name, "signal name")
+        if timeout is not None:
+            _duration(timeout, "signal timeout", allow_zero=False)
+        args_json = _json_arguments("ctx.wait_for_signal()", {"timeout": timeout})
+        return await self._take_step(
+            StepKind.SIGNAL,
+            name,
+            args_json,
+            lambda number: NewStep(
+                number,
+                StepKind.SIGNAL,
+                name,
+                args_json,
+                wake_at_us=None if timeout is None else self._now_us + seconds_to_us(timeout),
+            ),
+            _loads,
+        )
+
     def now(self) -> datetime:
         future = self._take_step(
             StepKind.NOW,
@@ -383,7 +402,7 @@ class _ReplayContext:
                 result_json = entry.result_json or "null"
                 self._deferred.append(lambda: _settle(future, lambda: decode(result_json)))
             elif entry.status in (StepStatus.FAILED, StepStatus.CANCELLED):
-                failure = StepFailed(number, name, entry.error or entry.status.value)
+                failure = _failure(entry)
                 self._deferred.append(lambda: _settle_failed(future, failure))
             else:
                 self.waiting = True
@@ -488,7 +507,15 @@ def _settle(future: asyncio.Future[T], decode: Callable[[], T]) -> None:
         future.set_exception(error)
 
 
-def _settle_failed(future: asyncio.Future[Any], failure: StepFailed) -> None:
+def _failure(entry: JournalEntry) -> WorkflowError:
+    """The exception a failed or cancelled step raises where the workflow awaits it."""
+    error = entry.error or entry.status.value
+    if entry.kind is StepKind.SIGNAL and entry.status is StepStatus.FAILED:
+        return SignalTimeout(entry.number, entry.name, error)
+    return StepFailed(entry.number, entry.name, error)
+
+
+def _settle_failed(future: asyncio.Future[Any], failure: WorkflowError) -> None:
     if not future.done():
         future.set_exception(failure)
 

@@ -88,6 +88,17 @@ class ConveyorClient {
     return this.workflows.StartWorkflow({ name, args_json: JSON.stringify(args), idempotency_key: idempotencyKey });
   }
 
+  // Send signal `name` to a running workflow: its next ctx.wait_for_signal(name) returns `payload`
+  // (buffered until then). Resolves to {delivered, duplicate}; FAILED_PRECONDITION once it finished.
+  signalWorkflow(workflowId, name, payload = null, { idempotencyKey = "" } = {}) {
+    return this.workflows.SignalWorkflow({
+      workflow_id: workflowId,
+      name,
+      payload_json: JSON.stringify(payload),
+      idempotency_key: idempotencyKey,
+    });
+  }
+
   // Poll until the workflow finishes (the interval grows to 2 s); resolves to the Workflow.
   async waitForWorkflow(workflowId, { timeoutMs = Infinity, pollMs = 200 } = {}) {
     const deadline = Date.now() + timeoutMs;

@@ -31,6 +31,7 @@ class StepWait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_WAIT_RETRY_BACKOFF: _ClassVar[StepWait]
     STEP_WAIT_RATE_LIMITED: _ClassVar[StepWait]
     STEP_WAIT_SLEEPING: _ClassVar[StepWait]
+    STEP_WAIT_SIGNAL: _ClassVar[StepWait]
 WORKFLOW_SITUATION_UNSPECIFIED: WorkflowSituation
 WORKFLOW_SITUATION_STEPS_IN_PROGRESS: WorkflowSituation
 WORKFLOW_SITUATION_REPLAY_QUEUED: WorkflowSituation
@@ -45,6 +46,27 @@ STEP_WAIT_EXECUTOR_LOST: StepWait
 STEP_WAIT_RETRY_BACKOFF: StepWait
 STEP_WAIT_RATE_LIMITED: StepWait
 STEP_WAIT_SLEEPING: StepWait
+STEP_WAIT_SIGNAL: StepWait
+
+class SignalWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "name", "payload_json", "idempotency_key")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    name: str
+    payload_json: str
+    idempotency_key: str
+    def __init__(self, workflow_id: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class SignalWorkflowResponse(_message.Message):
+    __slots__ = ("delivered", "duplicate")
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    delivered: bool
+    duplicate: bool
+    def __init__(self, delivered: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class StartWorkflowRequest(_message.Message):
     __slots__ = ("name", "args_json", "idempotency_key", "trace_context")

@@ -10,6 +10,7 @@ from .executors import ExecutorRecords
 from .namespace import PREFIX, VERSION_TABLE, owns_table
 from .queue import AttemptOutcome, ClaimedTask, Disposition, RecordOutcome, ReportedResult, TaskQueue
 from .replays import ReplayBatchOutcome, ReplayQueue
+from .signals import Signals, SignalSent
 from .timers import Timers
 from .workflows import Started, StartRequest, StepRecord, WorkflowRecord, Workflows, WorkflowSelection
 from .writer import Writer
@@ -28,6 +29,8 @@ __all__ = [
     "ReplayQueue",
     "ReportedResult",
     "ShardDepth",
+    "SignalSent",
+    "Signals",
     "StartRequest",
     "Started",
     "StepRecord",

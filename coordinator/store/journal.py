@@ -40,6 +40,24 @@ def finish_steps(connection: Connection, rows: Sequence[dict[str, Any]]) -> None
         connection.execute(_finish_step, list(rows))
 
 
+def step_completion(
+    step_id: int, status: StepStatus, result: str | None, error: str | None, now: int
+) -> dict[str, Any]:
+    """The bind values of :func:`finish_steps` for a step the coordinator ends itself (no attempt):
+    a timer firing, a signal arriving."""
+    return {
+        "step_id": step_id,
+        "status": status,
+        "result": result,
+        "error": error,
+        "attempt": 0,
+        "started_at": None,
+        "completed_at": now,
+        "executor_id": None,
+        "result_token": None,
+    }
+
+
 def enqueue_idle_workflows(
     connection: Connection, dialect: Dialect, workflow_ids: Collection[str], now: int
 ) -> int:

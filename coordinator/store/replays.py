@@ -36,6 +36,7 @@ from ..replay import JournalEntry, NewStep, ReplayOutcome, replay
 from .dialect import Dialect, is_transient
 from .journal import cancel_workflows
 from .schema import replay_queue, steps, tasks, workflows
+from .signals import deliver_buffered
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class ReplayBatchOutcome:
     next_wake_at: int | None = None
     #: Seconds each replayed workflow waited in the replay queue: the gap between its steps.
     replay_delays: list[float] = field(default_factory=list)
+    #: Workflows queued again at once: a signal wait they started found its signal buffered.
+    requeued: int = 0
 
     def merge(self, other: ReplayBatchOutcome) -> None:
         self.replayed += other.replayed
@@ -65,6 +68,7 @@ class ReplayBatchOutcome:
         if other.next_wake_at is not None:
             self.next_wake_at = min(self.next_wake_at or other.next_wake_at, other.next_wake_at)
         self.replay_delays.extend(other.replay_delays)
+        self.requeued += other.requeued
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,9 @@ class ReplayQueue:
         ids = [due.workflow_id for due, _ in ready]
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(ids)))
         outcome.taken += len(ids)
+        # After the delete: a wait that finds its signal already sent enqueues its workflow again.
+        waits = {workflow_id for workflow_id, _, _, step in new_steps if step.kind is StepKind.SIGNAL}
+        outcome.requeued += len(deliver_buffered(connection, self._dialect, waits, now))
         return outcome
 
     def _fail(self, connection: Connection, due: DueReplay, error: Exception, now: int) -> ReplayBatchOutcome:

@@ -127,6 +127,46 @@ steps = Table(
         postgresql_where=text("status = 'running' AND kind = 'sleep'"),
         sqlite_where=text("status = 'running' AND kind = 'sleep'"),
     ),
+    # Signal waits with a timeout, by when it expires: the timer loop fires them like sleeps.
+    Index(
+        f"{PREFIX}ix_steps_signal_wake_at",
+        "wake_at",
+        postgresql_where=text("status = 'running' AND kind = 'signal'"),
+        sqlite_where=text("status = 'running' AND kind = 'signal'"),
+    ),
+)
+
+#: Signals sent to workflows (SignalWorkflow). A row is buffered until a
+#: ``ctx.wait_for_signal`` step of its name takes it (``step_number`` set), oldest first;
+#: delivered rows stay, so a repeated send with the same idempotency key is recognised.
+signals = Table(
+    f"{PREFIX}signals",
+    metadata,
+    Column("id", AUTOINCREMENT_ID, primary_key=True, autoincrement=True),
+    Column("workflow_id", String(ID_LENGTH), ForeignKey(f"{PREFIX}workflows.id"), nullable=False),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("idempotency_key", String(ID_LENGTH)),
+    Column("sent_at", BigInteger, nullable=False),
+    # The wait step that received it; NULL while buffered.
+    Column("step_number", Integer),
+    # The buffer of a workflow, in the order sent.
+    Index(
+        f"{PREFIX}ix_signals_buffered",
+        "workflow_id",
+        "id",
+        postgresql_where=text("step_number IS NULL"),
+        sqlite_where=text("step_number IS NULL"),
+    ),
+    Index(f"{PREFIX}ix_signals_workflow_id", "workflow_id"),
+    Index(
+        f"{PREFIX}ux_signals_idempotency_key",
+        "workflow_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 #: The FIFO task queue: one row per LLM/task step in progress (its id is the step's).
@@ -295,6 +335,7 @@ ALL_TABLES = (
     steps,
     tasks,
     replay_queue,
+    signals,
     executors,
     shard_leases,
     write_commits,
