@@ -21,7 +21,16 @@ from conveyor.coordinator.store.schema import signals, steps
 from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from conveyor.v1 import workflow_service_pb2 as pb
 from support import eventually, registry_of
-from toolkit import MakeStack, RawStubs, fetch, handlers_of, restart_coordinator, rpc_error, wait_finished
+from toolkit import (
+    MakeStack,
+    RawStubs,
+    execute,
+    fetch,
+    handlers_of,
+    restart_coordinator,
+    rpc_error,
+    wait_finished,
+)
 
 
 @workflow
@@ -274,3 +283,21 @@ async def test_a_workflow_that_never_waits_cannot_be_flooded(
     sent = await stack.client.signal_workflow(started.workflow_id, "approval", "yes")
     assert sent.delivered
     assert (await wait_finished(stack.client, started.workflow_id)).result["decision"] == "yes"
+
+
+async def test_diagnose_reports_a_wait_whose_signal_sits_in_the_buffer(make_stack: MakeStack) -> None:
+    """The delivery invariant, broken by hand: a buffered signal a waiting step should have taken."""
+    stack = await make_stack(WORKFLOWS)
+    started = await stack.client.start_workflow("approval", {"request": "x"})
+    await eventually(lambda: waiting_for_signal(stack.database_url, started.workflow_id))
+    assert not (await stack.client.diagnose()).violations
+
+    await execute(
+        stack.database_url,
+        sa.insert(signals).values(workflow_id=started.workflow_id, name="approval", payload="1", sent_at=0),
+    )
+    report = await stack.client.diagnose()
+
+    assert [(v.kind, list(v.workflow_ids)) for v in report.violations] == [
+        ("signal_not_delivered", [started.workflow_id])
+    ]
