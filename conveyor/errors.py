@@ -174,6 +174,11 @@ class NonDeterminismError(WorkflowError):
     this inside the workflow does not save it.
     """
 
+    def __init__(self, message: str, step_number: int | None = None) -> None:
+        super().__init__(message)
+        #: The journal position where the code and the journal first disagree.
+        self.step_number = step_number
+
 
 class TaskError(ConveyorError):
     """Raised by an executor-side task handler to say how its failure should be retried.

@@ -178,6 +178,23 @@ class WorkflowContext(Protocol):
         """
         ...
 
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of change ``change_id`` (safe code changes).
+
+        True where the workflow reaches this call for the first time on code that has it (a
+        marker is journaled there); False when replaying a journal recorded by older code at
+        this point, so workflows in flight keep their old path::
+
+            if ctx.patched("shorter-prompt"):
+                reply = await ctx.llm(model=MODEL, messages=short, max_tokens=300)
+            else:
+                reply = await ctx.llm(model=MODEL, messages=long, max_tokens=300)
+
+        Remove the old branch (keep ``patched``) once no workflow started before the change
+        is running; remove the call itself only once none started before *that* deploy runs.
+        """
+        ...
+
     def now(self) -> datetime:
         """The current UTC time, recorded on first execution and replayed thereafter."""
         ...

@@ -32,6 +32,7 @@ class StepKind(StrEnum):
     NOW = "now"
     RANDOM = "random"
     SIGNAL = "signal"
+    PATCH = "patch"
 
 
 class ClaimOrder(StrEnum):

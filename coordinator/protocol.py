@@ -35,6 +35,7 @@ STEP_KIND_TO_WIRE = {
     StepKind.NOW: common_pb2.STEP_KIND_NOW,
     StepKind.RANDOM: common_pb2.STEP_KIND_RANDOM,
     StepKind.SIGNAL: common_pb2.STEP_KIND_SIGNAL,
+    StepKind.PATCH: common_pb2.STEP_KIND_PATCH,
 }
 
 ERROR_CLASS_FROM_WIRE = {

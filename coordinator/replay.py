@@ -61,6 +61,8 @@ MAX_STEPS_PER_WORKFLOW = 10_000
 #: Bounds the ready callbacks one replay may run, so an ``async`` busy loop in
 #: workflow code fails its workflow instead of stalling the coordinator.
 MAX_CALLBACKS_PER_REPLAY = 1_000_000
+#: Steps complete the moment they are taken: replay resolves them on the spot, not in a wave.
+RESOLVED_AT_ONCE = frozenset({StepKind.NOW, StepKind.RANDOM, StepKind.PATCH})
 #: Recorded errors keep the end of the traceback, where the cause usually is.
 MAX_ERROR_CHARS = 4_000
 
@@ -104,6 +106,8 @@ class ReplayOutcome:
     new_steps: tuple[NewStep, ...] = ()
     result_json: str | None = None
     error: str | None = None
+    #: Set when the workflow failed because code and journal disagree: the first step they differ at.
+    nondeterministic_step: int | None = None
 
 
 class _ReplaySealed(BaseException):
@@ -347,6 +351,25 @@ class _ReplayContext:
             _loads,
         )
 
+    def patched(self, change_id: str) -> bool:
+        if self.sealed:
+            raise _ReplaySealed()
+        validation.step_name(change_id, "patch id")
+        if self._cursor < len(self._journal):
+            # Replaying: the code that recorded this journal took the new path here only if it
+            # journaled the marker here. Otherwise it is older code: no position is taken.
+            entry = self._journal[self._cursor]
+            if not (entry.kind is StepKind.PATCH and entry.name == change_id):
+                return False
+        future = self._take_step(
+            StepKind.PATCH,
+            change_id,
+            "null",
+            lambda number: NewStep(number, StepKind.PATCH, change_id, "null", result_json="true"),
+            lambda _result: True,
+        )
+        return future.result()
+
     def now(self) -> datetime:
         future = self._take_step(
             StepKind.NOW,
@@ -392,10 +415,10 @@ class _ReplayContext:
         if number < len(self._journal):
             entry = self._journal[number]
             if (entry.kind, entry.name, entry.args_json) != (kind, name, args_json):
-                error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json))
+                error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json), entry.number)
                 self.fatal_error = self.fatal_error or error
                 raise error
-            if entry.status is StepStatus.COMPLETED and kind in (StepKind.NOW, StepKind.RANDOM):
+            if entry.status is StepStatus.COMPLETED and kind in RESOLVED_AT_ONCE:
                 # Taken and resolved on the spot the first time: the same now.
                 future.set_result(decode(entry.result_json or "null"))
             elif entry.status is StepStatus.COMPLETED:
@@ -457,10 +480,15 @@ def replay(
 
 
 def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[JournalEntry]) -> ReplayOutcome:
+    if isinstance(ctx.fatal_error, NonDeterminismError):
+        return _failed(str(ctx.fatal_error), nondeterministic_step=ctx.fatal_error.step_number)
     if ctx.fatal_error is not None:
         return _failed(str(ctx.fatal_error))
     if ctx.cursor < len(journal):
-        return _failed(_unconsumed_message(journal, ctx.cursor, finished=main.done()))
+        return _failed(
+            _unconsumed_message(journal, ctx.cursor, finished=main.done()),
+            nondeterministic_step=journal[ctx.cursor].number,
+        )
     if main.done():
         # A finished workflow starts nothing more, but the ctx.now()/ctx.random() values
         # its last run took may be in its result or error: journal them too.
@@ -559,9 +587,14 @@ def _step_timeout(timeout: float | None) -> None:
         _duration(timeout, "step timeout", allow_zero=False)
 
 
-def _failed(error: str, new_steps: tuple[NewStep, ...] = ()) -> ReplayOutcome:
+def _failed(
+    error: str, new_steps: tuple[NewStep, ...] = (), *, nondeterministic_step: int | None = None
+) -> ReplayOutcome:
     return ReplayOutcome(
-        WorkflowStatus.FAILED, new_steps=new_steps, error=validation.storable_text(error[-MAX_ERROR_CHARS:])
+        WorkflowStatus.FAILED,
+        new_steps=new_steps,
+        error=validation.storable_text(error[-MAX_ERROR_CHARS:]),
+        nondeterministic_step=nondeterministic_step,
     )
 
 

@@ -141,7 +141,7 @@ class ReplayQueue:
         ).all()
         if not rows:
             return []
-        journals = self._load_journals(connection, [row.id for row in rows])
+        journals = self.load_journals(connection, [row.id for row in rows])
         return [
             DueReplay(
                 row.id,
@@ -332,7 +332,7 @@ class ReplayQueue:
         )
 
     @staticmethod
-    def _load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
+    def load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
         journals: dict[str, list[JournalEntry]] = defaultdict(list)
         for row in connection.execute(
             select(
