@@ -101,6 +101,11 @@ class Workflow:
     completed_at: datetime | None
     step_count: int
     steps: tuple[Step, ...]
+    #: For a child workflow: its parent, and the parent's step waiting for it ("" / 0 for a root).
+    parent_workflow_id: str = ""
+    parent_step_number: int = 0
+    #: With steps: the children it started, in order.
+    children: tuple[ChildWorkflow, ...] = ()
 
     @classmethod
     def from_wire(cls, workflow: workflow_service_pb2.Workflow) -> Workflow:
@@ -117,6 +122,12 @@ class Workflow:
             completed_at=_time(workflow.completed_at),
             step_count=workflow.step_count,
             steps=tuple(Step.from_wire(step) for step in workflow.steps),
+            parent_workflow_id=workflow.parent_workflow_id,
+            parent_step_number=workflow.parent_step_number,
+            children=tuple(
+                ChildWorkflow(c.workflow_id, c.name, WorkflowStatus.from_wire(c.status), c.parent_step_number)
+                for c in workflow.children
+            ),
         )
 
     @property
@@ -125,6 +136,14 @@ class Workflow:
         if self.created_at is None or self.completed_at is None:
             return None
         return (self.completed_at - self.created_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class ChildWorkflow:
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    parent_step_number: int
 
 
 @dataclass(frozen=True)

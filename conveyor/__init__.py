@@ -5,6 +5,7 @@ by executors), plus the error types. Clients live in :mod:`conveyor.client`.
 """
 
 from .errors import (
+    ChildWorkflowFailed,
     ConfigurationError,
     ConveyorError,
     NonDeterminismError,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_LLM_RETRY",
     "DEFAULT_TASK_RETRY",
+    "ChildWorkflowFailed",
     "ConfigurationError",
     "ConveyorError",
     "HandlerRegistry",

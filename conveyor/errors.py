@@ -153,6 +153,18 @@ class StepFailed(WorkflowError):
         self.error = error
 
 
+class ChildWorkflowFailed(StepFailed):
+    """A child workflow (``ctx.child`` / ``ctx.start_child``) failed or was cancelled.
+
+    Raised where the parent awaits the child; the parent may catch it (it is a
+    :class:`StepFailed`). ``child_workflow_id`` names the child for ``conveyor get``.
+    """
+
+    def __init__(self, step_number: int, step_name: str, error: str, child_workflow_id: str) -> None:
+        super().__init__(step_number, step_name, error)
+        self.child_workflow_id = child_workflow_id
+
+
 class SignalTimeout(WorkflowError):
     """No signal of the awaited name arrived within ``ctx.wait_for_signal``'s timeout.
 

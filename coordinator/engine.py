@@ -49,6 +49,7 @@ from .replay_service import ReplayService
 from .reports import CoordinatorStats, DiagnoseReport, ExecutorView
 from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import (
+    Children,
     Database,
     Disposition,
     ExecutorRecords,
@@ -163,6 +164,8 @@ class Coordinator:
         await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         dialect = self.database.dialect
+        # One clock for roots and children: creation times stay unique (list pages key on them).
+        clock = CreationClock(facts.last_created_at)
         writer = Writer(
             self.database.writer,
             group_commit_window=self.config.group_commit_window,
@@ -177,14 +180,19 @@ class Coordinator:
             observer=self.metrics,
             epoch=facts.epoch,
             shard_count=facts.shard_count,
-            workflows=Workflows(facts.shard_count, CreationClock(facts.last_created_at)),
+            workflows=Workflows(facts.shard_count, clock),
             queue=TaskQueue(
                 dialect,
                 order=self.config.claim_order,
                 shard_count=facts.shard_count,
                 deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
             ),
-            replays=ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes),
+            replays=ReplayQueue(
+                dialect,
+                self.registry,
+                Children(facts.shard_count, clock),
+                max_payload_bytes=self.config.max_payload_bytes,
+            ),
             timers=Timers(dialect),
             signals=Signals(dialect),
             sessions=SessionRegistry(facts.shard_count),

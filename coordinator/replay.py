@@ -34,12 +34,12 @@ import contextlib
 import contextvars
 import random
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
-from conveyor.errors import NonDeterminismError, SignalTimeout, StepFailed, WorkflowError
+from conveyor.errors import ChildWorkflowFailed, NonDeterminismError, SignalTimeout, StepFailed, WorkflowError
 from conveyor.workflow import (
     DEFAULT_LLM_RETRY,
     DEFAULT_TASK_RETRY,
@@ -47,11 +47,12 @@ from conveyor.workflow import (
     LlmResponse,
     RetryPolicy,
     WorkflowDefinition,
+    WorkflowRegistry,
 )
 
 from . import validation
 from .clock import seconds_to_us, to_datetime
-from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_json
+from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_json, child_workflow_id
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -96,6 +97,9 @@ class NewStep:
     wake_at_us: int | None = None
     #: ``now`` / ``random`` steps are complete the moment they are taken.
     result_json: str | None = None
+    #: A child step's workflow: its name and canonical arguments (its id is derived from the step).
+    child_workflow: str | None = None
+    child_args_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,17 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         pass
 
 
+class _ChildHandle:
+    """What ``ctx.start_child`` returns: the child's id now, its result when awaited."""
+
+    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
+        self.workflow_id = workflow_id
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._future.__await__()
+
+
 class _ReplayContext:
     """The ``WorkflowContext`` handed to workflow code during replay."""
 
@@ -233,8 +248,10 @@ class _ReplayContext:
         journal: Sequence[JournalEntry],
         now_us: int,
         rng: random.Random,
+        workflows: WorkflowRegistry | None = None,
     ) -> None:
         self._loop = loop
+        self._workflows = workflows
         self._workflow_id = workflow_id
         self._workflow_name = workflow_name
         self._journal = journal
@@ -351,6 +368,41 @@ class _ReplayContext:
             _loads,
         )
 
+    async def child(self, workflow: str, args: Any = None, *, name: str | None = None) -> Any:
+        return await self.start_child(workflow, args, name=name)
+
+    def start_child(self, workflow: str, args: Any = None, *, name: str | None = None) -> _ChildHandle:
+        step_name = name or workflow
+        child_args = [] if args is None else args
+        if not isinstance(child_args, list | dict):
+            raise TypeError(
+                f"ctx.start_child() arguments must be a dict (keyword) or list (positional), not "
+                f"{type(child_args).__name__}"
+            )
+        if self._workflows is not None:
+            definition = self._workflows.get(workflow)
+            if definition is None:
+                known = ", ".join(self._workflows.names()) or "none"
+                raise ValueError(f"ctx.start_child(): no workflow named {workflow!r} is registered ({known})")
+            definition.check_arguments(child_args)  # TypeError in the parent, before anything starts
+        child_args_json = _json_arguments("ctx.start_child()", child_args)
+        args_json = _json_arguments("ctx.start_child()", {"workflow": workflow, "args": child_args})
+        future = self._take_step(
+            StepKind.CHILD,
+            step_name,
+            args_json,
+            lambda number: NewStep(
+                number,
+                StepKind.CHILD,
+                step_name,
+                args_json,
+                child_workflow=workflow,
+                child_args_json=child_args_json,
+            ),
+            _loads,
+        )
+        return _ChildHandle(child_workflow_id(self._workflow_id, self._cursor - 1), future)
+
     def patched(self, change_id: str) -> bool:
         if self.sealed:
             raise _ReplaySealed()
@@ -425,7 +477,7 @@ class _ReplayContext:
                 result_json = entry.result_json or "null"
                 self._deferred.append(lambda: _settle(future, lambda: decode(result_json)))
             elif entry.status in (StepStatus.FAILED, StepStatus.CANCELLED):
-                failure = _failure(entry)
+                failure = _failure(entry, self._workflow_id)
                 self._deferred.append(lambda: _settle_failed(future, failure))
             else:
                 self.waiting = True
@@ -447,12 +499,15 @@ def replay(
     *,
     now_us: int,
     rng: random.Random | None = None,
+    workflows: WorkflowRegistry | None = None,
 ) -> ReplayOutcome:
     """Run ``definition`` over ``journal`` until it finishes or waits; see the module doc."""
     # typeshed marks every AbstractEventLoop method abstract; at run time they merely raise
     # NotImplementedError, which is what replay wants for everything it does not support.
     loop = _ReplayLoop()  # type: ignore[abstract]
-    ctx = _ReplayContext(loop, workflow_id, definition.name, journal, now_us, rng or random.Random())
+    ctx = _ReplayContext(
+        loop, workflow_id, definition.name, journal, now_us, rng or random.Random(), workflows
+    )
     try:
         coroutine = (
             definition.function(ctx, **args) if isinstance(args, dict) else definition.function(ctx, *args)
@@ -535,11 +590,15 @@ def _settle(future: asyncio.Future[T], decode: Callable[[], T]) -> None:
         future.set_exception(error)
 
 
-def _failure(entry: JournalEntry) -> WorkflowError:
+def _failure(entry: JournalEntry, workflow_id: str) -> WorkflowError:
     """The exception a failed or cancelled step raises where the workflow awaits it."""
     error = entry.error or entry.status.value
     if entry.kind is StepKind.SIGNAL and entry.status is StepStatus.FAILED:
         return SignalTimeout(entry.number, entry.name, error)
+    if entry.kind is StepKind.CHILD:
+        return ChildWorkflowFailed(
+            entry.number, entry.name, error, child_workflow_id(workflow_id, entry.number)
+        )
     return StepFailed(entry.number, entry.name, error)
 
 

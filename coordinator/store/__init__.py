@@ -4,6 +4,7 @@ Writes go through :class:`Writer` (one thread, group commit); reads use the
 database's reader pool from worker threads.
 """
 
+from .children import Children
 from .database import ClusterFacts, Database
 from .diagnosis import ShardDepth, Violation
 from .executors import ExecutorRecords
@@ -19,6 +20,7 @@ __all__ = [
     "PREFIX",
     "VERSION_TABLE",
     "AttemptOutcome",
+    "Children",
     "ClaimedTask",
     "ClusterFacts",
     "Database",

@@ -145,6 +145,23 @@ def invariant_violations(
             ),
         ),
         (
+            "child_step_without_running_child",
+            "child steps in progress whose child workflow has finished or does not exist: the "
+            "parent should have been told",
+            # Child steps are running steps of kind child: bounded by work in progress.
+            select(steps.c.workflow_id).where(
+                steps.c.status == StepStatus.RUNNING,
+                steps.c.kind == StepKind.CHILD,
+                ~exists().where(
+                    and_(
+                        workflows.c.parent_id == steps.c.workflow_id,
+                        workflows.c.parent_step == steps.c.number,
+                        workflows.c.status == WorkflowStatus.RUNNING,
+                    )
+                ),
+            ),
+        ),
+        (
             "unregistered_workflow",
             "workflows waiting for a replay whose code this coordinator did not load (--workflows)",
             # From the replay queue into workflows by key, as above.

@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 
@@ -84,12 +85,28 @@ workflows = Table(
     Column("step_count", Integer, nullable=False),
     # W3C Trace Context of the start (JSON), handed to every task: conveyor.tracing.
     Column("trace_context", Text),
+    # A child workflow (ctx.child): the parent, the parent's step that waits for it, and its
+    # root's created_at, which is the FIFO key of the child's tasks (a child of an old workflow is
+    # served before a newer root). All NULL for a root workflow, whose FIFO key is created_at.
+    Column("parent_id", String(ID_LENGTH)),
+    Column("parent_step", Integer),
+    Column("root_created_at", BigInteger),
     UniqueConstraint("idempotency_key"),
     Index(None, "created_at"),
     Index(None, "status", "created_at"),
     Index(None, "name", "created_at"),
     Index(None, "name", "status"),
+    # A parent's children (cancelled with it, listed by get); roots are left out.
+    Index(
+        f"{PREFIX}ix_workflows_parent_id",
+        "parent_id",
+        postgresql_where=text("parent_id IS NOT NULL"),
+        sqlite_where=text("parent_id IS NOT NULL"),
+    ),
 )
+
+#: The FIFO key of a workflow's tasks and replays: its root's creation time.
+FIFO_KEY = func.coalesce(workflows.c.root_created_at, workflows.c.created_at)
 
 #: The journal: one row per step a workflow took, numbered from 0.
 steps = Table(

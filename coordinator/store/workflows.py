@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from conveyor.errors import FailedPrecondition, InvalidArgument, NotFound
 from ..clock import CreationClock
 from ..model import StepKind, StepStatus, WorkflowStatus
 from ..shards import shard_for
+from .children import ChildLink, Children
 from .journal import cancel_workflows
 from .schema import replay_queue, steps, workflow_counts, workflows
 
@@ -65,6 +67,9 @@ class WorkflowRecord:
     completed_at: int | None
     step_count: int
     steps: tuple[StepRecord, ...] = ()
+    parent_id: str | None = None
+    parent_step: int | None = None
+    children: tuple[ChildLink, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ _workflow_columns = (
     workflows.c.created_at,
     workflows.c.completed_at,
     workflows.c.step_count,
+    workflows.c.parent_id,
+    workflows.c.parent_step,
 )
 
 
@@ -120,6 +127,8 @@ def _workflow_record(row: object, step_records: tuple[StepRecord, ...] = ()) -> 
         completed_at=r.completed_at,  # type: ignore[attr-defined]
         step_count=r.step_count,  # type: ignore[attr-defined]
         steps=step_records,
+        parent_id=r.parent_id,  # type: ignore[attr-defined]
+        parent_step=r.parent_step,  # type: ignore[attr-defined]
     )
 
 
@@ -242,7 +251,10 @@ class Workflows:
                     select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
                 )
             )
-        return _workflow_record(row, step_records)
+        record = _workflow_record(row, step_records)
+        if include_steps:
+            record = dataclasses.replace(record, children=tuple(Children.of(connection, workflow_id)))
+        return record
 
     def list(
         self,
