@@ -208,6 +208,23 @@ def add_commands(subparsers: Any) -> None:
     explain.add_argument("workflow_id")
     _common(explain)
 
+    signal = _command(
+        subparsers,
+        "signal",
+        "send a signal to a running workflow",
+        "Send a signal to a running workflow: its next ctx.wait_for_signal(NAME) returns the payload. "
+        "Signals sent before the workflow waits are buffered and delivered in the order sent.",
+        'conveyor signal 3f2a9c... approval --payload \'{"approved": true, "by": "ana"}\'',
+        Command(SignalArgs.parse, _signal),
+    )
+    signal.add_argument("workflow_id")
+    signal.add_argument("name", help="the signal name the workflow waits for")
+    signal.add_argument("--payload", default="null", help="any JSON value (default null)")
+    signal.add_argument(
+        "--idempotency-key", default="", help="a repeated send with the same key stores the signal once"
+    )
+    _common(signal)
+
     cancel = _command(
         subparsers,
         "cancel",
@@ -447,6 +464,18 @@ class ExplainArgs:
     @classmethod
     def parse(cls, args: argparse.Namespace) -> ExplainArgs:
         return cls(args.workflow_id)
+
+
+@dataclass(frozen=True)
+class SignalArgs:
+    workflow_id: str
+    name: str
+    payload: str
+    idempotency_key: str
+
+    @classmethod
+    def parse(cls, args: argparse.Namespace) -> SignalArgs:
+        return cls(args.workflow_id, args.name, args.payload, args.idempotency_key)
 
 
 @dataclass(frozen=True)
@@ -697,6 +726,21 @@ async def _wait(client: AsyncClient, args: WaitArgs, output: Output) -> int | No
 
 async def _explain(client: AsyncClient, args: ExplainArgs, output: Output) -> int | None:
     output.explanation(await client.explain_workflow(args.workflow_id))
+    return None
+
+
+async def _signal(client: AsyncClient, args: SignalArgs, output: Output) -> int | None:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as error:
+        return _usage(
+            f"--payload is not JSON ({error}); quote it for the shell, e.g. --payload '{{\"ok\": true}}'"
+        )
+    output.signal_sent(
+        await client.signal_workflow(
+            args.workflow_id, args.name, payload, idempotency_key=args.idempotency_key
+        )
+    )
     return None
 
 

@@ -34,7 +34,7 @@ from conveyor.v1 import (
     workflow_service_pb2_grpc,
 )
 
-from .models import BulkCancel, Explanation, Purge, Started, WatchEvent, Workflow, WorkflowStatus
+from .models import BulkCancel, Explanation, Purge, SignalSent, Started, WatchEvent, Workflow, WorkflowStatus
 
 T = TypeVar("T")
 
@@ -266,6 +266,23 @@ class AsyncClient:
             workflow_service_pb2.CancelWorkflowRequest(workflow_id=workflow_id, reason=reason),
         )
         return Workflow.from_wire(response.workflow)
+
+    async def signal_workflow(
+        self, workflow_id: str, name: str, payload: Any = None, *, idempotency_key: str = ""
+    ) -> SignalSent:
+        """Send signal ``name`` with a JSON ``payload``: the workflow's next
+        ``ctx.wait_for_signal(name)`` returns it (buffered until then). With ``idempotency_key``,
+        a retried call stores the signal once."""
+        response = await self._call(
+            self._workflows.SignalWorkflow,
+            workflow_service_pb2.SignalWorkflowRequest(
+                workflow_id=workflow_id,
+                name=name,
+                payload_json=json.dumps(payload),
+                idempotency_key=idempotency_key,
+            ),
+        )
+        return SignalSent(workflow_id, name, response.delivered, response.duplicate)
 
     async def explain_workflow(self, workflow_id: str) -> Explanation:
         """Why the workflow is where it is: a summary in words, and what each running step waits for."""

@@ -101,6 +101,11 @@ class Workflow:
     completed_at: datetime | None
     step_count: int
     steps: tuple[Step, ...]
+    #: For a child workflow: its parent, and the parent's step waiting for it ("" / 0 for a root).
+    parent_workflow_id: str = ""
+    parent_step_number: int = 0
+    #: With steps: the children it started, in order.
+    children: tuple[ChildWorkflow, ...] = ()
 
     @classmethod
     def from_wire(cls, workflow: workflow_service_pb2.Workflow) -> Workflow:
@@ -117,6 +122,12 @@ class Workflow:
             completed_at=_time(workflow.completed_at),
             step_count=workflow.step_count,
             steps=tuple(Step.from_wire(step) for step in workflow.steps),
+            parent_workflow_id=workflow.parent_workflow_id,
+            parent_step_number=workflow.parent_step_number,
+            children=tuple(
+                ChildWorkflow(c.workflow_id, c.name, WorkflowStatus.from_wire(c.status), c.parent_step_number)
+                for c in workflow.children
+            ),
         )
 
     @property
@@ -148,9 +159,29 @@ class WatchEvent:
 
 
 @dataclass(frozen=True)
+class ChildWorkflow:
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    parent_step_number: int
+
+
+@dataclass(frozen=True)
 class Started:
     workflow_id: str
     already_existed: bool
+
+
+@dataclass(frozen=True)
+class SignalSent:
+    """What SignalWorkflow did with a signal."""
+
+    workflow_id: str
+    name: str
+    #: A waiting ``ctx.wait_for_signal`` took it at once; otherwise it is buffered for the next wait.
+    delivered: bool
+    #: The idempotency key matched an earlier signal: nothing new was stored.
+    duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -162,7 +193,7 @@ class StepExplanation:
     kind: str
     #: "llm" or the handler kind; empty for sleeps.
     task_kind: str
-    #: queued, no_executor, running, executor_lost, retry_backoff, rate_limited or sleeping.
+    #: queued, no_executor, running, executor_lost, retry_backoff, rate_limited, sleeping or signal.
     wait: str
     text: str
     shard: int

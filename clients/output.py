@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToDict
 
 from conveyor.v1 import admin_service_pb2
 
-from .models import BulkCancel, Explanation, Purge, Started, Workflow, WorkflowStatus
+from .models import BulkCancel, Explanation, Purge, SignalSent, Started, Workflow, WorkflowStatus
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -75,6 +75,7 @@ class Output(Protocol):
     def workflows(self, workflows: Sequence[Workflow]) -> None: ...
     def counts(self, by_status: Mapping[WorkflowStatus, int]) -> None: ...
     def explanation(self, explanation: Explanation) -> None: ...
+    def signal_sent(self, sent: SignalSent) -> None: ...
     def bulk_cancel(self, outcome: BulkCancel, *, dry_run: bool) -> None: ...
     def purge(self, outcome: Purge, *, dry_run: bool) -> None: ...
     def failed_tasks(self, failed: int) -> None: ...
@@ -111,6 +112,9 @@ class JsonOutput:
 
     def explanation(self, explanation: Explanation) -> None:
         print_json(explanation)
+
+    def signal_sent(self, sent: SignalSent) -> None:
+        print_json(sent)
 
     def bulk_cancel(self, outcome: BulkCancel, *, dry_run: bool) -> None:
         print_json({**asdict(outcome), "dry_run": dry_run})
@@ -168,6 +172,17 @@ class TableOutput:
 
     def explanation(self, explanation: Explanation) -> None:
         self._render.explanation(self._console(), explanation)
+
+    def signal_sent(self, sent: SignalSent) -> None:
+        if sent.duplicate:
+            print(f"signal {sent.name!r} was already sent with this idempotency key; nothing new sent")
+        elif sent.delivered:
+            print(f"signal {sent.name!r} delivered: workflow {sent.workflow_id} was waiting for it")
+        else:
+            print(
+                f"signal {sent.name!r} buffered: workflow {sent.workflow_id} gets it at its next "
+                f"wait_for_signal({sent.name!r})"
+            )
 
     def bulk_cancel(self, outcome: BulkCancel, *, dry_run: bool) -> None:
         verb = "would cancel" if dry_run else "cancelled"

@@ -85,6 +85,22 @@ def workflow(console: Console, workflow: Workflow) -> None:
         )
     if workflow.steps:
         console.print(table)
+    if workflow.parent_workflow_id:
+        console.print(
+            f"child of {workflow.parent_workflow_id} (its step {workflow.parent_step_number})",
+            markup=False,
+            highlight=False,
+        )
+    if workflow.children:
+        console.print(f"children ({len(workflow.children)}):", markup=False, highlight=False)
+        for child in workflow.children[:50]:
+            console.print(
+                f"  step {child.parent_step_number}: {child.workflow_id} {child.name} {child.status.value}",
+                markup=False,
+                highlight=False,
+            )
+        if len(workflow.children) > 50:
+            console.print(f"  ... and {len(workflow.children) - 50} more", markup=False, highlight=False)
 
 
 def workflow_list(console: Console, workflows: Iterable[Workflow]) -> int:

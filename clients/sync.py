@@ -103,6 +103,7 @@ class Client:
     count_workflows = _blocking(AsyncClient.count_workflows)
     cancel_workflow = _blocking(AsyncClient.cancel_workflow)
     explain_workflow = _blocking(AsyncClient.explain_workflow)
+    signal_workflow = _blocking(AsyncClient.signal_workflow)
     wait = _blocking(AsyncClient.wait)
     watch_workflow = _blocking_iterator(AsyncClient.watch_workflow)
 

@@ -5,11 +5,13 @@ by executors), plus the error types. Clients live in :mod:`conveyor.client`.
 """
 
 from .errors import (
+    ChildWorkflowFailed,
     ConfigurationError,
     ConveyorError,
     NonDeterminismError,
     PermanentTaskError,
     RpcError,
+    SignalTimeout,
     StepFailed,
     TaskError,
     TaskRateLimited,
@@ -31,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_LLM_RETRY",
     "DEFAULT_TASK_RETRY",
+    "ChildWorkflowFailed",
     "ConfigurationError",
     "ConveyorError",
     "HandlerRegistry",
@@ -39,6 +42,7 @@ __all__ = [
     "PermanentTaskError",
     "RetryPolicy",
     "RpcError",
+    "SignalTimeout",
     "StepFailed",
     "TaskContext",
     "TaskError",

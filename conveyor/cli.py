@@ -21,6 +21,7 @@ processes:
   conveyor coordinator   the gRPC server: database, workflow replay, FIFO queue
   conveyor executor      a worker that runs LLM calls and task handlers
   conveyor simulator     an Anthropic Messages API simulator (tests, demo, benchmarks)
+  conveyor replay-check  replay stored journals against new workflow code, before a deploy
 
 clients (against --coordinator, default 127.0.0.1:50051):
   conveyor start NAME --args JSON      start a workflow, print its id (--args @FILE, - for stdin)
@@ -49,6 +50,13 @@ PROCESSES = (
     ("coordinator", "conveyor.coordinator.cli", "coordinator", "run the coordinator", None),
     ("executor", "conveyor.executor.cli", "executor", "run an executor", None),
     ("simulator", "conveyor.testing.simulator.cli", "testing", "run the Anthropic API simulator", None),
+    (
+        "replay-check",
+        "conveyor.coordinator.replay_check_cli",
+        "coordinator",
+        "replay stored journals against new workflow code (before a deploy)",
+        None,
+    ),
 )
 #: Top-level modules that come with the extras (pyproject.toml's optional dependencies).
 EXTRAS_MODULES = frozenset(

@@ -179,6 +179,31 @@ class StepFailed(WorkflowError):
         self.error = error
 
 
+class ChildWorkflowFailed(StepFailed):
+    """A child workflow (``ctx.child`` / ``ctx.start_child``) failed or was cancelled.
+
+    Raised where the parent awaits the child; the parent may catch it (it is a
+    :class:`StepFailed`). ``child_workflow_id`` names the child for ``conveyor get``.
+    """
+
+    def __init__(self, step_number: int, step_name: str, error: str, child_workflow_id: str) -> None:
+        super().__init__(step_number, step_name, error)
+        self.child_workflow_id = child_workflow_id
+
+
+class SignalTimeout(WorkflowError):
+    """No signal of the awaited name arrived within ``ctx.wait_for_signal``'s timeout.
+
+    Workflow code may catch it (escalate, remind, give up politely); uncaught, it fails the
+    workflow. The step stays in the journal as failed, so replay raises it at the same point.
+    """
+
+    def __init__(self, step_number: int, signal_name: str, error: str) -> None:
+        super().__init__(f"step {step_number}: {error}")
+        self.step_number = step_number
+        self.signal_name = signal_name
+
+
 class NonDeterminismError(WorkflowError):
     """Replaying the workflow asked for a different step than its journal records.
 
@@ -186,6 +211,11 @@ class NonDeterminismError(WorkflowError):
     step results (wall-clock time, randomness, I/O). The workflow is failed; catching
     this inside the workflow does not save it.
     """
+
+    def __init__(self, message: str, step_number: int | None = None) -> None:
+        super().__init__(message)
+        #: The journal position where the code and the journal first disagree.
+        self.step_number = step_number
 
 
 class TaskError(ConveyorError):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -125,6 +125,15 @@ class LlmResponse:
         return Message.model_validate(self.raw)
 
 
+class ChildHandle(Protocol):
+    """A started child workflow: ``await handle`` for its result (or ``ChildWorkflowFailed``)."""
+
+    @property
+    def workflow_id(self) -> str: ...
+
+    def __await__(self) -> Generator[Any, None, Any]: ...
+
+
 class WorkflowContext(Protocol):
     """What a workflow can do. Every method except the properties is a journal entry."""
 
@@ -167,6 +176,48 @@ class WorkflowContext(Protocol):
 
     async def sleep(self, seconds: float, *, name: str = "sleep") -> None:
         """A durable timer: survives coordinator restarts, costs no executor slot."""
+        ...
+
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        """Wait for the next signal ``name`` sent to this workflow (``SignalWorkflow``); return its payload.
+
+        Signals are durable and buffered: one sent before the workflow waits is kept and
+        delivered, in the order sent, to the next waits for that name. With ``timeout``
+        (seconds), raises :class:`~conveyor.errors.SignalTimeout` when none arrives in time.
+        """
+        ...
+
+    async def child(self, workflow: str, args: Any = None, *, name: str | None = None) -> Any:
+        """Run workflow ``workflow`` with ``args`` as a child and return its result.
+
+        The child is a workflow of its own (own journal, shown by ``conveyor get``) that keeps
+        its root's place in the FIFO queue. Raises :class:`~conveyor.errors.ChildWorkflowFailed`
+        when it fails or is cancelled. ``name`` names the step (default: the workflow name).
+        """
+        ...
+
+    def start_child(self, workflow: str, args: Any = None, *, name: str | None = None) -> ChildHandle:
+        """Start a child workflow without waiting for it; ``await handle`` later for its result.
+
+        Children still running when the parent finishes are cancelled with it.
+        """
+        ...
+
+    def patched(self, change_id: str) -> bool:
+        """Whether this run takes the new code path of change ``change_id`` (safe code changes).
+
+        True where the workflow reaches this call for the first time on code that has it (a
+        marker is journaled there); False when replaying a journal recorded by older code at
+        this point, so workflows in flight keep their old path::
+
+            if ctx.patched("shorter-prompt"):
+                reply = await ctx.llm(model=MODEL, messages=short, max_tokens=300)
+            else:
+                reply = await ctx.llm(model=MODEL, messages=long, max_tokens=300)
+
+        Remove the old branch (keep ``patched``) once no workflow started before the change
+        is running; remove the call itself only once none started before *that* deploy runs.
+        """
         ...
 
     def now(self) -> datetime:

@@ -28,7 +28,7 @@ from .observer import EngineObserver
 from .replay_runner import ReplayRunner
 from .reports import CoordinatorStats
 from .sessions import ExecutorSession, SessionRegistry, SessionState
-from .store import Database, ReplayQueue, TaskQueue, Timers, Workflows, Writer, deadlines
+from .store import Database, ReplayQueue, Signals, TaskQueue, Timers, Workflows, Writer, deadlines
 from .store.deadlines import Claim
 from .store.reader import Reader
 from .watch import WatchHub
@@ -56,6 +56,7 @@ class EngineContext:
         queue: TaskQueue,
         replays: ReplayQueue,
         timers: Timers,
+        signals: Signals,
         sessions: SessionRegistry,
         writer: Writer,
         reader: Reader,
@@ -73,6 +74,7 @@ class EngineContext:
         self.queue = queue
         self.replays = replays
         self.timers = timers
+        self.signals = signals
         self.sessions = sessions
         self.writer = writer
         self.reader = reader

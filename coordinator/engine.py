@@ -50,11 +50,14 @@ from .reports import CoordinatorStats, DiagnoseReport, ExecutorView
 from .retention import PurgeOutcome, Retention
 from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import (
+    Children,
     Database,
     Disposition,
     ExecutorRecords,
     ReplayQueue,
     ReportedResult,
+    Signals,
+    SignalSent,
     Started,
     TaskQueue,
     Timers,
@@ -181,6 +184,8 @@ class Coordinator:
             await asyncio.to_thread(self.database.record_holder, self.lock)
         facts = await asyncio.to_thread(self.database.open_cluster, self.config.shards)
         dialect = self.database.dialect
+        # One clock for roots and children: creation times stay unique (list pages key on them).
+        clock = CreationClock(facts.last_created_at)
         writer = Writer(
             self.database.writer,
             group_commit_window=self.config.group_commit_window,
@@ -196,15 +201,21 @@ class Coordinator:
             observer=self.metrics,
             epoch=facts.epoch,
             shard_count=facts.shard_count,
-            workflows=Workflows(facts.shard_count, CreationClock(facts.last_created_at)),
+            workflows=Workflows(facts.shard_count, clock),
             queue=TaskQueue(
                 dialect,
                 order=self.config.claim_order,
                 shard_count=facts.shard_count,
                 deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
             ),
-            replays=ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes),
+            replays=ReplayQueue(
+                dialect,
+                self.registry,
+                Children(facts.shard_count, clock),
+                max_payload_bytes=self.config.max_payload_bytes,
+            ),
             timers=Timers(dialect),
+            signals=Signals(dialect),
             sessions=SessionRegistry(facts.shard_count),
             writer=writer,
             reader=Reader(self.database, retry_deadline=self.config.database_retry_deadline),
@@ -397,6 +408,11 @@ class Coordinator:
         """The workflow's snapshot, then its changes until it finishes (see :mod:`.watch`)."""
         validation.identifier(workflow_id, "workflow_id")
         return self._ctx.watches.watch(workflow_id)
+
+    async def signal_workflow(
+        self, workflow_id: str, name: str, payload_json: str, idempotency_key: str
+    ) -> SignalSent:
+        return await self.workflow_api.signal_workflow(workflow_id, name, payload_json, idempotency_key)
 
     def executor_presences(self) -> list[explain.ExecutorPresence]:
         return self.workflow_api.executor_presences()

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from . import retries
 from .clock import to_datetime
-from .model import StepKind, WorkflowStatus
+from .model import StepKind, WorkflowStatus, child_workflow_id
 from .store.inspection import StepInProgress, WorkflowFacts
 from .store.workflows import WorkflowRecord
 
@@ -41,6 +41,8 @@ class Wait(StrEnum):
     RETRY_BACKOFF = "retry_backoff"
     RATE_LIMITED = "rate_limited"
     SLEEPING = "sleeping"
+    SIGNAL = "signal"
+    CHILD = "child"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,9 @@ def explain(
     """The verdict on ``facts``, given the executors connected ``now``."""
     workflow = facts.workflow
     by_id = {presence.executor_id: presence for presence in executors}
-    steps = tuple(_explain_step(step, executors, by_id, now, lease_ttl) for step in facts.in_progress)
+    steps = tuple(
+        _explain_step(facts.workflow.id, step, executors, by_id, now, lease_ttl) for step in facts.in_progress
+    )
     if workflow.status is not WorkflowStatus.RUNNING:
         situation, summary = Situation.FINISHED, _finished(workflow)
     elif steps:
@@ -143,6 +147,7 @@ def _finished(workflow: WorkflowRecord) -> str:
 
 
 def _explain_step(
+    workflow_id: str,
     step: StepInProgress,
     executors: Sequence[ExecutorPresence],
     by_id: dict[str, ExecutorPresence],
@@ -165,6 +170,34 @@ def _explain_step(
             Wait.SLEEPING,
             f"{title} sleeps {due}",
             available_at=wake_at,
+        )
+    if step.kind is StepKind.SIGNAL:
+        deadline = ""
+        if step.wake_at is not None:
+            deadline = (
+                f"; it times out at {_clock(step.wake_at)} (in {_seconds((step.wake_at - now) / 1e6)})"
+                if step.wake_at > now
+                else "; its timeout has passed and the coordinator fires it shortly"
+            )
+        return StepExplanation(
+            step.number,
+            step.name,
+            step.kind,
+            "",
+            Wait.SIGNAL,
+            f"{title} is waiting for signal `{step.name}` since {_clock(step.created_at)}{deadline}; "
+            f"send it with `conveyor signal WORKFLOW_ID {step.name} --payload JSON`",
+            available_at=step.wake_at,
+        )
+    if step.kind is StepKind.CHILD:
+        child = child_workflow_id(workflow_id, step.number)
+        return StepExplanation(
+            step.number,
+            step.name,
+            step.kind,
+            "",
+            Wait.CHILD,
+            f"{title} waits for child workflow {child} (`conveyor explain {child}` says why it is not done)",
         )
     task = step.task
     if task is None:

@@ -33,6 +33,9 @@ class StepKind(StrEnum):
     SLEEP = "sleep"
     NOW = "now"
     RANDOM = "random"
+    SIGNAL = "signal"
+    PATCH = "patch"
+    CHILD = "child"
 
 
 class ClaimOrder(StrEnum):
@@ -57,6 +60,15 @@ LLM_TASK_KIND = "llm"
 
 #: Step kinds that become tasks in the queue, run by executors.
 EXECUTOR_STEP_KINDS = frozenset({StepKind.LLM, StepKind.TASK})
+
+
+def child_workflow_id(parent_id: str, step_number: int) -> str:
+    """The id of the child workflow started at ``step_number`` of ``parent_id``.
+
+    Derived, not random, so that replay knows it without reading anything (``handle.workflow_id``)
+    and a replayed start can never create a second child. 32 hex digits, like a started workflow's.
+    """
+    return hashlib.sha256(f"{parent_id}/{step_number}".encode()).hexdigest()[:32]
 
 
 def canonical_json(value: Any) -> str:

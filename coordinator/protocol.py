@@ -36,6 +36,9 @@ STEP_KIND_TO_WIRE = {
     StepKind.SLEEP: common_pb2.STEP_KIND_SLEEP,
     StepKind.NOW: common_pb2.STEP_KIND_NOW,
     StepKind.RANDOM: common_pb2.STEP_KIND_RANDOM,
+    StepKind.SIGNAL: common_pb2.STEP_KIND_SIGNAL,
+    StepKind.PATCH: common_pb2.STEP_KIND_PATCH,
+    StepKind.CHILD: common_pb2.STEP_KIND_CHILD,
 }
 
 ERROR_CLASS_FROM_WIRE = {
@@ -108,6 +111,17 @@ def workflow_to_wire(record: WorkflowRecord) -> workflow_service_pb2.Workflow:
         completed_at=timestamp(record.completed_at),
         step_count=record.step_count,
         steps=[step_to_wire(step) for step in record.steps],
+        parent_workflow_id=record.parent_id or "",
+        parent_step_number=record.parent_step or 0,
+        children=[
+            workflow_service_pb2.ChildWorkflow(
+                workflow_id=child.workflow_id,
+                name=child.name,
+                status=WORKFLOW_STATUS_TO_WIRE[child.status],
+                parent_step_number=child.parent_step,
+            )
+            for child in record.children
+        ],
     )
 
 

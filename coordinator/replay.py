@@ -34,12 +34,12 @@ import contextlib
 import contextvars
 import random
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
-from conveyor.errors import NonDeterminismError, StepFailed, WorkflowError
+from conveyor.errors import ChildWorkflowFailed, NonDeterminismError, SignalTimeout, StepFailed, WorkflowError
 from conveyor.workflow import (
     DEFAULT_LLM_RETRY,
     DEFAULT_TASK_RETRY,
@@ -47,11 +47,20 @@ from conveyor.workflow import (
     LlmResponse,
     RetryPolicy,
     WorkflowDefinition,
+    WorkflowRegistry,
 )
 
 from . import validation
 from .clock import seconds_to_us, to_datetime
-from .model import LLM_TASK_KIND, StepKind, StepStatus, WorkflowStatus, canonical_digest, canonical_json
+from .model import (
+    LLM_TASK_KIND,
+    StepKind,
+    StepStatus,
+    WorkflowStatus,
+    canonical_digest,
+    canonical_json,
+    child_workflow_id,
+)
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -61,6 +70,8 @@ MAX_STEPS_PER_WORKFLOW = 10_000
 #: Bounds the ready callbacks one replay may run, so an ``async`` busy loop in
 #: workflow code fails its workflow instead of stalling the coordinator.
 MAX_CALLBACKS_PER_REPLAY = 1_000_000
+#: Steps complete the moment they are taken: replay resolves them on the spot, not in a wave.
+RESOLVED_AT_ONCE = frozenset({StepKind.NOW, StepKind.RANDOM, StepKind.PATCH})
 #: Recorded errors keep the end of the traceback, where the cause usually is.
 MAX_ERROR_CHARS = 4_000
 
@@ -105,6 +116,9 @@ class NewStep:
     wake_at_us: int | None = None
     #: ``now`` / ``random`` steps are complete the moment they are taken.
     result_json: str | None = None
+    #: A child step's workflow: its name and canonical arguments (its id is derived from the step).
+    child_workflow: str | None = None
+    child_args_json: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,8 @@ class ReplayOutcome:
     new_steps: tuple[NewStep, ...] = ()
     result_json: str | None = None
     error: str | None = None
+    #: Set when the workflow failed because code and journal disagree: the first step they differ at.
+    nondeterministic_step: int | None = None
 
 
 class _ReplaySealed(BaseException):
@@ -229,6 +245,17 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         pass
 
 
+class _ChildHandle:
+    """What ``ctx.start_child`` returns: the child's id now, its result when awaited."""
+
+    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
+        self.workflow_id = workflow_id
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._future.__await__()
+
+
 class _ReplayContext:
     """The ``WorkflowContext`` handed to workflow code during replay."""
 
@@ -240,8 +267,10 @@ class _ReplayContext:
         journal: Sequence[JournalEntry],
         now_us: int,
         rng: random.Random,
+        workflows: WorkflowRegistry | None = None,
     ) -> None:
         self._loop = loop
+        self._workflows = workflows
         self._workflow_id = workflow_id
         self._workflow_name = workflow_name
         self._journal = journal
@@ -339,6 +368,79 @@ class _ReplayContext:
             lambda _result: None,
         )
 
+    async def wait_for_signal(self, name: str, *, timeout: float | None = None) -> Any:
+        validation.step_name(name, "signal name")
+        if timeout is not None:
+            _duration(timeout, "signal timeout", allow_zero=False)
+        args_json = _json_arguments("ctx.wait_for_signal()", {"timeout": timeout})
+        return await self._take_step(
+            StepKind.SIGNAL,
+            name,
+            args_json,
+            lambda number: NewStep(
+                number,
+                StepKind.SIGNAL,
+                name,
+                args_json,
+                wake_at_us=None if timeout is None else self._now_us + seconds_to_us(timeout),
+            ),
+            _loads,
+        )
+
+    async def child(self, workflow: str, args: Any = None, *, name: str | None = None) -> Any:
+        return await self.start_child(workflow, args, name=name)
+
+    def start_child(self, workflow: str, args: Any = None, *, name: str | None = None) -> _ChildHandle:
+        step_name = name or workflow
+        child_args = [] if args is None else args
+        if not isinstance(child_args, list | dict):
+            raise TypeError(
+                f"ctx.start_child() arguments must be a dict (keyword) or list (positional), not "
+                f"{type(child_args).__name__}"
+            )
+        if self._workflows is not None:
+            definition = self._workflows.get(workflow)
+            if definition is None:
+                known = ", ".join(self._workflows.names()) or "none"
+                raise ValueError(f"ctx.start_child(): no workflow named {workflow!r} is registered ({known})")
+            definition.check_arguments(child_args)  # TypeError in the parent, before anything starts
+        child_args_json = _json_arguments("ctx.start_child()", child_args)
+        args_json = _json_arguments("ctx.start_child()", {"workflow": workflow, "args": child_args})
+        future = self._take_step(
+            StepKind.CHILD,
+            step_name,
+            args_json,
+            lambda number: NewStep(
+                number,
+                StepKind.CHILD,
+                step_name,
+                args_json,
+                child_workflow=workflow,
+                child_args_json=child_args_json,
+            ),
+            _loads,
+        )
+        return _ChildHandle(child_workflow_id(self._workflow_id, self._cursor - 1), future)
+
+    def patched(self, change_id: str) -> bool:
+        if self.sealed:
+            raise _ReplaySealed()
+        validation.step_name(change_id, "patch id")
+        if self._cursor < len(self._journal):
+            # Replaying: the code that recorded this journal took the new path here only if it
+            # journaled the marker here. Otherwise it is older code: no position is taken.
+            entry = self._journal[self._cursor]
+            if not (entry.kind is StepKind.PATCH and entry.name == change_id):
+                return False
+        future = self._take_step(
+            StepKind.PATCH,
+            change_id,
+            "null",
+            lambda number: NewStep(number, StepKind.PATCH, change_id, "null", result_json="true"),
+            lambda _result: True,
+        )
+        return future.result()
+
     def now(self) -> datetime:
         future = self._take_step(
             StepKind.NOW,
@@ -384,17 +486,17 @@ class _ReplayContext:
         if number < len(self._journal):
             entry = self._journal[number]
             if (entry.kind, entry.name) != (kind, name) or not entry.was_called_with(args_json):
-                error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json))
+                error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json), entry.number)
                 self.fatal_error = self.fatal_error or error
                 raise error
-            if entry.status is StepStatus.COMPLETED and kind in (StepKind.NOW, StepKind.RANDOM):
+            if entry.status is StepStatus.COMPLETED and kind in RESOLVED_AT_ONCE:
                 # Taken and resolved on the spot the first time: the same now.
                 future.set_result(decode(entry.result_json or "null"))
             elif entry.status is StepStatus.COMPLETED:
                 result_json = entry.result_json or "null"
                 self._deferred.append(lambda: _settle(future, lambda: decode(result_json)))
             elif entry.status in (StepStatus.FAILED, StepStatus.CANCELLED):
-                failure = StepFailed(number, name, entry.error or entry.status.value)
+                failure = _failure(entry, self._workflow_id)
                 self._deferred.append(lambda: _settle_failed(future, failure))
             else:
                 self.waiting = True
@@ -416,12 +518,15 @@ def replay(
     *,
     now_us: int,
     rng: random.Random | None = None,
+    workflows: WorkflowRegistry | None = None,
 ) -> ReplayOutcome:
     """Run ``definition`` over ``journal`` until it finishes or waits; see the module doc."""
     # typeshed marks every AbstractEventLoop method abstract; at run time they merely raise
     # NotImplementedError, which is what replay wants for everything it does not support.
     loop = _ReplayLoop()  # type: ignore[abstract]
-    ctx = _ReplayContext(loop, workflow_id, definition.name, journal, now_us, rng or random.Random())
+    ctx = _ReplayContext(
+        loop, workflow_id, definition.name, journal, now_us, rng or random.Random(), workflows
+    )
     try:
         coroutine = (
             definition.function(ctx, **args) if isinstance(args, dict) else definition.function(ctx, *args)
@@ -449,10 +554,15 @@ def replay(
 
 
 def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[JournalEntry]) -> ReplayOutcome:
+    if isinstance(ctx.fatal_error, NonDeterminismError):
+        return _failed(str(ctx.fatal_error), nondeterministic_step=ctx.fatal_error.step_number)
     if ctx.fatal_error is not None:
         return _failed(str(ctx.fatal_error))
     if ctx.cursor < len(journal):
-        return _failed(_unconsumed_message(journal, ctx.cursor, finished=main.done()))
+        return _failed(
+            _unconsumed_message(journal, ctx.cursor, finished=main.done()),
+            nondeterministic_step=journal[ctx.cursor].number,
+        )
     if main.done():
         # A finished workflow starts nothing more, but the ctx.now()/ctx.random() values
         # its last run took may be in its result or error: journal them too.
@@ -499,7 +609,19 @@ def _settle(future: asyncio.Future[T], decode: Callable[[], T]) -> None:
         future.set_exception(error)
 
 
-def _settle_failed(future: asyncio.Future[Any], failure: StepFailed) -> None:
+def _failure(entry: JournalEntry, workflow_id: str) -> WorkflowError:
+    """The exception a failed or cancelled step raises where the workflow awaits it."""
+    error = entry.error or entry.status.value
+    if entry.kind is StepKind.SIGNAL and entry.status is StepStatus.FAILED:
+        return SignalTimeout(entry.number, entry.name, error)
+    if entry.kind is StepKind.CHILD:
+        return ChildWorkflowFailed(
+            entry.number, entry.name, error, child_workflow_id(workflow_id, entry.number)
+        )
+    return StepFailed(entry.number, entry.name, error)
+
+
+def _settle_failed(future: asyncio.Future[Any], failure: WorkflowError) -> None:
     if not future.done():
         future.set_exception(failure)
 
@@ -543,9 +665,14 @@ def _step_timeout(timeout: float | None) -> None:
         _duration(timeout, "step timeout", allow_zero=False)
 
 
-def _failed(error: str, new_steps: tuple[NewStep, ...] = ()) -> ReplayOutcome:
+def _failed(
+    error: str, new_steps: tuple[NewStep, ...] = (), *, nondeterministic_step: int | None = None
+) -> ReplayOutcome:
     return ReplayOutcome(
-        WorkflowStatus.FAILED, new_steps=new_steps, error=validation.storable_text(error[-MAX_ERROR_CHARS:])
+        WorkflowStatus.FAILED,
+        new_steps=new_steps,
+        error=validation.storable_text(error[-MAX_ERROR_CHARS:]),
+        nondeterministic_step=nondeterministic_step,
     )
 
 

@@ -36,7 +36,7 @@ class ReplayService:
                 self.ctx.wake_holders(outcome.task_shards)
                 self.ctx.timer_alarm.request(outcome.next_wake_at)
                 if outcome.taken + outcome.left < limit:
-                    if outcome.left:
+                    if outcome.left or outcome.requeued:
                         self.ctx.replay_needed.set()  # changed while replaying: replay the new state
                     break
 

@@ -112,29 +112,43 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def json_value(text: str, field: str, limit: int) -> str:
+    """Any JSON value a client sent (a signal's payload), in canonical JSON."""
+    payload_size(text, field, limit)
+    return _canonical(_decode(text, field), field)
+
+
 def _decode_arguments(args_json: str) -> list[Any] | dict[str, Any]:
     if not args_json.strip():
         return []
-    try:
-        args = loads(args_json)
-    except json.JSONDecodeError as error:
-        raise InvalidArgument(f"args_json is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InvalidArgument("args_json is nested too deeply to decode") from None
-    except ValueError as error:  # a huge integer, NaN, Infinity
-        raise InvalidArgument(f"args_json holds a value JSON cannot carry: {error}") from None
+    args = _decode(args_json, "args_json")
     if not isinstance(args, dict | list):
         raise InvalidArgument(
             "args_json must be a JSON object (keyword arguments) or array (positional arguments), "
             f"not {type(args).__name__}"
         )
-    try:
-        canonical_json(args)
-    except RecursionError:
-        raise InvalidArgument("args_json is nested too deeply to encode") from None
-    except ValueError as error:  # a lone surrogate: not text any database can store
-        raise InvalidArgument(f"args_json cannot be stored: {error}") from None
+    _canonical(args, "args_json")
     return args
+
+
+def _decode(text: str, field: str) -> Any:
+    try:
+        return loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidArgument(f"{field} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{field} is nested too deeply to decode") from None
+    except ValueError as error:  # a huge integer, NaN, Infinity
+        raise InvalidArgument(f"{field} holds a value JSON cannot carry: {error}") from None
+
+
+def _canonical(value: Any, field: str) -> str:
+    try:
+        return canonical_json(value)
+    except RecursionError:
+        raise InvalidArgument(f"{field} is nested too deeply to encode") from None
+    except ValueError as error:  # a lone surrogate: not text any database can store
+        raise InvalidArgument(f"{field} cannot be stored: {error}") from None
 
 
 def result_json(text: str, limit: int) -> str | None:

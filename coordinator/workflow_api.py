@@ -14,7 +14,7 @@ from .clock import now_us
 from .context import EngineContext
 from .model import WorkflowStatus
 from .sessions import SessionState
-from .store import Started, StartRequest, WorkflowRecord, Workflows, deadlines, inspection
+from .store import SignalSent, Started, StartRequest, WorkflowRecord, Workflows, deadlines, inspection
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,34 @@ class WorkflowApi:
         self.ctx.count_finished(WorkflowStatus.CANCELLED, 1)
         self.ctx.watches.changed([workflow_id])
         return record
+
+    async def signal_workflow(
+        self, workflow_id: str, name: str, payload_json: str, idempotency_key: str
+    ) -> SignalSent:
+        """Send a signal; the next ``ctx.wait_for_signal(name)`` of the workflow gets its payload."""
+        validation.identifier(workflow_id, "workflow_id")
+        try:
+            validation.step_name(name, "signal name")
+        except ValueError as error:  # what workflow code gets as ValueError, a client gets as a status
+            raise InvalidArgument(str(error)) from None
+        validation.identifier(idempotency_key, "idempotency_key", required=False)
+        payload = validation.json_value(
+            payload_json or "null", "payload_json", self.ctx.config.max_payload_bytes
+        )
+        sent = await self.ctx.write(
+            functools.partial(
+                self.ctx.signals.send,
+                workflow_id=workflow_id,
+                name=name,
+                payload_json=payload,
+                idempotency_key=idempotency_key or None,
+                now=now_us(),
+            ),
+            "signal",
+        )
+        if sent.delivered:
+            self.ctx.replay_needed.set()
+        return sent
 
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
         """Why the workflow is where it is (see :mod:`conveyor.coordinator.explain`)."""

@@ -96,6 +96,18 @@ class ConveyorClient {
     return this.workflows.StartWorkflow({ name, args_json: JSON.stringify(args), idempotency_key: idempotencyKey });
   }
 
+  // Send signal `name` to a running workflow: its next ctx.wait_for_signal(name) returns `payload`
+  // (buffered until then). Resolves to {delivered, duplicate}; FAILED_PRECONDITION once it finished.
+  signalWorkflow(workflowId, name, payload = null, { idempotencyKey = "" } = {}) {
+    return this.workflows.SignalWorkflow({
+      workflow_id: workflowId,
+      name,
+      payload_json: JSON.stringify(payload),
+      idempotency_key: idempotencyKey,
+    });
+  }
+
+
   // Follow a workflow (WatchWorkflow): `onEvent` gets each message ({kind, workflow, step}; kind
   // "WATCH_EVENT_KIND_SNAPSHOT" first, "WATCH_EVENT_KIND_WORKFLOW_FINISHED" last) and the promise
   // resolves to the finished Workflow. One stream, no retries: waitForWorkflow re-watches.

@@ -22,6 +22,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from conveyor.coordinator.replay_check import Replayer
+
     from .env import ConveyorTestEnv
     from .replies import ScriptExhausted, by_prompt, fixed, scripted
     from .simulator import MessagesRequest, Responder, SimulatorConfig
@@ -39,6 +41,7 @@ _EXPORTS = {
     "MessagesRequest": ".simulator",
     "Responder": ".simulator",
     "SimulatorConfig": ".simulator",
+    "Replayer": "conveyor.coordinator.replay_check",
 }
 
 
@@ -52,6 +55,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ConveyorTestEnv",
     "MessagesRequest",
+    "Replayer",
     "Responder",
     "ScriptExhausted",
     "SimulatorConfig",

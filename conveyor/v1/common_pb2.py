@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onveyor/v1/common.proto\x12\x0b\x63onveyor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\rShardSelector\x12\x0f\n\x05shard\x18\x01 \x01(\x05H\x00\x12\x14\n\nall_shards\x18\x02 \x01(\x08H\x00\x42\x08\n\x06target\"\xe1\x02\n\x04Step\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.conveyor.v1.StepKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.conveyor.v1.StepStatus\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\targs_json\x18\x06 \x01(\t\x12\x13\n\x0bresult_json\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65xecutor_id\x18\x0c \x01(\t*\xa8\x01\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STATUS_RUNNING\x10\x01\x12\x1d\n\x19WORKFLOW_STATUS_COMPLETED\x10\x02\x12\x1a\n\x16WORKFLOW_STATUS_FAILED\x10\x03\x12\x1d\n\x19WORKFLOW_STATUS_CANCELLED\x10\x04*\x8a\x01\n\x08StepKind\x12\x19\n\x15STEP_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rSTEP_KIND_LLM\x10\x01\x12\x12\n\x0eSTEP_KIND_TASK\x10\x02\x12\x13\n\x0fSTEP_KIND_SLEEP\x10\x03\x12\x11\n\rSTEP_KIND_NOW\x10\x04\x12\x14\n\x10STEP_KIND_RANDOM\x10\x05*\x90\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x01\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x02\x12\x16\n\x12STEP_STATUS_FAILED\x10\x03\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x04*\x81\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45RROR_CLASS_RETRYABLE\x10\x01\x12\x1d\n\x19\x45RROR_CLASS_NON_RETRYABLE\x10\x02\x12\x1c\n\x18\x45RROR_CLASS_RATE_LIMITED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63onveyor/v1/common.proto\x12\x0b\x63onveyor.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\rShardSelector\x12\x0f\n\x05shard\x18\x01 \x01(\x05H\x00\x12\x14\n\nall_shards\x18\x02 \x01(\x08H\x00\x42\x08\n\x06target\"\xe1\x02\n\x04Step\x12\x0e\n\x06number\x18\x01 \x01(\x05\x12#\n\x04kind\x18\x02 \x01(\x0e\x32\x15.conveyor.v1.StepKind\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\'\n\x06status\x18\x04 \x01(\x0e\x32\x17.conveyor.v1.StepStatus\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\x05\x12\x11\n\targs_json\x18\x06 \x01(\t\x12\x13\n\x0bresult_json\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x63ompleted_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65xecutor_id\x18\x0c \x01(\t*\xa8\x01\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17WORKFLOW_STATUS_RUNNING\x10\x01\x12\x1d\n\x19WORKFLOW_STATUS_COMPLETED\x10\x02\x12\x1a\n\x16WORKFLOW_STATUS_FAILED\x10\x03\x12\x1d\n\x19WORKFLOW_STATUS_CANCELLED\x10\x04*\xca\x01\n\x08StepKind\x12\x19\n\x15STEP_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rSTEP_KIND_LLM\x10\x01\x12\x12\n\x0eSTEP_KIND_TASK\x10\x02\x12\x13\n\x0fSTEP_KIND_SLEEP\x10\x03\x12\x11\n\rSTEP_KIND_NOW\x10\x04\x12\x14\n\x10STEP_KIND_RANDOM\x10\x05\x12\x14\n\x10STEP_KIND_SIGNAL\x10\x06\x12\x13\n\x0fSTEP_KIND_PATCH\x10\x07\x12\x13\n\x0fSTEP_KIND_CHILD\x10\x08*\x90\x01\n\nStepStatus\x12\x1b\n\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_STATUS_RUNNING\x10\x01\x12\x19\n\x15STEP_STATUS_COMPLETED\x10\x02\x12\x16\n\x12STEP_STATUS_FAILED\x10\x03\x12\x19\n\x15STEP_STATUS_CANCELLED\x10\x04*\x81\x01\n\nErrorClass\x12\x1b\n\x17\x45RROR_CLASS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45RROR_CLASS_RETRYABLE\x10\x01\x12\x1d\n\x19\x45RROR_CLASS_NON_RETRYABLE\x10\x02\x12\x1c\n\x18\x45RROR_CLASS_RATE_LIMITED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKFLOWSTATUS']._serialized_start=497
   _globals['_WORKFLOWSTATUS']._serialized_end=665
   _globals['_STEPKIND']._serialized_start=668
-  _globals['_STEPKIND']._serialized_end=806
-  _globals['_STEPSTATUS']._serialized_start=809
-  _globals['_STEPSTATUS']._serialized_end=953
-  _globals['_ERRORCLASS']._serialized_start=956
-  _globals['_ERRORCLASS']._serialized_end=1085
+  _globals['_STEPKIND']._serialized_end=870
+  _globals['_STEPSTATUS']._serialized_start=873
+  _globals['_STEPSTATUS']._serialized_end=1017
+  _globals['_ERRORCLASS']._serialized_start=1020
+  _globals['_ERRORCLASS']._serialized_end=1149
   _globals['_SHARDSELECTOR']._serialized_start=74
   _globals['_SHARDSELECTOR']._serialized_end=138
   _globals['_STEP']._serialized_start=141

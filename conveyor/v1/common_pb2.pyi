@@ -25,6 +25,9 @@ class StepKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_KIND_SLEEP: _ClassVar[StepKind]
     STEP_KIND_NOW: _ClassVar[StepKind]
     STEP_KIND_RANDOM: _ClassVar[StepKind]
+    STEP_KIND_SIGNAL: _ClassVar[StepKind]
+    STEP_KIND_PATCH: _ClassVar[StepKind]
+    STEP_KIND_CHILD: _ClassVar[StepKind]
 
 class StepStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +54,9 @@ STEP_KIND_TASK: StepKind
 STEP_KIND_SLEEP: StepKind
 STEP_KIND_NOW: StepKind
 STEP_KIND_RANDOM: StepKind
+STEP_KIND_SIGNAL: StepKind
+STEP_KIND_PATCH: StepKind
+STEP_KIND_CHILD: StepKind
 STEP_STATUS_UNSPECIFIED: StepStatus
 STEP_STATUS_RUNNING: StepStatus
 STEP_STATUS_COMPLETED: StepStatus

@@ -31,6 +31,8 @@ class StepWait(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STEP_WAIT_RETRY_BACKOFF: _ClassVar[StepWait]
     STEP_WAIT_RATE_LIMITED: _ClassVar[StepWait]
     STEP_WAIT_SLEEPING: _ClassVar[StepWait]
+    STEP_WAIT_SIGNAL: _ClassVar[StepWait]
+    STEP_WAIT_CHILD: _ClassVar[StepWait]
 
 class WatchEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +57,8 @@ STEP_WAIT_EXECUTOR_LOST: StepWait
 STEP_WAIT_RETRY_BACKOFF: StepWait
 STEP_WAIT_RATE_LIMITED: StepWait
 STEP_WAIT_SLEEPING: StepWait
+STEP_WAIT_SIGNAL: StepWait
+STEP_WAIT_CHILD: StepWait
 WATCH_EVENT_KIND_UNSPECIFIED: WatchEventKind
 WATCH_EVENT_KIND_SNAPSHOT: WatchEventKind
 WATCH_EVENT_KIND_STEP_STARTED: WatchEventKind
@@ -62,6 +66,26 @@ WATCH_EVENT_KIND_STEP_COMPLETED: WatchEventKind
 WATCH_EVENT_KIND_STEP_FAILED: WatchEventKind
 WATCH_EVENT_KIND_STEP_CANCELLED: WatchEventKind
 WATCH_EVENT_KIND_WORKFLOW_FINISHED: WatchEventKind
+
+class SignalWorkflowRequest(_message.Message):
+    __slots__ = ("workflow_id", "name", "payload_json", "idempotency_key")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    name: str
+    payload_json: str
+    idempotency_key: str
+    def __init__(self, workflow_id: _Optional[str] = ..., name: _Optional[str] = ..., payload_json: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class SignalWorkflowResponse(_message.Message):
+    __slots__ = ("delivered", "duplicate")
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    delivered: bool
+    duplicate: bool
+    def __init__(self, delivered: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class StartWorkflowRequest(_message.Message):
     __slots__ = ("name", "args_json", "idempotency_key", "trace_context")
@@ -111,7 +135,7 @@ class GetWorkflowRequest(_message.Message):
     def __init__(self, workflow_id: _Optional[str] = ..., include_steps: _Optional[bool] = ...) -> None: ...
 
 class Workflow(_message.Message):
-    __slots__ = ("id", "name", "status", "args_json", "result_json", "error", "shard", "idempotency_key", "created_at", "completed_at", "step_count", "steps")
+    __slots__ = ("id", "name", "status", "args_json", "result_json", "error", "shard", "idempotency_key", "created_at", "completed_at", "step_count", "steps", "parent_workflow_id", "parent_step_number", "children")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +148,9 @@ class Workflow(_message.Message):
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
     STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_STEP_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     status: _common_pb2.WorkflowStatus
@@ -136,7 +163,22 @@ class Workflow(_message.Message):
     completed_at: _timestamp_pb2.Timestamp
     step_count: int
     steps: _containers.RepeatedCompositeFieldContainer[_common_pb2.Step]
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.WorkflowStatus, str]] = ..., args_json: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_count: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[_common_pb2.Step, _Mapping]]] = ...) -> None: ...
+    parent_workflow_id: str
+    parent_step_number: int
+    children: _containers.RepeatedCompositeFieldContainer[ChildWorkflow]
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.WorkflowStatus, str]] = ..., args_json: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[str] = ..., shard: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., step_count: _Optional[int] = ..., steps: _Optional[_Iterable[_Union[_common_pb2.Step, _Mapping]]] = ..., parent_workflow_id: _Optional[str] = ..., parent_step_number: _Optional[int] = ..., children: _Optional[_Iterable[_Union[ChildWorkflow, _Mapping]]] = ...) -> None: ...
+
+class ChildWorkflow(_message.Message):
+    __slots__ = ("workflow_id", "name", "status", "parent_step_number")
+    WORKFLOW_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_STEP_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    workflow_id: str
+    name: str
+    status: _common_pb2.WorkflowStatus
+    parent_step_number: int
+    def __init__(self, workflow_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.WorkflowStatus, str]] = ..., parent_step_number: _Optional[int] = ...) -> None: ...
 
 class GetWorkflowResponse(_message.Message):
     __slots__ = ("workflow",)

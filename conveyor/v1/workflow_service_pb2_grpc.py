@@ -75,6 +75,11 @@ class WorkflowServiceStub:
                 request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowResponse.FromString,
                 _registered_method=True)
+        self.SignalWorkflow = channel.unary_unary(
+                '/conveyor.v1.WorkflowService/SignalWorkflow',
+                request_serializer=conveyor_dot_v1_dot_workflow__service__pb2.SignalWorkflowRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.SignalWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class WorkflowServiceServicer:
@@ -154,6 +159,19 @@ class WorkflowServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignalWorkflow(self, request, context):
+        """Send a signal to a running workflow: the next `ctx.wait_for_signal(name)` of
+        the workflow returns its payload. Signals are durable and buffered: one sent
+        before the workflow waits is kept, and waits for one name take its signals in
+        the order sent. NOT_FOUND for an unknown id, FAILED_PRECONDITION for a
+        finished workflow, RESOURCE_EXHAUSTED when the workflow already holds 1,000
+        signals it has not waited for. With an idempotency key, a repeated call
+        (same workflow and key) stores nothing new and says so.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +214,11 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
                     servicer.WatchWorkflow,
                     request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowResponse.SerializeToString,
+            ),
+            'SignalWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalWorkflow,
+                    request_deserializer=conveyor_dot_v1_dot_workflow__service__pb2.SignalWorkflowRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_workflow__service__pb2.SignalWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -415,6 +438,33 @@ class WorkflowService:
             '/conveyor.v1.WorkflowService/WatchWorkflow',
             conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowRequest.SerializeToString,
             conveyor_dot_v1_dot_workflow__service__pb2.WatchWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/conveyor.v1.WorkflowService/SignalWorkflow',
+            conveyor_dot_v1_dot_workflow__service__pb2.SignalWorkflowRequest.SerializeToString,
+            conveyor_dot_v1_dot_workflow__service__pb2.SignalWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

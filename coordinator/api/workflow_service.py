@@ -35,6 +35,8 @@ _WAIT_TO_WIRE = {
     Wait.RETRY_BACKOFF: pb.STEP_WAIT_RETRY_BACKOFF,
     Wait.RATE_LIMITED: pb.STEP_WAIT_RATE_LIMITED,
     Wait.SLEEPING: pb.STEP_WAIT_SLEEPING,
+    Wait.SIGNAL: pb.STEP_WAIT_SIGNAL,
+    Wait.CHILD: pb.STEP_WAIT_CHILD,
 }
 
 
@@ -156,6 +158,15 @@ class WorkflowService(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self, request: pb.ExplainWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExplainWorkflowResponse:
         return _explanation_to_wire(await self._coordinator.explain_workflow(request.workflow_id))
+
+    @rpc
+    async def SignalWorkflow(
+        self, request: pb.SignalWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SignalWorkflowResponse:
+        sent = await self._coordinator.signal_workflow(
+            request.workflow_id, request.name, request.payload_json, request.idempotency_key
+        )
+        return pb.SignalWorkflowResponse(delivered=sent.delivered, duplicate=sent.duplicate)
 
 
 _WATCH_EVENT_TO_WIRE = {

@@ -4,12 +4,14 @@ Writes go through :class:`Writer` (one thread, group commit); reads use the
 database's reader pool from worker threads.
 """
 
+from .children import Children
 from .database import ClusterFacts, Database
 from .diagnosis import ShardDepth, Violation
 from .executors import ExecutorRecords
 from .namespace import PREFIX, VERSION_TABLE, owns_table
 from .queue import AttemptOutcome, ClaimedTask, Disposition, RecordOutcome, ReportedResult, TaskQueue
 from .replays import ReplayBatchOutcome, ReplayQueue
+from .signals import Signals, SignalSent
 from .timers import Timers
 from .workflows import Started, StartRequest, StepRecord, WorkflowRecord, Workflows, WorkflowSelection
 from .writer import Writer
@@ -18,6 +20,7 @@ __all__ = [
     "PREFIX",
     "VERSION_TABLE",
     "AttemptOutcome",
+    "Children",
     "ClaimedTask",
     "ClusterFacts",
     "Database",
@@ -28,6 +31,8 @@ __all__ = [
     "ReplayQueue",
     "ReportedResult",
     "ShardDepth",
+    "SignalSent",
+    "Signals",
     "StartRequest",
     "Started",
     "StepRecord",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, case, exists, func, not_, select, union
 from sqlalchemy.engine import Connection
 
-from ..model import EXECUTOR_STEP_KINDS, StepStatus, WorkflowStatus
-from .schema import replay_queue, steps, tasks, workflows
+from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
+from .schema import replay_queue, signals, steps, tasks, workflows
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,40 @@ def invariant_violations(
                 ),
                 select(replay_queue.c.workflow_id.label("id")).where(
                     status_of(replay_queue.c.workflow_id) != WorkflowStatus.RUNNING
+                ),
+            ),
+        ),
+        (
+            "signal_not_delivered",
+            "signal waits in progress while a signal of their name is buffered for their workflow: "
+            "it should have been delivered",
+            # Driven from the buffer (signals nothing has taken yet), bounded by what clients sent.
+            select(signals.c.workflow_id).where(
+                signals.c.step_number.is_(None),
+                exists().where(
+                    and_(
+                        steps.c.workflow_id == signals.c.workflow_id,
+                        steps.c.status == StepStatus.RUNNING,
+                        steps.c.kind == StepKind.SIGNAL,
+                        steps.c.name == signals.c.name,
+                    )
+                ),
+            ),
+        ),
+        (
+            "child_step_without_running_child",
+            "child steps in progress whose child workflow has finished or does not exist: the "
+            "parent should have been told",
+            # Child steps are running steps of kind child: bounded by work in progress.
+            select(steps.c.workflow_id).where(
+                steps.c.status == StepStatus.RUNNING,
+                steps.c.kind == StepKind.CHILD,
+                ~exists().where(
+                    and_(
+                        workflows.c.parent_id == steps.c.workflow_id,
+                        workflows.c.parent_step == steps.c.number,
+                        workflows.c.status == WorkflowStatus.RUNNING,
+                    )
                 ),
             ),
         ),

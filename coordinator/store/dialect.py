@@ -168,6 +168,14 @@ class PostgresDialect(Dialect):
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
 
 
+def insert_or_ignore(connection: Connection, table: Table) -> Insert:
+    """``Dialect.insert_ignoring_duplicates`` for code that holds a connection but no Dialect
+    (the cancel paths, reached from every kind of write unit)."""
+    if connection.dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return postgresql.insert(table).on_conflict_do_nothing()
+
+
 def dialect_for(url: str, *, sqlite_synchronous: str = "FULL", sqlite_busy_timeout: float = 30.0) -> Dialect:
     """The dialect strategy for a SQLAlchemy URL."""
     backend = make_url(url).get_backend_name()

@@ -47,10 +47,13 @@ class StepInProgress:
     number: int
     name: str
     kind: StepKind
-    #: When a sleep step's timer fires.
+    #: When a sleep step's timer fires, or a signal wait times out.
     wake_at: int | None
-    #: None for sleeps, and for an LLM/task step whose task is missing (a broken invariant).
+    #: None for sleeps and signal waits, and for an LLM/task step whose task is missing (a broken
+    #: invariant).
     task: QueuedTask | None
+    #: When the step was taken (a signal wait: since when it waits).
+    created_at: int = 0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ def workflow_facts(
             steps.c.name,
             steps.c.kind,
             steps.c.wake_at,
+            steps.c.created_at,
             tasks.c.kind.label("task_kind"),
             tasks.c.shard,
             tasks.c.workflow_created_at,
@@ -117,7 +121,9 @@ def workflow_facts(
                 last_error=row.last_error,
                 tasks_ahead=ahead,
             )
-        in_progress.append(StepInProgress(row.number, row.name, StepKind(row.kind), row.wake_at, task))
+        in_progress.append(
+            StepInProgress(row.number, row.name, StepKind(row.kind), row.wake_at, task, row.created_at)
+        )
     entry = connection.execute(
         select(replay_queue.c.workflow_created_at).where(replay_queue.c.workflow_id == workflow_id)
     ).first()

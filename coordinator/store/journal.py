@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, exists, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import Insert
 
 from ..model import StepStatus, WorkflowStatus
-from .dialect import Dialect
-from .schema import replay_queue, steps, tasks, workflows
+from .dialect import Dialect, insert_or_ignore
+from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
 
 _finish_step = (
     update(steps)
@@ -40,6 +41,24 @@ def finish_steps(connection: Connection, rows: Sequence[dict[str, Any]]) -> None
         connection.execute(_finish_step, list(rows))
 
 
+def step_completion(
+    step_id: int, status: StepStatus, result: str | None, error: str | None, now: int
+) -> dict[str, Any]:
+    """The bind values of :func:`finish_steps` for a step the coordinator ends itself (no attempt):
+    a timer firing, a signal arriving."""
+    return {
+        "step_id": step_id,
+        "status": status,
+        "result": result,
+        "error": error,
+        "attempt": 0,
+        "started_at": None,
+        "completed_at": now,
+        "executor_id": None,
+        "result_token": None,
+    }
+
+
 def enqueue_idle_workflows(
     connection: Connection, dialect: Dialect, workflow_ids: Collection[str], now: int
 ) -> int:
@@ -47,6 +66,10 @@ def enqueue_idle_workflows(
 
     Returns how many workflows qualified (some may already have had a row).
     """
+    return _enqueue_idle(connection, dialect.insert_ignoring_duplicates(replay_queue), workflow_ids, now)
+
+
+def _enqueue_idle(connection: Connection, insert: Insert, workflow_ids: Collection[str], now: int) -> int:
     if not workflow_ids:
         return 0
     in_progress = exists().where(
@@ -57,7 +80,7 @@ def enqueue_idle_workflows(
     idle = [
         row
         for row in connection.execute(
-            select(workflows.c.id, workflows.c.shard, workflows.c.created_at, workflows.c.status).where(
+            select(workflows.c.id, workflows.c.shard, FIFO_KEY.label("fifo_key"), workflows.c.status).where(
                 workflows.c.id.in_(list(workflow_ids)), ~in_progress
             )
         )
@@ -65,12 +88,12 @@ def enqueue_idle_workflows(
     ]
     if idle:
         connection.execute(
-            dialect.insert_ignoring_duplicates(replay_queue),
+            insert,
             [
                 {
                     "workflow_id": row.id,
                     "shard": row.shard,
-                    "workflow_created_at": row.created_at,
+                    "workflow_created_at": row.fifo_key,
                     "enqueued_at": now,
                 }
                 for row in idle
@@ -106,4 +129,67 @@ def cancel_workflows(
         )
         connection.execute(delete(tasks).where(tasks.c.workflow_id.in_(cancelled)))
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(cancelled)))
+        cancelled += settle_family(connection, cancelled, now)
     return cancelled
+
+
+def settle_family(connection: Connection, finished_ids: Collection[str], now: int) -> list[str]:
+    """What finishing ``finished_ids`` means for their families, in the same transaction.
+
+    Their running children are cancelled (a child does not outlive its parent), and the parents
+    waiting for any of them get the child's outcome on their child step and a replay. Returns the
+    children cancelled (at any depth).
+    """
+    if not finished_ids:
+        return []
+    orphans = list(
+        connection.execute(
+            select(workflows.c.id).where(
+                workflows.c.parent_id.in_(list(finished_ids)), workflows.c.status == WorkflowStatus.RUNNING
+            )
+        ).scalars()
+    )
+    cancelled = cancel_workflows(connection, orphans, "its parent workflow finished", now) if orphans else []
+    _notify_parents(connection, finished_ids, now)
+    return cancelled
+
+
+def _notify_parents(connection: Connection, finished_ids: Collection[str], now: int) -> None:
+    children = connection.execute(
+        select(
+            workflows.c.id,
+            workflows.c.name,
+            workflows.c.status,
+            workflows.c.result,
+            workflows.c.error,
+            workflows.c.parent_id,
+            workflows.c.parent_step,
+        ).where(workflows.c.id.in_(list(finished_ids)), workflows.c.parent_id.is_not(None))
+    ).all()
+    if not children:
+        return
+    waiting = {
+        (row.workflow_id, row.number): row.id
+        for row in connection.execute(
+            select(steps.c.id, steps.c.workflow_id, steps.c.number).where(
+                steps.c.workflow_id.in_({child.parent_id for child in children}),
+                steps.c.status == StepStatus.RUNNING,
+            )
+        )
+    }
+    completions = []
+    parents = set()
+    for child in children:
+        step_id = waiting.get((child.parent_id, child.parent_step))
+        if step_id is None:
+            continue  # the parent finished (or was cancelled) first: nobody waits
+        parents.add(child.parent_id)
+        if child.status == WorkflowStatus.COMPLETED:
+            completions.append(
+                step_completion(step_id, StepStatus.COMPLETED, child.result or "null", None, now)
+            )
+        else:
+            error = f"child workflow {child.id} ({child.name}) {child.status}: {child.error or 'no reason'}"
+            completions.append(step_completion(step_id, StepStatus.FAILED, None, error[:4000], now))
+    finish_steps(connection, completions)
+    _enqueue_idle(connection, insert_or_ignore(connection, replay_queue), parents, now)

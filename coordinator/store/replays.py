@@ -33,10 +33,12 @@ from conveyor.workflow import WorkflowRegistry
 from .. import validation
 from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
 from ..replay import JournalEntry, NewStep, ReplayOutcome, replay
+from .children import Children, ChildStart
 from .dialect import Dialect, is_transient
-from .journal import cancel_workflows
+from .journal import cancel_workflows, settle_family
 from .payloads import compact_step_args
-from .schema import replay_queue, steps, tasks, workflows
+from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
+from .signals import deliver_buffered
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ class ReplayBatchOutcome:
     next_wake_at: int | None = None
     #: Seconds each replayed workflow waited in the replay queue: the gap between its steps.
     replay_delays: list[float] = field(default_factory=list)
+    #: Workflows queued again at once: a signal wait they started found its signal buffered.
+    requeued: int = 0
 
     def merge(self, other: ReplayBatchOutcome) -> None:
         self.replayed += other.replayed
@@ -66,6 +70,7 @@ class ReplayBatchOutcome:
         if other.next_wake_at is not None:
             self.next_wake_at = min(self.next_wake_at or other.next_wake_at, other.next_wake_at)
         self.replay_delays.extend(other.replay_delays)
+        self.requeued += other.requeued
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,8 @@ class DueReplay:
     args: str | None
     status: WorkflowStatus
     shard: int
-    created_at: int
+    #: The FIFO key of the workflow's tasks: its root's creation time.
+    fifo_key: int
     enqueued_at: int
     journal: tuple[JournalEntry, ...]
     #: The workflow's W3C Trace Context as stored (conveyor.tracing.encode), for the replay's span.
@@ -107,9 +113,12 @@ _update_progress = (
 class ReplayQueue:
     """Write units over the replay queue."""
 
-    def __init__(self, dialect: Dialect, registry: WorkflowRegistry, *, max_payload_bytes: int) -> None:
+    def __init__(
+        self, dialect: Dialect, registry: WorkflowRegistry, children: Children, *, max_payload_bytes: int
+    ) -> None:
         self._dialect = dialect
         self._registry = registry
+        self._children = children
         self._max_payload_bytes = max_payload_bytes
         self._rng = random.Random()
 
@@ -124,7 +133,7 @@ class ReplayQueue:
                 workflows.c.args,
                 workflows.c.status,
                 workflows.c.shard,
-                workflows.c.created_at,
+                FIFO_KEY.label("fifo_key"),
                 replay_queue.c.enqueued_at,
                 workflows.c.trace_context,
             )
@@ -138,7 +147,7 @@ class ReplayQueue:
         ).all()
         if not rows:
             return []
-        journals = self._load_journals(connection, [row.id for row in rows])
+        journals = self.load_journals(connection, [row.id for row in rows])
         return [
             DueReplay(
                 row.id,
@@ -146,7 +155,7 @@ class ReplayQueue:
                 row.args,
                 WorkflowStatus(row.status),
                 row.shard,
-                row.created_at,
+                row.fifo_key,
                 row.enqueued_at,
                 tuple(journals.get(row.id, ())),
                 row.trace_context,
@@ -161,7 +170,15 @@ class ReplayQueue:
             return ReplayOutcome(WorkflowStatus.FAILED, error=f"no workflow named {due.name!r} is registered")
         try:
             args = json.loads(due.args) if due.args else []
-            result = replay(definition, due.workflow_id, args, due.journal, now_us=now, rng=self._rng)
+            result = replay(
+                definition,
+                due.workflow_id,
+                args,
+                due.journal,
+                now_us=now,
+                rng=self._rng,
+                workflows=self._registry,
+            )
         except Exception as error:  # a bug in replay itself must not wedge the queue
             fields = logs.fields(workflow_id=due.workflow_id)
             log.exception("replaying workflow %s failed unexpectedly", due.workflow_id, extra=fields)
@@ -264,13 +281,13 @@ class ReplayQueue:
         self, connection: Connection, ready: Sequence[tuple[DueReplay, ReplayOutcome]], now: int
     ) -> ReplayBatchOutcome:
         outcome = ReplayBatchOutcome()
-        new_steps: list[tuple[str, int, int, NewStep]] = []  # (workflow id, shard, created_at, step)
+        new_steps: list[tuple[str, int, int, NewStep]] = []  # (workflow id, shard, FIFO key, step)
         progress: list[dict[str, object]] = []
         for due, result in ready:
             outcome.replayed += 1
             outcome.replay_delays.append(max(0, now - due.enqueued_at) / 1e6)
             for step in result.new_steps:
-                new_steps.append((due.workflow_id, due.shard, due.created_at, step))
+                new_steps.append((due.workflow_id, due.shard, due.fifo_key, step))
             finished = result.status is not WorkflowStatus.RUNNING
             if finished:
                 outcome.finished[result.status] = outcome.finished.get(result.status, 0) + 1
@@ -289,6 +306,15 @@ class ReplayQueue:
         ids = [due.workflow_id for due, _ in ready]
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(ids)))
         outcome.taken += len(ids)
+        ended = [due.workflow_id for due, result in ready if result.status is not WorkflowStatus.RUNNING]
+        orphans = len(settle_family(connection, ended, now))
+        if orphans:  # children cancelled because their parent finished
+            outcome.finished[WorkflowStatus.CANCELLED] = (
+                outcome.finished.get(WorkflowStatus.CANCELLED, 0) + orphans
+            )
+        # After the delete: a wait that finds its signal already sent enqueues its workflow again.
+        waits = {workflow_id for workflow_id, _, _, step in new_steps if step.kind is StepKind.SIGNAL}
+        outcome.requeued += len(deliver_buffered(connection, self._dialect, waits, now))
         return outcome
 
     def _fail(self, connection: Connection, due: DueReplay, error: Exception, now: int) -> ReplayBatchOutcome:
@@ -318,6 +344,7 @@ class ReplayQueue:
             ],
         )
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id == due.workflow_id))
+        settle_family(connection, [due.workflow_id], now)
         return ReplayBatchOutcome(
             replayed=1,
             taken=1,
@@ -326,7 +353,7 @@ class ReplayQueue:
         )
 
     @staticmethod
-    def _load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
+    def load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
         journals: dict[str, list[JournalEntry]] = defaultdict(list)
         for row in connection.execute(
             select(
@@ -368,7 +395,7 @@ class ReplayQueue:
         if not new_steps:
             return
         step_rows = []
-        for workflow_id, _shard, _created_at, step in new_steps:
+        for workflow_id, _shard, _fifo_key, step in new_steps:
             complete = step.result_json is not None
             step_rows.append(
                 {
@@ -394,7 +421,7 @@ class ReplayQueue:
             .all()
         )
         task_rows = []
-        for step_id, (workflow_id, shard, created_at, step) in zip(step_ids, new_steps, strict=True):
+        for step_id, (workflow_id, shard, fifo_key, step) in zip(step_ids, new_steps, strict=True):
             if step.kind not in EXECUTOR_STEP_KINDS:
                 continue
             assert step.retry is not None and step.task_kind is not None
@@ -402,7 +429,7 @@ class ReplayQueue:
                 {
                     "id": step_id,
                     "shard": shard,
-                    "workflow_created_at": created_at,
+                    "workflow_created_at": fifo_key,
                     "workflow_id": workflow_id,
                     "kind": step.task_kind,
                     "attempt": 1,
@@ -420,6 +447,15 @@ class ReplayQueue:
             outcome.task_shards.add(shard)
         if task_rows:
             connection.execute(insert(tasks), task_rows)
+        self._children.start(
+            connection,
+            [
+                ChildStart(workflow_id, step.number, fifo_key, step.child_workflow, step.child_args_json)
+                for workflow_id, _shard, fifo_key, step in new_steps
+                if step.child_workflow is not None and step.child_args_json is not None
+            ],
+            now,
+        )
 
     def clear(
         self, connection: Connection, shards: Collection[int] | None, limit: int, reason: str, now: int

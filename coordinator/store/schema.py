@@ -26,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     text,
 )
 
@@ -86,6 +87,12 @@ workflows = Table(
     Column("step_count", Integer, nullable=False),
     # W3C Trace Context of the start (JSON), handed to every task: conveyor.tracing.
     Column("trace_context", Text),
+    # A child workflow (ctx.child): the parent, the parent's step that waits for it, and its
+    # root's created_at, which is the FIFO key of the child's tasks (a child of an old workflow is
+    # served before a newer root). All NULL for a root workflow, whose FIFO key is created_at.
+    Column("parent_id", String(ID_LENGTH)),
+    Column("parent_step", Integer),
+    Column("root_created_at", BigInteger),
     # A key belongs to a workflow name: the same key may start one workflow of each name.
     UniqueConstraint("name", "idempotency_key"),
     Index(None, "created_at"),
@@ -101,7 +108,17 @@ workflows = Table(
         postgresql_where=text("completed_at IS NOT NULL"),
         sqlite_where=text("completed_at IS NOT NULL"),
     ),
+    # A parent's children (cancelled with it, listed by get); roots are left out.
+    Index(
+        f"{PREFIX}ix_workflows_parent_id",
+        "parent_id",
+        postgresql_where=text("parent_id IS NOT NULL"),
+        sqlite_where=text("parent_id IS NOT NULL"),
+    ),
 )
+
+#: The FIFO key of a workflow's tasks and replays: its root's creation time.
+FIFO_KEY = func.coalesce(workflows.c.root_created_at, workflows.c.created_at)
 
 #: The journal: one row per step a workflow took, numbered from 0.
 steps = Table(
@@ -141,6 +158,46 @@ steps = Table(
         "wake_at",
         postgresql_where=text("status = 'running' AND kind = 'sleep'"),
         sqlite_where=text("status = 'running' AND kind = 'sleep'"),
+    ),
+    # Signal waits with a timeout, by when it expires: the timer loop fires them like sleeps.
+    Index(
+        f"{PREFIX}ix_steps_signal_wake_at",
+        "wake_at",
+        postgresql_where=text("status = 'running' AND kind = 'signal'"),
+        sqlite_where=text("status = 'running' AND kind = 'signal'"),
+    ),
+)
+
+#: Signals sent to workflows (SignalWorkflow). A row is buffered until a
+#: ``ctx.wait_for_signal`` step of its name takes it (``step_number`` set), oldest first;
+#: delivered rows stay, so a repeated send with the same idempotency key is recognised.
+signals = Table(
+    f"{PREFIX}signals",
+    metadata,
+    Column("id", AUTOINCREMENT_ID, primary_key=True, autoincrement=True),
+    Column("workflow_id", String(ID_LENGTH), ForeignKey(f"{PREFIX}workflows.id"), nullable=False),
+    Column("name", String(NAME_LENGTH), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("idempotency_key", String(ID_LENGTH)),
+    Column("sent_at", BigInteger, nullable=False),
+    # The wait step that received it; NULL while buffered.
+    Column("step_number", Integer),
+    # The buffer of a workflow, in the order sent.
+    Index(
+        f"{PREFIX}ix_signals_buffered",
+        "workflow_id",
+        "id",
+        postgresql_where=text("step_number IS NULL"),
+        sqlite_where=text("step_number IS NULL"),
+    ),
+    Index(f"{PREFIX}ix_signals_workflow_id", "workflow_id"),
+    Index(
+        f"{PREFIX}ux_signals_idempotency_key",
+        "workflow_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
     ),
 )
 
@@ -339,6 +396,7 @@ ALL_TABLES = (
     blobs,
     tasks,
     replay_queue,
+    signals,
     executors,
     shard_leases,
     write_commits,

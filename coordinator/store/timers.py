@@ -1,16 +1,27 @@
-"""Durable timers: sleep steps are running steps with a ``wake_at``; firing one completes it."""
+"""Durable timers: sleep steps and signal waits with a timeout are running steps with a ``wake_at``.
+
+Firing a sleep completes it; firing a signal wait fails it (the workflow gets ``SignalTimeout``).
+"""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from ..model import StepKind, StepStatus
 from .dialect import Dialect
-from .journal import enqueue_idle_workflows, finish_steps
+from .journal import enqueue_idle_workflows, finish_steps, step_completion
 from .schema import steps
 
-_sleeping = (steps.c.status == StepStatus.RUNNING, steps.c.kind == StepKind.SLEEP)
+# One condition per kind, each matching its partial index (ix_steps_sleeping_wake_at,
+# ix_steps_signal_wake_at), so both reads walk only the front of a small index.
+_TIMED = {
+    StepKind.SLEEP: (steps.c.status == StepStatus.RUNNING, steps.c.kind == StepKind.SLEEP),
+    StepKind.SIGNAL: (steps.c.status == StepStatus.RUNNING, steps.c.kind == StepKind.SIGNAL),
+}
 
 
 class Timers:
@@ -18,36 +29,36 @@ class Timers:
         self._dialect = dialect
 
     def fire_due(self, connection: Connection, now: int, limit: int = 1000) -> tuple[int, int]:
-        """Complete the sleep steps due by ``now``; returns (fired, replays enqueued)."""
-        due = connection.execute(
-            select(steps.c.id, steps.c.workflow_id)
-            .where(*_sleeping, steps.c.wake_at <= now)
-            .order_by(steps.c.wake_at)
-            .limit(limit)
-        ).all()
-        if not due:
+        """Fire the timers due by ``now``; returns (fired, replays enqueued)."""
+        completions = []
+        workflow_ids = set()
+        for kind, condition in _TIMED.items():
+            due = connection.execute(
+                select(steps.c.id, steps.c.workflow_id, steps.c.name, steps.c.args)
+                .where(*condition, steps.c.wake_at <= now)
+                .order_by(steps.c.wake_at)
+                .limit(limit)
+            ).all()
+            for row in due:
+                workflow_ids.add(row.workflow_id)
+                if kind is StepKind.SLEEP:
+                    completions.append(step_completion(row.id, StepStatus.COMPLETED, "null", None, now))
+                else:
+                    completions.append(step_completion(row.id, StepStatus.FAILED, None, _timed_out(row), now))
+        if not completions:
             return 0, 0
-        finish_steps(
-            connection,
-            [
-                {
-                    "step_id": row.id,
-                    "status": StepStatus.COMPLETED,
-                    "result": "null",
-                    "error": None,
-                    "attempt": 0,
-                    "started_at": None,
-                    "completed_at": now,
-                    "executor_id": None,
-                    "result_token": None,
-                }
-                for row in due
-            ],
-        )
-        return len(due), enqueue_idle_workflows(
-            connection, self._dialect, {row.workflow_id for row in due}, now
-        )
+        finish_steps(connection, completions)
+        return len(completions), enqueue_idle_workflows(connection, self._dialect, workflow_ids, now)
 
     @staticmethod
     def next_wake_at(connection: Connection) -> int | None:
-        return connection.execute(select(func.min(steps.c.wake_at)).where(*_sleeping)).scalar()
+        wakes = [
+            connection.execute(select(func.min(steps.c.wake_at)).where(*condition)).scalar()
+            for condition in _TIMED.values()
+        ]
+        return min((wake for wake in wakes if wake is not None), default=None)
+
+
+def _timed_out(row: Any) -> str:
+    timeout = json.loads(row.args).get("timeout")
+    return f"no signal {row.name!r} arrived within {timeout} s (ctx.wait_for_signal timeout)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import Collection, Sequence
@@ -18,6 +19,7 @@ from ..clock import CreationClock
 from ..json_difference import first_difference
 from ..model import StepKind, StepStatus, WorkflowStatus, canonical_json
 from ..shards import shard_for
+from .children import ChildLink, Children
 from .journal import cancel_workflows
 from .payloads import expanded_args
 from .schema import replay_queue, steps, workflow_counts, workflows
@@ -69,6 +71,9 @@ class WorkflowRecord:
     completed_at: int | None
     step_count: int
     steps: tuple[StepRecord, ...] = ()
+    parent_id: str | None = None
+    parent_step: int | None = None
+    children: tuple[ChildLink, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ WORKFLOW_COLUMNS = (
     workflows.c.created_at,
     workflows.c.completed_at,
     workflows.c.step_count,
+    workflows.c.parent_id,
+    workflows.c.parent_step,
 )
 
 
@@ -144,6 +151,8 @@ def workflow_record(row: object, step_records: tuple[StepRecord, ...] = ()) -> W
         completed_at=r.completed_at,  # type: ignore[attr-defined]
         step_count=r.step_count,  # type: ignore[attr-defined]
         steps=step_records,
+        parent_id=r.parent_id,  # type: ignore[attr-defined]
+        parent_step=r.parent_step,  # type: ignore[attr-defined]
     )
 
 
@@ -284,11 +293,11 @@ class Workflows:
                 select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.number)
             ).all()
             args = expanded_args(connection, {s.number: (workflow_id, s.args) for s in rows})
-            step_records = tuple(
-                step_record(s, args[s.number])
-                for s in rows
-            )
-        return workflow_record(row, step_records)
+            step_records = tuple(step_record(s, args[s.number]) for s in rows)
+        record = workflow_record(row, step_records)
+        if include_steps:
+            record = dataclasses.replace(record, children=tuple(Children.of(connection, workflow_id)))
+        return record
 
     def list(
         self,

@@ -13,6 +13,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,9 +61,15 @@ def node_client() -> Path:
 
 
 async def run_example(directory: Path, address: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return await run_node(directory, "example.js", address, *arguments)
+
+
+async def run_node(
+    directory: Path, script: str, address: str, *arguments: str
+) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
         subprocess.run,
-        [str(NODE), "example.js", "--coordinator", address, *arguments],
+        [str(NODE), script, "--coordinator", address, *arguments],
         cwd=directory,
         capture_output=True,
         text=True,
@@ -178,3 +185,49 @@ async def test_the_node_client_watches_a_workflow_until_it_finishes(
         "status": "cancelled",
         "events": ["snapshot", "step_cancelled", "workflow_finished"],
     }
+
+
+@workflow
+async def approval(ctx: WorkflowContext) -> Any:
+    return await ctx.wait_for_signal("approval")
+
+
+async def test_the_node_client_signals_a_waiting_workflow(make_stack: MakeStack, node_client: Path) -> None:
+    stack = await make_stack(registry_of(approval))
+    started = await stack.client.start_workflow("approval", {})
+
+    async def waiting() -> bool:
+        explanation = await stack.client.explain_workflow(started.workflow_id)
+        return [step.wait for step in explanation.steps] == ["signal"]
+
+    await eventually(waiting)
+    sent, unknown = await asyncio.gather(
+        run_node(
+            node_client,
+            "signal.js",
+            stack.server.address,
+            "--workflow-id",
+            started.workflow_id,
+            "--name",
+            "approval",
+            "--payload",
+            '{"approved": true}',
+            "--json",
+        ),
+        run_node(
+            node_client,
+            "signal.js",
+            stack.server.address,
+            "--workflow-id",
+            "no-such-id",
+            "--name",
+            "approval",
+        ),
+    )
+
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout) == {"delivered": True, "duplicate": False}
+    assert unknown.returncode == 2
+    assert "NOT_FOUND" in unknown.stderr
+    finished = await stack.client.wait(started.workflow_id, timeout=20)
+    assert finished.result == {"approved": True}

@@ -16,7 +16,7 @@ The downgrade restores the global constraint, and refuses (naming a key) when tw
 workflow names now share one.
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0009
 Create Date: 2026-12-06
 """
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection
 from conveyor.coordinator.store import counts
 
 revision = "0010"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

@@ -6,7 +6,7 @@ finished workflows of each status from its front instead of scanning the table. 
 workflows have no ``completed_at``, so starting one does not touch it.
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0011
 Create Date: 2026-12-06
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0007"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 

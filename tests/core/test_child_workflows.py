@@ -1,0 +1,264 @@
+"""Child workflows: ``ctx.child`` / ``ctx.start_child``, on both databases.
+
+A child is a workflow of its own that keeps its root's FIFO place; its outcome reaches the
+parent where it awaits (``ChildWorkflowFailed`` for a failure), cancellation goes down the
+family, and a coordinator restart loses none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import sqlalchemy as sa
+
+from conveyor import ChildWorkflowFailed, WorkflowContext, workflow
+from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator.model import child_workflow_id
+from conveyor.coordinator.store.schema import workflows
+from support import eventually, registry_of
+from toolkit import MakeStack, fetch, restart_coordinator, task_rows, wait_finished
+
+
+@workflow
+async def leaf(ctx: WorkflowContext, n: int) -> int:
+    return n * 2
+
+
+@workflow
+async def failing_leaf(ctx: WorkflowContext, n: int) -> int:
+    raise RuntimeError(f"leaf {n} broke")
+
+
+@workflow
+async def waiting_leaf(ctx: WorkflowContext) -> Any:
+    return await ctx.wait_for_signal("go")
+
+
+@workflow
+async def parked_leaf(ctx: WorkflowContext) -> Any:
+    return await ctx.task("unserved", None)
+
+
+@workflow
+async def family(ctx: WorkflowContext, n: int) -> dict[str, Any]:
+    one = await ctx.child("leaf", {"n": n})
+    handles = [ctx.start_child("leaf", {"n": i}, name=f"leaf-{i}") for i in range(3)]
+    many = [await handle for handle in handles]
+    return {"one": one, "many": many, "ids": [handle.workflow_id for handle in handles]}
+
+
+@workflow
+async def catches(ctx: WorkflowContext) -> str:
+    try:
+        await ctx.child("failing_leaf", {"n": 1})
+    except ChildWorkflowFailed as error:
+        return f"caught {error.child_workflow_id}: {error.error}"
+    return "not reached"
+
+
+@workflow
+async def fan_out(ctx: WorkflowContext, count: int) -> int:
+    handles = [ctx.start_child("leaf", {"n": i}) for i in range(count)]
+    return sum(await asyncio.gather(*handles))
+
+
+@workflow
+async def holds_child(ctx: WorkflowContext) -> Any:
+    return await ctx.child("waiting_leaf", {})
+
+
+@workflow
+async def abandons_child(ctx: WorkflowContext) -> str:
+    ctx.start_child("waiting_leaf", {})
+    await ctx.child("leaf", {"n": 1})  # the waiting child has started by the time this returns
+    return "done without waiting"
+
+
+@workflow
+async def grandparent(ctx: WorkflowContext) -> Any:
+    return await ctx.child("parent_of_parked", {})
+
+
+@workflow
+async def parent_of_parked(ctx: WorkflowContext) -> Any:
+    return await ctx.child("parked_leaf", {})
+
+
+@workflow
+async def unknown_child(ctx: WorkflowContext) -> Any:
+    return await ctx.child("no_such_workflow", {})
+
+
+WORKFLOWS = registry_of(
+    leaf,
+    failing_leaf,
+    waiting_leaf,
+    parked_leaf,
+    family,
+    catches,
+    fan_out,
+    holds_child,
+    abandons_child,
+    grandparent,
+    parent_of_parked,
+    unknown_child,
+)
+
+
+async def status_of(url: str, workflow_id: str) -> str | None:
+    rows = await fetch(url, sa.select(workflows.c.status).where(workflows.c.id == workflow_id))
+    return rows[0].status if rows else None
+
+
+async def running(url: str, workflow_id: str) -> bool:
+    return await status_of(url, workflow_id) == "running"
+
+
+async def test_children_return_their_results_and_get_shows_the_family(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("family", {"n": 5})).workflow_id
+
+    finished = await wait_finished(stack.client, parent_id, within=60)  # five replay rounds
+
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+    expected_ids = [child_workflow_id(parent_id, step) for step in (1, 2, 3)]
+    assert finished.result == {"one": 10, "many": [0, 2, 4], "ids": expected_ids}
+    shown = await stack.client.get_workflow(parent_id, include_steps=True)
+    assert [(c.name, c.parent_step_number, c.status) for c in shown.children] == [
+        ("leaf", 0, WorkflowStatus.COMPLETED),
+        ("leaf", 1, WorkflowStatus.COMPLETED),
+        ("leaf", 2, WorkflowStatus.COMPLETED),
+        ("leaf", 3, WorkflowStatus.COMPLETED),
+    ]
+    assert [s.kind for s in shown.steps] == ["child"] * 4
+    assert [s.name for s in shown.steps] == ["leaf", "leaf-0", "leaf-1", "leaf-2"]
+    child = await stack.client.get_workflow(expected_ids[2])
+    assert (child.parent_workflow_id, child.parent_step_number, child.result) == (parent_id, 3, 4)
+    assert not (await stack.client.diagnose()).violations
+
+
+async def test_a_failed_child_raises_child_workflow_failed_in_the_parent(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("catches", {})).workflow_id
+
+    finished = await wait_finished(stack.client, parent_id)
+
+    child_id = child_workflow_id(parent_id, 0)
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+    assert finished.result.startswith(f"caught {child_id}: child workflow {child_id} (failing_leaf) failed")
+    assert "leaf 1 broke" in finished.result
+
+
+async def test_cancelling_a_parent_cancels_its_descendants(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    root = (await stack.client.start_workflow("grandparent", {})).workflow_id
+    child = child_workflow_id(root, 0)
+    grandchild = child_workflow_id(child, 0)
+    await eventually(lambda: running(stack.database_url, grandchild))
+
+    await stack.client.cancel_workflow(root, "no longer needed")
+
+    assert [await status_of(stack.database_url, wid) for wid in (root, child, grandchild)] == [
+        "cancelled"
+    ] * 3
+    assert await task_rows(stack.database_url) == []
+    assert not (await stack.client.diagnose()).violations
+
+
+async def test_a_child_inherits_its_roots_place_in_the_fifo_queue(make_stack: MakeStack) -> None:
+    """Created after a newer root, the grandchild's task is still keyed by its root's creation time,
+    so it is served first."""
+    stack = await make_stack(WORKFLOWS)
+    root = (await stack.client.start_workflow("grandparent", {})).workflow_id
+    newer = (await stack.client.start_workflow("parked_leaf", {})).workflow_id
+    grandchild = child_workflow_id(child_workflow_id(root, 0), 0)
+
+    async def both_queued() -> bool:
+        return len(await task_rows(stack.database_url)) == 2
+
+    await eventually(both_queued)
+    rows = {row.workflow_id: row for row in await task_rows(stack.database_url)}
+    created = {
+        row.id: row.created_at
+        for row in await fetch(stack.database_url, sa.select(workflows.c.id, workflows.c.created_at))
+    }
+
+    assert rows[grandchild].workflow_created_at == created[root]
+    assert created[grandchild] > created[newer] > created[root]
+    assert rows[grandchild].workflow_created_at < rows[newer].workflow_created_at
+
+
+async def test_a_parent_that_finishes_first_takes_its_running_children_with_it(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("abandons_child", {})).workflow_id
+
+    finished = await wait_finished(stack.client, parent_id)
+    child = await wait_finished(stack.client, child_workflow_id(parent_id, 0))
+
+    assert finished.result == "done without waiting"
+    assert child.status is WorkflowStatus.CANCELLED
+    assert child.error == "its parent workflow finished"
+
+
+async def test_cancelling_a_child_fails_the_parent_that_awaits_it(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("holds_child", {})).workflow_id
+    child_id = child_workflow_id(parent_id, 0)
+    await eventually(lambda: running(stack.database_url, child_id))
+
+    await stack.client.cancel_workflow(child_id, "operator stopped it")
+    finished = await wait_finished(stack.client, parent_id)
+
+    assert finished.status is WorkflowStatus.FAILED
+    assert finished.error == (
+        f"step 0 ('waiting_leaf') failed: child workflow {child_id} (waiting_leaf) cancelled: "
+        "operator stopped it"
+    )
+
+
+async def test_an_unknown_child_workflow_fails_the_parent_with_a_clear_message(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("unknown_child", {})).workflow_id
+
+    finished = await wait_finished(stack.client, parent_id)
+
+    assert finished.status is WorkflowStatus.FAILED
+    assert "no workflow named 'no_such_workflow' is registered" in (finished.error or "")
+
+
+async def test_children_survive_a_coordinator_restart(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("holds_child", {})).workflow_id
+    child_id = child_workflow_id(parent_id, 0)
+
+    async def child_waits() -> bool:
+        explanation = await stack.client.explain_workflow(child_id)
+        return [step.wait for step in explanation.steps] == ["signal"]
+
+    await eventually(lambda: running(stack.database_url, child_id))
+    await eventually(child_waits)
+    explained = await stack.client.explain_workflow(parent_id)
+    assert [step.wait for step in explained.steps] == ["child"]
+    assert child_id in explained.steps[0].text
+
+    await restart_coordinator(stack)
+    await stack.client.signal_workflow(child_id, "go", {"after": "restart"})
+    finished = await wait_finished(stack.client, parent_id)
+
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+    assert finished.result == {"after": "restart"}
+
+
+async def test_a_parent_fans_out_to_a_thousand_children(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("fan_out", {"count": 1000})).workflow_id
+
+    finished = await wait_finished(stack.client, parent_id, within=240)
+
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+    assert finished.result == sum(n * 2 for n in range(1000))
+    shown = await stack.client.get_workflow(parent_id, include_steps=True)
+    assert len(shown.children) == 1000
+    assert {child.status for child in shown.children} == {WorkflowStatus.COMPLETED}
+    assert not (await stack.client.diagnose()).violations
