@@ -19,14 +19,14 @@ from sqlalchemy import Select, Table, delete, func, select
 from sqlalchemy.engine import Connection
 
 from ..model import WorkflowStatus
-from .schema import blobs, replay_queue, steps, tasks, workflows
+from .schema import blobs, replay_queue, signals, steps, tasks, workflows
 
 #: The statuses a workflow never leaves: only these are purged.
 FINISHED_STATUSES = (WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
 
 #: Every table with rows of one workflow (in a ``workflow_id`` column), deleted before the
 #: workflow itself, in this order (``tasks`` references ``steps``).
-PURGED_WITH_WORKFLOW: tuple[Table, ...] = (tasks, replay_queue, steps, blobs)
+PURGED_WITH_WORKFLOW: tuple[Table, ...] = (tasks, replay_queue, steps, blobs, signals)
 
 
 @dataclass(frozen=True)
