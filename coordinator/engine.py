@@ -5,7 +5,8 @@ The path of one step, each arrow one write transaction on the writer thread::
     result batch ──record──▶ replay queue ──replay──▶ new tasks ──claim──▶ executor
 
 * ``record`` (RecordResults, :mod:`.dispatch`) finishes steps and enqueues a replay for
-  each workflow left with nothing in progress, then wakes the replay loop;
+  each workflow with a step finished (a workflow advances on any completion), then wakes
+  the replay loop;
 * the replay loop (:mod:`.replay_service`) drains the replay queue oldest workflow first,
   starting the next steps or finishing workflows, then wakes the executors whose shards
   got tasks;

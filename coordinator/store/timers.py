@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 
 from ..model import StepKind, StepStatus
 from .dialect import Dialect
-from .journal import enqueue_idle_workflows, finish_steps
+from .journal import enqueue_replays, finish_steps
 from .schema import steps
 
 _sleeping = (steps.c.status == StepStatus.RUNNING, steps.c.kind == StepKind.SLEEP)
@@ -44,9 +44,7 @@ class Timers:
                 for row in due
             ],
         )
-        return len(due), enqueue_idle_workflows(
-            connection, self._dialect, {row.workflow_id for row in due}, now
-        )
+        return len(due), enqueue_replays(connection, self._dialect, {row.workflow_id for row in due}, now)
 
     @staticmethod
     def next_wake_at(connection: Connection) -> int | None:
