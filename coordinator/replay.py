@@ -625,6 +625,8 @@ class WorkflowRun:
             self._catch_up_legacy(journal)
         elif activations > 0:
             self._catch_up(journal, activations)
+        # Steps withdrawn in recorded activations were cancelled when those were applied.
+        self._ctx.withdrawn = []
         legacy = {number for number, _ in self._legacy_delivered}
         return self.advance([e for e in journal if e.awaiting_delivery and e.number not in legacy], now_us)
 
@@ -776,9 +778,11 @@ class WorkflowRun:
             return _failed(message, delivered=delivered, activations=activations)
         main = self._main
         if main.done():
-            # A finished workflow starts nothing more, but the ctx.now()/ctx.random() values
-            # its last run took may be in its result or error: journal them too.
-            taken = tuple(step for step in ctx.new_steps if step.result_json is not None)
+            # Journal every step its last activation took: the ctx.now()/ctx.random() values may
+            # be in its result or error, and the steps it started without waiting for them (a
+            # race's ignored loser) keep the journal's numbering whole; the store cancels those
+            # in the same write, so no executor ever sees them.
+            taken = tuple(ctx.new_steps)
             if main.cancelled():
                 return _failed("workflow code cancelled its own task", taken, delivered, activations)
             error = main.exception()
