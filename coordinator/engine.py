@@ -68,6 +68,7 @@ from .store.ownership import DatabaseLock
 from .store.queue import TaskDeadlines
 from .store.reader import Reader
 from .workflow_api import WorkflowApi
+from .workflow_cache import WorkflowCache
 
 __all__ = ["Coordinator", "CoordinatorStats", "DiagnoseReport", "ExecutorView"]
 
@@ -168,6 +169,11 @@ class Coordinator:
             retry_deadline=self.config.database_retry_deadline,
             guard=self.lock.check,
         )
+        cache = WorkflowCache(
+            self.config.workflow_cache_size,
+            self.config.workflow_cache_mib * 1024 * 1024,
+            stats=self.stats.workflow_cache,
+        )
         self._ctx = EngineContext(
             config=self.config,
             registry=self.registry,
@@ -183,12 +189,14 @@ class Coordinator:
                 shard_count=facts.shard_count,
                 deadlines=TaskDeadlines(self.config.default_task_timeout, self.config.task_deadline_grace),
             ),
-            replays=ReplayQueue(dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes),
+            replays=ReplayQueue(
+                dialect, self.registry, max_payload_bytes=self.config.max_payload_bytes, cache=cache
+            ),
             timers=Timers(dialect),
             sessions=SessionRegistry(facts.shard_count),
             writer=writer,
             reader=Reader(self.database, retry_deadline=self.config.database_retry_deadline),
-            replay_runner=ReplayRunner(self.config.replay_timeout),
+            replay_runner=ReplayRunner(self.config.replay_timeout, on_abandon=cache.clear),
         )
         self.membership = Membership(self._ctx)
         self.dispatcher = Dispatcher(self._ctx)

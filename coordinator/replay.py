@@ -603,6 +603,8 @@ class WorkflowRun:
         self._legacy_delivered: list[tuple[int, int]] = []
         #: Activations run so far.
         self.activations = 0
+        #: An estimate of the JSON the code was handed and asked for (the workflow cache's bound).
+        self.held_bytes = 0
         #: The last outcome finished the workflow (or failed it): there is nothing to advance.
         self.finished = False
         self.closed = False

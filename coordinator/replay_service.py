@@ -65,7 +65,7 @@ class ReplayService:
         cancelling = [
             workflow_id
             for workflow_id, result in outcomes.items()
-            if result.withdrawn or result.status is not WorkflowStatus.RUNNING
+            if result is not None and (result.withdrawn or result.status is not WorkflowStatus.RUNNING)
         ]
 
         def claims(connection: Connection) -> list[deadlines.Claim]:
@@ -75,13 +75,21 @@ class ReplayService:
                 for claim in deadlines.claimed_tasks(connection, workflow_id=workflow_id)
             ]
 
-        return await self.ctx.write_revoking(
-            lambda c: self.ctx.replays.apply(c, due, outcomes, now),
-            "replay",
-            "the workflow no longer waits for this step (it lost a race or timed out, or the workflow "
-            "finished)",
-            claims,
-        )
+        written = {workflow_id: result for workflow_id, result in outcomes.items() if result is not None}
+        try:
+            outcome = await self.ctx.write_revoking(
+                lambda c: self.ctx.replays.apply(c, due, written, now),
+                "replay",
+                "the workflow no longer waits for this step (it lost a race or timed out, or the workflow "
+                "finished)",
+                claims,
+            )
+        except BaseException:
+            self.ctx.replays.cache.forget(outcomes)  # nothing was written: the runs are ahead of it
+            raise
+        # A run the write did not take (the workflow changed, finished or was cleared) is out of step.
+        self.ctx.replays.cache.forget(set(outcomes) - outcome.applied)
+        return outcome
 
     async def timer_loop(self) -> None:
         while True:

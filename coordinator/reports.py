@@ -16,6 +16,17 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class CacheStats:
+    """The workflow cache's lookups since start-up, and what it holds now."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    entries: int = 0
+    bytes: int = 0
+
+
+@dataclass
 class CoordinatorStats:
     """Counters since start-up (exported as metrics, shown by Diagnose)."""
 
@@ -31,6 +42,8 @@ class CoordinatorStats:
     deadlines_expired: int = 0
     #: Attempts executors were told to stop (CancelTasks).
     attempts_cancelled: int = 0
+    #: The workflow cache's lookups and contents (the cache updates this object).
+    workflow_cache: CacheStats = field(default_factory=CacheStats)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import random
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
@@ -36,7 +37,8 @@ from conveyor.workflow import WorkflowRegistry
 
 from .. import validation
 from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
-from ..replay import INSTANT_KINDS, SETTLED, JournalEntry, NewStep, ReplayOutcome, replay
+from ..replay import INSTANT_KINDS, SETTLED, JournalEntry, NewStep, ReplayOutcome, WorkflowRun
+from ..workflow_cache import WorkflowCache
 from .dialect import Dialect, is_transient
 from .journal import cancel_steps, cancel_workflows
 from .schema import replay_queue, steps, tasks, workflows
@@ -61,6 +63,8 @@ class ReplayBatchOutcome:
     #: Steps cancelled because their workflow withdrew them or finished without them: the
     #: executors holding their tasks must be told to stop (see ``revoked_since``).
     steps_cancelled: int = 0
+    #: Workflows whose replay outcome was written (the workflow cache keeps only their runs).
+    applied: set[str] = field(default_factory=set)
 
     def merge(self, other: ReplayBatchOutcome) -> None:
         self.replayed += other.replayed
@@ -73,6 +77,7 @@ class ReplayBatchOutcome:
             self.next_wake_at = min(self.next_wake_at or other.next_wake_at, other.next_wake_at)
         self.replay_delays.extend(other.replay_delays)
         self.steps_cancelled += other.steps_cancelled
+        self.applied |= other.applied
 
 
 @dataclass(frozen=True)
@@ -92,12 +97,43 @@ class DueReplay:
     #: As read: the apply re-checks both (None: a workflow from before activations were recorded).
     step_count: int = 0
     activations: int | None = 0
+    #: ``journal`` holds only the outcomes to deliver: the workflow cache holds a run in step.
+    partial: bool = False
 
     @property
     def replayable(self) -> bool:
         """Running (whatever its steps do: it advances on any completion); otherwise the entry is
         only removed."""
         return self.status is WorkflowStatus.RUNNING
+
+
+_journal_columns = (
+    steps.c.workflow_id,
+    steps.c.number,
+    steps.c.kind,
+    steps.c.name,
+    steps.c.args,
+    steps.c.status,
+    steps.c.result,
+    steps.c.error,
+    steps.c.delivered_in,
+    steps.c.completed_at,
+)
+
+
+def _journal_entry(row: Any) -> JournalEntry:
+    """A row selected with ``_journal_columns``, as replay reads it."""
+    return JournalEntry(
+        row.number,
+        StepKind(row.kind),
+        row.name,
+        row.args,
+        StepStatus(row.status),
+        row.result,
+        row.error,
+        row.delivered_in,
+        row.completed_at,
+    )
 
 
 _record_delivery = (
@@ -125,11 +161,19 @@ _update_progress = (
 class ReplayQueue:
     """Write units over the replay queue."""
 
-    def __init__(self, dialect: Dialect, registry: WorkflowRegistry, *, max_payload_bytes: int) -> None:
+    def __init__(
+        self,
+        dialect: Dialect,
+        registry: WorkflowRegistry,
+        *,
+        max_payload_bytes: int,
+        cache: WorkflowCache | None = None,
+    ) -> None:
         self._dialect = dialect
         self._registry = registry
         self._max_payload_bytes = max_payload_bytes
         self._rng = random.Random()
+        self.cache = cache if cache is not None else WorkflowCache()
 
     def due(self, connection: Connection, limit: int) -> list[DueReplay]:
         """The oldest ``limit`` entries of workflows this coordinator has code for, with journals."""
@@ -158,7 +202,11 @@ class ReplayQueue:
         ).all()
         if not rows:
             return []
-        journals = self._load_journals(connection, [row.id for row in rows])
+        # A workflow whose run the cache holds, in step with the database, needs only the outcomes
+        # it has not been handed yet (through the partial index), not its whole journal.
+        cached = {row.id for row in rows if self.cache.expected(row.id) == (row.step_count, row.activations)}
+        journals = self._load_journals(connection, [row.id for row in rows if row.id not in cached])
+        journals.update(self._load_undelivered(connection, list(cached)))
         return [
             DueReplay(
                 row.id,
@@ -172,31 +220,47 @@ class ReplayQueue:
                 row.trace_context,
                 row.step_count,
                 row.activations,
+                row.id in cached,
             )
             for row in rows
         ]
 
-    def replay_one(self, due: DueReplay, now: int) -> ReplayOutcome:
-        """Replay one due workflow (runs workflow code: call it on the replay runner's thread)."""
+    def replay_one(self, due: DueReplay, now: int) -> ReplayOutcome | None:
+        """Advance one due workflow: its cached run if the cache holds it in step, else a replay from
+        scratch (runs workflow code: call it on the replay runner's thread). None: the cache lost the
+        run ``due`` was read for (only its undelivered outcomes were read); the next pass reads it all.
+        """
         definition = self._registry.get(due.name)
         if definition is None:  # ``due`` only selects registered names
             return ReplayOutcome(WorkflowStatus.FAILED, error=f"no workflow named {due.name!r} is registered")
+        run = self.cache.take(due.workflow_id, due.step_count, due.activations)
+        if run is None and due.partial:
+            return None
         try:
-            args = json.loads(due.args) if due.args else []
-            result = replay(
-                definition,
-                due.workflow_id,
-                args,
-                due.journal,
-                now_us=now,
-                rng=self._rng,
-                activations=due.activations,
-                started_at_us=due.created_at,
-            )
+            if run is not None:
+                result = run.advance(due.journal, now)
+            else:
+                args = json.loads(due.args) if due.args else []
+                run = WorkflowRun(
+                    definition, due.workflow_id, args, started_at_us=due.created_at, rng=self._rng
+                )
+                result = run.resume(due.journal, due.activations, now)
         except Exception as error:  # a bug in replay itself must not wedge the queue
             fields = logs.fields(workflow_id=due.workflow_id)
             log.exception("replaying workflow %s failed unexpectedly", due.workflow_id, extra=fields)
+            if run is not None:
+                run.close()
             return ReplayOutcome(WorkflowStatus.FAILED, error=f"internal error during replay: {error!r}")
+        if result.status is WorkflowStatus.RUNNING:
+            # What the code was handed and asked for: an estimate of what it may hold on to.
+            run.held_bytes += sum(
+                len(entry.result_json or "") + (0 if due.partial else len(entry.args_json))
+                for entry in due.journal
+            )
+            run.held_bytes += sum(len(step.args_json) for step in result.new_steps)
+            self.cache.put(run, run.held_bytes)
+        else:
+            run.close()
         if result.result_json is not None:
             size = len(result.result_json.encode())
             if size > self._max_payload_bytes:
@@ -249,6 +313,7 @@ class ReplayQueue:
                 outcome.left += 1  # changed since it was read: the next pass replays the new state
                 continue
             ready.append((due, result))
+        outcome.applied = {due.workflow_id for due, _ in ready}
         if done:
             connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(done)))
             outcome.taken += len(done)
@@ -275,6 +340,7 @@ class ReplayQueue:
                 if is_transient(error):
                     raise
                 written = self._fail(connection, due, error, now)
+                outcome.applied.discard(due.workflow_id)  # failed instead: its run is of no use
             else:
                 savepoint.commit()
             outcome.merge(written)
@@ -414,37 +480,36 @@ class ReplayQueue:
         )
 
     @staticmethod
+    def _load_undelivered(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
+        """The finished steps of these workflows whose outcome is not delivered yet, in journal order."""
+        if not workflow_ids:
+            return {}
+        journals: dict[str, list[JournalEntry]] = {workflow_id: [] for workflow_id in workflow_ids}
+        for row in connection.execute(
+            select(*_journal_columns)
+            .where(
+                steps.c.workflow_id.in_(workflow_ids),
+                # Spelled as the partial index's predicate, which holds only such steps and running ones.
+                steps.c.delivered_in.is_(None),
+                steps.c.status != StepStatus.RUNNING,
+                steps.c.kind.not_in([kind.value for kind in INSTANT_KINDS]),
+            )
+            .order_by(steps.c.workflow_id, steps.c.number)
+        ):
+            journals[row.workflow_id].append(_journal_entry(row))
+        return journals
+
+    @staticmethod
     def _load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
         journals: dict[str, list[JournalEntry]] = defaultdict(list)
+        if not workflow_ids:
+            return journals
         for row in connection.execute(
-            select(
-                steps.c.workflow_id,
-                steps.c.number,
-                steps.c.kind,
-                steps.c.name,
-                steps.c.args,
-                steps.c.status,
-                steps.c.result,
-                steps.c.error,
-                steps.c.delivered_in,
-                steps.c.completed_at,
-            )
+            select(*_journal_columns)
             .where(steps.c.workflow_id.in_(workflow_ids))
             .order_by(steps.c.workflow_id, steps.c.number)
         ):
-            journals[row.workflow_id].append(
-                JournalEntry(
-                    row.number,
-                    StepKind(row.kind),
-                    row.name,
-                    row.args,
-                    StepStatus(row.status),
-                    row.result,
-                    row.error,
-                    row.delivered_in,
-                    row.completed_at,
-                )
-            )
+            journals[row.workflow_id].append(_journal_entry(row))
         return journals
 
     def _start_steps(

@@ -7,13 +7,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from conveyor import RetryPolicy, WorkflowContext, task_handler, workflow
 from conveyor.client.models import WorkflowStatus
 from conveyor.coordinator.replay import TIMER_STEP_NAME
+from conveyor.coordinator.workflow_cache import MODE_VARIABLE, CacheMode
 from support import eventually, registry_of
 from toolkit import MakeStack, handlers_of, restart_coordinator, step_rows, task_rows, wait_finished
 
 NO_RETRY = RetryPolicy(max_attempts=1, initial_backoff=0.05)
+
+
+@pytest.fixture(autouse=True, params=[mode.value for mode in CacheMode])
+def cache_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test runs with the workflow cache on, off, and evicting at random."""
+    monkeypatch.setenv(MODE_VARIABLE, request.param)
+    return str(request.param)
 
 
 @workflow
@@ -96,3 +106,36 @@ async def test_a_timeout_set_before_a_coordinator_restart_fires_after_it(make_st
     assert rows[0].completed_at >= rows[0].wake_at
     assert await task_rows(stack.database_url, started.workflow_id) == []
     assert list((await stack.client.diagnose()).violations) == []
+
+
+@workflow
+async def turns(ctx: WorkflowContext, count: int) -> int:
+    total = 0
+    for turn in range(count):
+        total += await ctx.task("fast", turn, name=f"turn{turn}")
+    return total
+
+
+async def test_a_long_loop_advances_from_the_cache_when_it_is_on(
+    make_stack: MakeStack, cache_mode: str
+) -> None:
+    @task_handler("fast")
+    async def fast(payload: Any) -> Any:
+        return payload
+
+    stack = await make_stack(registry_of(turns))
+    stack.start_executor(handlers=handlers_of(fast), llm=False)
+    started = await stack.client.start_workflow("turns", {"count": 30})
+
+    finished = await wait_finished(stack.client, started.workflow_id, within=60)
+
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+    assert finished.result == sum(range(30))
+    cache = stack.coordinator.stats.workflow_cache
+    if cache_mode == CacheMode.ON:
+        assert (cache.misses, cache.hits) == (1, 30)  # replayed from scratch once, at its start
+    elif cache_mode == CacheMode.OFF:
+        assert (cache.hits, cache.misses) == (0, 31)
+    else:  # a run lost after a partial read is read again in full: one more lookup
+        assert cache.hits <= 30 and cache.hits + cache.misses >= 31
+    assert cache.entries == 0  # finished: dropped
