@@ -656,6 +656,8 @@ class WorkflowRun:
                 self.activations += 1
         outcome = self._decide(tuple(delivered))
         ctx.new_steps, ctx.withdrawn = [], []
+        if ctx.cursor >= len(ctx.journal):
+            ctx.journal = ()  # every position is taken: a kept run need not hold the journal
         self.finished = outcome.status is not WorkflowStatus.RUNNING
         return outcome
 
@@ -825,7 +827,8 @@ class WorkflowRun:
             WorkflowStatus.RUNNING,
             new_steps=tuple(ctx.new_steps),
             delivered=delivered,
-            withdrawn=tuple(ctx.withdrawn),
+            # Sorted: code often cancels the ``pending`` set of asyncio.wait, whose order is not stable.
+            withdrawn=tuple(sorted(ctx.withdrawn)),
             activations=activations,
         )
 

@@ -104,6 +104,7 @@ class WorkflowApi:
             functools.partial(deadlines.claimed_tasks, workflow_id=workflow_id),
         )
         self.ctx.count_finished(WorkflowStatus.CANCELLED, 1)
+        self.ctx.replays.cache.forget([workflow_id])
         return record
 
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:
