@@ -10,20 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .cache_stats import CacheStats
+
 if TYPE_CHECKING:
     from .sessions import ExecutorSession
     from .store import ShardDepth, Violation
-
-
-@dataclass
-class CacheStats:
-    """The workflow cache's lookups since start-up, and what it holds now."""
-
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    entries: int = 0
-    bytes: int = 0
 
 
 @dataclass

@@ -33,8 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .cache_stats import CacheStats
 from .replay import WorkflowRun
-from .reports import CacheStats
 
 #: Default bound on cached runs (``--workflow-cache-size``).
 DEFAULT_CACHE_SIZE = 10_000
