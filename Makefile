@@ -11,7 +11,7 @@ DB ?=
 CONVEYOR_TEST_POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 export CONVEYOR_TEST_POSTGRES_URL
 
-.PHONY: demo test bench chaos model-long protos lint typecheck clean
+.PHONY: demo test test-cache-modes bench chaos model-long protos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$status
+
+## test-cache-modes: the workflow and replay tests again with the workflow cache off, then evicting
+## at random (CONVEYOR_WORKFLOW_CACHE): a cached run and a replay from scratch must decide the same
+CACHE_MODE_TESTS = tests/core/test_races.py tests/core/test_replay_determinism.py \
+	tests/core/test_workflow_features.py tests/core/test_replay_queue.py tests/core/test_end_to_end_inprocess.py \
+	tests/property/test_coordinator_model.py
+test-cache-modes: $(STAMP)
+	CONVEYOR_WORKFLOW_CACHE=off $(BIN)/python -m pytest -q $(CACHE_MODE_TESTS)
+	CONVEYOR_WORKFLOW_CACHE=random-evict $(BIN)/python -m pytest -q $(CACHE_MODE_TESTS)
 
 ## bench: the standard benchmark suite (about an hour; QUICK=1 for a few minutes); results in results/
 # (.[dev] includes .[bench]: matplotlib, the DBOS, Temporal and Restate peers, the profilers)

@@ -16,16 +16,24 @@ A workflow is an ``async def`` taking a :class:`WorkflowContext` first, marked w
         return (await ctx.llm(..., name="summarize")).text
 
 The coordinator runs the function by deterministic replay: every ``ctx`` call is a
-journal entry, finished entries return their recorded result, and the function is
-suspended at the first step still running. Workflow code must therefore depend only
-on its arguments and on what ``ctx`` returns: use ``ctx.now()`` / ``ctx.random()``
-instead of ``time`` / ``random``, ``ctx.sleep()`` instead of ``asyncio.sleep``, and
-do I/O in steps. Steps started before the function next awaits something unfinished
-(``asyncio.gather``) start together, in one transaction.
+journal entry, and the function runs in *activations*. The first runs it from the top
+until it waits; each later one hands it the outcomes of the steps that finished since
+(results, ``StepFailed``, fired timers) and runs it until it waits again. A workflow
+advances as soon as any step it started finishes, whatever else still runs, so
+``asyncio.wait(..., return_when=FIRST_COMPLETED)``, ``asyncio.as_completed``,
+``asyncio.wait_for(step, timeout)`` and ``asyncio.timeout()`` work over steps. asyncio
+timers are durable: ``asyncio.sleep(n)`` (and every timeout) is a sleep step, as
+``ctx.sleep(n)`` is, and survives coordinator restarts; ``loop.time()`` is a virtual
+clock (seconds since the workflow started, as of the activation). A step whose wait
+the code cancels (the loser of a race, a timed-out ``wait_for``) is cancelled on its
+executor; ``asyncio.shield()`` keeps it running.
 
-A workflow advances once every step it has started has finished; awaiting only the
-first of several running steps (``asyncio.wait(..., FIRST_COMPLETED)``) therefore
-waits for all of them.
+Workflow code must depend only on its arguments and on what ``ctx`` returns: use
+``ctx.now()`` / ``ctx.random()`` instead of ``time`` / ``random``, and do I/O in steps.
+Steps started before the function next awaits something unfinished (``asyncio.gather``)
+start together, in one transaction. Iterate over the ``done`` set of ``asyncio.wait`` in
+an order of your own (``[t for t in tasks if t in done]``): a set's order differs from
+run to run, and so would the steps taken from it.
 """
 
 from __future__ import annotations

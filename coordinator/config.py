@@ -147,6 +147,23 @@ OPTIONS = (
             group=_LEADERSHIP,
         ),
         Option(
+            "workflow_cache_size",
+            Kind.INT,
+            10_000,
+            "workflows whose suspended code the coordinator keeps in memory between steps (LRU), so "
+            "advancing one does not replay its journal; 0 turns the cache off",
+            low=0,
+            high=10_000_000,
+        ),
+        Option(
+            "workflow_cache_mib",
+            Kind.INT,
+            512,
+            "bound on the estimated memory of the cached workflows, in MiB (LRU beyond it)",
+            low=1,
+            high=1_000_000,
+        ),
+        Option(
             "sqlite_synchronous",
             Kind.TEXT,
             "FULL",
@@ -358,6 +375,10 @@ class CoordinatorConfig:
     replay_batch_size: int = 100
     #: Longest one replay of workflow code may run before its workflow is failed (blocking code).
     replay_timeout: float = OPTIONS.defaults.replay_timeout
+    #: Suspended workflow runs kept between activations (0: no cache); see workflow_cache.py.
+    workflow_cache_size: int = OPTIONS.defaults.workflow_cache_size
+    #: Bound on their estimated memory, in MiB.
+    workflow_cache_mib: int = OPTIONS.defaults.workflow_cache_mib
     #: How long the writer waits for more work to share a transaction.
     group_commit_window: float = 0.001
     #: SQLite ``PRAGMA synchronous``: FULL survives power loss, NORMAL only process crashes.

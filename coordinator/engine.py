@@ -5,7 +5,8 @@ The path of one step, each arrow one write transaction on the writer thread::
     result batch ──record──▶ replay queue ──replay──▶ new tasks ──claim──▶ executor
 
 * ``record`` (RecordResults, :mod:`.dispatch`) finishes steps and enqueues a replay for
-  each workflow left with nothing in progress, then wakes the replay loop;
+  each workflow with a step finished (a workflow advances on any completion), then wakes
+  the replay loop;
 * the replay loop (:mod:`.replay_service`) drains the replay queue oldest workflow first,
   starting the next steps or finishing workflows, then wakes the executors whose shards
   got tasks;
@@ -73,6 +74,7 @@ from .store.queue import TaskDeadlines
 from .store.reader import Reader
 from .watch import WatchEvent
 from .workflow_api import WorkflowApi
+from .workflow_cache import WorkflowCache
 
 __all__ = ["Coordinator", "CoordinatorStats", "DiagnoseReport", "ExecutorView"]
 
@@ -193,6 +195,11 @@ class Coordinator:
             guard=self.lock.check,
             fence=None if leadership is None else leadership.fence,
         )
+        cache = WorkflowCache(
+            self.config.workflow_cache_size,
+            self.config.workflow_cache_mib * 1024 * 1024,
+            stats=self.stats.workflow_cache,
+        )
         self._ctx = EngineContext(
             config=self.config,
             registry=self.registry,
@@ -211,15 +218,16 @@ class Coordinator:
             replays=ReplayQueue(
                 dialect,
                 self.registry,
-                Children(facts.shard_count, clock),
+                children=Children(facts.shard_count, clock),
                 max_payload_bytes=self.config.max_payload_bytes,
+                cache=cache,
             ),
             timers=Timers(dialect),
             signals=Signals(dialect),
             sessions=SessionRegistry(facts.shard_count),
             writer=writer,
             reader=Reader(self.database, retry_deadline=self.config.database_retry_deadline),
-            replay_runner=ReplayRunner(self.config.replay_timeout),
+            replay_runner=ReplayRunner(self.config.replay_timeout, on_abandon=cache.clear),
         )
         self.membership = Membership(self._ctx)
         self.dispatcher = Dispatcher(self._ctx)

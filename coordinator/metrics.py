@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from conveyor.errors import ConveyorError
@@ -248,6 +248,23 @@ class _StatsCollector(Collector):
         )
         yield _counter("conveyor_tasks_claimed", "Tasks handed to executors", [((), stats.tasks_claimed)])
         yield _counter("conveyor_replays", "Workflow replays run", [((), stats.replays)])
+        cache = stats.workflow_cache
+        yield _counter(
+            "conveyor_workflow_cache_lookups",
+            "Workflow cache lookups when a workflow advances, by result (hit: its suspended code ran on; "
+            "miss: it was replayed from its journal)",
+            [(("hit",), cache.hits), (("miss",), cache.misses)],
+            ["result"],
+        )
+        yield _counter(
+            "conveyor_workflow_cache_evictions",
+            "Suspended workflow runs dropped from the cache (LRU, bounds, refused writes, finished)",
+            [((), cache.evictions)],
+        )
+        yield _gauge("conveyor_workflow_cache_entries", "Suspended workflow runs in the cache", cache.entries)
+        yield _gauge(
+            "conveyor_workflow_cache_bytes", "Estimated memory of the suspended workflow runs", cache.bytes
+        )
         yield _counter(
             "conveyor_leases_expired",
             "Executors that lost their lease (no heartbeat for the lease TTL)",
@@ -258,6 +275,12 @@ class _StatsCollector(Collector):
             "Finished workflows purged with their journals (--retention and PurgeWorkflows)",
             [((), stats.workflows_purged)],
         )
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, documentation)
+    family.add_metric([], value)
+    return family
 
 
 def _counter(

@@ -1,25 +1,35 @@
-"""Deterministic replay of a workflow function over its journal.
+"""Deterministic replay of a workflow function over its journal, one activation at a time.
 
-:func:`replay` runs the workflow's ``async def`` from the top on a private event
-loop that only runs ready callbacks (no timers, no I/O, no clock). Each ``ctx`` call
-takes the next journal position: a recorded entry must match it (kind, name,
-canonical arguments) and returns its recorded result; a position past the end of
-the journal is a new step. The loop runs until nothing is ready, at which point the
-workflow has either returned, raised, or is waiting on steps that are still
-running; the outcome says which, plus the new steps to start.
+A workflow runs in *activations*. Activation 0 runs the ``async def`` from the top
+until it is quiescent (nothing ready to run): it has returned, raised, or waits on
+steps. Each later activation delivers a set of step outcomes (results, failures,
+fired timers) to the waiting code, in journal order, and runs it until quiescent
+again. A workflow advances as soon as any step it started finishes: the activation
+delivers whatever finished since the previous one, whether or not other steps still
+run. The journal records, per step, the activation that delivered its outcome
+(``delivered_in``), so a replay from scratch delivers every outcome at the point the
+code first saw it and the code takes the same positions, whatever it composes
+(``gather``, ``asyncio.wait(..., FIRST_COMPLETED)``, ``as_completed``, ``wait_for``,
+``asyncio.timeout``, tasks).
 
-Replay runs in *waves*, the way the workflow really ran: a workflow advances only
-once every step it started has finished, so the results of the steps taken before a
-quiescent point became known together, at that point, never earlier. Replay holds a
-recorded result back until the loop is quiescent again and then resolves every step
-of that wave in journal order, so the workflow code sees results at the same points
-as in its first run and takes the same positions, whatever it composes (``gather``
-over multi-step branches, nested gathers, helper coroutines, tasks). Only
-``ctx.now()`` / ``ctx.random()`` resolve at once, as they did the first time.
+:class:`WorkflowRun` is one execution of the code. :meth:`WorkflowRun.resume` replays
+the recorded activations (activation 0, then each recorded delivery), comparing each
+step the code asks for with the journal (kind, name, canonical arguments), and then
+runs the new activation; :meth:`WorkflowRun.advance` runs a new activation on a run
+that is already caught up (the coordinator's workflow cache keeps runs between
+activations). A from-scratch replay is ``resume``, which ends in ``advance``: both
+reach the same decision by construction.
 
-Replay compares, position by position, each step's kind, name and canonical
-arguments with the journal, and requires the code to ask for every journaled step:
-a journal entry the code no longer asks for is non-determinism too.
+Only ``ctx.now()`` / ``ctx.random()`` resolve on the spot. asyncio timers are
+durable: ``loop.call_later`` / ``call_at`` take a sleep step (``asyncio.sleep``,
+``wait_for``, ``asyncio.wait(timeout=...)``, ``as_completed(timeout=...)``,
+``asyncio.timeout``), whose delivery runs the callback; cancelling the handle
+cancels the step. ``loop.time()`` is a virtual clock: seconds since the workflow
+started, as of the activation (the latest completion time among the outcomes it
+delivered), so a replay reads the same values. A step whose future the code cancels
+(a lost race, a timeout) is *withdrawn*: the store cancels it and tells its
+executor to stop; ``asyncio.shield`` (or simply not cancelling) keeps it running and
+its outcome is delivered to nobody.
 
 Replay is pure: it reads nothing and writes nothing. It runs workflow code, so the
 coordinator runs it on the replay runner's thread (:mod:`conveyor.coordinator.replay_runner`),
@@ -32,6 +42,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import json
 import random
 import traceback
 from collections.abc import Callable, Generator, Sequence
@@ -70,10 +81,16 @@ MAX_STEPS_PER_WORKFLOW = 10_000
 #: Bounds the ready callbacks one replay may run, so an ``async`` busy loop in
 #: workflow code fails its workflow instead of stalling the coordinator.
 MAX_CALLBACKS_PER_REPLAY = 1_000_000
-#: Steps complete the moment they are taken: replay resolves them on the spot, not in a wave.
-RESOLVED_AT_ONCE = frozenset({StepKind.NOW, StepKind.RANDOM, StepKind.PATCH})
 #: Recorded errors keep the end of the traceback, where the cause usually is.
 MAX_ERROR_CHARS = 4_000
+#: The name of the sleep step an asyncio timer takes (``asyncio.sleep``, ``wait_for``...).
+TIMER_STEP_NAME = "asyncio.timer"
+#: ``delivered_in`` of a step whose outcome is never delivered: ``ctx.now()`` / ``ctx.random()``
+#: (resolved when taken) and steps the workflow code withdrew (cancelled) itself. Activation 0
+#: is the first run from the top and delivers nothing, so 0 is never a real delivery.
+SETTLED = 0
+#: Steps that resolve on the spot: recorded values and ``ctx.patched`` markers.
+INSTANT_KINDS = frozenset({StepKind.NOW, StepKind.RANDOM, StepKind.PATCH})
 
 
 @dataclass(frozen=True)
@@ -83,12 +100,14 @@ class JournalEntry:
     number: int
     kind: StepKind
     name: str
-    #: The canonical arguments, or, when ``args_digest`` is set, their compacted stored form
-    #: (:mod:`conveyor.coordinator.store.payloads`), shown only in error messages.
     args_json: str
     status: StepStatus
     result_json: str | None = None
     error: str | None = None
+    #: The activation that delivered its outcome; None: not yet; :data:`SETTLED`: never will.
+    delivered_in: int | None = None
+    #: When it finished (microseconds since the epoch): sets the virtual clock of its activation.
+    completed_at: int | None = None
     #: :func:`canonical_digest` of the canonical arguments when the journal stores them compacted.
     args_digest: str | None = None
 
@@ -98,6 +117,15 @@ class JournalEntry:
         if self.args_digest is not None:
             return canonical_digest(args_json) == self.args_digest
         return self.args_json == args_json
+
+    @property
+    def awaiting_delivery(self) -> bool:
+        """Finished, but the workflow code has not been handed its outcome yet."""
+        return (
+            self.status is not StepStatus.RUNNING
+            and self.delivered_in is None
+            and self.kind not in INSTANT_KINDS
+        )
 
 
 @dataclass(frozen=True)
@@ -129,6 +157,13 @@ class ReplayOutcome:
     new_steps: tuple[NewStep, ...] = ()
     result_json: str | None = None
     error: str | None = None
+    #: Outcomes this replay delivered, as (step number, activation), to record as ``delivered_in``.
+    delivered: tuple[tuple[int, int], ...] = ()
+    #: Running steps the workflow code withdrew (cancelled its wait on): the store cancels them.
+    withdrawn: tuple[int, ...] = ()
+    #: How many activations the workflow has run after this replay (None: not known, a failure
+    #: before any code ran).
+    activations: int | None = None
     #: Set when the workflow failed because code and journal disagree: the first step they differ at.
     nondeterministic_step: int | None = None
 
@@ -140,20 +175,42 @@ class _ReplaySealed(BaseException):
     """
 
 
+class _DurableTimer(asyncio.TimerHandle):
+    """The handle of an asyncio timer: cancelling it withdraws its sleep step."""
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: Sequence[Any],
+        loop: asyncio.AbstractEventLoop,
+        context: contextvars.Context | None,
+        withdraw: Callable[[], None],
+    ) -> None:
+        super().__init__(when, callback, args, loop, context)
+        self._withdraw = withdraw
+
+    def cancel(self) -> None:
+        if not self.cancelled():
+            self._withdraw()
+        super().cancel()
+
+
 class _ReplayLoop(asyncio.AbstractEventLoop):
     """An event loop that runs ready callbacks and nothing else.
 
-    Timers and I/O would make replay depend on the world rather than the journal,
-    so they raise. Only the methods asyncio's futures, tasks and combinators use are
-    implemented; anything else raises ``NotImplementedError`` from the base class.
+    Timers are durable sleep steps and the clock is virtual (both through the
+    context that owns the loop, see the module doc); I/O would make replay depend on
+    the world rather than the journal. Only the methods asyncio's futures, tasks,
+    timeouts and combinators use are implemented; anything else raises
+    ``NotImplementedError`` from the base class.
     """
 
     def __init__(self) -> None:
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._running = False
         self._closed = False
-        #: Set when workflow code used something replay forbids (timers, the clock).
-        self.fatal_error: WorkflowError | None = None
+        self.owner: _ReplayContext | None = None
 
     def run_until_quiescent(self, max_callbacks: int) -> int:
         """Run ready callbacks until none is left; returns how many ran."""
@@ -173,6 +230,12 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
             self._running = False
             asyncio._set_running_loop(previous)
 
+    def make_ready(self, handle: asyncio.Handle) -> None:
+        self._ready.append(handle)
+
+    def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
+        pass  # a durable timer withdraws its step itself (see _DurableTimer.cancel)
+
     def call_soon(
         self,
         callback: Callable[[Unpack[Ts]], object],
@@ -190,10 +253,8 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         *args: *Ts,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        raise self._forbid(
-            "workflow code used an asyncio timer (asyncio.sleep, wait_for, timeout); "
-            "use 'await ctx.sleep(seconds)' for a durable timer"
-        )
+        assert self.owner is not None
+        return self.owner.timer(delay, callback, args, context)
 
     def call_at(
         self,
@@ -202,20 +263,11 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         *args: *Ts,
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
-        return self.call_later(when, callback, *args, context=context)
+        return self.call_later(when - self.time(), callback, *args, context=context)
 
     def time(self) -> float:
-        # asyncio.timeout() (and wait_for() on Python 3.12+) read the clock before setting a timer.
-        raise self._forbid(
-            "workflow code read the event-loop clock (loop.time(), asyncio.timeout, wait_for); use "
-            "ctx.now() for the time and 'await ctx.sleep(seconds)' for a durable timer"
-        )
-
-    def _forbid(self, message: str) -> WorkflowError:
-        """The error to raise into workflow code; recorded too, so catching it cannot save the workflow."""
-        error = WorkflowError(message)
-        self.fatal_error = self.fatal_error or error
-        return error
+        assert self.owner is not None
+        return self.owner.clock_seconds()
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
@@ -245,15 +297,7 @@ class _ReplayLoop(asyncio.AbstractEventLoop):
         pass
 
 
-class _ChildHandle:
-    """What ``ctx.start_child`` returns: the child's id now, its result when awaited."""
-
-    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
-        self.workflow_id = workflow_id
-        self._future = future
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._future.__await__()
+_Delivery = Callable[[JournalEntry], None]
 
 
 class _ReplayContext:
@@ -264,24 +308,29 @@ class _ReplayContext:
         loop: _ReplayLoop,
         workflow_id: str,
         workflow_name: str,
-        journal: Sequence[JournalEntry],
-        now_us: int,
         rng: random.Random,
+        started_at_us: int,
         workflows: WorkflowRegistry | None = None,
     ) -> None:
         self._loop = loop
+        #: The registered workflows, to check a child's name and arguments where it is started.
         self._workflows = workflows
         self._workflow_id = workflow_id
         self._workflow_name = workflow_name
-        self._journal = journal
-        self._now_us = now_us
         self._rng = rng
+        self._started_at_us = started_at_us
+        self._journal: Sequence[JournalEntry] = ()
         self._cursor = 0
+        #: The real time of this replay: ``ctx.now()`` and the wake time of new sleep steps.
+        self.now_us = 0
+        #: The virtual clock (``loop.time()``), in microseconds since the workflow started.
+        self._clock_us = 0
+        #: Steps asked for but not delivered nor withdrawn: how to deliver each one's outcome.
+        self._waiting: dict[int, _Delivery] = {}
         self.new_steps: list[NewStep] = []
-        #: Recorded results of the current wave, resolved together once the loop is quiescent.
-        self._deferred: list[Callable[[], None]] = []
-        #: The current wave holds a step that is still running or new: the workflow waits here.
-        self.waiting = False
+        self.withdrawn: list[int] = []
+        #: The recorded activation being replayed (every step asked for must be journaled), or None.
+        self.recording: int | None = None
         #: An error that fails the workflow whatever the workflow code does with it.
         self.fatal_error: WorkflowError | None = None
         self.sealed = False
@@ -293,6 +342,37 @@ class _ReplayContext:
     @property
     def workflow_name(self) -> str:
         return self._workflow_name
+
+    @property
+    def cursor(self) -> int:
+        """The journal positions taken so far."""
+        return self._cursor
+
+    @property
+    def journal(self) -> Sequence[JournalEntry]:
+        return self._journal
+
+    @journal.setter
+    def journal(self, journal: Sequence[JournalEntry]) -> None:
+        self._journal = journal
+
+    @property
+    def waiting(self) -> bool:
+        """Some step the code asked for has an outcome still to come."""
+        return bool(self._waiting)
+
+    def is_waiting_on(self, number: int) -> bool:
+        return number in self._waiting
+
+    def clock_seconds(self) -> float:
+        return self._clock_us / 1_000_000
+
+    def fail(self, error: WorkflowError) -> WorkflowError:
+        """Record ``error`` as fatal (the first one wins) and return it, to raise into the code."""
+        self.fatal_error = self.fatal_error or error
+        return error
+
+    # --- the WorkflowContext API ----------------------------------------------------------
 
     async def llm(
         self,
@@ -315,7 +395,7 @@ class _ReplayContext:
             lambda number: NewStep(
                 number, StepKind.LLM, name, args_json, LLM_TASK_KIND, retry or DEFAULT_LLM_RETRY, timeout
             ),
-            lambda result: LlmResponse(_loads(result)),
+            lambda result: LlmResponse(json.loads(result)),
         )
 
     async def task(
@@ -340,20 +420,8 @@ class _ReplayContext:
             lambda number: NewStep(
                 number, StepKind.TASK, step_name, args_json, kind, retry or DEFAULT_TASK_RETRY, timeout
             ),
-            _loads,
+            json.loads,
         )
-
-    @property
-    def cursor(self) -> int:
-        """The journal positions taken so far."""
-        return self._cursor
-
-    def resolve_wave(self) -> bool:
-        """Resolve the recorded results held back in this wave; False if there were none."""
-        deferred, self._deferred = self._deferred, []
-        for resolve in deferred:
-            resolve()
-        return bool(deferred)
 
     async def sleep(self, seconds: float, *, name: str = "sleep") -> None:
         _duration(seconds, "ctx.sleep() duration", allow_zero=True)
@@ -363,7 +431,7 @@ class _ReplayContext:
             name,
             args_json,
             lambda number: NewStep(
-                number, StepKind.SLEEP, name, args_json, wake_at_us=self._now_us + seconds_to_us(seconds)
+                number, StepKind.SLEEP, name, args_json, wake_at_us=self.now_us + seconds_to_us(seconds)
             ),
             lambda _result: None,
         )
@@ -382,9 +450,9 @@ class _ReplayContext:
                 StepKind.SIGNAL,
                 name,
                 args_json,
-                wake_at_us=None if timeout is None else self._now_us + seconds_to_us(timeout),
+                wake_at_us=None if timeout is None else self.now_us + seconds_to_us(timeout),
             ),
-            _loads,
+            json.loads,
         )
 
     async def child(self, workflow: str, args: Any = None, *, name: str | None = None) -> Any:
@@ -418,7 +486,7 @@ class _ReplayContext:
                 child_workflow=workflow,
                 child_args_json=child_args_json,
             ),
-            _loads,
+            json.loads,
         )
         return _ChildHandle(child_workflow_id(self._workflow_id, self._cursor - 1), future)
 
@@ -432,6 +500,8 @@ class _ReplayContext:
             entry = self._journal[self._cursor]
             if not (entry.kind is StepKind.PATCH and entry.name == change_id):
                 return False
+        elif self.recording is not None:
+            return False  # an activation recorded by code that did not make this call here
         future = self._take_step(
             StepKind.PATCH,
             change_id,
@@ -446,7 +516,7 @@ class _ReplayContext:
             StepKind.NOW,
             "now",
             "null",
-            lambda number: NewStep(number, StepKind.NOW, "now", "null", result_json=str(self._now_us)),
+            lambda number: NewStep(number, StepKind.NOW, "now", "null", result_json=str(self.now_us)),
             lambda result: to_datetime(int(result)),
         )
         return future.result()
@@ -463,6 +533,83 @@ class _ReplayContext:
         )
         return future.result()
 
+    # --- the event loop's timers ------------------------------------------------------------
+
+    def timer(
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        args: Sequence[Any],
+        context: contextvars.Context | None,
+    ) -> asyncio.TimerHandle:
+        """``loop.call_later``: a durable sleep step whose delivery runs ``callback``."""
+        # Microseconds, as the store keeps time; also hides the float noise of when - loop.time().
+        rounded = round(max(float(delay), 0.0), 6)
+        _duration(rounded, "asyncio timer delay", allow_zero=True)
+        seconds: float = int(rounded) if rounded.is_integer() else rounded  # 30, not 30.0
+        args_json = canonical_json({"seconds": seconds})
+        number, _entry = self._take(
+            StepKind.SLEEP,
+            TIMER_STEP_NAME,
+            args_json,
+            lambda number: NewStep(
+                number,
+                StepKind.SLEEP,
+                TIMER_STEP_NAME,
+                args_json,
+                wake_at_us=self.now_us + seconds_to_us(seconds),
+            ),
+        )
+        handle = _DurableTimer(
+            self.clock_seconds() + seconds,
+            callback,
+            args,
+            self._loop,
+            context,
+            lambda: self.withdraw(number),
+        )
+        self._waiting[number] = lambda entry: _fire(self._loop, handle, entry)
+        return handle
+
+    # --- steps ---------------------------------------------------------------------------------
+
+    def _take(
+        self, kind: StepKind, name: str, args_json: str, make_new: Callable[[int], NewStep]
+    ) -> tuple[int, JournalEntry | NewStep]:
+        """Take the next journal position: its recorded entry (checked against the call) or a new step."""
+        if self.sealed:
+            raise _ReplaySealed()
+        validation.step_name(name, "step name")
+        number = self._cursor
+        self._cursor += 1
+        if number >= MAX_STEPS_PER_WORKFLOW:
+            raise self.fail(
+                WorkflowError(
+                    f"workflow asked for more than {MAX_STEPS_PER_WORKFLOW} steps; split the work into "
+                    "several workflows"
+                )
+            )
+        if number < len(self._journal):
+            entry = self._journal[number]
+            if (entry.kind, entry.name) != (kind, name) or not entry.was_called_with(args_json):
+                raise self.fail(
+                    NonDeterminismError(_mismatch_message(entry, kind, name, args_json), entry.number)
+                )
+            return number, entry
+        if self.recording is not None:
+            raise self.fail(
+                NonDeterminismError(
+                    f"non-determinism at step {number}: the workflow asked for {kind.value} step {name!r} "
+                    f"in activation {self.recording}, which the journal records as having asked for no "
+                    "step there. Workflow code must make the same calls in the same order on every "
+                    "replay; start a new workflow for changed code",
+                    number,
+                )
+            )
+        step = make_new(number)
+        self.new_steps.append(step)
+        return number, step
+
     def _take_step(
         self,
         kind: StepKind,
@@ -471,140 +618,55 @@ class _ReplayContext:
         make_new: Callable[[int], NewStep],
         decode: Callable[[str], T],
     ) -> asyncio.Future[T]:
-        if self.sealed:
-            raise _ReplaySealed()
-        validation.step_name(name, "step name")
-        number = self._cursor
-        self._cursor += 1
-        if number >= MAX_STEPS_PER_WORKFLOW:
-            self.fatal_error = self.fatal_error or WorkflowError(
-                f"workflow asked for more than {MAX_STEPS_PER_WORKFLOW} steps; split the work into "
-                "several workflows"
-            )
-            raise self.fatal_error
-        future = self._loop.create_future()
-        if number < len(self._journal):
-            entry = self._journal[number]
-            if (entry.kind, entry.name) != (kind, name) or not entry.was_called_with(args_json):
-                error = NonDeterminismError(_mismatch_message(entry, kind, name, args_json), entry.number)
-                self.fatal_error = self.fatal_error or error
-                raise error
-            if entry.status is StepStatus.COMPLETED and kind in RESOLVED_AT_ONCE:
-                # Taken and resolved on the spot the first time: the same now.
-                future.set_result(decode(entry.result_json or "null"))
-            elif entry.status is StepStatus.COMPLETED:
-                result_json = entry.result_json or "null"
-                self._deferred.append(lambda: _settle(future, lambda: decode(result_json)))
-            elif entry.status in (StepStatus.FAILED, StepStatus.CANCELLED):
-                failure = _failure(entry, self._workflow_id)
-                self._deferred.append(lambda: _settle_failed(future, failure))
-            else:
-                self.waiting = True
+        number, taken = self._take(kind, name, args_json, make_new)
+        future: asyncio.Future[T] = self._loop.create_future()
+        if kind in INSTANT_KINDS:
+            # Taken and resolved on the spot the first time: the same value now.
+            future.set_result(decode(taken.result_json or "null"))
             return future
-        step = make_new(number)
-        self.new_steps.append(step)
-        if step.result_json is not None:
-            future.set_result(decode(step.result_json))
-        else:
-            self.waiting = True
+        self._waiting[number] = lambda entry: _settle(future, entry, decode, self._workflow_id)
+        future.add_done_callback(lambda done: self.withdraw(number) if done.cancelled() else None)
         return future
 
+    def withdraw(self, number: int) -> None:
+        """The code cancelled its wait on step ``number`` before its outcome was delivered."""
+        if not self.sealed and self._waiting.pop(number, None) is not None:
+            self.withdrawn.append(number)
 
-def replay(
-    definition: WorkflowDefinition,
-    workflow_id: str,
-    args: list[Any] | dict[str, Any],
-    journal: Sequence[JournalEntry],
-    *,
-    now_us: int,
-    rng: random.Random | None = None,
-    workflows: WorkflowRegistry | None = None,
-) -> ReplayOutcome:
-    """Run ``definition`` over ``journal`` until it finishes or waits; see the module doc."""
-    # typeshed marks every AbstractEventLoop method abstract; at run time they merely raise
-    # NotImplementedError, which is what replay wants for everything it does not support.
-    loop = _ReplayLoop()  # type: ignore[abstract]
-    ctx = _ReplayContext(
-        loop, workflow_id, definition.name, journal, now_us, rng or random.Random(), workflows
-    )
-    try:
-        coroutine = (
-            definition.function(ctx, **args) if isinstance(args, dict) else definition.function(ctx, *args)
-        )
-    except TypeError as error:
-        return _failed(f"arguments do not match workflow {definition.name!r}{definition.signature}: {error}")
-    main = loop.create_task(coroutine)
-    budget = MAX_CALLBACKS_PER_REPLAY
-    try:
-        while True:
-            budget -= loop.run_until_quiescent(budget)
-            if ctx.fatal_error is not None or loop.fatal_error is not None or ctx.waiting:
-                break
-            if not ctx.resolve_wave():
-                break
-    except WorkflowError as error:
-        ctx.fatal_error = ctx.fatal_error or error
-    except BaseException as error:  # sys.exit(), KeyboardInterrupt: fail the workflow alone
-        ctx.fatal_error = ctx.fatal_error or WorkflowError(_escaped(error))
-    ctx.fatal_error = ctx.fatal_error or loop.fatal_error
-    try:
-        return _decide(ctx, main, journal)
-    finally:
-        _tear_down(loop, ctx)
+    def deliver(self, entry: JournalEntry, activation: int) -> None:
+        """Hand the code the outcome of ``entry`` (its callbacks run when the loop next runs)."""
+        delivery = self._waiting.pop(entry.number, None)
+        if delivery is not None:
+            delivery(entry)
+        elif entry.number >= self._cursor:
+            raise self.fail(
+                NonDeterminismError(
+                    f"non-determinism at step {entry.number}: the journal delivers the outcome of "
+                    f"{entry.kind.value} step {entry.name!r} in activation {activation}, but the workflow "
+                    "had not asked for it by then. Workflow code must make the same calls in the same "
+                    "order on every replay; start a new workflow for changed code",
+                    entry.number,
+                )
+            )
+        # Otherwise the code withdrew the step: its outcome goes to nobody.
+
+    def advance_clock(self, entries: Sequence[JournalEntry]) -> None:
+        """The virtual clock of an activation: the latest completion among the outcomes it delivers."""
+        times = [entry.completed_at for entry in entries if entry.completed_at is not None]
+        if times:
+            self._clock_us = max(self._clock_us, max(times) - self._started_at_us)
 
 
-def _decide(ctx: _ReplayContext, main: asyncio.Task[Any], journal: Sequence[JournalEntry]) -> ReplayOutcome:
-    if isinstance(ctx.fatal_error, NonDeterminismError):
-        return _failed(str(ctx.fatal_error), nondeterministic_step=ctx.fatal_error.step_number)
-    if ctx.fatal_error is not None:
-        return _failed(str(ctx.fatal_error))
-    if ctx.cursor < len(journal):
-        return _failed(
-            _unconsumed_message(journal, ctx.cursor, finished=main.done()),
-            nondeterministic_step=journal[ctx.cursor].number,
-        )
-    if main.done():
-        # A finished workflow starts nothing more, but the ctx.now()/ctx.random() values
-        # its last run took may be in its result or error: journal them too.
-        taken = tuple(step for step in ctx.new_steps if step.result_json is not None)
-        if main.cancelled():
-            return _failed("workflow code cancelled its own task", taken)
-        error = main.exception()
-        if error is not None:
-            return _failed(_describe_exception(error), taken)
-        try:
-            result_json = canonical_json(main.result())
-        except RecursionError:
-            return _failed("workflow returned a value nested too deeply to encode as JSON", taken)
-        except (TypeError, ValueError) as bad_result:
-            return _failed(f"workflow returned a value that is not JSON-serializable: {bad_result}", taken)
-        return ReplayOutcome(WorkflowStatus.COMPLETED, new_steps=taken, result_json=result_json)
-    if not ctx.waiting:
-        return _failed(
-            "workflow is waiting on something that is not a Conveyor step (an asyncio.Event, Queue "
-            "or bare Future?) and can never resume; await only ctx.llm/ctx.task/ctx.sleep results"
-        )
-    return ReplayOutcome(WorkflowStatus.RUNNING, new_steps=tuple(ctx.new_steps))
-
-
-def _tear_down(loop: _ReplayLoop, ctx: _ReplayContext) -> None:
-    """Cancel what the workflow left suspended, so its ``finally`` blocks run now, not at GC."""
-    ctx.sealed = True
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        # Whatever the workflow's finally blocks raise (even sys.exit()) changes nothing now.
-        with contextlib.suppress(BaseException):
-            loop.run_until_quiescent(10_000)
-    loop.close()
-
-
-def _settle(future: asyncio.Future[T], decode: Callable[[], T]) -> None:
-    if future.done():  # the workflow cancelled its wait on the step
+def _settle(
+    future: asyncio.Future[T], entry: JournalEntry, decode: Callable[[str], T], workflow_id: str
+) -> None:
+    if future.done():
+        return
+    if entry.status is not StepStatus.COMPLETED:
+        future.set_exception(_failure(entry, workflow_id))
         return
     try:
-        future.set_result(decode())
+        future.set_result(decode(entry.result_json or "null"))
     except Exception as error:  # a recorded result this code cannot read fails where it is awaited
         future.set_exception(error)
 
@@ -621,9 +683,336 @@ def _failure(entry: JournalEntry, workflow_id: str) -> WorkflowError:
     return StepFailed(entry.number, entry.name, error)
 
 
-def _settle_failed(future: asyncio.Future[Any], failure: WorkflowError) -> None:
-    if not future.done():
-        future.set_exception(failure)
+class _ChildHandle:
+    """What ``ctx.start_child`` returns: the child's id now, its result when awaited."""
+
+    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
+        self.workflow_id = workflow_id
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._future.__await__()
+
+
+def _fire(loop: _ReplayLoop, handle: asyncio.TimerHandle, entry: JournalEntry) -> None:
+    if entry.status is StepStatus.COMPLETED and not handle.cancelled():
+        loop.make_ready(handle)
+
+
+class WorkflowRun:
+    """One execution of a workflow's code, advanced one activation at a time (see the module doc).
+
+    Not thread-safe: every call, and :meth:`close`, must come from the same thread.
+    """
+
+    def __init__(
+        self,
+        definition: WorkflowDefinition,
+        workflow_id: str,
+        args: list[Any] | dict[str, Any],
+        *,
+        started_at_us: int = 0,
+        rng: random.Random | None = None,
+        workflows: WorkflowRegistry | None = None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self._definition = definition
+        self._args = args
+        # typeshed marks every AbstractEventLoop method abstract; at run time they merely raise
+        # NotImplementedError, which is what replay wants for everything it does not support.
+        self._loop = _ReplayLoop()  # type: ignore[abstract]
+        self._ctx = _ReplayContext(
+            self._loop, workflow_id, definition.name, rng or random.Random(), started_at_us, workflows
+        )
+        self._loop.owner = self._ctx
+        self._main: asyncio.Task[Any] | None = None
+        self._budget = MAX_CALLBACKS_PER_REPLAY
+        self._bad_arguments: str | None = None
+        #: Legacy journals: the deliveries their waves imply, for the next outcome to record.
+        self._legacy_delivered: list[tuple[int, int]] = []
+        #: Activations run so far.
+        self.activations = 0
+        #: An estimate of the JSON the code was handed and asked for (the workflow cache's bound).
+        self.held_bytes = 0
+        #: The last outcome finished the workflow (or failed it): there is nothing to advance.
+        self.finished = False
+        self.closed = False
+
+    @property
+    def step_count(self) -> int:
+        """The steps the code has taken so far (the journal's length once the outcome is applied)."""
+        return self._ctx.cursor
+
+    def resume(self, journal: Sequence[JournalEntry], activations: int | None, now_us: int) -> ReplayOutcome:
+        """From scratch: replay the ``activations`` recorded in ``journal``, then run the new one.
+
+        ``activations`` None is a journal written before activations were recorded: its
+        steps were delivered in waves (every step the code started finished before the
+        next activation), which :meth:`_catch_up_legacy` reconstructs and the outcome records.
+        """
+        self._ctx.now_us = now_us
+        self._ctx.journal = journal
+        if activations is None:
+            self._catch_up_legacy(journal)
+        elif activations > 0:
+            self._catch_up(journal, activations)
+        # Steps withdrawn in recorded activations were cancelled when those were applied.
+        self._ctx.withdrawn = []
+        legacy = {number for number, _ in self._legacy_delivered}
+        return self.advance([e for e in journal if e.awaiting_delivery and e.number not in legacy], now_us)
+
+    def advance(self, undelivered: Sequence[JournalEntry], now_us: int) -> ReplayOutcome:
+        """Run the next activation: deliver ``undelivered`` (finished steps not yet delivered, in
+        journal order) and run until quiescent; say what the workflow does next.
+
+        The first call on a run that has not started runs activation 0 instead.
+        """
+        if self.finished or self.closed:
+            raise RuntimeError(f"workflow {self.workflow_id}: a finished run cannot advance")
+        ctx = self._ctx
+        ctx.now_us = now_us
+        ctx.recording = None
+        self._budget = MAX_CALLBACKS_PER_REPLAY
+        delivered, self._legacy_delivered = self._legacy_delivered, []
+        if not self._stopped():
+            if self._main is None:
+                self._start()
+                self.activations = 1
+            elif undelivered:
+                activation = self.activations
+                self._deliver(sorted(undelivered, key=lambda entry: entry.number), activation)
+                delivered += [(entry.number, activation) for entry in undelivered]
+                self.activations += 1
+        outcome = self._decide(tuple(delivered))
+        ctx.new_steps, ctx.withdrawn = [], []
+        if ctx.cursor >= len(ctx.journal):
+            ctx.journal = ()  # every position is taken: a kept run need not hold the journal
+        self.finished = outcome.status is not WorkflowStatus.RUNNING
+        return outcome
+
+    def close(self) -> None:
+        """Cancel what the workflow left suspended, so its ``finally`` blocks run now, not at GC."""
+        if self.closed:
+            return
+        self.closed = True
+        _tear_down(self._loop, self._ctx)
+
+    # --- activations ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        """Activation 0: call the workflow function and run it until quiescent."""
+        try:
+            coroutine = (
+                self._definition.function(self._ctx, **self._args)
+                if isinstance(self._args, dict)
+                else self._definition.function(self._ctx, *self._args)
+            )
+        except TypeError as error:
+            self._bad_arguments = (
+                f"arguments do not match workflow {self._definition.name!r}{self._definition.signature}: "
+                f"{error}"
+            )
+            return
+        self._main = self._loop.create_task(coroutine)
+        self._run_until_quiescent()
+
+    def _deliver(self, entries: Sequence[JournalEntry], activation: int) -> None:
+        self._ctx.advance_clock(entries)
+        try:
+            for entry in entries:
+                self._ctx.deliver(entry, activation)
+        except NonDeterminismError:
+            return  # recorded as fatal
+        self._run_until_quiescent()
+
+    def _run_until_quiescent(self) -> None:
+        try:
+            self._budget -= self._loop.run_until_quiescent(self._budget)
+        except WorkflowError as error:
+            self._ctx.fail(error)
+        except BaseException as error:  # sys.exit(), KeyboardInterrupt: fail the workflow alone
+            self._ctx.fail(WorkflowError(_escaped(error)))
+
+    def _stopped(self) -> bool:
+        return (
+            self._bad_arguments is not None
+            or self._ctx.fatal_error is not None
+            or (self._main is not None and self._main.done())
+        )
+
+    def _catch_up(self, journal: Sequence[JournalEntry], activations: int) -> None:
+        """Replay activations 0 .. ``activations - 1`` as the journal records them."""
+        ctx = self._ctx
+        by_activation: dict[int, list[JournalEntry]] = collections.defaultdict(list)
+        for entry in journal:
+            if entry.delivered_in is not None and entry.delivered_in != SETTLED:
+                by_activation[entry.delivered_in].append(entry)
+        ctx.recording = 0
+        self._start()
+        for activation in range(1, activations):
+            if self._stopped():
+                break
+            ctx.recording = activation
+            self._deliver(by_activation.get(activation, []), activation)
+        ctx.recording = None
+        self.activations = activations
+        if self._stopped():
+            return
+        assert self._main is not None
+        if self._main.done():
+            ctx.fail(
+                NonDeterminismError(
+                    f"non-determinism: the workflow finished in activation {activations - 1}, where the "
+                    "journal records it waiting on steps. Workflow code must make the same calls in the "
+                    "same order on every replay; start a new workflow for changed code"
+                )
+            )
+        elif ctx.cursor < len(journal):
+            ctx.fail(
+                NonDeterminismError(
+                    _unconsumed_message(journal, ctx.cursor, finished=False), journal[ctx.cursor].number
+                )
+            )
+        else:
+            for entry in journal:
+                if (
+                    entry.delivered_in == SETTLED
+                    and entry.kind not in INSTANT_KINDS
+                    and ctx.is_waiting_on(entry.number)
+                ):
+                    ctx.fail(
+                        NonDeterminismError(
+                            f"non-determinism at step {entry.number}: the workflow cancelled "
+                            f"{entry.kind.value} step {entry.name!r} the first time, but not on replay. "
+                            "Workflow code must make the same calls in the same order on every replay",
+                            entry.number,
+                        )
+                    )
+                    return
+
+    def _catch_up_legacy(self, journal: Sequence[JournalEntry]) -> None:
+        """A journal from before activations: each wave of steps was delivered once all had finished."""
+        ctx = self._ctx
+        self._start()
+        wave = 0
+        while not self._stopped() and not ctx.new_steps:
+            taken = [entry for entry in journal[: ctx.cursor] if ctx.is_waiting_on(entry.number)]
+            if not taken or any(entry.status is StepStatus.RUNNING for entry in taken):
+                break
+            wave += 1
+            self._deliver(taken, wave)
+            self._legacy_delivered += [(entry.number, wave) for entry in taken]
+        self.activations = wave + 1
+
+    def _decide(self, delivered: tuple[tuple[int, int], ...]) -> ReplayOutcome:
+        ctx = self._ctx
+        if self._bad_arguments is not None or self._main is None:
+            return _failed(self._bad_arguments or "the workflow did not start")
+        activations = self.activations
+        if ctx.fatal_error is not None:
+            step = ctx.fatal_error.step_number if isinstance(ctx.fatal_error, NonDeterminismError) else None
+            return _failed(
+                str(ctx.fatal_error), delivered=delivered, activations=activations, nondeterministic_step=step
+            )
+        if ctx.cursor < len(ctx.journal):
+            message = _unconsumed_message(ctx.journal, ctx.cursor, finished=self._main.done())
+            return _failed(
+                message,
+                delivered=delivered,
+                activations=activations,
+                nondeterministic_step=ctx.journal[ctx.cursor].number,
+            )
+        main = self._main
+        if main.done():
+            # Journal every step its last activation took: the ctx.now()/ctx.random() values may
+            # be in its result or error, and the steps it started without waiting for them (a
+            # race's ignored loser) keep the journal's numbering whole; the store cancels those
+            # in the same write, so no executor ever sees them.
+            taken = tuple(ctx.new_steps)
+            if main.cancelled():
+                return _failed("workflow code cancelled its own task", taken, delivered, activations)
+            error = main.exception()
+            if error is not None:
+                return _failed(_describe_exception(error), taken, delivered, activations)
+            try:
+                result_json = canonical_json(main.result())
+            except RecursionError:
+                return _failed(
+                    "workflow returned a value nested too deeply to encode as JSON",
+                    taken,
+                    delivered,
+                    activations,
+                )
+            except (TypeError, ValueError) as bad_result:
+                return _failed(
+                    f"workflow returned a value that is not JSON-serializable: {bad_result}",
+                    taken,
+                    delivered,
+                    activations,
+                )
+            return ReplayOutcome(
+                WorkflowStatus.COMPLETED,
+                new_steps=taken,
+                result_json=result_json,
+                delivered=delivered,
+                activations=activations,
+            )
+        if not ctx.waiting:
+            return _failed(
+                "workflow is waiting on something that is not a Conveyor step (an asyncio.Event, Queue "
+                "or bare Future?) and can never resume; await only ctx.llm/ctx.task/ctx.sleep results "
+                "(and asyncio timers)",
+                delivered=delivered,
+                activations=activations,
+            )
+        return ReplayOutcome(
+            WorkflowStatus.RUNNING,
+            new_steps=tuple(ctx.new_steps),
+            delivered=delivered,
+            # Sorted: code often cancels the ``pending`` set of asyncio.wait, whose order is not stable.
+            withdrawn=tuple(sorted(ctx.withdrawn)),
+            activations=activations,
+        )
+
+
+def replay(
+    definition: WorkflowDefinition,
+    workflow_id: str,
+    args: list[Any] | dict[str, Any],
+    journal: Sequence[JournalEntry],
+    *,
+    now_us: int,
+    rng: random.Random | None = None,
+    activations: int | None = None,
+    started_at_us: int = 0,
+    workflows: WorkflowRegistry | None = None,
+) -> ReplayOutcome:
+    """Run ``definition`` over ``journal`` from scratch, then its new activation; see the module doc.
+
+    ``activations``: how many activations the journal records (None: a journal written
+    before they were recorded). ``started_at_us``: when the workflow started, the origin of
+    ``loop.time()``.
+    """
+    run = WorkflowRun(
+        definition, workflow_id, args, started_at_us=started_at_us, rng=rng, workflows=workflows
+    )
+    try:
+        return run.resume(journal, activations, now_us)
+    finally:
+        run.close()
+
+
+def _tear_down(loop: _ReplayLoop, ctx: _ReplayContext) -> None:
+    """Cancel what the workflow left suspended, so its ``finally`` blocks run now, not at GC."""
+    ctx.sealed = True
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        # Whatever the workflow's finally blocks raise (even sys.exit()) changes nothing now.
+        with contextlib.suppress(BaseException):
+            loop.run_until_quiescent(10_000)
+    loop.close()
 
 
 def _escaped(error: BaseException) -> str:
@@ -666,12 +1055,19 @@ def _step_timeout(timeout: float | None) -> None:
 
 
 def _failed(
-    error: str, new_steps: tuple[NewStep, ...] = (), *, nondeterministic_step: int | None = None
+    error: str,
+    new_steps: tuple[NewStep, ...] = (),
+    delivered: tuple[tuple[int, int], ...] = (),
+    activations: int | None = None,
+    *,
+    nondeterministic_step: int | None = None,
 ) -> ReplayOutcome:
     return ReplayOutcome(
         WorkflowStatus.FAILED,
         new_steps=new_steps,
         error=validation.storable_text(error[-MAX_ERROR_CHARS:]),
+        delivered=delivered,
+        activations=activations,
         nondeterministic_step=nondeterministic_step,
     )
 
@@ -688,12 +1084,6 @@ def _json_arguments(call: str, value: Any) -> str:
         return canonical_json(value)
     except (TypeError, ValueError) as error:
         raise TypeError(f"{call} arguments must be JSON values: {error}") from error
-
-
-def _loads(text: str) -> Any:
-    import json
-
-    return json.loads(text)
 
 
 def _mismatch_message(entry: JournalEntry, kind: StepKind, name: str, args_json: str) -> str:

@@ -101,12 +101,29 @@ class Replayer:
         args: list[Any] | dict[str, Any],
         journal: Sequence[JournalEntry],
         workflow_id: str = "check",
+        *,
+        activations: int | None = None,
+        started_at_us: int = 0,
     ) -> ReplayOutcome:
-        """One journal against the current code, in this thread (for tests of a change)."""
+        """One journal against the current code, in this thread (for tests of a change).
+
+        ``activations``: how many activations the journal records, as the workflow row stores them
+        (None: a journal from before they were recorded, replayed in waves).
+        """
         definition = self._registry.get(name)
         if definition is None:
             raise KeyError(f"no workflow named {name!r} is registered")
-        return replay(definition, workflow_id, args, journal, now_us=now_us(), rng=self._rng)
+        return replay(
+            definition,
+            workflow_id,
+            args,
+            journal,
+            now_us=now_us(),
+            rng=self._rng,
+            activations=activations,
+            started_at_us=started_at_us,
+            workflows=self._registry,
+        )
 
     async def check(self, stored: Iterable[StoredHistory]) -> ReplayCheckReport:
         """Replay every history on a runner thread with a time limit; a report per workflow name."""
@@ -120,7 +137,8 @@ class Replayer:
                         report.unregistered[history.name] += 1
                 outcomes = await runner.run([self._call(history) for history in known])
                 for history, outcome in zip(known, outcomes, strict=True):
-                    _record(report, history, outcome)
+                    if outcome is not None:  # None only for a workflow-cache miss, which this runner has not
+                        _record(report, history, outcome)
         finally:
             runner.stop()
         return report
@@ -131,7 +149,14 @@ class Replayer:
                 args = json.loads(history.args) if history.args else []
             except ValueError as error:
                 return ReplayOutcome(WorkflowStatus.FAILED, error=f"stored arguments are not JSON: {error}")
-            return self.replay(history.name, args, history.journal, history.workflow_id)
+            return self.replay(
+                history.name,
+                args,
+                history.journal,
+                history.workflow_id,
+                activations=history.activations,
+                started_at_us=history.created_at,
+            )
 
         return ReplayCall(history.workflow_id, run)
 

@@ -42,11 +42,12 @@ class ReplayCall:
     workflow's stored W3C Trace Context (the parent of the replay's span)."""
 
     workflow_id: str
-    run: Callable[[], ReplayOutcome]
+    #: None: nothing decided (the workflow cache lost the run it was read for; read it again).
+    run: Callable[[], ReplayOutcome | None]
     trace_context: str | None = None
 
 
-_Job = tuple[ReplayCall, "concurrent.futures.Future[ReplayOutcome]"]
+_Job = tuple[ReplayCall, "concurrent.futures.Future[ReplayOutcome | None]"]
 
 
 class _Worker:
@@ -78,10 +79,12 @@ class _Worker:
 class ReplayRunner:
     """Runs replays off the event loop and off the writer, each within ``timeout`` seconds."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, on_abandon: Callable[[], None] | None = None) -> None:
         if not timeout > 0:
             raise ValueError(f"replay timeout must be positive, not {timeout}")
         self._timeout = timeout
+        #: Called when a stuck thread is abandoned (the workflow cache drops what it may be inside).
+        self._on_abandon = on_abandon
         self._started = 0
         self._worker: _Worker | None = None
         self._stopped = False
@@ -98,13 +101,13 @@ class ReplayRunner:
             self._worker.jobs.put(None)
             self._worker = None
 
-    async def run(self, calls: Sequence[ReplayCall]) -> list[ReplayOutcome]:
+    async def run(self, calls: Sequence[ReplayCall]) -> list[ReplayOutcome | None]:
         """Run ``calls`` one after another; a replay that overruns fails alone."""
         return [await self._run_one(call) for call in calls]
 
-    async def _run_one(self, call: ReplayCall) -> ReplayOutcome:
+    async def _run_one(self, call: ReplayCall) -> ReplayOutcome | None:
         worker = self._current_worker()
-        future: concurrent.futures.Future[ReplayOutcome] = concurrent.futures.Future()
+        future: concurrent.futures.Future[ReplayOutcome | None] = concurrent.futures.Future()
         worker.jobs.put((call, future))
         try:
             async with asyncio.timeout(self._timeout):
@@ -129,6 +132,8 @@ class ReplayRunner:
         return self._worker
 
     def _abandon(self, worker: _Worker) -> None:
+        if self._on_abandon is not None:
+            self._on_abandon()
         worker.abandoned = True
         worker.jobs.put(None)
         if self._worker is worker:
@@ -142,7 +147,7 @@ class ReplayRunner:
             )
 
 
-def _traced(call: ReplayCall) -> ReplayOutcome:
+def _traced(call: ReplayCall) -> ReplayOutcome | None:
     """Run ``call`` in a ``conveyor.replay`` span under its workflow's trace (a no-op untraced)."""
     with tracing.span(
         "conveyor.replay",
@@ -150,6 +155,8 @@ def _traced(call: ReplayCall) -> ReplayOutcome:
         attributes={"conveyor.workflow.id": call.workflow_id},
     ) as span:
         outcome = call.run()
+        if outcome is None:
+            return None
         span.set_attribute("conveyor.workflow.status", str(outcome.status))
         span.set_attribute("conveyor.replay.new_steps", len(outcome.new_steps))
         if outcome.status is WorkflowStatus.FAILED:

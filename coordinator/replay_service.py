@@ -7,10 +7,13 @@ from __future__ import annotations
 import functools
 import logging
 
+from sqlalchemy.engine import Connection
+
 from .clock import now_us
 from .context import EngineContext
+from .model import WorkflowStatus
 from .replay_runner import ReplayCall
-from .store import Timers
+from .store import Timers, deadlines
 from .store.replays import ReplayBatchOutcome
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,35 @@ class ReplayService:
         ]
         results = await self.ctx.replay_runner.run(calls)
         outcomes = {call.workflow_id: result for call, result in zip(calls, results, strict=True)}
-        outcome = await self.ctx.write(lambda c: self.ctx.replays.apply(c, due, outcomes, now), "replay")
+        # Workflows that withdraw steps (a lost race, a timeout) or finish may cancel running steps,
+        # whose executors must be told to stop: read their claims before the write, as cancels do.
+        cancelling = [
+            workflow_id
+            for workflow_id, result in outcomes.items()
+            if result is not None and (result.withdrawn or result.status is not WorkflowStatus.RUNNING)
+        ]
+
+        def claims(connection: Connection) -> list[deadlines.Claim]:
+            return [
+                claim
+                for workflow_id in cancelling
+                for claim in deadlines.claimed_tasks(connection, workflow_id=workflow_id)
+            ]
+
+        written = {workflow_id: result for workflow_id, result in outcomes.items() if result is not None}
+        try:
+            outcome = await self.ctx.write_revoking(
+                lambda c: self.ctx.replays.apply(c, due, written, now),
+                "replay",
+                "the workflow no longer waits for this step (it lost a race or timed out, or the workflow "
+                "finished)",
+                claims,
+            )
+        except BaseException:
+            self.ctx.replays.cache.forget(outcomes)  # nothing was written: the runs are ahead of it
+            raise
+        # A run the write did not take (the workflow changed, finished or was cleared) is out of step.
+        self.ctx.replays.cache.forget(set(outcomes) - outcome.applied)
         self.ctx.watches.changed(item.workflow_id for item in due)
         return outcome
 

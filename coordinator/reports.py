@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .cache_stats import CacheStats
+
 if TYPE_CHECKING:
     from .sessions import ExecutorSession
     from .store import ShardDepth, Violation
@@ -33,6 +35,8 @@ class CoordinatorStats:
     attempts_cancelled: int = 0
     #: Finished workflows purged with their journals (retention and PurgeWorkflows).
     workflows_purged: int = 0
+    #: The workflow cache's lookups and contents (the cache updates this object).
+    workflow_cache: CacheStats = field(default_factory=CacheStats)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ class WorkflowApi:
         )
         self.ctx.count_finished(WorkflowStatus.CANCELLED, 1)
         self.ctx.watches.changed([workflow_id])
+        self.ctx.replays.cache.forget([workflow_id])
         return record
 
     async def signal_workflow(

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, CompoundSelect, Select, and_, case, exists
 from sqlalchemy.engine import Connection
 
 from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
+from ..replay import INSTANT_KINDS
 from .schema import replay_queue, signals, steps, tasks, workflows
 
 
@@ -78,6 +79,15 @@ def invariant_violations(
         and_(steps.c.workflow_id == workflows.c.id, steps.c.status == StepStatus.RUNNING)
     )
     queued_replay = exists().where(replay_queue.c.workflow_id == workflows.c.id)
+    # Through the partial index of undelivered steps (the term is spelled as in its predicate).
+    undelivered_outcome = exists().where(
+        and_(
+            steps.c.workflow_id == workflows.c.id,
+            steps.c.delivered_in.is_(None),
+            steps.c.status != StepStatus.RUNNING,
+            steps.c.kind.not_in([kind.value for kind in INSTANT_KINDS]),
+        )
+    )
     step_of_task_running = exists().where(
         and_(steps.c.id == tasks.c.id, steps.c.status == StepStatus.RUNNING)
     )
@@ -93,6 +103,19 @@ def invariant_violations(
             "nothing will ever resume them",
             select(workflows.c.id).where(
                 workflows.c.status == WorkflowStatus.RUNNING, ~running_step, ~queued_replay
+            ),
+        ),
+        (
+            "undelivered_without_replay",
+            "running workflows with a finished step whose outcome was never delivered to the workflow "
+            "code, and no replay-queue entry: they will not advance on it",
+            # Workflows started before activations were recorded (activations NULL) advance the
+            # old way, once nothing is in progress: the check above covers them.
+            select(workflows.c.id).where(
+                workflows.c.status == WorkflowStatus.RUNNING,
+                workflows.c.activations.is_not(None),
+                undelivered_outcome,
+                ~queued_replay,
             ),
         ),
         (

@@ -29,6 +29,9 @@ class StoredHistory:
     args: str | None
     status: WorkflowStatus
     journal: tuple[JournalEntry, ...]
+    #: As stored: the activations its journal records (None: from before they were recorded).
+    activations: int | None = None
+    created_at: int = 0
 
 
 def histories(
@@ -40,7 +43,12 @@ def histories(
 ) -> Iterator[StoredHistory]:
     """The matching workflows (oldest first, or ``sample`` of them at random) with their journals."""
     query = select(
-        workflows.c.id, workflows.c.name, workflows.c.args, workflows.c.status, workflows.c.created_at
+        workflows.c.id,
+        workflows.c.name,
+        workflows.c.args,
+        workflows.c.status,
+        workflows.c.created_at,
+        workflows.c.activations,
     ).where(workflows.c.status.in_([status.value for status in statuses]))
     if names:
         query = query.where(workflows.c.name.in_(list(names)))
@@ -78,5 +86,11 @@ def _with_journals(connection: Connection, rows: Sequence[Any]) -> Iterator[Stor
     journals = ReplayQueue.load_journals(connection, [row.id for row in rows])
     for row in rows:
         yield StoredHistory(
-            row.id, row.name, row.args, WorkflowStatus(row.status), tuple(journals.get(row.id, ()))
+            row.id,
+            row.name,
+            row.args,
+            WorkflowStatus(row.status),
+            tuple(journals.get(row.id, ())),
+            row.activations,
+            row.created_at,
         )

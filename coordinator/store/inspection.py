@@ -2,8 +2,8 @@
 
 Everything is read in one snapshot (the caller's read transaction), so the facts
 agree with each other: a step is either in the queue or claimed, never both, and a
-workflow with nothing in progress either has its replay-queue row or breaks the
-invariant for real.
+workflow with nothing in progress (or an outcome to deliver) either has its replay-queue
+row or breaks the invariant for real.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Finishing steps while keeping the replay-queue invariant.
 
-The invariant: a running workflow with no step in progress has a replay-queue row.
-Every transaction that finishes steps (results, timers, operator force-fails) ends
-with :func:`enqueue_idle_workflows` for the workflows it touched, in the same
-transaction, so the invariant holds at every commit.
+A workflow advances as soon as any step it started finishes (see
+:mod:`conveyor.coordinator.replay`). The invariant: a running workflow with a finished
+step whose outcome is not delivered yet, or with no step in progress at all, has a
+replay-queue row. Every transaction that finishes steps (results, timers, operator
+force-fails) ends with :func:`enqueue_replays` for the workflows it touched, in the
+same transaction, so the invariant holds at every commit; the replay's write removes
+the row only once nothing is left to deliver.
 """
 
 from __future__ import annotations
@@ -11,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
 from ..model import StepStatus, WorkflowStatus
+from ..replay import SETTLED
 from .dialect import Dialect, insert_or_ignore
 from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
 
@@ -59,34 +63,29 @@ def step_completion(
     }
 
 
-def enqueue_idle_workflows(
-    connection: Connection, dialect: Dialect, workflow_ids: Collection[str], now: int
-) -> int:
-    """Give each running workflow in ``workflow_ids`` with no step in progress a replay row.
+def enqueue_replays(connection: Connection, dialect: Dialect, workflow_ids: Collection[str], now: int) -> int:
+    """Give each running workflow in ``workflow_ids`` (a step of each just finished) a replay row.
 
     Returns how many workflows qualified (some may already have had a row).
     """
-    return _enqueue_idle(connection, dialect.insert_ignoring_duplicates(replay_queue), workflow_ids, now)
+    return _enqueue(connection, dialect.insert_ignoring_duplicates(replay_queue), workflow_ids, now)
 
 
-def _enqueue_idle(connection: Connection, insert: Insert, workflow_ids: Collection[str], now: int) -> int:
+def _enqueue(connection: Connection, insert: Insert, workflow_ids: Collection[str], now: int) -> int:
     if not workflow_ids:
         return 0
-    in_progress = exists().where(
-        and_(steps.c.workflow_id == workflows.c.id, steps.c.status == StepStatus.RUNNING)
-    )
     # The status is checked here rather than in SQL: a `status = 'running'` term let SQLite
     # walk the status index over every running workflow instead of looking up these ids.
-    idle = [
+    running = [
         row
         for row in connection.execute(
             select(workflows.c.id, workflows.c.shard, FIFO_KEY.label("fifo_key"), workflows.c.status).where(
-                workflows.c.id.in_(list(workflow_ids)), ~in_progress
+                workflows.c.id.in_(list(workflow_ids))
             )
         )
         if row.status == WorkflowStatus.RUNNING
     ]
-    if idle:
+    if running:
         connection.execute(
             insert,
             [
@@ -96,10 +95,25 @@ def _enqueue_idle(connection: Connection, insert: Insert, workflow_ids: Collecti
                     "workflow_created_at": row.fifo_key,
                     "enqueued_at": now,
                 }
-                for row in idle
+                for row in running
             ],
         )
-    return len(idle)
+    return len(running)
+
+
+def cancel_steps(connection: Connection, step_ids: Collection[int], reason: str, now: int) -> None:
+    """Cancel the running steps among ``step_ids`` for good (the workflow withdrew them, or finished
+    without them): no replay delivers their outcome, their tasks leave the queue, and a result
+    still in flight for them finds no task and is rejected as stale."""
+    if not step_ids:
+        return
+    ids = list(step_ids)
+    connection.execute(
+        update(steps)
+        .where(steps.c.id.in_(ids), steps.c.status == StepStatus.RUNNING)
+        .values(status=StepStatus.CANCELLED, error=reason, completed_at=now, delivered_in=SETTLED)
+    )
+    connection.execute(delete(tasks).where(tasks.c.id.in_(ids)))
 
 
 def cancel_workflows(
@@ -192,4 +206,4 @@ def _notify_parents(connection: Connection, finished_ids: Collection[str], now: 
             error = f"child workflow {child.id} ({child.name}) {child.status}: {child.error or 'no reason'}"
             completions.append(step_completion(step_id, StepStatus.FAILED, None, error[:4000], now))
     finish_steps(connection, completions)
-    _enqueue_idle(connection, insert_or_ignore(connection, replay_queue), parents, now)
+    _enqueue(connection, insert_or_ignore(connection, replay_queue), parents, now)

@@ -40,7 +40,7 @@ from .. import retries
 from ..clock import seconds_to_us
 from ..model import ClaimOrder, ErrorClass, StepStatus
 from .dialect import Dialect
-from .journal import cancel_workflows, enqueue_idle_workflows, finish_steps
+from .journal import cancel_workflows, enqueue_replays, finish_steps
 from .payloads import expanded_args
 from .schema import steps, tasks, workflows
 
@@ -192,12 +192,12 @@ _note_retry_on_step = (
 class _AttemptWrites:
     """What a batch of ended attempts writes, gathered so that it is written one way only:
     steps finished (completed or failed: the step row final, the task row gone, the workflow
-    enqueued for a replay if nothing else runs) and tasks retried (back in the queue after
+    enqueued for a replay, which delivers the outcome) and tasks retried (back in the queue after
     their backoff, the attempt noted on the step)."""
 
     finished: list[dict[str, object]] = field(default_factory=list)
     retried: list[dict[str, object]] = field(default_factory=list)
-    #: The workflows of the finished steps: each may now have nothing in progress.
+    #: The workflows of the finished steps: each advances on the outcome.
     workflows: set[str] = field(default_factory=set)
 
     def finish(
@@ -258,7 +258,7 @@ class _AttemptWrites:
             return 0
         finish_steps(connection, self.finished)
         connection.execute(_delete_tasks, {"ids": [row["step_id"] for row in self.finished]})
-        return enqueue_idle_workflows(connection, dialect, self.workflows, now)
+        return enqueue_replays(connection, dialect, self.workflows, now)
 
 
 def _retry_state(row: object) -> retries.RetryState:
@@ -548,7 +548,7 @@ class TaskQueue:
         self, connection: Connection, executor_id: str, results: Sequence[ReportedResult], now: int
     ) -> RecordOutcome:
         """Apply a batch of results (transaction 2): finish or retry steps, delete done tasks,
-        and enqueue a replay for every workflow left with nothing in progress."""
+        and enqueue a replay for every workflow with a step finished (it advances on any completion)."""
         outcome = RecordOutcome([Disposition.STALE] * len(results))
         rows = {
             row.id: row for row in connection.execute(_task_states, {"ids": [r.task_id for r in results]})

@@ -6,9 +6,13 @@
    the engine runs it on the replay runner's thread, never on the writer, since it is
    user code (:mod:`conveyor.coordinator.replay_runner`).
 3. :meth:`ReplayQueue.apply` writes what the replays decided in one short write unit:
-   new steps and their tasks, finished workflows, and the deletion of the entries. It
-   re-checks each workflow first: an entry whose workflow changed since step 1 is left
-   for the next pass, so nothing is applied over a state it was not computed from.
+   new steps and their tasks, the activation that delivered each outcome, the steps the
+   workflow withdrew (cancelled, with their tasks), finished workflows (and whatever they
+   left running, cancelled), and the deletion of the entries. It re-checks each workflow
+   first: an entry whose workflow took steps or ran an activation since step 1 is left for
+   the next pass, so nothing is applied over a state it was not computed from. A step that
+   merely finished since step 1 changes nothing the replay saw: it is delivered in the next
+   activation, and its workflow keeps its entry.
 
 One workflow's outcome that cannot be written (a value the database refuses, a bug)
 fails that workflow, with the reason, instead of the batch: a failed batch would be
@@ -23,8 +27,9 @@ import random
 from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 
 from conveyor import logs
@@ -32,10 +37,11 @@ from conveyor.workflow import WorkflowRegistry
 
 from .. import validation
 from ..model import EXECUTOR_STEP_KINDS, StepKind, StepStatus, WorkflowStatus
-from ..replay import JournalEntry, NewStep, ReplayOutcome, replay
+from ..replay import INSTANT_KINDS, SETTLED, JournalEntry, NewStep, ReplayOutcome, WorkflowRun
+from ..workflow_cache import WorkflowCache
 from .children import Children, ChildStart
 from .dialect import Dialect, is_transient
-from .journal import cancel_workflows, settle_family
+from .journal import cancel_steps, cancel_workflows, settle_family
 from .payloads import compact_step_args
 from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
 from .signals import deliver_buffered
@@ -57,6 +63,11 @@ class ReplayBatchOutcome:
     next_wake_at: int | None = None
     #: Seconds each replayed workflow waited in the replay queue: the gap between its steps.
     replay_delays: list[float] = field(default_factory=list)
+    #: Steps cancelled because their workflow withdrew them or finished without them: the
+    #: executors holding their tasks must be told to stop (see ``revoked_since``).
+    steps_cancelled: int = 0
+    #: Workflows whose replay outcome was written (the workflow cache keeps only their runs).
+    applied: set[str] = field(default_factory=set)
     #: Workflows queued again at once: a signal wait they started found its signal buffered.
     requeued: int = 0
 
@@ -70,6 +81,8 @@ class ReplayBatchOutcome:
         if other.next_wake_at is not None:
             self.next_wake_at = min(self.next_wake_at or other.next_wake_at, other.next_wake_at)
         self.replay_delays.extend(other.replay_delays)
+        self.steps_cancelled += other.steps_cancelled
+        self.applied |= other.applied
         self.requeued += other.requeued
 
 
@@ -82,26 +95,71 @@ class DueReplay:
     args: str | None
     status: WorkflowStatus
     shard: int
-    #: The FIFO key of the workflow's tasks: its root's creation time.
-    fifo_key: int
+    created_at: int
     enqueued_at: int
     journal: tuple[JournalEntry, ...]
     #: The workflow's W3C Trace Context as stored (conveyor.tracing.encode), for the replay's span.
     trace_context: str | None = None
+    #: As read: the apply re-checks both (None: a workflow from before activations were recorded).
+    step_count: int = 0
+    activations: int | None = 0
+    #: ``journal`` holds only the outcomes to deliver: the workflow cache holds a run in step.
+    partial: bool = False
+    #: The FIFO key of the workflow's tasks: its root's creation time (``created_at`` for a root).
+    fifo_key: int = 0
 
     @property
     def replayable(self) -> bool:
-        """Running with no step in progress; otherwise the entry is only removed."""
-        return self.status is WorkflowStatus.RUNNING and not any(
-            entry.status is StepStatus.RUNNING for entry in self.journal
-        )
+        """Running (whatever its steps do: it advances on any completion); otherwise the entry is
+        only removed."""
+        return self.status is WorkflowStatus.RUNNING
 
+
+_journal_columns = (
+    steps.c.workflow_id,
+    steps.c.number,
+    steps.c.kind,
+    steps.c.name,
+    steps.c.args,
+    steps.c.status,
+    steps.c.result,
+    steps.c.error,
+    steps.c.delivered_in,
+    steps.c.completed_at,
+    steps.c.args_digest,
+)
+
+
+def _journal_entry(row: Any) -> JournalEntry:
+    """A row selected with ``_journal_columns``, as replay reads it."""
+    return JournalEntry(
+        row.number,
+        StepKind(row.kind),
+        row.name,
+        row.args,
+        StepStatus(row.status),
+        row.result,
+        row.error,
+        row.delivered_in,
+        row.completed_at,
+        row.args_digest,
+    )
+
+
+_record_delivery = (
+    update(steps)
+    .where(
+        steps.c.workflow_id == bindparam("delivered_workflow_id"), steps.c.number == bindparam("step_number")
+    )
+    .values(delivered_in=bindparam("activation"))
+)
 
 _update_progress = (
     update(workflows)
     .where(workflows.c.id == bindparam("workflow_id"))
     .values(
         step_count=bindparam("step_count"),
+        activations=bindparam("activations"),
         status=bindparam("status"),
         result=bindparam("result"),
         error=bindparam("error"),
@@ -114,13 +172,20 @@ class ReplayQueue:
     """Write units over the replay queue."""
 
     def __init__(
-        self, dialect: Dialect, registry: WorkflowRegistry, children: Children, *, max_payload_bytes: int
+        self,
+        dialect: Dialect,
+        registry: WorkflowRegistry,
+        *,
+        children: Children,
+        max_payload_bytes: int,
+        cache: WorkflowCache | None = None,
     ) -> None:
         self._dialect = dialect
         self._registry = registry
         self._children = children
         self._max_payload_bytes = max_payload_bytes
         self._rng = random.Random()
+        self.cache = cache if cache is not None else WorkflowCache()
 
     def due(self, connection: Connection, limit: int) -> list[DueReplay]:
         """The oldest ``limit`` entries of workflows this coordinator has code for, with journals."""
@@ -133,9 +198,12 @@ class ReplayQueue:
                 workflows.c.args,
                 workflows.c.status,
                 workflows.c.shard,
-                FIFO_KEY.label("fifo_key"),
+                workflows.c.created_at,
                 replay_queue.c.enqueued_at,
                 workflows.c.trace_context,
+                workflows.c.step_count,
+                workflows.c.activations,
+                FIFO_KEY.label("fifo_key"),
             )
             .join(replay_queue, replay_queue.c.workflow_id == workflows.c.id)
             # Not through the name index: the plan must walk the replay queue's FIFO index and
@@ -147,7 +215,11 @@ class ReplayQueue:
         ).all()
         if not rows:
             return []
-        journals = self.load_journals(connection, [row.id for row in rows])
+        # A workflow whose run the cache holds, in step with the database, needs only the outcomes
+        # it has not been handed yet (through the partial index), not its whole journal.
+        cached = {row.id for row in rows if self.cache.expected(row.id) == (row.step_count, row.activations)}
+        journals = self.load_journals(connection, [row.id for row in rows if row.id not in cached])
+        journals.update(self._load_undelivered(connection, list(cached)))
         return [
             DueReplay(
                 row.id,
@@ -155,34 +227,59 @@ class ReplayQueue:
                 row.args,
                 WorkflowStatus(row.status),
                 row.shard,
-                row.fifo_key,
+                row.created_at,
                 row.enqueued_at,
                 tuple(journals.get(row.id, ())),
                 row.trace_context,
+                row.step_count,
+                row.activations,
+                row.id in cached,
+                row.fifo_key,
             )
             for row in rows
         ]
 
-    def replay_one(self, due: DueReplay, now: int) -> ReplayOutcome:
-        """Replay one due workflow (runs workflow code: call it on the replay runner's thread)."""
+    def replay_one(self, due: DueReplay, now: int) -> ReplayOutcome | None:
+        """Advance one due workflow: its cached run if the cache holds it in step, else a replay from
+        scratch (runs workflow code: call it on the replay runner's thread). None: the cache lost the
+        run ``due`` was read for (only its undelivered outcomes were read); the next pass reads it all.
+        """
         definition = self._registry.get(due.name)
         if definition is None:  # ``due`` only selects registered names
             return ReplayOutcome(WorkflowStatus.FAILED, error=f"no workflow named {due.name!r} is registered")
+        run = self.cache.take(due.workflow_id, due.step_count, due.activations)
+        if run is None and due.partial:
+            return None
         try:
-            args = json.loads(due.args) if due.args else []
-            result = replay(
-                definition,
-                due.workflow_id,
-                args,
-                due.journal,
-                now_us=now,
-                rng=self._rng,
-                workflows=self._registry,
-            )
+            if run is not None:
+                result = run.advance(due.journal, now)
+            else:
+                args = json.loads(due.args) if due.args else []
+                run = WorkflowRun(
+                    definition,
+                    due.workflow_id,
+                    args,
+                    started_at_us=due.created_at,
+                    rng=self._rng,
+                    workflows=self._registry,
+                )
+                result = run.resume(due.journal, due.activations, now)
         except Exception as error:  # a bug in replay itself must not wedge the queue
             fields = logs.fields(workflow_id=due.workflow_id)
             log.exception("replaying workflow %s failed unexpectedly", due.workflow_id, extra=fields)
+            if run is not None:
+                run.close()
             return ReplayOutcome(WorkflowStatus.FAILED, error=f"internal error during replay: {error!r}")
+        if result.status is WorkflowStatus.RUNNING:
+            # What the code was handed and asked for: an estimate of what it may hold on to.
+            run.held_bytes += sum(
+                len(entry.result_json or "") + (0 if due.partial else len(entry.args_json))
+                for entry in due.journal
+            )
+            run.held_bytes += sum(len(step.args_json) for step in result.new_steps)
+            self.cache.put(run, run.held_bytes)
+        else:
+            run.close()
         if result.result_json is not None:
             size = len(result.result_json.encode())
             if size > self._max_payload_bytes:
@@ -213,22 +310,12 @@ class ReplayQueue:
                 select(replay_queue.c.workflow_id).where(replay_queue.c.workflow_id.in_(ids))
             ).scalars()
         )
-        statuses: dict[str, str] = {
-            row.id: row.status
-            for row in connection.execute(
-                select(workflows.c.id, workflows.c.status).where(workflows.c.id.in_(ids))
-            )
-        }
-        counts = {
-            row.workflow_id: (row.steps, row.running or 0)
+        current = {
+            row.id: row
             for row in connection.execute(
                 select(
-                    steps.c.workflow_id,
-                    func.count().label("steps"),
-                    func.sum(case((steps.c.status == StepStatus.RUNNING, 1), else_=0)).label("running"),
-                )
-                .where(steps.c.workflow_id.in_(ids))
-                .group_by(steps.c.workflow_id)
+                    workflows.c.id, workflows.c.status, workflows.c.step_count, workflows.c.activations
+                ).where(workflows.c.id.in_(ids))
             )
         }
         done: list[str] = []
@@ -236,16 +323,16 @@ class ReplayQueue:
         for due in batch:
             if due.workflow_id not in queued:
                 continue  # cleared meanwhile
-            status = statuses.get(due.workflow_id)
-            step_total, running = counts.get(due.workflow_id, (0, 0))
-            if status != WorkflowStatus.RUNNING or running:
-                done.append(due.workflow_id)  # finished, or a running step's result will enqueue it again
+            row = current.get(due.workflow_id)
+            if row is None or row.status != WorkflowStatus.RUNNING:
+                done.append(due.workflow_id)  # finished meanwhile: nothing to advance
                 continue
             result = outcomes.get(due.workflow_id)
-            if result is None or not due.replayable or step_total != len(due.journal):
+            if result is None or (row.step_count, row.activations) != (due.step_count, due.activations):
                 outcome.left += 1  # changed since it was read: the next pass replays the new state
                 continue
             ready.append((due, result))
+        outcome.applied = {due.workflow_id for due, _ in ready}
         if done:
             connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(done)))
             outcome.taken += len(done)
@@ -272,6 +359,7 @@ class ReplayQueue:
                 if is_transient(error):
                     raise
                 written = self._fail(connection, due, error, now)
+                outcome.applied.discard(due.workflow_id)  # failed instead: its run is of no use
             else:
                 savepoint.commit()
             outcome.merge(written)
@@ -283,18 +371,29 @@ class ReplayQueue:
         outcome = ReplayBatchOutcome()
         new_steps: list[tuple[str, int, int, NewStep]] = []  # (workflow id, shard, FIFO key, step)
         progress: list[dict[str, object]] = []
+        deliveries: list[dict[str, object]] = []
+        withdrawn: dict[str, set[int]] = {}
+        finished_ids: list[str] = []
         for due, result in ready:
             outcome.replayed += 1
             outcome.replay_delays.append(max(0, now - due.enqueued_at) / 1e6)
             for step in result.new_steps:
                 new_steps.append((due.workflow_id, due.shard, due.fifo_key, step))
+            deliveries += [
+                {"delivered_workflow_id": due.workflow_id, "step_number": number, "activation": activation}
+                for number, activation in result.delivered
+            ]
+            if result.withdrawn:
+                withdrawn[due.workflow_id] = set(result.withdrawn)
             finished = result.status is not WorkflowStatus.RUNNING
             if finished:
                 outcome.finished[result.status] = outcome.finished.get(result.status, 0) + 1
+                finished_ids.append(due.workflow_id)
             progress.append(
                 {
                     "workflow_id": due.workflow_id,
-                    "step_count": len(due.journal) + len(result.new_steps),
+                    "step_count": due.step_count + len(result.new_steps),
+                    "activations": result.activations if result.activations is not None else due.activations,
                     "status": result.status,
                     "result": result.result_json,
                     "error": result.error,
@@ -302,12 +401,19 @@ class ReplayQueue:
                 }
             )
         self._start_steps(connection, new_steps, now, outcome)
+        if deliveries:
+            connection.execute(_record_delivery, deliveries)
+        outcome.steps_cancelled += self._cancel_left_behind(connection, withdrawn, finished_ids, now)
         connection.execute(_update_progress, progress)
         ids = [due.workflow_id for due, _ in ready]
-        connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(ids)))
-        outcome.taken += len(ids)
-        ended = [due.workflow_id for due, result in ready if result.status is not WorkflowStatus.RUNNING]
-        orphans = len(settle_family(connection, ended, now))
+        # A step that finished after the read is delivered in the next activation: its entry stays.
+        still_due = self._with_undelivered(connection, [i for i in ids if i not in set(finished_ids)])
+        connection.execute(
+            delete(replay_queue).where(replay_queue.c.workflow_id.in_([i for i in ids if i not in still_due]))
+        )
+        outcome.taken += len(ids) - len(still_due)
+        outcome.left += len(still_due)
+        orphans = len(settle_family(connection, finished_ids, now))
         if orphans:  # children cancelled because their parent finished
             outcome.finished[WorkflowStatus.CANCELLED] = (
                 outcome.finished.get(WorkflowStatus.CANCELLED, 0) + orphans
@@ -316,6 +422,52 @@ class ReplayQueue:
         waits = {workflow_id for workflow_id, _, _, step in new_steps if step.kind is StepKind.SIGNAL}
         outcome.requeued += len(deliver_buffered(connection, self._dialect, waits, now))
         return outcome
+
+    @staticmethod
+    def _cancel_left_behind(
+        connection: Connection, withdrawn: Mapping[str, set[int]], finished: Sequence[str], now: int
+    ) -> int:
+        """Cancel the running steps each workflow withdrew, and every running step of the finished
+        ones; returns how many (their executors are told to stop by the caller)."""
+        ids = list(withdrawn) + list(finished)
+        if not ids:
+            return 0
+        running = connection.execute(
+            select(steps.c.id, steps.c.workflow_id, steps.c.number).where(
+                steps.c.workflow_id.in_(ids), steps.c.status == StepStatus.RUNNING
+            )
+        ).all()
+        finished_set = set(finished)
+        withdrawn_ids = [
+            row.id
+            for row in running
+            if row.workflow_id not in finished_set and row.number in withdrawn[row.workflow_id]
+        ]
+        left_ids = [row.id for row in running if row.workflow_id in finished_set]
+        cancel_steps(
+            connection, withdrawn_ids, "cancelled by the workflow code (it stopped waiting for it)", now
+        )
+        cancel_steps(connection, left_ids, "cancelled: the workflow finished without waiting for it", now)
+        return len(withdrawn_ids) + len(left_ids)
+
+    @staticmethod
+    def _with_undelivered(connection: Connection, workflow_ids: Sequence[str]) -> set[str]:
+        """The workflows among ``workflow_ids`` with a finished step whose outcome is still to deliver."""
+        if not workflow_ids:
+            return set()
+        return set(
+            connection.execute(
+                select(steps.c.workflow_id)
+                .where(
+                    steps.c.workflow_id.in_(list(workflow_ids)),
+                    # Spelled as the partial index's predicate, which holds only such steps and running ones.
+                    steps.c.delivered_in.is_(None),
+                    steps.c.status != StepStatus.RUNNING,
+                    steps.c.kind.not_in([kind.value for kind in INSTANT_KINDS]),
+                )
+                .distinct()
+            ).scalars()
+        )
 
     def _fail(self, connection: Connection, due: DueReplay, error: Exception, now: int) -> ReplayBatchOutcome:
         """The outcome of ``due`` could not be stored: fail its workflow, saying why, instead."""
@@ -330,12 +482,14 @@ class ReplayQueue:
             f"the coordinator could not store what this workflow's code produced "
             f"({type(error).__name__}: {error})"[:4000]
         )
+        cancelled = self._cancel_left_behind(connection, {}, [due.workflow_id], now)
         connection.execute(
             _update_progress,
             [
                 {
                     "workflow_id": due.workflow_id,
-                    "step_count": len(due.journal),
+                    "step_count": due.step_count,
+                    "activations": due.activations,
                     "status": WorkflowStatus.FAILED,
                     "result": None,
                     "error": message,
@@ -350,38 +504,40 @@ class ReplayQueue:
             taken=1,
             finished={WorkflowStatus.FAILED: 1},
             replay_delays=[max(0, now - due.enqueued_at) / 1e6],
+            steps_cancelled=cancelled,
         )
+
+    @staticmethod
+    def _load_undelivered(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
+        """The finished steps of these workflows whose outcome is not delivered yet, in journal order."""
+        if not workflow_ids:
+            return {}
+        journals: dict[str, list[JournalEntry]] = {workflow_id: [] for workflow_id in workflow_ids}
+        for row in connection.execute(
+            select(*_journal_columns)
+            .where(
+                steps.c.workflow_id.in_(workflow_ids),
+                # Spelled as the partial index's predicate, which holds only such steps and running ones.
+                steps.c.delivered_in.is_(None),
+                steps.c.status != StepStatus.RUNNING,
+                steps.c.kind.not_in([kind.value for kind in INSTANT_KINDS]),
+            )
+            .order_by(steps.c.workflow_id, steps.c.number)
+        ):
+            journals[row.workflow_id].append(_journal_entry(row))
+        return journals
 
     @staticmethod
     def load_journals(connection: Connection, workflow_ids: list[str]) -> dict[str, list[JournalEntry]]:
         journals: dict[str, list[JournalEntry]] = defaultdict(list)
+        if not workflow_ids:
+            return journals
         for row in connection.execute(
-            select(
-                steps.c.workflow_id,
-                steps.c.number,
-                steps.c.kind,
-                steps.c.name,
-                steps.c.args,
-                steps.c.args_digest,
-                steps.c.status,
-                steps.c.result,
-                steps.c.error,
-            )
+            select(*_journal_columns)
             .where(steps.c.workflow_id.in_(workflow_ids))
             .order_by(steps.c.workflow_id, steps.c.number)
         ):
-            journals[row.workflow_id].append(
-                JournalEntry(
-                    row.number,
-                    StepKind(row.kind),
-                    row.name,
-                    row.args,
-                    StepStatus(row.status),
-                    row.result,
-                    row.error,
-                    row.args_digest,
-                )
-            )
+            journals[row.workflow_id].append(_journal_entry(row))
         return journals
 
     def _start_steps(
@@ -410,6 +566,8 @@ class ReplayQueue:
                     "created_at": now,
                     "completed_at": now if complete else None,
                     "wake_at": step.wake_at_us,
+                    # Resolved when taken: nothing to deliver.
+                    "delivered_in": SETTLED if complete else None,
                 }
             )
             if step.wake_at_us is not None:

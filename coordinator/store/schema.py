@@ -85,6 +85,9 @@ workflows = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("completed_at", BigInteger),
     Column("step_count", Integer, nullable=False),
+    # Activations run so far (see conveyor.coordinator.replay); NULL for a workflow started before
+    # activations were recorded, whose next replay reconstructs them from its journal.
+    Column("activations", Integer),
     # W3C Trace Context of the start (JSON), handed to every task: conveyor.tracing.
     Column("trace_context", Text),
     # A child workflow (ctx.child): the parent, the parent's step that waits for it, and its
@@ -145,6 +148,10 @@ steps = Table(
     Column("executor_id", String(NAME_LENGTH)),
     # Fencing token of the accepted result: tells a duplicate report from a stale one.
     Column("result_token", BigInteger),
+    # The activation that delivered the step's outcome to the workflow code; NULL while running or
+    # finished but not delivered yet; 0 for outcomes never delivered (ctx.now()/ctx.random(), steps
+    # the workflow cancelled itself). See conveyor.coordinator.replay.
+    Column("delivered_in", Integer),
     UniqueConstraint("workflow_id", "number"),
     # "Which steps of these workflows are still in progress?" after every result batch.
     Index(
@@ -152,6 +159,14 @@ steps = Table(
         "workflow_id",
         postgresql_where=text("status = 'running'"),
         sqlite_where=text("status = 'running'"),
+    ),
+    # "Which steps of these workflows have an outcome still to deliver?" after every replay: the
+    # running steps and the few finished ones not delivered yet, however long the journal.
+    Index(
+        f"{PREFIX}ix_steps_undelivered_workflow_id",
+        "workflow_id",
+        postgresql_where=text("delivered_in IS NULL"),
+        sqlite_where=text("delivered_in IS NULL"),
     ),
     Index(
         f"{PREFIX}ix_steps_sleeping_wake_at",
@@ -301,9 +316,10 @@ tasks = Table(
     ),
 )
 
-#: Workflows due for a replay. Invariant: a running workflow with no step in
-#: progress has a row here. Inserted in the transaction that finishes its last
-#: running step; deleted in the transaction that replays it.
+#: Workflows due for a replay. Invariant: a running workflow with a finished step whose
+#: outcome is not delivered yet, or with no step in progress at all, has a row here.
+#: Inserted in the transaction that finishes any of its steps (or starts it); deleted in
+#: the transaction that replays it, unless a step finished meanwhile.
 replay_queue = Table(
     f"{PREFIX}replay_queue",
     metadata,

@@ -22,7 +22,7 @@ from conveyor.errors import FailedPrecondition, NotFound, ResourceExhausted
 
 from ..model import StepKind, StepStatus, WorkflowStatus
 from .dialect import Dialect
-from .journal import enqueue_idle_workflows, finish_steps, step_completion
+from .journal import enqueue_replays, finish_steps, step_completion
 from .schema import signals, steps, workflows
 
 #: Signals buffered for one workflow that nothing has waited for yet. A sender that outpaces
@@ -167,5 +167,5 @@ def deliver_buffered(
     if delivered:
         finish_steps(connection, completions)
         connection.execute(_mark_delivered, taken)
-        enqueue_idle_workflows(connection, dialect, delivered, now)
+        enqueue_replays(connection, dialect, delivered, now)
     return delivered

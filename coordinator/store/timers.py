@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ..model import StepKind, StepStatus
 from .dialect import Dialect
-from .journal import enqueue_idle_workflows, finish_steps, step_completion
+from .journal import enqueue_replays, finish_steps, step_completion
 from .schema import steps
 
 # One condition per kind, each matching its partial index (ix_steps_sleeping_wake_at,
@@ -48,7 +48,7 @@ class Timers:
         if not completions:
             return 0, 0
         finish_steps(connection, completions)
-        return len(completions), enqueue_idle_workflows(connection, self._dialect, workflow_ids, now)
+        return len(completions), enqueue_replays(connection, self._dialect, workflow_ids, now)
 
     @staticmethod
     def next_wake_at(connection: Connection) -> int | None:

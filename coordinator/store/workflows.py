@@ -234,6 +234,7 @@ class Workflows:
                     "idempotency_key": key,
                     "created_at": created_at,
                     "step_count": 0,
+                    "activations": 0,
                     "trace_context": request.trace_context,
                 }
             )

@@ -442,10 +442,12 @@ async def test_diagnose_counts_the_replay_queue_and_names_a_workflow_whose_repla
 
     report = await stack.client.diagnose()
     by_kind = {v.kind: v for v in report.violations}
-    assert set(by_kind) == {"running_without_progress", "unregistered_workflow"}
-    assert list(by_kind["running_without_progress"].workflow_ids) == [victim]
-    assert by_kind["running_without_progress"].count == 1
-    assert by_kind["running_without_progress"].description
+    # Both halves of the invariant: nothing in progress, and a fired timer never delivered.
+    assert set(by_kind) == {"running_without_progress", "undelivered_without_replay", "unregistered_workflow"}
+    for kind in ("running_without_progress", "undelivered_without_replay"):
+        assert list(by_kind[kind].workflow_ids) == [victim]
+        assert by_kind[kind].count == 1
+        assert by_kind[kind].description
     assert victim not in by_kind["unregistered_workflow"].workflow_ids
     assert report.replay_queue_depth == 4
     (row,) = await fetch(stack.database_url, sa.select(workflows.c.status).where(workflows.c.id == victim))

@@ -268,7 +268,7 @@ async def test_an_entry_whose_workflow_changed_after_it_was_read_is_left_for_the
     (started,) = await coordinator.start_workflows([("quick", "[1]", "")])
     due = await coordinator._read(lambda c: coordinator.replays.due(c, 10))
     # As if a step had been added between the read and the write.
-    stale = [dataclasses.replace(item, journal=(NOW_STEP,)) for item in due]
+    stale = [dataclasses.replace(item, journal=(NOW_STEP,), step_count=1) for item in due]
     outcomes = {started.workflow_id: ReplayOutcome(StoredStatus.COMPLETED, result_json="1")}
 
     written = await coordinator._write(lambda c: coordinator.replays.apply(c, stale, outcomes, 1), "test")

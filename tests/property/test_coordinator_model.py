@@ -12,8 +12,9 @@ then raise (an unknown outcome); workflow code raises ``BaseException``.
 
 After every step:
 
-* Diagnose's invariant checks find nothing (among them the replay-queue invariant:
-  a running workflow with nothing in progress has a replay-queue entry);
+* Diagnose's invariant checks find nothing (among them the replay-queue invariant: a
+  running workflow with a finished step whose outcome is not delivered yet, or with
+  nothing in progress, has a replay-queue entry: a workflow advances on any completion);
 * no task is claimed by an executor the coordinator no longer knows
   (live, draining, or disconnected and still within its lease);
 * no step result is applied twice, and each completed step holds the result that
@@ -99,6 +100,8 @@ FAMILIES: dict[str, str] = {
     "unknown_commit": "a write commits, then reports a connection error, and is retried (item 11)",
     "epoch": "BumpEpoch, draining executors and re-registration in the new epoch (item 12)",
     "malformed": "a RecordResults batch with one malformed result next to good ones (item 13)",
+    "race": "asyncio.wait(FIRST_COMPLETED) with the loser cancelled on its executor, wait_for timeouts "
+    "and asyncio.sleep: workflows advance on any completion (issue 12, item 3)",
 }
 
 #: Every family runs in `make test`. Before the fixes of issue 9 each family but the first
@@ -205,6 +208,27 @@ async def hung(ctx: WorkflowContext) -> int:
     return int(value)
 
 
+@workflow(name="race")
+async def race(ctx: WorkflowContext) -> int:
+    first = asyncio.ensure_future(_step(ctx, "r1"))
+    second = asyncio.ensure_future(_step(ctx, "r2"))
+    done, pending = await asyncio.wait([first, second], return_when=asyncio.FIRST_COMPLETED)
+    for loser in pending:
+        loser.cancel()
+    winner = next(task for task in (first, second) if task in done).result()
+    return int(winner) + int(await _step(ctx, "after-race"))
+
+
+@workflow(name="deadline")
+async def deadline(ctx: WorkflowContext) -> int:
+    try:
+        value = await asyncio.wait_for(_step(ctx, "bounded"), timeout=0.05)
+    except TimeoutError:
+        value = 1
+    await asyncio.sleep(0.001)
+    return int(value)
+
+
 #: What each workflow that completes must return: every step's result is 1, counted once.
 EXPECTED_RESULTS: dict[str, Callable[[list[Any]], Any]] = {
     "chain": lambda args: args[0],
@@ -213,6 +237,8 @@ EXPECTED_RESULTS: dict[str, Callable[[list[Any]], Any]] = {
     "gather_branches": lambda args: 4,
     "poison": lambda args: 1,
     "hung": lambda args: 1,
+    "race": lambda args: 2,
+    "deadline": lambda args: 1,
 }
 
 
@@ -222,7 +248,19 @@ MAY_FAIL_OR_CANCEL = frozenset(
 )
 
 REGISTRY = WorkflowRegistry()
-for _function in (chain, sleepy, fan_out, gather_branches, bad_text, huge_sleep, raiser, poison, hung):
+for _function in (
+    chain,
+    sleepy,
+    fan_out,
+    gather_branches,
+    bad_text,
+    huge_sleep,
+    raiser,
+    poison,
+    hung,
+    race,
+    deadline,
+):
     REGISTRY.register(_function)
 
 #: (workflow name, args) per family that adds workflows.
@@ -234,6 +272,7 @@ STARTS: dict[str, list[tuple[str, list[Any]]]] = {
     "base_exception": [("raiser", ["exit"]), ("raiser", ["interrupt"])],
     "poison": [("poison", [])],
     "hung": [("hung", [])],
+    "race": [("race", []), ("deadline", [])],
 }
 
 # ------------------------------------------------------- the model executor

@@ -10,7 +10,7 @@ the upgrade keep their plain ``args`` and a NULL digest, and read as before: no 
 Downgrade writes every compacted ``args`` back in full before dropping the table and column.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-06
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
