@@ -129,6 +129,8 @@ async def test_calling_every_async_method_sends_every_rpc_of_the_client_services
             "steps_in_progress",
             "replay_queued",
         )
+        sent = await client.signal_workflow(first.workflow_id, "nobody-waits", {"n": 1})
+        assert (sent.delivered, sent.duplicate) == (False, False)
         assert (
             await client.cancel_workflow(first.workflow_id, "no longer needed")
         ).error == "no longer needed"
@@ -201,6 +203,8 @@ def test_the_blocking_client_runs_every_operation_and_raises_the_same_errors(
         assert len(page) == 1 and token
         assert client.count_workflows("parked")[WorkflowStatus.RUNNING] == 3
         assert client.explain_workflow(done.workflow_id).situation == "finished"
+        with pytest.raises(FailedPrecondition, match="already finished"):
+            client.signal_workflow(done.workflow_id, "late")
 
         hour_ago = datetime.now(UTC) - timedelta(hours=1)
         assert (
