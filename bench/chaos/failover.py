@@ -53,7 +53,7 @@ from conveyor.errors import ConfigurationError
 from ..cluster import ManagedProcess
 from . import invariants
 from .invariants import Fault, InvariantReport
-from .postgres import Server
+from .postgres import PrivateServer
 from .workload import Workload
 
 COORDINATORS = ("a", "b")
@@ -171,7 +171,7 @@ class FailoverSettings:
     latency: str = "uniform:0.05,0.2"
     seed: int = 1
     #: The server behind ``database_url`` if it may be restarted (a private one: never the shared).
-    postgres_server: Server | None = None
+    postgres_server: PrivateServer | None = None
 
 
 @dataclass(frozen=True)
@@ -457,8 +457,9 @@ class FailoverCluster:
         await self._await_stood_down(old)
         return takeover
 
-    async def restart_database(self) -> tuple[int, int]:
-        """Restart PostgreSQL under both coordinators (every connection breaks); return the
+    async def restart_database(self, down_for: float = 0.0) -> tuple[int, int]:
+        """Restart PostgreSQL under both coordinators (every connection breaks), keeping it down
+        ``down_for`` seconds (past the leader's lease, the leader must step down); return the
         leader's term before and, once a coordinator leads and serves again, after."""
         server = self.settings.postgres_server
         if server is None:
@@ -468,8 +469,14 @@ class FailoverCluster:
             )
         term, _ = await self.current_leader()
         in_flight = await self.in_flight()
-        self._record("PostgreSQL restart", "database", in_flight)
-        await asyncio.to_thread(server.restart)
+        if down_for > 0:
+            self._record(f"PostgreSQL down {down_for:.0f}s", "database", in_flight)
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(down_for)
+            await asyncio.to_thread(server.start)
+        else:
+            self._record("PostgreSQL restart", "database", in_flight)
+            await asyncio.to_thread(server.restart)
         new_term, _ = await self.current_leader()
         return term, new_term
 

@@ -1,6 +1,7 @@
 """PostgreSQL restarts under two coordinators, a leader and a ``--standby`` (issue 14).
 
-Every connection of both breaks and the server is down for a moment, with research
+Every connection of both breaks and the server is down for a moment (a restart) or for
+twice the leader's lease (stopped, then started: a new term must begin), with research
 workflows running and executors and a client given both addresses. Afterwards: every
 workflow finishes, nothing is applied twice, duplicate LLM calls stay within the tasks
 in flight at the fault (bench/chaos/invariants.py), and no two coordinators ever served
@@ -46,7 +47,18 @@ def settings(database_url: str, tmp_path: Path) -> Iterator[FailoverSettings]:
             server.stop()
 
 
-async def test_postgres_restarts_under_a_leader_and_a_standby(settings: FailoverSettings) -> None:
+@pytest.mark.parametrize(
+    "down_for",
+    [
+        pytest.param(0.0, id="restart"),
+        # Down for twice the 3 s lease: the leader cannot renew and must stand down; a term
+        # starts when the database is back (either coordinator may win it).
+        pytest.param(6.0, id="down-past-the-lease"),
+    ],
+)
+async def test_postgres_restarts_under_a_leader_and_a_standby(
+    settings: FailoverSettings, down_for: float
+) -> None:
     with FailoverCluster(settings) as cluster:
         workload = Workload(WORKFLOWS, "pg-restart")
         overlaps: list[str] = []
@@ -56,9 +68,9 @@ async def test_postgres_restarts_under_a_leader_and_a_standby(settings: Failover
             async with cluster.client() as client:
                 await workload.start(client)
                 await workload.wait_until_finished(client, at_least=WORKFLOWS // 4, timeout=180)
-                first = await cluster.restart_database()
+                first = await cluster.restart_database(down_for)
                 await workload.wait_until_finished(client, at_least=WORKFLOWS // 2, timeout=180)
-                second = await cluster.restart_database()
+                second = await cluster.restart_database(down_for)
                 await workload.wait_until_finished(client, timeout=300)
         finally:
             stop_sampling.set()
@@ -70,6 +82,8 @@ async def test_postgres_restarts_under_a_leader_and_a_standby(settings: Failover
         assert overlaps == [], "\n".join(overlaps) + "\n" + cluster.log_tails()
         # Terms only grow; one coordinator leads and serves at the end.
         assert first[0] <= first[1] <= second[0] <= second[1], (first, second)
+        if down_for > 0:
+            assert first[1] > first[0] and second[1] > second[0], (first, second)
         _term, leader = await cluster.current_leader()
         serving = [name for name in cluster.addresses if await cluster.serving(name)]
         assert serving == [leader], (serving, leader)
