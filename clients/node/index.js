@@ -28,6 +28,9 @@ const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, 
 // A standby refuses work with UNAVAILABLE and this trailing metadata (the leader's address, empty
 // while it knows of none): the call was not applied (conveyor/errors.py LEADER_METADATA_KEY).
 const LEADER_METADATA_KEY = "conveyor-leader";
+// Pings on every channel, so that a watch on a stalled coordinator (SIGSTOPped, cut off) fails
+// within 15 s and moves on instead of hanging; the coordinator accepts pings every 5 s.
+const CHANNEL_OPTIONS = { "grpc.keepalive_time_ms": 10000, "grpc.keepalive_timeout_ms": 5000 };
 // Calls that change nothing: retried on any UNAVAILABLE, at the next address or the named leader.
 // Others are retried only when they certainly did nothing (a standby refused them, or no
 // connection was made) or carry an idempotency key (a repeat resolves to the first).
@@ -113,8 +116,8 @@ class ConveyorClient {
     let stubs = this._channels.get(address);
     if (!stubs) {
       stubs = {
-        workflows: new this._services.WorkflowService(address, this._credentials),
-        admin: new this._services.AdminService(address, this._credentials),
+        workflows: new this._services.WorkflowService(address, this._credentials, CHANNEL_OPTIONS),
+        admin: new this._services.AdminService(address, this._credentials, CHANNEL_OPTIONS),
       };
       this._channels.set(address, stubs);
     }
@@ -122,10 +125,10 @@ class ConveyorClient {
   }
 
   // After a call to `address` failed with `error`: move to the leader a standby named, or, for an
-  // unreachable coordinator, to the next address. A failure at an address already left behind
-  // moves nothing (another call followed).
+  // unreachable or stalled coordinator, to the next address. A failure at an address already
+  // left behind moves nothing (another call followed).
   _follow(address, error) {
-    if (address !== this.current || error.code !== "UNAVAILABLE") return;
+    if (address !== this.current || !["UNAVAILABLE", "DEADLINE_EXCEEDED"].includes(error.code)) return;
     let target;
     if (error.leader) {
       if (error.leader === this.current) return;
@@ -239,7 +242,8 @@ class ConveyorClient {
       call.on("error", (error) => {
         if (finished) return resolve(finished);
         const converted = toConveyorError(error);
-        this._follow(address, converted);
+        // A watch's own deadline says nothing about the coordinator: only UNAVAILABLE moves it.
+        if (converted.code === "UNAVAILABLE") this._follow(address, converted);
         reject(converted);
       });
       call.on("end", () => {
