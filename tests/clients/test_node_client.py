@@ -245,7 +245,7 @@ def coordinator(database_url: str, *, standby: bool = False) -> CoordinatorServe
     config = CoordinatorConfig(
         database_url=database_url, listen="127.0.0.1:0", standby=standby, leader_lease=4.0
     )
-    return CoordinatorServer(config, WORKFLOWS)
+    return CoordinatorServer(config, registry_of(double, refuse, approval))
 
 
 @pytest.fixture
@@ -377,3 +377,57 @@ async def test_a_standby_alone_names_the_leader_and_a_dead_address_alone_fails(
     async with AsyncClient(leader.address) as client:
         assert (await client.get_workflow(via_standby["started"])).name == "double"
     assert unreachable == {"code": "UNAVAILABLE", "leader": None}
+
+
+#: Starts `approval` given both addresses and waits for it, printing the result and address.
+WAIT_THROUGH_FAILOVER_SCRIPT = """
+const { ConveyorClient } = require("./index.js");
+const client = new ConveyorClient(process.argv[1], { timeoutMs: 60000 });
+(async () => {
+  const { workflow_id } = await client.startWorkflow("approval", {});
+  console.error(`started ${workflow_id}`);
+  const workflow = await client.waitForWorkflow(workflow_id, { timeoutMs: 90000 });
+  const result = JSON.parse(workflow.result_json);
+  console.log(JSON.stringify({ workflow_id, result, current: client.current }));
+  client.close();
+})().catch((error) => {
+  console.error(`${error.code}: ${error.details}`);
+  process.exit(2);
+});
+"""
+
+
+async def test_a_node_wait_follows_the_standby_that_takes_over(
+    leader_and_standby: tuple[CoordinatorServer, CoordinatorServer], node_client: Path
+) -> None:
+    leader, standby = leader_and_standby
+    waiting = asyncio.create_task(
+        asyncio.to_thread(
+            subprocess.run,
+            [str(NODE), "-e", WAIT_THROUGH_FAILOVER_SCRIPT, f"{leader.address},{standby.address}"],
+            cwd=node_client,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    )
+
+    async def watched() -> bool:
+        return bool(leader.coordinator.ctx.watches.watcher_count == 1 or waiting.done())
+
+    await eventually(watched, timeout=60)
+    # The leader goes away while the Node client watches; the standby takes over.
+    await leader.stop(grace=0.2)
+    async with AsyncClient(f"{leader.address},{standby.address}") as client:
+        ids = [w.id async for w in client.list_workflows()]
+        assert len(ids) == 1
+        await client.signal_workflow(ids[0], "approval", {"approved": "after failover"})
+    result = await waiting
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "workflow_id": ids[0],
+        "result": {"approved": "after failover"},
+        "current": standby.address,
+    }
+    assert standby.leadership is not None and standby.leadership.term == 2
