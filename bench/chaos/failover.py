@@ -53,6 +53,7 @@ from conveyor.errors import ConfigurationError
 from ..cluster import ManagedProcess
 from . import invariants
 from .invariants import Fault, InvariantReport
+from .postgres import PrivateServer
 from .workload import Workload
 
 COORDINATORS = ("a", "b")
@@ -169,6 +170,8 @@ class FailoverSettings:
     heartbeat_interval: float = 0.5
     latency: str = "uniform:0.05,0.2"
     seed: int = 1
+    #: The server behind ``database_url`` if it may be restarted (a private one: never the shared).
+    postgres_server: PrivateServer | None = None
 
 
 @dataclass(frozen=True)
@@ -453,6 +456,49 @@ class FailoverCluster:
         self.proxies[old].heal()
         await self._await_stood_down(old)
         return takeover
+
+    async def restart_database(self, down_for: float = 0.0) -> tuple[int, int]:
+        """Restart PostgreSQL under both coordinators (every connection breaks), keeping it down
+        ``down_for`` seconds (past the leader's lease, the leader must step down); return the
+        leader's term before and, once a coordinator leads and serves again, after."""
+        server = self.settings.postgres_server
+        if server is None:
+            raise ConfigurationError(
+                "restart_database needs FailoverSettings.postgres_server (a private server: "
+                "restarting the shared one breaks every other run on the machine)"
+            )
+        term, _ = await self.current_leader()
+        in_flight = await self.in_flight()
+        if down_for > 0:
+            self._record(f"PostgreSQL down {down_for:.0f}s", "database", in_flight)
+            await asyncio.to_thread(server.stop)
+            await asyncio.sleep(down_for)
+            await asyncio.to_thread(server.start)
+        else:
+            self._record("PostgreSQL restart", "database", in_flight)
+            await asyncio.to_thread(server.restart)
+        new_term, _ = await self.current_leader()
+        return term, new_term
+
+    async def sample_leaders(self, stop: asyncio.Event, overlaps: list[str]) -> int:
+        """Until ``stop``: probe both coordinators' health, appending to ``overlaps`` each time
+        two served work at once; returns how many samples were taken. A witness is one
+        coordinator SERVING before and after the other was seen SERVING (probes are sequential,
+        so one probe each could straddle a clean handover)."""
+        names = list(self.addresses)
+        samples = 0
+        while not stop.is_set():
+            for first, second in ((names[0], names[1]), (names[1], names[0])):
+                if await self.serving(first) and await self.serving(second) and await self.serving(first):
+                    try:
+                        term, leader = await self.leader()
+                        row = f"term {term}, {leader}"
+                    except sa.exc.OperationalError:
+                        row = "unreadable: the database is down"
+                    overlaps.append(f"{first} and {second} both served (leadership row: {row})")
+            samples += 1
+            await asyncio.sleep(0.05)
+        return samples
 
     async def _await_stood_down(self, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

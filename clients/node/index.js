@@ -4,7 +4,7 @@
 // contract every language shares), so every RPC there is callable here without generated code:
 //
 //   const { ConveyorClient } = require("./index.js");
-//   const client = new ConveyorClient("127.0.0.1:50051");
+//   const client = new ConveyorClient("127.0.0.1:50051");   // or "a:50051,b:50051": follows the leader
 //   const { workflow_id } = await client.startWorkflow("research", { topic: "tides" });
 //   const workflow = await client.waitForWorkflow(workflow_id);   // pushed over WatchWorkflow
 //   await client.watchWorkflow(workflow_id, (event) => console.log(event.kind));
@@ -25,6 +25,47 @@ const PROTO_ROOT = path.resolve(__dirname, "..", "..", "protos");
 const PROTO_FILES = ["conveyor/v1/workflow_service.proto", "conveyor/v1/admin_service.proto"];
 const FINISHED = new Set(["WORKFLOW_STATUS_COMPLETED", "WORKFLOW_STATUS_FAILED", "WORKFLOW_STATUS_CANCELLED"]);
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
+// A standby refuses work with UNAVAILABLE and this trailing metadata (the leader's address, empty
+// while it knows of none): the call was not applied (conveyor/errors.py LEADER_METADATA_KEY).
+const LEADER_METADATA_KEY = "conveyor-leader";
+// Pings on every channel, so that a watch on a stalled coordinator (SIGSTOPped, cut off) fails
+// within 15 s and moves on instead of hanging; the coordinator accepts pings every 5 s.
+const CHANNEL_OPTIONS = { "grpc.keepalive_time_ms": 10000, "grpc.keepalive_timeout_ms": 5000 };
+// Calls that change nothing: retried on any UNAVAILABLE, at the next address or the named leader.
+// Others are retried only when they certainly did nothing (a standby refused them, or no
+// connection was made) or carry an idempotency key (a repeat resolves to the first).
+const READ_ONLY = new Set([
+  "GetWorkflow", "ListWorkflows", "CountWorkflows", "ExplainWorkflow", "WatchWorkflow", "Diagnose",
+]);
+
+// "a:1, b:2" or ["a:1", "b:2"] -> ["a:1", "b:2"] (order kept, duplicates dropped).
+function parseAddresses(target) {
+  const parts = Array.isArray(target) ? target : String(target).split(",");
+  const addresses = [...new Set(parts.map((part) => String(part).trim()).filter(Boolean))];
+  if (!addresses.length) {
+    throw new ConveyorError("INVALID_ARGUMENT", `no coordinator address in ${JSON.stringify(target)}; give HOST:PORT, or several separated by commas`);
+  }
+  return addresses;
+}
+
+// The leader a refusing standby named: undefined when the call was not refused by a standby,
+// "" when it was but the standby knows of no leader.
+function leaderHint(error) {
+  const values = error && error.metadata && typeof error.metadata.get === "function" ? error.metadata.get(LEADER_METADATA_KEY) : [];
+  if (!values.length) return undefined;
+  return String(values[0]);
+}
+
+function toConveyorError(error) {
+  const converted = new ConveyorError(STATUS_NAMES[error.code] || String(error.code), error.details);
+  converted.leader = leaderHint(error);
+  return converted;
+}
+
+function sleep(ms) {
+  // Jittered, so that the clients of a failed coordinator do not all come back at once.
+  return new Promise((resolve) => setTimeout(resolve, ms * (0.5 + Math.random() / 2)));
+}
 
 class ConveyorError extends Error {
   constructor(code, details) {
@@ -32,6 +73,8 @@ class ConveyorError extends Error {
     this.name = "ConveyorError";
     this.code = code;
     this.details = details;
+    // Set (possibly "") when a standby refused the call: its leader's address, if it knows it.
+    this.leader = undefined;
   }
 }
 
@@ -48,28 +91,63 @@ function loadServices() {
 }
 
 class ConveyorClient {
-  // `options`: timeoutMs per call (default 30 s); credentials (default plaintext, e.g.
-  // grpc.credentials.createSsl(ca) for TLS); token, sent as a bearer token (default
-  // $CONVEYOR_TOKEN).
+  // `address`: "host:port", several comma-separated ("a:50051,b:50051") or an array of them; with
+  // standby coordinators the client finds the leader among them and follows it through a failover.
+  // `options`: timeoutMs per call (default 30 s; also how long a call keeps looking for a leader);
+  // credentials (default plaintext, e.g. grpc.credentials.createSsl(ca) for TLS); token, sent as a
+  // bearer token (default $CONVEYOR_TOKEN).
   constructor(address = "127.0.0.1:50051", options = {}) {
-    const services = loadServices();
-    const credentials = options.credentials || grpc.credentials.createInsecure();
+    this._services = loadServices();
+    this._credentials = options.credentials || grpc.credentials.createInsecure();
     this.timeoutMs = options.timeoutMs || 30000;
     this.token = options.token || process.env.CONVEYOR_TOKEN || "";
-    this._stubs = [
-      new services.WorkflowService(address, credentials),
-      new services.AdminService(address, credentials),
-    ];
+    this.addresses = parseAddresses(address);
+    // The address calls go to; moves to the leader a standby names, or on to the next address.
+    this.current = this.addresses[0];
+    // How many times the client moved (for logs and tests).
+    this.moves = 0;
+    this._channels = new Map(); // address -> {workflows, admin} stubs
     // One promise-returning function per RPC, named as in the .proto: client.workflows.GetWorkflow(...).
-    this.workflows = this._bind(this._stubs[0], services.WorkflowService.service);
-    this.admin = this._bind(this._stubs[1], services.AdminService.service);
+    this.workflows = this._bind("workflows", this._services.WorkflowService.service);
+    this.admin = this._bind("admin", this._services.AdminService.service);
   }
 
-  _bind(stub, service) {
+  _stubs(address = this.current) {
+    let stubs = this._channels.get(address);
+    if (!stubs) {
+      stubs = {
+        workflows: new this._services.WorkflowService(address, this._credentials, CHANNEL_OPTIONS),
+        admin: new this._services.AdminService(address, this._credentials, CHANNEL_OPTIONS),
+      };
+      this._channels.set(address, stubs);
+    }
+    return stubs;
+  }
+
+  // After a call to `address` failed with `error`: move to the leader a standby named, or, for an
+  // unreachable or stalled coordinator, to the next address. A failure at an address already
+  // left behind moves nothing (another call followed).
+  _follow(address, error) {
+    if (address !== this.current || !["UNAVAILABLE", "DEADLINE_EXCEEDED"].includes(error.code)) return;
+    let target;
+    if (error.leader) {
+      if (error.leader === this.current) return;
+      if (!this.addresses.includes(error.leader)) this.addresses.push(error.leader);
+      target = error.leader;
+    } else if (this.addresses.length > 1) {
+      target = this.addresses[(this.addresses.indexOf(this.current) + 1) % this.addresses.length];
+    } else {
+      return;
+    }
+    this.current = target;
+    this.moves += 1;
+  }
+
+  _bind(service, definition) {
     const methods = {};
-    for (const [name, method] of Object.entries(service)) {
+    for (const [name, method] of Object.entries(definition)) {
       // Streams (WatchWorkflow) have their own methods below.
-      if (!method.responseStream) methods[name] = (request) => this._call(stub, name, request);
+      if (!method.responseStream) methods[name] = (request) => this._call(service, name, request);
     }
     return methods;
   }
@@ -80,15 +158,54 @@ class ConveyorClient {
     return metadata;
   }
 
-  _call(stub, method, request) {
-    const metadata = this._metadata();
-    const deadline = new Date(Date.now() + this.timeoutMs);
+  _callOnce(address, service, method, request, deadline) {
     return new Promise((resolve, reject) => {
-      stub[method](request || {}, metadata, { deadline }, (error, response) => {
-        if (error) reject(new ConveyorError(STATUS_NAMES[error.code] || String(error.code), error.details));
+      this._stubs(address)[service][method](request || {}, this._metadata(), { deadline }, (error, response) => {
+        if (error) reject(toConveyorError(error));
         else resolve(response);
       });
     });
+  }
+
+  // Whether the call never left this process: grpc-js made no connection (refused, unresolvable).
+  static _undelivered(error) {
+    const details = error.details || "";
+    return details.includes("No connection established") || details.includes("ECONNREFUSED");
+  }
+
+  // Whether a call that failed with `error` may be sent again: it changed nothing (a read, or a
+  // standby refused it), or repeating it is harmless (an idempotency key).
+  static _retryable(method, request, error) {
+    if (error.code !== "UNAVAILABLE") return false;
+    if (error.leader !== undefined || READ_ONLY.has(method) || ConveyorClient._undelivered(error)) return true;
+    if (request && request.idempotency_key) return true;
+    if (method === "StartWorkflows" && request && Array.isArray(request.workflows) && request.workflows.length) {
+      return request.workflows.every((each) => each.idempotency_key);
+    }
+    return false;
+  }
+
+  // One call, following the leader: on UNAVAILABLE it moves (to the named leader, or the next
+  // address) and, if the call is safe to repeat, tries again with jittered backoff until timeoutMs.
+  async _call(service, method, request) {
+    const deadline = new Date(Date.now() + this.timeoutMs);
+    let backoff = 50;
+    for (let attempt = 0; ; attempt++) {
+      const address = this.current;
+      try {
+        return await this._callOnce(address, service, method, request, deadline);
+      } catch (error) {
+        this._follow(address, error);
+        if (!ConveyorClient._retryable(method, request, error)) throw error;
+        // Straight to a named leader the first time; otherwise wait, as a failover takes a while.
+        const hinted = error.leader && attempt === 0;
+        if (!hinted) {
+          if (Date.now() + backoff >= deadline.getTime()) throw error;
+          await sleep(backoff);
+          backoff = Math.min(backoff * 2, 2000);
+        }
+      }
+    }
   }
 
   // Start a workflow; `args` is an object (keyword arguments) or an array (positional).
@@ -116,14 +233,18 @@ class ConveyorClient {
     const options = Number.isFinite(timeoutMs) ? { deadline: new Date(Date.now() + timeoutMs) } : {};
     return new Promise((resolve, reject) => {
       let finished = null;
-      const call = this._stubs[0].WatchWorkflow({ workflow_id: workflowId }, this._metadata(), options);
+      const address = this.current;
+      const call = this._stubs(address).workflows.WatchWorkflow({ workflow_id: workflowId }, this._metadata(), options);
       call.on("data", (event) => {
         onEvent(event);
         if (FINISHED.has(event.workflow.status)) finished = event.workflow;
       });
       call.on("error", (error) => {
-        if (finished) resolve(finished);
-        else reject(new ConveyorError(STATUS_NAMES[error.code] || String(error.code), error.details));
+        if (finished) return resolve(finished);
+        const converted = toConveyorError(error);
+        // A watch's own deadline says nothing about the coordinator: only UNAVAILABLE moves it.
+        if (converted.code === "UNAVAILABLE") this._follow(address, converted);
+        reject(converted);
       });
       call.on("end", () => {
         if (finished) resolve(finished);
@@ -133,7 +254,7 @@ class ConveyorClient {
   }
 
   // Resolve to the Workflow once it finishes. The coordinator pushes the finish (WatchWorkflow);
-  // after a coordinator restart the wait watches again (while the coordinator stays unreachable
+  // after a coordinator restart or failover the wait watches again (at the new leader) (while the coordinator stays unreachable
   // for at most the client's timeoutMs); an older coordinator without WatchWorkflow is polled
   // every `pollMs` (growing to 2 s).
   async waitForWorkflow(workflowId, { timeoutMs = Infinity, pollMs = 200 } = {}) {
@@ -176,8 +297,12 @@ class ConveyorClient {
   }
 
   close() {
-    for (const stub of this._stubs) stub.close();
+    for (const stubs of this._channels.values()) {
+      stubs.workflows.close();
+      stubs.admin.close();
+    }
+    this._channels.clear();
   }
 }
 
-module.exports = { ConveyorClient, ConveyorError, PROTO_ROOT };
+module.exports = { ConveyorClient, ConveyorError, PROTO_ROOT, LEADER_METADATA_KEY, parseAddresses };

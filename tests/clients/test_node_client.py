@@ -11,13 +11,18 @@ import asyncio
 import hashlib
 import json
 import shutil
+import socket
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conveyor import WorkflowContext, workflow
+from conveyor.client import AsyncClient
+from conveyor.coordinator.config import CoordinatorConfig
+from conveyor.coordinator.server import CoordinatorServer
 from support import eventually, registry_of
 from toolkit import MakeStack
 
@@ -231,3 +236,198 @@ async def test_the_node_client_signals_a_waiting_workflow(make_stack: MakeStack,
     assert "NOT_FOUND" in unknown.stderr
     finished = await stack.client.wait(started.workflow_id, timeout=20)
     assert finished.result == {"approved": True}
+
+
+# --- Following the leader among several addresses (PostgreSQL: a leader and a standby) ---
+
+
+def coordinator(database_url: str, *, standby: bool = False) -> CoordinatorServer:
+    config = CoordinatorConfig(
+        database_url=database_url, listen="127.0.0.1:0", standby=standby, leader_lease=4.0
+    )
+    return CoordinatorServer(config, registry_of(double, refuse, approval))
+
+
+@pytest.fixture
+async def leader_and_standby(database_url: str) -> AsyncIterator[tuple[CoordinatorServer, CoordinatorServer]]:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("standby coordinators need PostgreSQL")
+    leader, standby = coordinator(database_url), coordinator(database_url, standby=True)
+    await leader.start()
+    await standby.start()
+    try:
+        yield leader, standby
+    finally:
+        for each in (standby, leader):
+            await each.stop(grace=0.2)
+
+
+def dead_address() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+async def test_the_node_example_given_a_standby_first_follows_it_to_the_leader(
+    leader_and_standby: tuple[CoordinatorServer, CoordinatorServer], node_client: Path
+) -> None:
+    leader, standby = leader_and_standby
+
+    result = await run_example(
+        node_client,
+        f"{standby.address},{leader.address}",
+        "--workflow",
+        "double",
+        "--args",
+        '{"value": 4}',
+        "--json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    assert (output["status"], output["result"]) == ("completed", {"doubled": 8, "nonce_step": 1})
+    assert output["diagnose"]["violations"] == []
+
+
+#: Given an address list, makes each kind of call once and prints where it ended up.
+FOLLOW_SCRIPT = """
+const { ConveyorClient } = require("./index.js");
+const client = new ConveyorClient(JSON.parse(process.argv[1]), { timeoutMs: 20000 });
+(async () => {
+  const started = await client.startWorkflow("double", { value: 5 });
+  const workflow = await client.waitForWorkflow(started.workflow_id, { timeoutMs: 20000 });
+  const { workflow: read } = await client.workflows.GetWorkflow({ workflow_id: started.workflow_id });
+  const { current, moves } = client;
+  console.log(JSON.stringify({ status: workflow.status, read: read.status, current, moves }));
+  client.close();
+})().catch((error) => {
+  console.error(`${error.code}: ${error.details} (leader ${error.leader})`);
+  process.exit(2);
+});
+"""
+
+
+async def run_follow_script(directory: Path, addresses: Any) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        [str(NODE), "-e", FOLLOW_SCRIPT, json.dumps(addresses)],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("first", ["standby", "dead"])
+async def test_the_node_client_takes_an_address_list_and_ends_at_the_leader(
+    leader_and_standby: tuple[CoordinatorServer, CoordinatorServer], node_client: Path, first: str
+) -> None:
+    leader, standby = leader_and_standby
+    # An array here; a comma-separated string in the example test above.
+    addresses = [standby.address if first == "standby" else dead_address(), leader.address]
+
+    result = await run_follow_script(node_client, addresses)
+
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    completed = "WORKFLOW_STATUS_COMPLETED"
+    assert output == {"status": completed, "read": completed, "current": leader.address, "moves": 1}
+
+
+#: Starts a workflow given one address, printing where the client ended up.
+START_SCRIPT = """
+const { ConveyorClient } = require("./index.js");
+const client = new ConveyorClient(process.argv[1], { timeoutMs: 5000 });
+const print = (outcome) => {
+  console.log(JSON.stringify(outcome));
+  client.close();
+};
+client.startWorkflow("double", { value: 1 }).then(
+  (started) => print({ started: started.workflow_id, current: client.current }),
+  (error) => print({ code: error.code, leader: error.leader ?? null }),
+);
+"""
+
+
+async def run_start_script(directory: Path, address: str) -> dict[str, Any]:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [str(NODE), "-e", START_SCRIPT, address],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    output: dict[str, Any] = json.loads(result.stdout)
+    return output
+
+
+async def test_a_standby_alone_names_the_leader_and_a_dead_address_alone_fails(
+    leader_and_standby: tuple[CoordinatorServer, CoordinatorServer], node_client: Path
+) -> None:
+    leader, standby = leader_and_standby
+
+    # The standby's refusal names the leader: the client adds that address and starts there.
+    via_standby = await run_start_script(node_client, standby.address)
+    # No coordinator at the only address: UNAVAILABLE after the retries, no leader named.
+    unreachable = await run_start_script(node_client, dead_address())
+
+    assert via_standby["current"] == leader.address, via_standby
+    async with AsyncClient(leader.address) as client:
+        assert (await client.get_workflow(via_standby["started"])).name == "double"
+    assert unreachable == {"code": "UNAVAILABLE", "leader": None}
+
+
+#: Starts `approval` given both addresses and waits for it, printing the result and address.
+WAIT_THROUGH_FAILOVER_SCRIPT = """
+const { ConveyorClient } = require("./index.js");
+const client = new ConveyorClient(process.argv[1], { timeoutMs: 60000 });
+(async () => {
+  const { workflow_id } = await client.startWorkflow("approval", {});
+  console.error(`started ${workflow_id}`);
+  const workflow = await client.waitForWorkflow(workflow_id, { timeoutMs: 90000 });
+  const result = JSON.parse(workflow.result_json);
+  console.log(JSON.stringify({ workflow_id, result, current: client.current }));
+  client.close();
+})().catch((error) => {
+  console.error(`${error.code}: ${error.details}`);
+  process.exit(2);
+});
+"""
+
+
+async def test_a_node_wait_follows_the_standby_that_takes_over(
+    leader_and_standby: tuple[CoordinatorServer, CoordinatorServer], node_client: Path
+) -> None:
+    leader, standby = leader_and_standby
+    waiting = asyncio.create_task(
+        asyncio.to_thread(
+            subprocess.run,
+            [str(NODE), "-e", WAIT_THROUGH_FAILOVER_SCRIPT, f"{leader.address},{standby.address}"],
+            cwd=node_client,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    )
+
+    async def watched() -> bool:
+        return bool(leader.coordinator.ctx.watches.watcher_count == 1 or waiting.done())
+
+    await eventually(watched, timeout=60)
+    # The leader goes away while the Node client watches; the standby takes over.
+    await leader.stop(grace=0.2)
+    async with AsyncClient(f"{leader.address},{standby.address}") as client:
+        ids = [w.id async for w in client.list_workflows()]
+        assert len(ids) == 1
+        await client.signal_workflow(ids[0], "approval", {"approved": "after failover"})
+    result = await waiting
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "workflow_id": ids[0],
+        "result": {"approved": "after failover"},
+        "current": standby.address,
+    }
+    assert standby.leadership is not None and standby.leadership.term == 2
