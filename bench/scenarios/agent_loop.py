@@ -39,6 +39,7 @@ from ..harness.databases import fresh_database
 from ..harness.journal import stored_workflows
 from ..harness.options import add_common_arguments, database_kinds, int_list
 from ..harness.workload import ClusterShape, RunOutcome, Workload, run_on_cluster
+from .cold_restart import run_cold_restart
 
 NAME = "agent-loop"
 MiB = 2**20
@@ -90,6 +91,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--coordinator-args",
         default="",
         help='extra flags for every coordinator, e.g. "--workflow-cache-size 0" (the cache on/off hook)',
+    )
+    parser.add_argument(
+        "--cold-restart",
+        type=int,
+        default=0,
+        help="also measure a cold restart with this many long loops in flight (0 skips; e.g. 500)",
+    )
+    parser.add_argument(
+        "--cold-restart-depth", type=int, default=50, help="turns each loop reaches before the restart (50)"
+    )
+    parser.add_argument(
+        "--cold-restart-turns", type=int, default=10_000, help="their length, longer than the run (10000)"
+    )
+    parser.add_argument(
+        "--cold-restart-only", action="store_true", help="skip the lengths and the in-flight run"
     )
     parser.add_argument(
         "--time-limit",
@@ -309,8 +325,17 @@ def run(args: argparse.Namespace) -> int:
     )
     lengths: dict[str, list[dict[str, Any]]] = {}
     in_flight: dict[str, dict[str, Any]] = {}
+    cold: dict[str, dict[str, Any]] = {}
     for kind in kinds:
         lengths[kind] = []
+        if args.cold_restart > 0:
+            cold[kind] = run_cold_restart(args, kind, out.workdir(f"{kind}-cold-restart"), console)
+            console.print(
+                f"  {kind} cold restart of {args.cold_restart:,} loops: all moved "
+                f"{cold[kind]['all_moved_after_kill_s']:.1f}s after the kill"
+            )
+        if args.cold_restart_only:
+            continue
         for turns, count in zip(args.lengths, args.workflows, strict=True):
             result = run_length(args, kind, turns, count, out, console)
             lengths[kind].append(result)
@@ -322,19 +347,56 @@ def run(args: argparse.Namespace) -> int:
                 f"(x{result['enqueue_gap_ratio_p50']:.2f}), journal "
                 f"{result['journal_to_conversation']:.1f}x the conversation"
             )
-        if args.in_flight > 0:
+        if args.in_flight > 0 and not args.cold_restart_only:
             in_flight[kind] = run_in_flight(args, kind, out, console)
             console.print(
                 f"  {kind} {args.in_flight:,} in flight: coordinator peak RSS "
                 f"{in_flight[kind]['coordinator_peak_rss_mib']:.0f} MiB"
             )
-    summary = _summary(args, kinds, lengths, in_flight, out)
-    out.write(info, report.options(args), {"lengths": lengths, "in_flight": in_flight}, summary)
+    summary = ("" if args.cold_restart_only else _summary(args, kinds, lengths, in_flight, out)) + (
+        _cold_summary(args, cold)
+    )
+    out.write(
+        info,
+        report.options(args),
+        {"lengths": lengths, "in_flight": in_flight, "cold_restart": cold},
+        summary,
+    )
     print(summary)  # plain: Markdown's [brackets] are not console markup
     # A length stopped at --time-limit is measured as far as it got (today's code cannot finish
     # 1,000 turns within --quick's budget); only failed workflows fail the scenario.
     ok = all(r["failed"] == 0 for rows in lengths.values() for r in rows)
     return 0 if ok else 1
+
+
+def _cold_summary(args: argparse.Namespace, cold: dict[str, dict[str, Any]]) -> str:
+    if not cold:
+        return ""
+    return "\n" + report.table(
+        [
+            "database",
+            "loops",
+            "journal steps each at the kill (mean, min-max)",
+            "new coordinator listening s",
+            "next step enqueued, s after the kill p50 / p99 / all",
+            "s after listening p50 / p99 / all",
+            "new coordinator CPU-s",
+            "its RSS MiB",
+        ],
+        [
+            [
+                kind,
+                r["workflows"],
+                f"{r['depth_steps_mean']:.0f} ({r['depth_steps_min']}-{r['depth_steps_max']})",
+                r["coordinator_listening_seconds"],
+                "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r["moved_after_kill_s"]),
+                "{p50:.1f} / {p99:.1f} / {max:.1f}".format(**r["moved_after_listening_s"]),
+                r["new_coordinator_cpu_seconds"],
+                r["new_coordinator_rss_mib"],
+            ]
+            for kind, r in cold.items()
+        ],
+    )
 
 
 def _pair(values: dict[str, float]) -> str:

@@ -106,7 +106,7 @@ def test_agent_loop_measures_gaps_journal_and_memory(tmp_path: Path) -> None:
         tmp_path,
         "agent-loop",
         "--lengths 5,20 --workflows 3,2 --tool-every 4 --in-flight 30 --in-flight-turns 50 "
-        "--in-flight-seconds 3 --concurrency 10 --db sqlite",
+        "--in-flight-seconds 3 --concurrency 10 --db sqlite --cold-restart 6 --cold-restart-depth 2",
     )
     short, long = results["lengths"]["sqlite"]
     assert (short["turns"], short["steps_per_workflow"], short["completed"]) == (5, 6, 3)
@@ -123,6 +123,11 @@ def test_agent_loop_measures_gaps_journal_and_memory(tmp_path: Path) -> None:
     assert in_flight["workflows"] == 30 and in_flight["coordinator_peak_rss_mib"] > 0
     assert in_flight["steps_done"] > 0
     assert (directory / "agent-loop-gaps-sqlite.png").exists()
+    # The cold restart: every loop took a step after the coordinator was killed and restarted.
+    cold = results["cold_restart"]["sqlite"]
+    assert cold["workflows"] == 6 and cold["depth_steps_min"] >= 1
+    assert 0 < cold["moved_after_kill_s"]["p50"] <= cold["all_moved_after_kill_s"]
+    assert cold["new_coordinator_cpu_seconds"] > 0
 
 
 @pytest.fixture
