@@ -43,10 +43,12 @@ test-cache-modes: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench suite $(if $(QUICK),--quick) $(if $(ONLY),--only $(ONLY))
 
-## chaos: the fault-injection soak, 10,000 workflows under every fault, then the invariant report
+## chaos: the fault-injection soak, 10,000 workflows under every fault, then the invariant report;
+## then CHAOS_FAILOVERS (default 20) leader failovers between two coordinators on PostgreSQL
 ## (CHAOS_N=<workflows>, CHAOS_DB=sqlite|postgresql|URL; default PostgreSQL); results in results/chaos/
 chaos: $(STAMP)
 	$(BIN)/python -m bench.chaos $(if $(CHAOS_N),--workflows $(CHAOS_N)) $(if $(CHAOS_DB),--db "$(CHAOS_DB)")
+	$(BIN)/python -m bench.chaos.failover --db "$(CONVEYOR_TEST_POSTGRES_URL)" --failovers $(or $(CHAOS_FAILOVERS),20)
 	$(MAKE) model-long
 
 ## model-long: the whole-coordinator state machine (tests/property/test_coordinator_model.py), long and
