@@ -9,9 +9,11 @@ they should be served before every newer root's step still queued. Run once per 
 order (``fifo``, the default, and the pre-FIFO ``task-id`` baseline: oldest task first).
 
 Reported per run: the share of the children whose step finished before the first newer
-root's step started after the fan-out, how many newer roots' steps started ahead of a
-queued child (FIFO: none, bar the claims already in flight), the median step
-finish of children and of newer roots, when each group was enqueued, and a plot of both
+root's step started once the whole fan-out was queued (each child is replayed to enqueue its
+step, so that takes a moment; FIFO: all but the children still running then), how many
+newer roots' steps started ahead of a queued child (FIFO: none, bar the claims already in
+flight), the median step finish of children and of newer roots, when each group was
+enqueued, and a plot of both
 groups' finished steps over time.
 """
 
@@ -90,8 +92,11 @@ def measure(roots: timings.RunTimings, children: timings.RunTimings, slots: int)
     child_steps = _llm_steps(children)
     root_steps = _llm_steps(roots, skip_first=True)  # the parent is the first root
     fanned_out = min((s.enqueued_at for s in child_steps), default=float("nan"))
+    # Each child is replayed to enqueue its step, so the fan-out reaches the queue over a while;
+    # once all of it is there, FIFO should start no newer root's step before the children's.
+    queued = max((s.enqueued_at for s in child_steps), default=float("nan"))
     first_root_start = min(
-        (s.started_at for s in root_steps if s.started_at is not None and s.started_at >= fanned_out),
+        (s.started_at for s in root_steps if s.started_at is not None and s.started_at >= queued),
         default=float("nan"),
     )
     child_done = sorted(s.completed_at - zero for s in child_steps if s.completed_at is not None)
@@ -114,6 +119,7 @@ def measure(roots: timings.RunTimings, children: timings.RunTimings, slots: int)
         "roots_enqueued_median_seconds": statistics.median(s.enqueued_at - zero for s in root_steps),
         "children_first_enqueued_seconds": fanned_out - zero,
         "roots_still_queued_at_fan_out": waiting,
+        "children_last_enqueued_seconds": queued - zero,
         "first_root_step_started_after_fan_out_seconds": first_root_start - zero,
         "children_finished_before_first_root_started": before,
         "share_of_children_before_first_root": before / len(child_steps) if child_steps else float("nan"),
