@@ -208,8 +208,9 @@ def _summary(args: argparse.Namespace, results: dict[str, dict[str, Any]], slots
     row("newer roots' steps enqueued, median (s)", "roots_enqueued_median_seconds")
     row("fan-out: first child's step enqueued (s)", "children_first_enqueued_seconds")
     row("newer roots' steps still queued then", "roots_still_queued_at_fan_out")
+    row("fan-out queued: last child's step enqueued (s)", "children_last_enqueued_seconds")
     row(
-        "first newer root's step started after the fan-out (s)",
+        "first newer root's step started after that (s)",
         "first_root_step_started_after_fan_out_seconds",
     )
     row("children finished before it", "children_finished_before_first_root_started")
