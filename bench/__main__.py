@@ -8,13 +8,25 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 
 from . import scaling_sim
-from .scenarios import agent_loop, bigdb, dbcost, fifo, overhead, peer, ratelimit, scale, suite
+from .scenarios import agent_loop, bigdb, dbcost, fanout, fifo, overhead, peer, ratelimit, scale, suite
 
 
 def scenarios() -> dict[str, ModuleType]:
     return {
         module.NAME: module
-        for module in (overhead, fifo, ratelimit, scale, agent_loop, peer, bigdb, dbcost, scaling_sim, suite)
+        for module in (
+            overhead,
+            fifo,
+            fanout,
+            ratelimit,
+            scale,
+            agent_loop,
+            peer,
+            bigdb,
+            dbcost,
+            scaling_sim,
+            suite,
+        )
     }
 
 

@@ -94,3 +94,31 @@ def expected_summary(topic: str, max_tokens: int = MAX_TOKENS) -> str:
 
     claims = echo(extract_prompt(topic))
     return echo(summarize_prompt(echo(analyze_a_prompt(claims)), echo(analyze_b_prompt(claims))))
+
+
+#: The fan-out scenario (``python -m bench fanout``): a ``fanout`` root makes one LLM call
+#: and, given ``children``, then fans out that many one-step ``fanout_child`` workflows, so a
+#: child's step and a newer root's step cost exactly the same. The parent's own call first
+#: puts the fan-out behind the newer roots' queued steps.
+FANOUT_STEP = "answer"
+
+
+async def _answer(ctx: WorkflowContext, index: int) -> str:
+    reply = await ctx.llm(
+        model=MODEL, max_tokens=MAX_TOKENS, name=FANOUT_STEP, messages=_ask(f"Answer question #{index}.")
+    )
+    return reply.text
+
+
+@workflow
+async def fanout(ctx: WorkflowContext, index: int, children: int = 0) -> int:
+    await _answer(ctx, index)
+    if children == 0:
+        return 1
+    handles = [ctx.start_child("fanout_child", {"index": index * 1_000_000 + i}) for i in range(children)]
+    return len(await asyncio.gather(*handles))
+
+
+@workflow
+async def fanout_child(ctx: WorkflowContext, index: int) -> str:
+    return await _answer(ctx, index)

@@ -60,6 +60,20 @@ def test_fifo_runs_both_claim_orders(tmp_path: Path) -> None:
         assert run["slot_bound"]["bound"] > 0 and -1 <= run["kendall_tau_b"] <= 1
 
 
+def test_fanout_measures_children_and_newer_roots(tmp_path: Path) -> None:
+    results, _ = run_scenario(
+        tmp_path,
+        "fanout",
+        "--children 30 --roots 30 --executors 1 --concurrency 5 --latency uniform:0.02,0.05 --orders fifo",
+    )
+    assert set(results) == {"fifo"}
+    for run in results.values():
+        assert run["children"] == run["children_completed"] == 30
+        assert run["newer_roots"] == 30 and run["roots_completed"] == 31  # and the parent
+        assert len(run["child_finishes"]) == 30 and len(run["root_finishes"]) == 30
+        assert 0 <= run["share_of_children_before_first_root"] <= 1
+
+
 def test_ratelimit(tmp_path: Path) -> None:
     results, _ = run_scenario(
         tmp_path,
