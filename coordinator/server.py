@@ -198,7 +198,9 @@ class CoordinatorServer:
             lease=self.config.leader_lease,
         )
         await asyncio.to_thread(self.coordinator.database.migrate)
-        if await asyncio.to_thread(leadership.campaign):
+        if await asyncio.to_thread(leadership.campaign) or (
+            not self.config.standby and await self._outwait_a_crashed_leader(leadership)
+        ):
             await self.coordinator.start(leadership)
             self._engine_running = True
             return
@@ -214,6 +216,28 @@ class CoordinatorServer:
             "standing by: %s leads the database; taking over if its lease runs out",
             "another coordinator" if leader is None else leader.describe(),
         )
+
+    async def _outwait_a_crashed_leader(self, leadership: Leadership) -> bool:
+        """Whether the lead comes free within one lease: True once this coordinator leads.
+
+        The usual reason to start a coordinator on a database that has a leader is that the
+        leader crashed and this is its restart; the dead leader's lease still runs for up to
+        ``--leader-lease``. A live leader keeps renewing, so waiting that long (and a little)
+        refuses a second coordinator started by mistake as surely, only later.
+        """
+        lease = self.config.leader_lease
+        log.warning(
+            "the database is led by %s; waiting up to %.0f s for its lease to run out (a leader "
+            "that crashed) before refusing to start",
+            "another coordinator" if leadership.leader is None else leadership.leader.describe(),
+            lease * 4 / 3,
+        )
+        deadline = time.monotonic() + lease * 4 / 3
+        while time.monotonic() < deadline:
+            await asyncio.sleep(lease / 6)
+            if await asyncio.to_thread(leadership.campaign):
+                return True
+        return False
 
     def _refusal(self) -> NotLeader | None:
         """Why work RPCs are refused here right now (None: this coordinator serves them)."""

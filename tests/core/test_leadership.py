@@ -20,6 +20,7 @@ from conveyor.client import AsyncClient
 from conveyor.client.models import WorkflowStatus
 from conveyor.coordinator.config import CoordinatorConfig
 from conveyor.coordinator.server import SERVICE_NAMES, CoordinatorServer
+from conveyor.coordinator.store import Database
 from conveyor.coordinator.store.leadership import Leadership
 from conveyor.coordinator.store.schema import leadership, workflows
 from conveyor.errors import LEADER_METADATA_KEY, ConfigurationError, DatabaseInUse, Unavailable
@@ -243,3 +244,23 @@ async def test_a_deposed_leader_has_its_writes_refused_and_stands_by(
         assert first.leadership is not None and not first.leadership.leading
     finally:
         engine.dispose()
+
+
+async def test_a_coordinator_restarted_after_its_leader_crashed_takes_over_once_the_lease_runs_out(
+    postgres_url: str, servers: list[CoordinatorServer]
+) -> None:
+    """The leader died without resigning (SIGKILL): its lease still runs. Restarting a coordinator,
+    without --standby, waits that lease out and leads, rather than refusing a database nobody leads."""
+    database = Database(postgres_url)
+    database.migrate()
+    database.dispose()
+    crashed = Leadership(postgres_url, holder="host-a/pid-1 (crashed)", address="10.0.0.9:50051", lease=2.0)
+    assert crashed.campaign()
+    crashed.release()  # no resignation: the row keeps the dead leader's lease
+
+    restarted = server(postgres_url, lease=2.0)
+    await restarted.start()
+    servers.append(restarted)
+
+    assert restarted.leadership is not None and restarted.leadership.leading
+    assert restarted.leadership.term == 2
