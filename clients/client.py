@@ -333,6 +333,7 @@ class AsyncClient:
         # Jittered, so that the watchers of a restarted coordinator do not all come back at once.
         reconnects = Backoff(BackoffPolicy(0.05, 2.0, multiplier=2.0, jitter=0.5), deadline=self.timeout)
         while True:
+            channel = self._channel
             call = self._workflows.WatchWorkflow(
                 workflow_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id)
             )
@@ -347,6 +348,12 @@ class AsyncClient:
                     return None
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise RpcError.from_status(error.code(), error.details() or "") from None
+                if self._endpoints is not None:
+                    # A standby refused the watch, or the leader went away: watch at the leader
+                    # (the standby names it) or at the next address, as unary calls do.
+                    self._endpoints.follow(error, channel)
+                    if self._endpoints.channel is not channel:
+                        self._bind(self._endpoints.channel)
                 delay = reconnects.next_delay()
                 if delay is None:
                     raise RpcError.from_status(error.code(), error.details() or "") from None
