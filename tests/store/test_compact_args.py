@@ -232,7 +232,7 @@ def test_old_plain_rows_and_compacted_rows_read_together(database: Database) -> 
     assert [row.args_digest for row in stored_rows(database, "mixed")] == [None, canonical_digest(new)]
     assert read_back(database, "mixed") == [old, new]
     with database.reader.connect() as connection:
-        journal = ReplayQueue._load_journals(connection, ["mixed"])["mixed"]
+        journal = ReplayQueue.load_journals(connection, ["mixed"])["mixed"]
     assert journal[0].was_called_with(old) and journal[1].was_called_with(new)
     changed = request(
         [{"role": "user", "content": BIG.replace("p", "P", 1)}, {"role": "assistant", "content": BIG + "!"}]
