@@ -18,7 +18,16 @@ from alembic.migration import MigrationContext
 
 from conveyor.coordinator.store.database import Database, migration_config
 from conveyor.coordinator.store.namespace import VERSION_TABLE
-from conveyor.coordinator.store.schema import metadata, steps, workflow_counts, workflows
+from conveyor.coordinator.store.schema import metadata, workflow_counts
+
+
+def tables_now(db: Database) -> dict[str, sa.Table]:
+    """The journal tables as they are at the database's current revision (not as schema.py
+    spells them at head, whose newer columns do not exist yet)."""
+    reflected = sa.MetaData()
+    with db.writer.connect() as connection:
+        reflected.reflect(connection, only=["conveyor_workflows", "conveyor_steps"])
+    return {"workflows": reflected.tables["conveyor_workflows"], "steps": reflected.tables["conveyor_steps"]}
 
 
 @pytest.fixture
@@ -66,13 +75,19 @@ def step_row(workflow_id: str) -> dict[str, Any]:
     }
 
 
-def table_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+def table_rows(db: Database, columns: dict[str, list[str]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the journal tables, ``columns`` of each (those of an older revision)."""
+    tables = tables_now(db)
     with db.writer.connect() as connection:
+
+        def rows(name: str) -> list[tuple[Any, ...]]:
+            table = tables[name]
+            query = sa.select(*(table.c[c] for c in columns[name])).order_by(table.c.id)
+            return [tuple(r) for r in connection.execute(query)]
+
         return {
-            "workflows": [
-                tuple(r) for r in connection.execute(sa.select(workflows).order_by(workflows.c.id))
-            ],
-            "steps": [tuple(r) for r in connection.execute(sa.select(steps).order_by(steps.c.id))],
+            "workflows": rows("workflows"),
+            "steps": rows("steps"),
             "counts": [
                 tuple(r)
                 for r in connection.execute(
@@ -84,6 +99,9 @@ def table_rows(db: Database) -> dict[str, list[tuple[Any, ...]]]:
 
 def test_upgrading_from_0007_keeps_every_row_and_scopes_keys_per_name(database: Database) -> None:
     migrate_to(database, "0007")
+    at_0007 = tables_now(database)
+    workflows, steps = at_0007["workflows"], at_0007["steps"]
+    columns = {name: [c.name for c in table.columns] for name, table in at_0007.items()}
     with database.writer.begin() as connection:
         connection.execute(
             sa.insert(workflows),
@@ -97,11 +115,11 @@ def test_upgrading_from_0007_keeps_every_row_and_scopes_keys_per_name(database: 
         with pytest.raises(sa.exc.IntegrityError), connection.begin_nested():
             # Before: a key is global, so another name cannot use it.
             connection.execute(sa.insert(workflows).values(workflow_row("wf-x", "shout", "order-1", 4)))
-    before = table_rows(database)
+    before = table_rows(database, columns)
 
     database.migrate()
 
-    assert table_rows(database) == before
+    assert table_rows(database, columns) == before
     with database.writer.connect() as connection:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         assert list(compare_metadata(context, metadata)) == []
@@ -127,6 +145,7 @@ def test_downgrading_refuses_while_two_names_share_a_key_and_works_once_they_do_
     database: Database,
 ) -> None:
     database.migrate()
+    workflows = tables_now(database)["workflows"]
     with database.writer.begin() as connection:
         connection.execute(
             sa.insert(workflows),
@@ -139,5 +158,6 @@ def test_downgrading_refuses_while_two_names_share_a_key_and_works_once_they_do_
 
     downgrade_to(database, "0007")
 
+    workflows = tables_now(database)["workflows"]
     with database.writer.begin() as connection, pytest.raises(sa.exc.IntegrityError):
         connection.execute(sa.insert(workflows).values(workflow_row("wf-c", "shout", "shared", 3)))

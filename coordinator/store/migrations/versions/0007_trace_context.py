@@ -25,5 +25,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("conveyor_workflows") as batch:
-        batch.drop_column("trace_context")
+    op.drop_column("conveyor_workflows", "trace_context")

@@ -38,7 +38,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("conveyor_ix_steps_undelivered_workflow_id", table_name="conveyor_steps")
-    with op.batch_alter_table("conveyor_workflows") as batch:
-        batch.drop_column("activations")
-    with op.batch_alter_table("conveyor_steps") as batch:
-        batch.drop_column("delivered_in")
+    op.drop_column("conveyor_workflows", "activations")
+    op.drop_column("conveyor_steps", "delivered_in")

@@ -45,5 +45,4 @@ def downgrade() -> None:
 
     inline_all_step_args(op.get_bind())
     op.drop_table("conveyor_blobs")
-    with op.batch_alter_table("conveyor_steps") as batch:
-        batch.drop_column("args_digest")
+    op.drop_column("conveyor_steps", "args_digest")

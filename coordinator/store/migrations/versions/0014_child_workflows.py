@@ -34,7 +34,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("conveyor_ix_workflows_parent_id", table_name="conveyor_workflows")
-    with op.batch_alter_table("conveyor_workflows") as batch:
-        batch.drop_column("root_created_at")
-        batch.drop_column("parent_step")
-        batch.drop_column("parent_id")
+    for column in ("root_created_at", "parent_step", "parent_id"):
+        op.drop_column("conveyor_workflows", column)
