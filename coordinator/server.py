@@ -44,7 +44,7 @@ from .metrics import refresh_gauges
 from .reports import DiagnoseReport
 from .status_page import StatusPage
 from .store.dialect import PostgresDialect, describe_error
-from .store.leadership import Leadership
+from .store.leadership import Leadership, unique_holder
 from .store.ownership import describe_holder
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class CoordinatorServer:
         """Migrate (standbys need the leadership table too), then lead or stand by."""
         leadership = self.leadership = Leadership(
             self.config.database_url,
-            holder=describe_holder(socket.gethostname(), os.getpid(), now_us()),
+            holder=unique_holder(describe_holder(socket.gethostname(), os.getpid(), now_us())),
             address=self.advertised_address,
             lease=self.config.leader_lease,
         )

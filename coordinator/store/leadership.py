@@ -28,8 +28,6 @@ until TCP gives up. SQLite has no leadership: one coordinator holds the file loc
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import uuid
 from dataclasses import dataclass
 
@@ -58,9 +56,14 @@ TAKEOVER_LOCK_TIMEOUT = "1s"
 LOCK_NOT_AVAILABLE = "55P03"
 
 
-def new_holder_id() -> str:
-    """A coordinator process's id in the leadership row: readable, and unique across restarts."""
-    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+def unique_holder(description: str) -> str:
+    """A coordinator's id in the leadership row: its readable ``description`` made unique.
+
+    Host, pid and start time are not enough: two coordinators of one process (tests,
+    embedding) or two containers with the same hostname and pid started in the same second
+    would share them, and each would take the other's lease for its own (renew it, not name
+    it as the leader)."""
+    return f"{description} (instance {uuid.uuid4().hex[:8]})"
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,27 @@ async def test_a_second_coordinator_without_standby_is_refused_naming_the_leader
         await server(postgres_url).start()
 
 
+async def test_two_coordinators_started_in_the_same_second_of_one_process_stay_apart(
+    postgres_url: str, servers: list[CoordinatorServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Same host, same pid, same start time (to the second a holder's description shows): the
+    # standby must still know the leader is another coordinator and never renew its lease.
+    monkeypatch.setattr("conveyor.coordinator.server.now_us", lambda: 1_800_000_000_000_000)
+    leader = server(postgres_url)
+    await leader.start()
+    servers.append(leader)
+    standby = server(postgres_url, standby=True)
+    await standby.start()
+    servers.append(standby)
+    assert leader.leadership is not None and standby.leadership is not None
+
+    assert leader.leadership.holder != standby.leadership.holder
+    refusal = standby.leadership.refusal()
+    assert refusal.leader_address == leader.address, str(refusal)
+    assert not standby.leadership.renew()
+    assert not standby.leadership.campaign()
+
+
 async def test_a_standby_refuses_work_names_the_leader_and_takes_over_when_it_stops(
     postgres_url: str, servers: list[CoordinatorServer]
 ) -> None:
