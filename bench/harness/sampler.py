@@ -26,12 +26,22 @@ class Series:
     rss_bytes: list[int] = field(default_factory=list)
 
     def cpu_between(self, start: float, end: float) -> float:
-        """CPU seconds spent between two monotonic times (nearest samples inside the window)."""
+        """CPU seconds spent between two monotonic times, interpolated between the samples
+        around each end: a window shorter than the sampling interval (a smoke-sized run)
+        still gets its share, not zero."""
+        return self._cpu_at(end) - self._cpu_at(start)
+
+    def _cpu_at(self, moment: float) -> float:
         if not self.times:
             return 0.0
-        first = min(bisect.bisect_left(self.times, start), len(self.times) - 1)
-        last = max(bisect.bisect_right(self.times, end) - 1, first)
-        return self.cpu_seconds[last] - self.cpu_seconds[first]
+        after = bisect.bisect_left(self.times, moment)
+        if after == 0:
+            return self.cpu_seconds[0]
+        if after == len(self.times):
+            return self.cpu_seconds[-1]
+        t0, t1 = self.times[after - 1], self.times[after]
+        c0, c1 = self.cpu_seconds[after - 1], self.cpu_seconds[after]
+        return c0 + (c1 - c0) * (moment - t0) / (t1 - t0) if t1 > t0 else c1
 
     def peak_rss(self) -> int:
         return max(self.rss_bytes, default=0)

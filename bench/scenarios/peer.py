@@ -231,7 +231,9 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
         if base is None or "unavailable" in row:
             continue
         row["conveyor_steps_per_second_ratio"] = base["steps_per_second"] / row["steps_per_second"]
-        row["cpu_per_step_ratio"] = row["cpu_per_1000_steps"] / base["cpu_per_1000_steps"]
+        # No CPU measured at all (a run shorter than one sample): no ratio, not a crash.
+        base_cpu = base["cpu_per_1000_steps"]
+        row["cpu_per_step_ratio"] = row["cpu_per_1000_steps"] / base_cpu if base_cpu else float("nan")
         row["total_time_ratio"] = row["total_seconds"] / base["total_seconds"]
 
 
