@@ -42,6 +42,11 @@ def _referred_stem(constraint: Any, _table: Table) -> str:
     return str(constraint.elements[0].target_fullname).split(".")[0].removeprefix(PREFIX)
 
 
+def partial_index(name: str, *columns: str, where: str, unique: bool = False) -> Index:
+    """An index over only the rows matching ``where`` (SQL both databases read alike)."""
+    return Index(name, *columns, unique=unique, postgresql_where=text(where), sqlite_where=text(where))
+
+
 #: Every name starts with ``conveyor_`` (see `conveyor.coordinator.store.namespace`): in PostgreSQL,
 #: index and constraint names share one namespace per schema with the application's.
 metadata = MetaData(
@@ -104,19 +109,17 @@ workflows = Table(
     Index(None, "name", "status"),
     # Retention and PurgeWorkflows: the finished workflows of a status, oldest finish first.
     # Running workflows (no completed_at) stay out of it, so starting one does not touch it.
-    Index(
+    partial_index(
         f"{PREFIX}ix_workflows_finished",
         "status",
         "completed_at",
-        postgresql_where=text("completed_at IS NOT NULL"),
-        sqlite_where=text("completed_at IS NOT NULL"),
+        where="completed_at IS NOT NULL",
     ),
     # A parent's children (cancelled with it, listed by get); roots are left out.
-    Index(
+    partial_index(
         f"{PREFIX}ix_workflows_parent_id",
         "parent_id",
-        postgresql_where=text("parent_id IS NOT NULL"),
-        sqlite_where=text("parent_id IS NOT NULL"),
+        where="parent_id IS NOT NULL",
     ),
 )
 
@@ -154,32 +157,28 @@ steps = Table(
     Column("delivered_in", Integer),
     UniqueConstraint("workflow_id", "number"),
     # "Which steps of these workflows are still in progress?" after every result batch.
-    Index(
+    partial_index(
         f"{PREFIX}ix_steps_running_workflow_id",
         "workflow_id",
-        postgresql_where=text("status = 'running'"),
-        sqlite_where=text("status = 'running'"),
+        where="status = 'running'",
     ),
     # "Which steps of these workflows have an outcome still to deliver?" after every replay: the
     # running steps and the few finished ones not delivered yet, however long the journal.
-    Index(
+    partial_index(
         f"{PREFIX}ix_steps_undelivered_workflow_id",
         "workflow_id",
-        postgresql_where=text("delivered_in IS NULL"),
-        sqlite_where=text("delivered_in IS NULL"),
+        where="delivered_in IS NULL",
     ),
-    Index(
+    partial_index(
         f"{PREFIX}ix_steps_sleeping_wake_at",
         "wake_at",
-        postgresql_where=text("status = 'running' AND kind = 'sleep'"),
-        sqlite_where=text("status = 'running' AND kind = 'sleep'"),
+        where="status = 'running' AND kind = 'sleep'",
     ),
     # Signal waits with a timeout, by when it expires: the timer loop fires them like sleeps.
-    Index(
+    partial_index(
         f"{PREFIX}ix_steps_signal_wake_at",
         "wake_at",
-        postgresql_where=text("status = 'running' AND kind = 'signal'"),
-        sqlite_where=text("status = 'running' AND kind = 'signal'"),
+        where="status = 'running' AND kind = 'signal'",
     ),
 )
 
@@ -198,21 +197,19 @@ signals = Table(
     # The wait step that received it; NULL while buffered.
     Column("step_number", Integer),
     # The buffer of a workflow, in the order sent.
-    Index(
+    partial_index(
         f"{PREFIX}ix_signals_buffered",
         "workflow_id",
         "id",
-        postgresql_where=text("step_number IS NULL"),
-        sqlite_where=text("step_number IS NULL"),
+        where="step_number IS NULL",
     ),
     Index(f"{PREFIX}ix_signals_workflow_id", "workflow_id"),
-    Index(
+    partial_index(
         f"{PREFIX}ux_signals_idempotency_key",
         "workflow_id",
         "idempotency_key",
         unique=True,
-        postgresql_where=text("idempotency_key IS NOT NULL"),
-        sqlite_where=text("idempotency_key IS NOT NULL"),
+        where="idempotency_key IS NOT NULL",
     ),
 )
 
@@ -272,47 +269,42 @@ tasks = Table(
     # Exactly the claimable tasks, in FIFO order per kind (and per shard): a claim walks
     # only rows it can take, however many tasks are claimed, waiting out a backoff, or of
     # kinds no connected executor serves.
-    Index(
+    partial_index(
         f"{PREFIX}ix_tasks_ready_fifo",
         "kind",
         "workflow_created_at",
         "id",
-        postgresql_where=text("claimed_by IS NULL AND delayed = 0"),
-        sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
+        where="claimed_by IS NULL AND delayed = 0",
     ),
-    Index(
+    partial_index(
         f"{PREFIX}ix_tasks_ready_shard_fifo",
         "kind",
         "shard",
         "workflow_created_at",
         "id",
-        postgresql_where=text("claimed_by IS NULL AND delayed = 0"),
-        sqlite_where=text("claimed_by IS NULL AND delayed = 0"),
+        where="claimed_by IS NULL AND delayed = 0",
     ),
     # Tasks waiting out a backoff, by when they become claimable: the claim's promotion
     # and the retry timer's "next due" read only the front of it.
-    Index(
+    partial_index(
         f"{PREFIX}ix_tasks_delayed_available_at",
         "available_at",
-        postgresql_where=text("delayed = 1"),
-        sqlite_where=text("delayed = 1"),
+        where="delayed = 1",
     ),
     # A lease's tasks (expiry, release, Diagnose's per-executor counts); unclaimed rows,
     # nearly all of them, are left out.
-    Index(
+    partial_index(
         f"{PREFIX}ix_tasks_claimed_by",
         "claimed_by",
-        postgresql_where=text("claimed_by IS NOT NULL"),
-        sqlite_where=text("claimed_by IS NOT NULL"),
+        where="claimed_by IS NOT NULL",
     ),
     # Cancels delete a workflow's tasks; Diagnose joins tasks to their workflows.
     Index(None, "workflow_id"),
     # Only claimed tasks (at most the executors' total capacity): the deadline sweep's index.
-    Index(
+    partial_index(
         f"{PREFIX}ix_tasks_deadline_at",
         "deadline_at",
-        postgresql_where=text("claimed_by IS NOT NULL"),
-        sqlite_where=text("claimed_by IS NOT NULL"),
+        where="claimed_by IS NOT NULL",
     ),
 )
 
