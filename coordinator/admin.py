@@ -39,7 +39,7 @@ class AdminOperations:
     async def fail_pending_tasks(self, shards: Collection[int] | None, limit: int, reason: str) -> int:
         self._check_shards(shards)
         validation.reason(reason)
-        failed, replays = await self.ctx.write_revoking(
+        failed, _replays = await self.ctx.write_revoking(
             functools.partial(
                 self.ctx.queue.fail_pending,
                 shards=shards,
@@ -50,8 +50,6 @@ class AdminOperations:
             "fail pending tasks",
             "the task was force-failed by an operator (FailPendingTasks)",
         )
-        if replays:
-            self.ctx.replay_needed.set()
         self.ctx.watches.all_changed()
         log.warning("operator force-failed %d pending task(s) on %s", failed, _describe_shards(shards))
         return failed

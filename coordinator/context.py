@@ -31,6 +31,7 @@ from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import Database, ReplayQueue, Signals, TaskQueue, Timers, Workflows, Writer, deadlines
 from .store.deadlines import Claim
 from .store.reader import Reader
+from .store.wakeups import take_replays_enqueued
 from .watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,17 @@ class EngineContext:
         self.watches = WatchHub(reader)
 
     async def write(self, unit: Callable[[Connection], T], label: str) -> T:
-        return await self.writer.run(unit, label)
+        """Run ``unit`` in a write transaction; wake the replay loop if it enqueued a replay
+        (see :mod:`conveyor.coordinator.store.wakeups`)."""
+
+        def noting(connection: Connection) -> tuple[T, bool]:
+            take_replays_enqueued(connection)  # a failed unit before this one may have noted one
+            return unit(connection), take_replays_enqueued(connection)
+
+        result, replays_enqueued = await self.writer.run(noting, label)
+        if replays_enqueued:
+            self.replay_needed.set()
+        return result
 
     async def read(self, query: Callable[[Connection], T], *, snapshot: bool = False) -> T:
         """Run ``query`` in a read transaction (see :meth:`Reader.run`), riding out database restarts."""

@@ -48,8 +48,6 @@ class Dispatcher:
             else:
                 self.ctx.stats.results_stale += 1
         self.ctx.observer.recorded(outcome)
-        if outcome.replays_enqueued:
-            self.ctx.replay_needed.set()
         self.ctx.retry_alarm.request(outcome.next_retry_at)
         return outcome.dispositions
 
@@ -179,5 +177,3 @@ class Dispatcher:
         self.ctx.watches.tasks_changed(claim.task_id for claim in outcome.revoked)
         self.ctx.retry_alarm.request(outcome.next_retry_at)
         self.ctx.wake_holders(outcome.shards)
-        if outcome.replays_enqueued:
-            self.ctx.replay_needed.set()

@@ -119,8 +119,6 @@ class Membership:
             if not self._connecting[executor_id]:
                 del self._connecting[executor_id]
         # No await between releasing the reservation and registering: the count stays exact.
-        if lost.replays_enqueued:
-            self.ctx.replay_needed.set()
         if restarted and released:
             log.warning(
                 "executor %s started anew: %d task(s) its previous process held returned to the queue, "
@@ -390,5 +388,3 @@ class Membership:
             extra=logs.fields(executor_id=session.executor_id),
         )
         self.ctx.wake_holders(outcome.shards)
-        if outcome.replays_enqueued:
-            self.ctx.replay_needed.set()

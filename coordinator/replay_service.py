@@ -96,11 +96,9 @@ class ReplayService:
         while True:
             await self.ctx.timer_due.wait()
             self.ctx.timer_due.clear()
-            fired, replays = await self.ctx.write(
+            fired, _replays = await self.ctx.write(
                 lambda c: self.ctx.timers.fire_due(c, now_us()), "fire timers"
             )
-            if replays:
-                self.ctx.replay_needed.set()
             if fired:
                 self.ctx.timer_due.set()  # there may be more due than one batch held
                 continue

@@ -51,7 +51,6 @@ class WorkflowApi:
             starts.append(StartRequest(name, canonical_args, key or None, trace))
         started = await self.ctx.write(functools.partial(self.ctx.workflows.start, requests=starts), "start")
         self.ctx.stats.workflows_started += sum(1 for s in started if not s.already_existed)
-        self.ctx.replay_needed.set()
         return started
 
     async def get_workflow(self, workflow_id: str, *, include_steps: bool) -> WorkflowRecord:
@@ -132,8 +131,6 @@ class WorkflowApi:
             ),
             "signal",
         )
-        if sent.delivered:
-            self.ctx.replay_needed.set()
         return sent
 
     async def explain_workflow(self, workflow_id: str) -> explain.Explanation:

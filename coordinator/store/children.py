@@ -20,6 +20,7 @@ from ..clock import CreationClock
 from ..model import WorkflowStatus, child_workflow_id
 from ..shards import shard_for
 from .schema import replay_queue, workflows
+from .wakeups import note_replays_enqueued
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Children:
             )
         connection.execute(insert(workflows), rows)
         connection.execute(insert(replay_queue), replays)
+        note_replays_enqueued(connection)
 
     @staticmethod
     def of(connection: Connection, parent_id: str, limit: int = 1000) -> list[ChildLink]:

@@ -22,6 +22,7 @@ from ..model import StepStatus, WorkflowStatus
 from ..replay import SETTLED
 from .dialect import Dialect, insert_or_ignore
 from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
+from .wakeups import note_replays_enqueued
 
 _finish_step = (
     update(steps)
@@ -98,6 +99,7 @@ def _enqueue(connection: Connection, insert: Insert, workflow_ids: Collection[st
                 for row in running
             ],
         )
+        note_replays_enqueued(connection)
     return len(running)
 
 

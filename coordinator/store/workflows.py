@@ -23,6 +23,7 @@ from .children import ChildLink, Children
 from .journal import cancel_workflows
 from .payloads import expanded_args
 from .schema import replay_queue, steps, workflow_counts, workflows
+from .wakeups import note_replays_enqueued
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,7 @@ class Workflows:
         if workflow_rows:
             connection.execute(insert(workflows), workflow_rows)
             connection.execute(insert(replay_queue), replay_rows)
+            note_replays_enqueued(connection)
         return started
 
     def cancel(self, connection: Connection, workflow_id: str, reason: str, now: int) -> WorkflowRecord:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from conveyor import ChildWorkflowFailed, WorkflowContext, workflow
 from conveyor.client.models import WorkflowStatus
+from conveyor.coordinator import engine as engine_module
 from conveyor.coordinator.model import child_workflow_id
 from conveyor.coordinator.store.schema import workflows
 from support import eventually, registry_of
@@ -215,6 +217,27 @@ async def test_cancelling_a_child_fails_the_parent_that_awaits_it(make_stack: Ma
         f"step 0 ('waiting_leaf') failed: child workflow {child_id} (waiting_leaf) cancelled: "
         "operator stopped it"
     )
+
+
+async def test_families_advance_on_their_own_commits_not_on_the_engines_safety_rearm(
+    make_stack: MakeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starting a child, a child finishing and a child cancelled by an operator each enqueue a
+    # replay in their own transaction; that commit must wake the replay loop. The engine's
+    # periodic re-arm (a safety net, every few seconds) is taken away: before, each hop of a
+    # family waited for it.
+    monkeypatch.setattr(engine_module, "REARM_INTERVAL", 3600.0)
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("family", {"n": 5})).workflow_id
+    finished = await wait_finished(stack.client, parent_id, within=20)
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+
+    holder_id = (await stack.client.start_workflow("holds_child", {})).workflow_id
+    child_id = child_workflow_id(holder_id, 0)
+    await eventually(lambda: running(stack.database_url, child_id))
+    await stack.client.cancel_workflow(child_id, "operator stopped it")
+    finished = await wait_finished(stack.client, holder_id, within=20)
+    assert finished.status is WorkflowStatus.FAILED, finished.error
 
 
 async def test_an_unknown_child_workflow_fails_the_parent_with_a_clear_message(make_stack: MakeStack) -> None:
