@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m bench.demo --workflows $(N) $(if $(DB),--db "$(DB)") $(if $(LLM),--llm $(LLM))
 
-## test: the whole suite, on SQLite and on PostgreSQL ($$CONVEYOR_TEST_POSTGRES_URL)
+## test: the whole suite, on SQLite and on PostgreSQL ($$CONVEYOR_TEST_POSTGRES_URL), in TEST_WORKERS
+## processes (default 2; each test file stays in one process: its module fixtures are built once)
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: the suite is broken" >&2; exit 1; fi; \
 	exit $$status
 
