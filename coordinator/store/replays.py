@@ -572,7 +572,7 @@ class ReplayQueue:
             )
             if step.wake_at_us is not None:
                 outcome.next_wake_at = min(outcome.next_wake_at or step.wake_at_us, step.wake_at_us)
-        compact_step_args(connection, self._dialect, step_rows)
+        compact_step_args(connection, self._dialect, step_rows, [step.encoded for *_, step in new_steps])
         step_ids = (
             connection.execute(insert(steps).returning(steps.c.id, sort_by_parameter_order=True), step_rows)
             .scalars()
