@@ -239,13 +239,16 @@ class EncodedArgs:
     """A step's canonical arguments with what the writer needs to store them: computed once,
     where the workflow code asked for the step, instead of parsing the text again."""
 
-    __slots__ = ("_digest", "compacted", "text")
+    __slots__ = ("_digest", "compacted", "fresh", "text")
 
-    def __init__(self, text: str, compacted: Compacted | None, digest: str | None = None) -> None:
+    def __init__(self, text: str, compacted: Compacted | None, fresh: int | None = None) -> None:
         self.text = text
         #: The compacted form (None: stored plain); exactly ``compact(text)``.
         self.compacted = compacted
-        self._digest = digest
+        #: Characters of the text encoded anew, not reused from the previous step: what the
+        #: workflow code added since (the workflow cache's estimate of what a run holds).
+        self.fresh = len(text) if fresh is None else fresh
+        self._digest: str | None = None
 
     @property
     def digest(self) -> str:
@@ -277,7 +280,19 @@ class _ListMemo:
 
     @property
     def size(self) -> int:
-        return len(self.marshalled) + sum(map(len, self.texts)) + 120 * len(self.texts)
+        """An estimate of its memory: the bytes, about as many characters of text, and per
+        element a string, a digest, an offset and list slots."""
+        return 2 * len(self.marshalled) + 200 * len(self.texts)
+
+
+@dataclass
+class _Walk:
+    """What one encoding found on its way."""
+
+    #: False: some text does not survive a parse and re-encoding: stored plain, as from scratch.
+    stable: bool = True
+    #: Characters encoded anew (:attr:`EncodedArgs.fresh`).
+    fresh: int = 0
 
 
 def _same_prefix(memo: _ListMemo, marshalled: bytes, count: int) -> int:
@@ -339,13 +354,13 @@ class ArgsEncoder:
         self, value: Any, previous: dict[tuple[str, ...], _ListMemo], current: dict[tuple[str, ...], _ListMemo]
     ) -> EncodedArgs:
         out = Compacted("")
-        stable = [True]
-        pieces, stored = self._walk(value, 0, (), out, previous, current, stable)
+        walk = _Walk()
+        pieces, stored = self._walk(value, 0, (), out, previous, current, walk)
         plain = "".join(pieces)  # the one copy of the whole text
-        if len(plain) < MIN_ARGS_CHARS or not stable[0] or MARKER not in stored:
-            return EncodedArgs(plain, None)
+        if len(plain) < MIN_ARGS_CHARS or not walk.stable or MARKER not in stored:
+            return EncodedArgs(plain, None, walk.fresh)
         out.stored = stored
-        return EncodedArgs(plain, out)
+        return EncodedArgs(plain, out, walk.fresh)
 
     def _walk(
         self,
@@ -355,7 +370,7 @@ class ArgsEncoder:
         out: Compacted,
         previous: dict[tuple[str, ...], _ListMemo],
         current: dict[tuple[str, ...], _ListMemo],
-        stable: list[bool],
+        walk: _Walk,
     ) -> tuple[list[str], str]:
         """``_encode(value, depth, False, ...)`` for the part of the arguments above their lists,
         taking each list from the memo: (the canonical text in pieces, to be joined once, and
@@ -366,7 +381,8 @@ class ArgsEncoder:
             plain, stored = _encode(value, depth, False, out, out.blobs)
             plain.encode("utf-8")
             if isinstance(value, dict | list | tuple) and canonical(json.loads(plain)) != plain:
-                stable[0] = False  # deep down, a dict with non-string keys: stored plain
+                walk.stable = False  # deep down, a dict with non-string keys: stored plain
+            walk.fresh += len(plain)
             return [plain], stored
         if type(value) is dict:
             pieces = ["{"]
@@ -376,7 +392,8 @@ class ArgsEncoder:
                     raise _Inexact  # parsed back, the key would be a string, sorted differently
                 name = canonical(key) + ":"
                 name.encode("utf-8")
-                item, stored = self._walk(value[key], depth + 1, (*path, key), out, previous, current, stable)
+                walk.fresh += len(name) + 1
+                item, stored = self._walk(value[key], depth + 1, (*path, key), out, previous, current, walk)
                 pieces.append("," + name if len(pieces) > 1 else name)
                 pieces += item
                 stored_items.append(name + stored)
@@ -388,10 +405,11 @@ class ArgsEncoder:
             return [plain], _blob(plain, stored, depth, False, out.blobs)
         if type(value) is not list:
             raise _Inexact  # a subclass or a tuple: parsed back, it would be a plain dict or list
-        memo = _encode_list(value, previous.get(path))
+        memo, fresh = _encode_list(value, previous.get(path))
         current[path] = memo
+        walk.fresh += fresh + 2
         if memo.unstable:
-            stable[0] = False
+            walk.stable = False
         joined = ",".join(memo.texts)
         if len(joined) + 2 < MIN_SHARED_CHARS:
             return ["[", joined, "]"], "[" + joined + "]"
@@ -400,9 +418,10 @@ class ArgsEncoder:
         return ["[", joined, "]"], _reference("list", chain.prefixes[-1])
 
 
-def _encode_list(value: list[Any], memo: _ListMemo | None) -> _ListMemo:
+def _encode_list(value: list[Any], memo: _ListMemo | None) -> tuple[_ListMemo, int]:
     """The encoding of a list: its previous encoding's leading elements where they are exactly
-    the same (compared as marshal bytes), the rest encoded and hashed on from there."""
+    the same (compared as marshal bytes), the rest encoded and hashed on from there; and the
+    characters of text encoded anew."""
     try:
         marshalled = marshal.dumps(value, _MARSHAL_VERSION)
     except ValueError:  # holds an object marshal does not serialise exactly (a subclass...)
@@ -429,6 +448,7 @@ def _encode_list(value: list[Any], memo: _ListMemo | None) -> _ListMemo:
         else:  # changed further back than the kept states: hash the kept prefix again, once
             running = hashlib.sha256(("[" + ",".join(texts)).encode("utf-8"))
     offset = ends[-1] if ends else _LIST_HEADER
+    fresh = 0
     for index in range(kept, len(value)):
         element = value[index]
         text = canonical(element)
@@ -438,10 +458,11 @@ def _encode_list(value: list[Any], memo: _ListMemo | None) -> _ListMemo:
         if index >= window:
             states[index] = running.copy()
         texts.append(text)
+        fresh += len(text) + 1
         offset += len(marshal.dumps(element, _MARSHAL_VERSION))
         ends.append(offset)
         if canonical(json.loads(text)) != text:
             unstable.append(index)
     if offset != len(marshalled):  # cannot happen with format 2; never trust a wrong split
         raise _Inexact
-    return _ListMemo(marshalled, ends, texts, prefixes, states, unstable)
+    return _ListMemo(marshalled, ends, texts, prefixes, states, unstable), fresh

@@ -783,6 +783,11 @@ class WorkflowRun:
         """The steps the code has taken so far (the journal's length once the outcome is applied)."""
         return self._ctx.cursor
 
+    @property
+    def memo_bytes(self) -> int:
+        """An estimate of the memory its argument encoder's memo holds (the workflow cache's bound)."""
+        return self._ctx.arguments.size
+
     def resume(self, journal: Sequence[JournalEntry], activations: int | None, now_us: int) -> ReplayOutcome:
         """From scratch: replay the ``activations`` recorded in ``journal``, then run the new one.
 

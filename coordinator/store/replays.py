@@ -276,8 +276,13 @@ class ReplayQueue:
                 len(entry.result_json or "") + (0 if due.partial else len(entry.args_json))
                 for entry in due.journal
             )
-            run.held_bytes += sum(len(step.args_json) for step in result.new_steps)
-            self.cache.put(run, run.held_bytes)
+            # Arguments count what was new in them: an agent loop resends its whole conversation
+            # at every step, but holds it once (counting it whole made the estimate quadratic in
+            # the turns, and the cache dropped loops of a few thousand turns as too large).
+            run.held_bytes += sum(
+                len(step.args_json) if step.encoded is None else step.encoded.fresh for step in result.new_steps
+            )
+            self.cache.put(run, run.held_bytes + run.memo_bytes)
         else:
             run.close()
         if result.result_json is not None:
