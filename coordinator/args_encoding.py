@@ -241,14 +241,16 @@ class EncodedArgs:
 
     __slots__ = ("_digest", "compacted", "fresh", "text")
 
-    def __init__(self, text: str, compacted: Compacted | None, fresh: int | None = None) -> None:
+    def __init__(
+        self, text: str, compacted: Compacted | None, fresh: int | None = None, digest: str | None = None
+    ) -> None:
         self.text = text
         #: The compacted form (None: stored plain); exactly ``compact(text)``.
         self.compacted = compacted
         #: Characters of the text encoded anew, not reused from the previous step: what the
         #: workflow code added since (the workflow cache's estimate of what a run holds).
         self.fresh = len(text) if fresh is None else fresh
-        self._digest: str | None = None
+        self._digest = digest
 
     @property
     def digest(self) -> str:
@@ -277,6 +279,13 @@ class _ListMemo:
     #: Elements whose canonical text does not survive a parse and re-encoding (a dict with
     #: non-string keys): a list holding one is stored plain, as the from-scratch path does.
     unstable: list[int]
+    #: Leading elements reused from the previous step's list.
+    kept: int = 0
+    #: For the arguments' longest list: the text of the arguments before its first element,
+    #: and running hashes of the whole arguments' text up to the end of its last few elements
+    #: (so the next step's ``args_digest`` hashes only what follows its reused elements).
+    head: str | None = None
+    head_states: dict[int, Any] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -293,6 +302,8 @@ class _Walk:
     stable: bool = True
     #: Characters encoded anew (:attr:`EncodedArgs.fresh`).
     fresh: int = 0
+    #: The lists met, as (path, memo, their elements' text joined: a piece of the text).
+    lists: list[tuple[tuple[str, ...], _ListMemo, str]] = field(default_factory=list)
 
 
 def _same_prefix(memo: _ListMemo, marshalled: bytes, count: int) -> int:
@@ -357,10 +368,11 @@ class ArgsEncoder:
         walk = _Walk()
         pieces, stored = self._walk(value, 0, (), out, previous, current, walk)
         plain = "".join(pieces)  # the one copy of the whole text
+        digest = _continued_digest(pieces, walk.lists, previous)
         if len(plain) < MIN_ARGS_CHARS or not walk.stable or MARKER not in stored:
-            return EncodedArgs(plain, None, walk.fresh)
+            return EncodedArgs(plain, None, walk.fresh, digest)
         out.stored = stored
-        return EncodedArgs(plain, out, walk.fresh)
+        return EncodedArgs(plain, out, walk.fresh, digest)
 
     def _walk(
         self,
@@ -411,6 +423,7 @@ class ArgsEncoder:
         if memo.unstable:
             walk.stable = False
         joined = ",".join(memo.texts)
+        walk.lists.append((path, memo, joined))
         if len(joined) + 2 < MIN_SHARED_CHARS:
             return ["[", joined, "]"], "[" + joined + "]"
         chain = Chain(_ParsedElements(memo.texts), Digests(memo.prefixes), depth)
@@ -465,4 +478,49 @@ def _encode_list(value: list[Any], memo: _ListMemo | None) -> tuple[_ListMemo, i
             unstable.append(index)
     if offset != len(marshalled):  # cannot happen with format 2; never trust a wrong split
         raise _Inexact
-    return _ListMemo(marshalled, ends, texts, prefixes, states, unstable), fresh
+    return _ListMemo(marshalled, ends, texts, prefixes, states, unstable, kept), fresh
+
+
+#: A list shorter than this (its elements' text) is not worth continuing the digest from.
+_CONTINUED_DIGEST_CHARS = 4096
+
+
+def _continued_digest(
+    pieces: list[str],
+    lists: list[tuple[tuple[str, ...], _ListMemo, str]],
+    previous: dict[tuple[str, ...], _ListMemo],
+) -> str | None:
+    """``canonical_digest`` of ``"".join(pieces)``, hashing only what follows the reused elements
+    of the longest list when the text before that list is the previous step's; None: not worth it
+    (short lists), left to :attr:`EncodedArgs.digest`. Its running hashes are kept on its memo."""
+    if not lists:
+        return None
+    path, memo, joined = max(lists, key=lambda item: len(item[2]))
+    if len(joined) < _CONTINUED_DIGEST_CHARS:
+        return None
+    where = next(index for index, piece in enumerate(pieces) if piece is joined)
+    head = "".join(pieces[:where])
+    texts = memo.texts
+    count = len(texts)
+    earlier = previous.get(path)
+    kept = memo.kept if earlier is not None and earlier.head == head else 0
+    state = earlier.head_states.get(kept - 1) if earlier is not None and kept else None
+    window = count - KEPT_STATES
+    if state is not None:
+        running = state.copy()
+        states = {
+            index: saved for index, saved in earlier.head_states.items() if window <= index < kept
+        } if earlier is not None else {}
+    else:  # no state to continue from (a first step, a changed head, an edit far back): once in full
+        running = hashlib.sha256((head + ",".join(texts[:kept])).encode("utf-8"))
+        states = {}
+        if kept and kept - 1 >= window:
+            states[kept - 1] = running.copy()
+    for index in range(kept, count):
+        running.update(("," + texts[index] if index else texts[index]).encode("utf-8"))
+        if index >= window:
+            states[index] = running.copy()
+    memo.head = head
+    memo.head_states = states
+    running.update("".join(pieces[where + 1 :]).encode("utf-8"))
+    return b64(running.digest())

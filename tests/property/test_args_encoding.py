@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import copy
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conveyor.coordinator import args_encoding
 from conveyor.coordinator.args_encoding import KEPT_STATES, ArgsEncoder, Compacted, EncodedArgs, compact
 from conveyor.coordinator.model import canonical_digest, canonical_json
 
@@ -159,10 +161,18 @@ def start_request(first: list[Any], system_chars: int) -> dict[str, Any]:
     first=st.lists(messages, max_size=6),
     system_chars=st.sampled_from([0, 200]),
     steps=st.lists(operations, min_size=1, max_size=25),
+    continue_digest_from=st.sampled_from([0, 300, 4096]),
 )
 def test_incremental_encoding_equals_the_from_scratch_path(
-    first: list[Any], system_chars: int, steps: list[tuple[Any, ...]]
+    first: list[Any], system_chars: int, steps: list[tuple[Any, ...]], continue_digest_from: int
 ) -> None:
+    # The digest is continued from the previous step's only for long lists: lowered here, so
+    # that the short lists drawn exercise it too.
+    with mock.patch.object(args_encoding, "_CONTINUED_DIGEST_CHARS", continue_digest_from):
+        run_steps(first, system_chars, steps)
+
+
+def run_steps(first: list[Any], system_chars: int, steps: list[tuple[Any, ...]]) -> None:
     encoder = ArgsEncoder()
     request = start_request(first, system_chars)
     check(encoder, "turn", request)
@@ -175,6 +185,7 @@ def test_incremental_encoding_equals_the_from_scratch_path(
         check(encoder, "other", {"kind": "k", "payload": request["messages"][-3:]})  # a second call's memo
 
 
+@mock.patch.object(args_encoding, "_CONTINUED_DIGEST_CHARS", 0)
 def test_a_long_history_changed_before_the_kept_hash_states_is_hashed_again() -> None:
     encoder = ArgsEncoder()
     history = [{"role": "user", "content": f"message {index} " + "x" * 40} for index in range(40)]
@@ -188,4 +199,10 @@ def test_a_long_history_changed_before_the_kept_hash_states_is_hashed_again() ->
     request["messages"][3]["n"] = 1.0  # == says unchanged; the canonical text is not
     check(encoder, "turn", request)
     request["messages"][3]["n"] = True
+    check(encoder, "turn", request)
+    del request["messages"][-KEPT_STATES - 2 :]  # trimmed back beyond the kept states
+    check(encoder, "turn", request)
+    request["model"] = "another"  # the text after the list changed: the digest still follows
+    check(encoder, "turn", request)
+    request["max_tokens"] = 7  # the text before the list changed: hashed in full again
     check(encoder, "turn", request)
