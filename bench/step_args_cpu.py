@@ -74,12 +74,18 @@ def measure(db: Database, workflow_id: str, turns: int, cache_marker: bool) -> d
     encoder = ArgsEncoder()
     messages: list[dict[str, Any]] = []
     cpu: dict[str, list[float]] = {"scratch": [], "incremental": []}
-    positions: dict[str, list[int]] = {"scratch": [], "incremental": []}
+    positions: list[int] = []
     for turn in range(turns):
         user, reply = conversation_turn(rng, turn)
         messages.append(user)
         sent = with_cache_marker(messages) if cache_marker else messages
-        request = {"model": "claude-sonnet-4-5", "max_tokens": 4096, "system": SYSTEM, "tools": TOOLS, "messages": sent}
+        request = {
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 4096,
+            "system": SYSTEM,
+            "tools": TOOLS,
+            "messages": sent,
+        }
         # The encoder sees every step, as the cached run's does; the scratch path (no memo) only
         # the measured ones, on the same request, in a transaction rolled back afterwards.
         if turn in measured:
@@ -91,7 +97,7 @@ def measure(db: Database, workflow_id: str, turns: int, cache_marker: bool) -> d
                 cpu["scratch"].append(time.process_time() - started)
                 scratch_row = dict(row)
                 transaction.rollback()
-            positions["scratch"].append(turn)
+            positions.append(turn)
         with db.writer.begin() as connection:
             started = time.process_time()
             encoded = encoder.encode(("llm", "turn"), request)
@@ -104,23 +110,31 @@ def measure(db: Database, workflow_id: str, turns: int, cache_marker: bool) -> d
             assert row == scratch_row, f"step {turn}: the incremental path stored a different row"
         messages.append(reply)
     with db.reader.connect() as connection:
-        stored = connection.execute(
-            sa.select(steps.c.args).where(steps.c.workflow_id == workflow_id, steps.c.number == turns - 1)
-        ).scalar_one()
+        stored, digest = connection.execute(
+            sa.select(steps.c.args, steps.c.args_digest).where(
+                steps.c.workflow_id == workflow_id, steps.c.number == turns - 1
+            )
+        ).one()
+        # The claim of the step just written takes its text from memory (by digest), once;
+        # a later read (a retry, another coordinator) reassembles it from its parts.
+        started = time.process_time()
+        [claimed] = expanded_args(connection, {0: (workflow_id, stored)}, {0: digest}).values()
+        claim_seconds = time.process_time() - started
         started = time.process_time()
         [last] = expanded_args(connection, {0: (workflow_id, stored)}).values()
         expand_seconds = time.process_time() - started
-    assert last == encoded.text, "the last step did not read back byte-identical"
+    assert last == claimed == encoded.text, "the last step did not read back byte-identical"
     result: dict[str, Any] = {
         "turns": turns,
         "cache_marker": cache_marker,
         "last_request_bytes": len(encoded.text.encode()),
         "expand_last_step_ms": round(1000 * expand_seconds, 3),
+        "claim_last_step_ms": round(1000 * claim_seconds, 3),
         "memo_bytes": encoder.size,
     }
     for path in ("scratch", "incremental"):
-        first = [s for s, n in zip(cpu[path], positions["scratch"], strict=True) if n < tenth]
-        last_tenth = [s for s, n in zip(cpu[path], positions["scratch"], strict=True) if n >= turns - tenth]
+        first = [s for s, n in zip(cpu[path], positions, strict=True) if n < tenth]
+        last_tenth = [s for s, n in zip(cpu[path], positions, strict=True) if n >= turns - tenth]
         result[f"{path}_ms_first_10pct"] = round(1000 * statistics.median(first), 3)
         result[f"{path}_ms_last_10pct"] = round(1000 * statistics.median(last_tenth), 3)
     return result
@@ -139,7 +153,13 @@ def _commit() -> str:
         return "unknown"
 
 
-def run(kinds: Sequence[str], turn_counts: Sequence[int], histories: Sequence[bool], postgres_url: str, results: Path) -> list[dict[str, Any]]:
+def run(
+    kinds: Sequence[str],
+    turn_counts: Sequence[int],
+    histories: Sequence[bool],
+    postgres_url: str,
+    results: Path,
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     print(f"commit {_commit()}, load average {_load()}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
@@ -153,7 +173,9 @@ def run(kinds: Sequence[str], turn_counts: Sequence[int], histories: Sequence[bo
                         for cache_marker in histories:
                             load_before = _load()
                             row = measure(db, f"agent-{turns}-{int(cache_marker)}", turns, cache_marker)
-                            row.update(database=run_database.kind, load_before=load_before, load_after=_load())
+                            row.update(
+                                database=run_database.kind, load_before=load_before, load_after=_load()
+                            )
                             rows.append(row)
                             print(_line(row), flush=True)
                 finally:
@@ -169,20 +191,29 @@ def run(kinds: Sequence[str], turn_counts: Sequence[int], histories: Sequence[bo
 def _line(row: dict[str, Any]) -> str:
     history = "cache-marker" if row["cache_marker"] else "append"
     return (
-        f"{row['database']:<10} turns {row['turns']:>5} {history:<12} request {row['last_request_bytes']:>10,} B  "
+        f"{row['database']:<10} turns {row['turns']:>5} {history:<12} "
+        f"request {row['last_request_bytes']:>10,} B  "
         f"scratch ms {row['scratch_ms_first_10pct']:>7} -> {row['scratch_ms_last_10pct']:>8}  "
         f"incremental ms {row['incremental_ms_first_10pct']:>6} -> {row['incremental_ms_last_10pct']:>6}  "
-        f"expand last ms {row['expand_last_step_ms']:>7}  memo {row['memo_bytes']:,} B  "
+        f"claim last ms: parts {row['expand_last_step_ms']:>7}, just written {row['claim_last_step_ms']:>6}  "
+        f"memo {row['memo_bytes']:,} B  "
         f"load {row['load_before'][0]} -> {row['load_after'][0]}"
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.step_args_cpu", description=__doc__.splitlines()[0])
-    parser.add_argument("--db", action="append", help="sqlite, postgresql or a URL (repeatable; default sqlite)")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.step_args_cpu", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--db", action="append", help="sqlite, postgresql or a URL (repeatable; default sqlite)"
+    )
     parser.add_argument("--turns", default="10,100,1000,5000", help="comma-separated loop lengths")
     parser.add_argument(
-        "--history", choices=("append", "cache-marker", "both"), default="both", help="how the conversation changes"
+        "--history",
+        choices=("append", "cache-marker", "both"),
+        default="both",
+        help="how the conversation changes",
     )
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL)
     parser.add_argument("--results", type=Path, default=Path("results"))

@@ -71,7 +71,9 @@ _LIST_HEADER = 5
 #: canonical_json's encoder, built once: json.dumps builds one per call, which is most of
 #: its cost on the small values (messages) a long history is made of. Callers check the
 #: result for lone surrogates themselves, or encode values parsed from canonical text.
-canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+canonical = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
 
 
 def b64(raw: bytes) -> str:
@@ -195,7 +197,9 @@ def _encode(value: Any, depth: int, in_list: bool, out: Compacted, found: dict[s
     return _encode_chain(value, depth, out)
 
 
-def _chain_reference(plain: str, elements: Sequence[Any], raw: list[bytes], depth: int, out: Compacted) -> str:
+def _chain_reference(
+    plain: str, elements: Sequence[Any], raw: list[bytes], depth: int, out: Compacted
+) -> str:
     if len(plain) < MIN_SHARED_CHARS:
         return plain
     chain = Chain(elements, Digests(raw), depth)
@@ -362,7 +366,10 @@ class ArgsEncoder:
         return encoded
 
     def _encode(
-        self, value: Any, previous: dict[tuple[str, ...], _ListMemo], current: dict[tuple[str, ...], _ListMemo]
+        self,
+        value: Any,
+        previous: dict[tuple[str, ...], _ListMemo],
+        current: dict[tuple[str, ...], _ListMemo],
     ) -> EncodedArgs:
         out = Compacted("")
         walk = _Walk()
@@ -508,9 +515,11 @@ def _continued_digest(
     window = count - KEPT_STATES
     if state is not None:
         running = state.copy()
-        states = {
-            index: saved for index, saved in earlier.head_states.items() if window <= index < kept
-        } if earlier is not None else {}
+        states = (
+            {index: saved for index, saved in earlier.head_states.items() if window <= index < kept}
+            if earlier is not None
+            else {}
+        )
     else:  # no state to continue from (a first step, a changed head, an edit far back): once in full
         running = hashlib.sha256((head + ",".join(texts[:kept])).encode("utf-8"))
         states = {}

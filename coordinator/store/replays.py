@@ -280,7 +280,8 @@ class ReplayQueue:
             # at every step, but holds it once (counting it whole made the estimate quadratic in
             # the turns, and the cache dropped loops of a few thousand turns as too large).
             run.held_bytes += sum(
-                len(step.args_json) if step.encoded is None else step.encoded.fresh for step in result.new_steps
+                len(step.args_json) if step.encoded is None else step.encoded.fresh
+                for step in result.new_steps
             )
             self.cache.put(run, run.held_bytes + run.memo_bytes)
         else:

@@ -40,7 +40,7 @@ scalars = st.one_of(
     st.integers(-(10**6), 10**6),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
-    st.text(alphabet="ab\u00e9\u4e2d\U0001f600\"\\\n", min_size=100, max_size=400),  # parts of their own
+    st.text(alphabet='ab\u00e9\u4e2d\U0001f600"\\\n', min_size=100, max_size=400),  # parts of their own
 )
 json_values = st.recursive(
     scalars,
@@ -61,8 +61,12 @@ operations = st.one_of(
     st.tuples(st.just("retype"), st.integers(0, 10**6), st.sampled_from([1, 1.0, True, 0, -0.0, 0.0, False])),
     st.tuples(st.just("delete"), st.integers(0, 10**6)),
     st.tuples(st.just("trim"), st.integers(1, 3)),
-    st.tuples(st.just("marker"),),
-    st.tuples(st.just("odd"), st.sampled_from(["tuple", "int keys", "lying dict", "set", "nan", "surrogate"])),
+    st.tuples(
+        st.just("marker"),
+    ),
+    st.tuples(
+        st.just("odd"), st.sampled_from(["tuple", "int keys", "lying dict", "set", "nan", "surrogate"])
+    ),
     st.tuples(st.just("top"), st.sampled_from(["model", "drop system", "nested list", "tuple tools"])),
 )
 
@@ -127,7 +131,9 @@ def assert_same_compacted(got: Compacted | None, expected: Compacted | None) -> 
         for start in {0, max(0, length - 2), length - 1}:
             mine_found: dict[str, str] = {}
             theirs_found: dict[str, str] = {}
-            assert mine.stored_run(start, length, mine_found) == theirs.stored_run(start, length, theirs_found)
+            assert mine.stored_run(start, length, mine_found) == theirs.stored_run(
+                start, length, theirs_found
+            )
             assert mine_found == theirs_found
 
 

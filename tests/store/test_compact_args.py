@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from conveyor.coordinator.args_encoding import ArgsEncoder, EncodedArgs
 from conveyor.coordinator.clock import CreationClock
 from conveyor.coordinator.model import canonical_digest, canonical_json
 from conveyor.coordinator.store import Database, Workflows
 from conveyor.coordinator.store.database import migration_config
-from conveyor.coordinator.args_encoding import ArgsEncoder, EncodedArgs
 from conveyor.coordinator.store.payloads import (
     MIN_ARGS_CHARS,
     CorruptJournalError,
@@ -397,14 +397,18 @@ def test_arguments_encoded_by_replay_are_stored_exactly_as_from_their_text(datab
             del messages[:6]
         values = [{"model": "m", "max_tokens": 9, "system": BIG, "messages": with_cache_marker(messages)}]
         if turn % 20 == 19:  # two calls in one batch, like a gather
-            values.append({"model": "m", "max_tokens": 9, "messages": [*messages, {"role": "user", "content": "b"}]})
+            values.append(
+                {"model": "m", "max_tokens": 9, "messages": [*messages, {"role": "user", "content": "b"}]}
+            )
         encodings = [encoder.encode(("llm", f"call{index}"), value) for index, value in enumerate(values)]
         texts = [encoding.text for encoding in encodings]
         assert texts == [canonical_json(value) for value in values]
 
         write_steps(database, "scratch", texts, first=turn * 2)
         write_steps(database, "encoded", texts, first=turn * 2, encoded=encodings)
-        messages.append({"role": "assistant", "content": [{"type": "text", "text": f"turn {turn} " + "a" * 90}]})
+        messages.append(
+            {"role": "assistant", "content": [{"type": "text", "text": f"turn {turn} " + "a" * 90}]}
+        )
 
     assert stored_rows(database, "encoded") == stored_rows(database, "scratch")
     assert part_rows(database, "encoded") == part_rows(database, "scratch")
@@ -413,7 +417,9 @@ def test_arguments_encoded_by_replay_are_stored_exactly_as_from_their_text(datab
 
 def test_the_claim_takes_just_written_arguments_or_reassembles_them_identically(database: Database) -> None:
     add_workflow(database, "claimed")
-    texts = [request([{"role": "user", "content": f"{index} {BIG}"} for index in range(count)]) for count in (3, 4)]
+    texts = [
+        request([{"role": "user", "content": f"{index} {BIG}"} for index in range(count)]) for count in (3, 4)
+    ]
     recent_args.clear()
     write_steps(database, "claimed", texts)
     rows = stored_rows(database, "claimed")
