@@ -46,7 +46,7 @@ import json
 import random
 import traceback
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, TypeVarTuple, Unpack
 
@@ -62,6 +62,7 @@ from conveyor.workflow import (
 )
 
 from . import validation
+from .args_encoding import ArgsEncoder, EncodedArgs
 from .clock import seconds_to_us, to_datetime
 from .model import (
     LLM_TASK_KIND,
@@ -111,11 +112,13 @@ class JournalEntry:
     #: :func:`canonical_digest` of the canonical arguments when the journal stores them compacted.
     args_digest: str | None = None
 
-    def was_called_with(self, args_json: str) -> bool:
+    def was_called_with(self, args_json: str, encoded: EncodedArgs | None = None) -> bool:
         """Whether this step was taken with the canonical arguments ``args_json``: the same text,
-        or for compacted arguments the same SHA-256, so replay never reassembles past requests."""
+        or for compacted arguments the same SHA-256, so replay never reassembles past requests.
+        ``encoded``: ``args_json`` as the run's encoder made it, whose digest may be known."""
         if self.args_digest is not None:
-            return canonical_digest(args_json) == self.args_digest
+            digest = encoded.digest if encoded is not None else canonical_digest(args_json)
+            return digest == self.args_digest
         return self.args_json == args_json
 
     @property
@@ -147,6 +150,9 @@ class NewStep:
     #: A child step's workflow: its name and canonical arguments (its id is derived from the step).
     child_workflow: str | None = None
     child_args_json: str | None = None
+    #: ``args_json`` with its compacted form and digest, as replay encoded it (LLM and task
+    #: steps), so the writer need not parse and hash the whole text again.
+    encoded: EncodedArgs | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -334,6 +340,8 @@ class _ReplayContext:
         #: An error that fails the workflow whatever the workflow code does with it.
         self.fatal_error: WorkflowError | None = None
         self.sealed = False
+        #: Encodes LLM and task arguments reusing the previous step's (a growing conversation).
+        self.arguments = ArgsEncoder()
 
     @property
     def workflow_id(self) -> str:
@@ -387,15 +395,24 @@ class _ReplayContext:
     ) -> LlmResponse:
         _step_timeout(timeout)
         request = {"model": model, "messages": messages, "max_tokens": max_tokens, **create_args}
-        args_json = _json_arguments("ctx.llm()", request)
+        encoded = self._encoded_arguments("ctx.llm()", (StepKind.LLM, name), request)
+        args_json = encoded.text
         return await self._take_step(
             StepKind.LLM,
             name,
             args_json,
             lambda number: NewStep(
-                number, StepKind.LLM, name, args_json, LLM_TASK_KIND, retry or DEFAULT_LLM_RETRY, timeout
+                number,
+                StepKind.LLM,
+                name,
+                args_json,
+                LLM_TASK_KIND,
+                retry or DEFAULT_LLM_RETRY,
+                timeout,
+                encoded=encoded,
             ),
             lambda result: LlmResponse(json.loads(result)),
+            encoded,
         )
 
     async def task(
@@ -412,15 +429,26 @@ class _ReplayContext:
         validation.step_name(kind, "ctx.task() kind")
         _step_timeout(timeout)
         step_name = name or kind
-        args_json = _json_arguments("ctx.task()", {"kind": kind, "payload": payload})
+        encoded = self._encoded_arguments(
+            "ctx.task()", (StepKind.TASK, step_name), {"kind": kind, "payload": payload}
+        )
+        args_json = encoded.text
         return await self._take_step(
             StepKind.TASK,
             step_name,
             args_json,
             lambda number: NewStep(
-                number, StepKind.TASK, step_name, args_json, kind, retry or DEFAULT_TASK_RETRY, timeout
+                number,
+                StepKind.TASK,
+                step_name,
+                args_json,
+                kind,
+                retry or DEFAULT_TASK_RETRY,
+                timeout,
+                encoded=encoded,
             ),
             json.loads,
+            encoded,
         )
 
     async def sleep(self, seconds: float, *, name: str = "sleep") -> None:
@@ -573,8 +601,19 @@ class _ReplayContext:
 
     # --- steps ---------------------------------------------------------------------------------
 
+    def _encoded_arguments(self, call: str, key: tuple[StepKind, str], value: Any) -> EncodedArgs:
+        try:
+            return self.arguments.encode(key, value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{call} arguments must be JSON values: {error}") from error
+
     def _take(
-        self, kind: StepKind, name: str, args_json: str, make_new: Callable[[int], NewStep]
+        self,
+        kind: StepKind,
+        name: str,
+        args_json: str,
+        make_new: Callable[[int], NewStep],
+        encoded: EncodedArgs | None = None,
     ) -> tuple[int, JournalEntry | NewStep]:
         """Take the next journal position: its recorded entry (checked against the call) or a new step."""
         if self.sealed:
@@ -591,7 +630,7 @@ class _ReplayContext:
             )
         if number < len(self._journal):
             entry = self._journal[number]
-            if (entry.kind, entry.name) != (kind, name) or not entry.was_called_with(args_json):
+            if (entry.kind, entry.name) != (kind, name) or not entry.was_called_with(args_json, encoded):
                 raise self.fail(
                     NonDeterminismError(_mismatch_message(entry, kind, name, args_json), entry.number)
                 )
@@ -617,8 +656,9 @@ class _ReplayContext:
         args_json: str,
         make_new: Callable[[int], NewStep],
         decode: Callable[[str], T],
+        encoded: EncodedArgs | None = None,
     ) -> asyncio.Future[T]:
-        number, taken = self._take(kind, name, args_json, make_new)
+        number, taken = self._take(kind, name, args_json, make_new, encoded)
         future: asyncio.Future[T] = self._loop.create_future()
         if kind in INSTANT_KINDS:
             # Taken and resolved on the spot the first time: the same value now.
@@ -742,6 +782,11 @@ class WorkflowRun:
     def step_count(self) -> int:
         """The steps the code has taken so far (the journal's length once the outcome is applied)."""
         return self._ctx.cursor
+
+    @property
+    def memo_bytes(self) -> int:
+        """An estimate of the memory its argument encoder's memo holds (the workflow cache's bound)."""
+        return self._ctx.arguments.size
 
     def resume(self, journal: Sequence[JournalEntry], activations: int | None, now_us: int) -> ReplayOutcome:
         """From scratch: replay the ``activations`` recorded in ``journal``, then run the new one.

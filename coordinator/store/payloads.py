@@ -29,44 +29,46 @@ the text, and replay never reassembles a past request. Steps with short argument
 row written before this scheme, keep their plain canonical JSON and a NULL digest; readers
 tell the two apart by the reference marker, which plain canonical JSON cannot contain.
 
-The encoder spells each value's canonical text alongside its compacted one, and stores a
-step plain unless its own spelling equals the step's canonical text exactly (a value it
-would spell differently from :func:`conveyor.coordinator.model.canonical_json`): reassembly,
-which only substitutes parts' texts for their references, is byte-identical or not used.
+The encoder (:mod:`conveyor.coordinator.args_encoding`) spells each value's canonical text
+alongside its compacted one, and stores a step plain unless its own spelling equals the
+step's canonical text exactly (a value it would spell differently from
+:func:`conveyor.coordinator.model.canonical_json`): reassembly, which only substitutes parts'
+texts for their references, is byte-identical or not used. Replay encodes a step's arguments
+incrementally, reusing its previous step's (that module), and hands the writer the result.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
+import collections
 import re
+import threading
 from collections.abc import Collection, Hashable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, bindparam, delete, or_, select, update
 from sqlalchemy.engine import Connection
 
 from conveyor.errors import ConveyorError
 
+from ..args_encoding import MARKER, MAX_DEPTH, MIN_ARGS_CHARS, Compacted, EncodedArgs, compact
 from ..model import canonical_digest
 from .dialect import Dialect
 from .schema import blobs, steps
 
+__all__ = [
+    "MIN_ARGS_CHARS",
+    "CorruptJournalError",
+    "RecentArgs",
+    "compact_step_args",
+    "delete_workflow_parts",
+    "expanded_args",
+    "inline_all_step_args",
+    "is_compacted",
+    "recent_args",
+]
+
 K = TypeVar("K", bound=Hashable)
 
-#: Shorter arguments are stored plain, as are parts shorter than these: a reference costs
-#: ~60 characters plus a row. Values outside lists (a system prompt, tool definitions) are
-#: resent whole at every step, so they become parts from a lower size than list elements,
-#: which their list's chain stores once anyway (they become parts of their own only so that
-#: a trimmed or edited history still shares them).
-MIN_ARGS_CHARS = 256
-MIN_SHARED_CHARS = 128
-MIN_PART_CHARS = 1024
-#: Nesting levels below the arguments' top that may become parts; deeper values stay inline,
-#: so a deeply nested value cannot turn into one row per level.
-MAX_DEPTH = 6
 #: The longest list suffix looked up first for an already stored prefix; a list that changed
 #: further back is looked up whole.
 RECENT_PREFIXES = 32
@@ -76,8 +78,10 @@ RECENT_PREFIXES = 32
 SEPARATE_TAIL = 2
 #: Digests per lookup query (bound parameters are limited per statement).
 LOOKUP_CHUNK = 500
+#: Characters of just-compacted arguments kept for their claim (:class:`RecentArgs`).
+RECENT_ARGS_CHARS = 64 * 1024 * 1024
 
-_MARKER = '{ "$'
+_MARKER = MARKER
 _REFERENCE = re.compile(r'\{ "\$(blob|list)": "([A-Za-z0-9_-]{43})" \}')
 
 
@@ -88,162 +92,82 @@ class CorruptJournalError(ConveyorError):
 # --- writing -------------------------------------------------------------------------------------
 
 
-#: canonical_json's encoder, built once: json.dumps builds one per call, which is most of
-#: its cost on the small values (messages) a long history is made of. Values here come from
-#: canonical JSON text, so canonical_json's check for lone surrogates is not repeated.
-_canonical = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
+class RecentArgs:
+    """The full canonical arguments of steps this process just compacted, by ``args_digest``,
+    for the claim that hands them to an executor moments later: reassembling them from their
+    parts reads and joins the whole parent chain of a conversation, so it would cost the
+    claim time proportional to the conversation at every step.
+
+    Keyed by the SHA-256 of the text itself, so an entry is right for any row with that digest,
+    whatever happened since (a rolled-back write, another coordinator); a miss reads the parts.
+    An entry is dropped when taken (a step is claimed once; a retry reads the parts) and the
+    oldest beyond ``max_chars``. Thread-safe: written by the writer, read by the claim."""
+
+    def __init__(self, max_chars: int = RECENT_ARGS_CHARS) -> None:
+        self._max_chars = max_chars
+        self._texts: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def put(self, digest: str, text: str) -> None:
+        if len(text) > self._max_chars:
+            return
+        with self._lock:
+            old = self._texts.pop(digest, None)
+            if old is not None:
+                self._chars -= len(old)
+            self._texts[digest] = text
+            self._chars += len(text)
+            while self._chars > self._max_chars:
+                _, oldest = self._texts.popitem(last=False)
+                self._chars -= len(oldest)
+
+    def take(self, digest: str) -> str | None:
+        with self._lock:
+            text = self._texts.pop(digest, None)
+            if text is not None:
+                self._chars -= len(text)
+            return text
+
+    def clear(self) -> None:
+        with self._lock:
+            self._texts.clear()
+            self._chars = 0
 
 
-class _Digests(Sequence[str]):
-    """Prefix digests, spelled (base64) only when looked at: most are only hashed."""
-
-    def __init__(self, raw: list[bytes]) -> None:
-        self._raw = raw
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[str]: ...
-    def __getitem__(self, index: int | slice) -> str | list[str]:
-        if isinstance(index, slice):
-            return [_b64(raw) for raw in self._raw[index]]
-        return _b64(self._raw[index])
-
-
-@dataclass
-class _Chain:
-    """A list to store as a prefix chain: its elements and the digest of each prefix."""
-
-    elements: list[Any]
-    prefixes: _Digests
-    depth: int
-
-    def stored_run(self, start: int, end: int, blobs_found: dict[str, str]) -> str:
-        """The stored text of elements ``start`` to ``end``, their parts added to ``blobs_found``.
-
-        Only new elements are encoded part by part; the prefix a stored row already holds is
-        only hashed, by the C encoder, so a step costs little more than its new messages."""
-        texts = []
-        for element in self.elements[start:end]:
-            found: dict[str, str] = {}
-            plain, stored = _encode(element, self.depth + 1, True, _Compacted(""), found)
-            canonical = _canonical(element)
-            if plain == canonical:
-                texts.append(stored)
-                blobs_found.update(found)
-            else:  # spelled differently from canonical JSON: kept whole, which is always exact
-                texts.append(canonical)
-        return ",".join(texts)
-
-
-@dataclass
-class _Compacted:
-    """One step's arguments, compacted, with the parts they need (before knowing which exist)."""
-
-    stored: str
-    blobs: dict[str, str] = field(default_factory=dict)
-    chains: list[_Chain] = field(default_factory=list)
-
-
-def _reference(kind: str, digest: str) -> str:
-    return f'{{ "${kind}": "{digest}" }}'
-
-
-def _blob(plain: str, stored: str, depth: int, in_list: bool, found: dict[str, str]) -> str:
-    if depth == 0 or len(stored) < (MIN_PART_CHARS if in_list else MIN_SHARED_CHARS):
-        return stored
-    digest = canonical_digest(plain)
-    found[digest] = stored
-    return _reference("blob", digest)
-
-
-def _encode(value: Any, depth: int, in_list: bool, out: _Compacted, found: dict[str, str]) -> tuple[str, str]:
-    """(canonical text, stored text) of ``value``; the parts it needs go into ``found`` / ``out``."""
-    if isinstance(value, str):
-        plain = _canonical(value)
-        return plain, _blob(plain, plain, depth, in_list, found)
-    if not isinstance(value, dict | list):
-        plain = _canonical(value)  # a number, true, false or null
-        return plain, plain
-    if depth >= MAX_DEPTH:
-        plain = _canonical(value)
-        return plain, _blob(plain, plain, depth, in_list, found)
-    if isinstance(value, dict):
-        plain_items: list[str] = []
-        stored_items: list[str] = []
-        for key in sorted(value):
-            name = _canonical(key) + ":"
-            plain, stored = _encode(value[key], depth + 1, in_list, out, found)
-            plain_items.append(name + plain)
-            stored_items.append(name + stored)
-        plain = "{" + ",".join(plain_items) + "}"
-        return plain, _blob(plain, "{" + ",".join(stored_items) + "}", depth, in_list, found)
-    if in_list:  # inside a chain's element: a plain array, a blob when long
-        pairs = [_encode(element, depth + 1, True, out, found) for element in value]
-        plain = "[" + ",".join(p for p, _ in pairs) + "]"
-        return plain, _blob(plain, "[" + ",".join(s for _, s in pairs) + "]", depth, True, found)
-    return _encode_chain(value, depth, out)
-
-
-def _encode_chain(value: list[Any], depth: int, out: _Compacted) -> tuple[str, str]:
-    running = hashlib.sha256(b"[")
-    plain_elements: list[str] = []
-    prefixes: list[bytes] = []
-    for element in value:
-        plain = _canonical(element)
-        running.update((("," if plain_elements else "") + plain).encode("utf-8"))
-        prefixes.append(running.digest())
-        plain_elements.append(plain)
-    plain = "[" + ",".join(plain_elements) + "]"
-    if len(plain) < MIN_SHARED_CHARS:
-        return plain, plain
-    chain = _Chain(value, _Digests(prefixes), depth)
-    out.chains.append(chain)
-    return plain, _reference("list", chain.prefixes[-1])
-
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _compact(args_json: str) -> _Compacted | None:
-    """The compacted form of canonical ``args_json``, or None to store it plain."""
-    if len(args_json) < MIN_ARGS_CHARS:
-        return None
-    try:
-        value = json.loads(args_json)
-        out = _Compacted("")
-        plain, stored = _encode(value, 0, False, out, out.blobs)
-    except (ValueError, TypeError, RecursionError):
-        return None  # not something this encoder spells canonically: stored plain
-    if plain != args_json or _MARKER not in stored:
-        return None
-    out.stored = stored
-    return out
+#: The process's recently compacted arguments (content-addressed, so one for all databases).
+recent_args = RecentArgs()
 
 
 def compact_step_args(
-    connection: Connection, dialect: Dialect, rows: Sequence[MutableMapping[str, Any]]
+    connection: Connection,
+    dialect: Dialect,
+    rows: Sequence[MutableMapping[str, Any]],
+    encoded: Sequence[EncodedArgs | None] | None = None,
 ) -> None:
     """Before ``rows`` (``steps`` rows with ``workflow_id`` and canonical ``args``) are inserted:
     compact their large arguments, set ``args_digest`` on those, and insert the parts the
     workflows do not have yet. Rows are processed in order, so a later step may continue a
-    list an earlier row of the same batch stored."""
-    plans: list[tuple[MutableMapping[str, Any], _Compacted]] = []
-    for row in rows:
+    list an earlier row of the same batch stored.
+
+    ``encoded``, one per row where known: the arguments as replay encoded them
+    (:class:`~conveyor.coordinator.args_encoding.EncodedArgs`, the same compacted form and
+    digest), which spares parsing and hashing the whole text again; None: from the text."""
+    plans: list[tuple[MutableMapping[str, Any], Compacted, EncodedArgs | None]] = []
+    for index, row in enumerate(rows):
         row.setdefault("args_digest", None)
-        compacted = _compact(row["args"])
+        known_encoding = encoded[index] if encoded is not None else None
+        if known_encoding is not None and known_encoding.text is row["args"]:
+            compacted = known_encoding.compacted
+        else:  # no encoding, or not of this very text: from scratch
+            known_encoding = None
+            compacted = compact(row["args"])
         if compacted is not None:
-            plans.append((row, compacted))
+            plans.append((row, compacted, known_encoding))
     if not plans:
         return
     wanted: set[tuple[str, str]] = set()
-    for row, compacted in plans:
+    for row, compacted, _ in plans:
         workflow_id = row["workflow_id"]
         wanted.update((workflow_id, digest) for digest in compacted.blobs)
         for chain in compacted.chains:
@@ -251,7 +175,7 @@ def compact_step_args(
     known = _existing(connection, wanted)
     # A list changed before its recent end (history edited or trimmed): look its prefixes up whole.
     older: set[tuple[str, str]] = set()
-    for row, compacted in plans:
+    for row, compacted, _ in plans:
         for chain in compacted.chains:
             recent = chain.prefixes[-RECENT_PREFIXES:]
             if len(chain.prefixes) > RECENT_PREFIXES and not any(
@@ -266,7 +190,7 @@ def compact_step_args(
         if key not in known and key not in new_rows:
             new_rows[key] = {"workflow_id": workflow_id, "digest": digest, "parent": parent, "body": body}
 
-    for row, compacted in plans:
+    for row, compacted, known_encoding in plans:
         workflow_id = row["workflow_id"]
         for digest, body in compacted.blobs.items():
             add(workflow_id, digest, None, body)
@@ -282,7 +206,10 @@ def compact_step_args(
                     add(workflow_id, digest, None, blob_body)
                 add(workflow_id, chain.prefixes[end - 1], chain.prefixes[start - 1] if start else None, body)
                 start = end
-        row["args_digest"] = canonical_digest(row["args"])
+        row["args_digest"] = (
+            known_encoding.digest if known_encoding is not None else canonical_digest(row["args"])
+        )
+        recent_args.put(row["args_digest"], row["args"])
         row["args"] = compacted.stored
     if new_rows:
         connection.execute(dialect.insert_ignoring_duplicates(blobs), list(new_rows.values()))
@@ -335,16 +262,28 @@ def is_compacted(stored_args: str) -> bool:
     return _MARKER in stored_args
 
 
-def expanded_args(connection: Connection, stored: Mapping[K, tuple[str, str]]) -> dict[K, str]:
+def expanded_args(
+    connection: Connection,
+    stored: Mapping[K, tuple[str, str]],
+    digests: Mapping[K, str | None] | None = None,
+) -> dict[K, str]:
     """The canonical arguments of steps, from ``{key: (workflow id, stored args)}``.
 
     Plain rows are returned as they are, without a query; the parts of compacted ones are
     read in a few queries for the whole batch (one per nesting level of references, each
-    following list chains to their start in the database), never one per part.
+    following list chains to their start in the database), never one per part. ``digests``
+    (the rows' ``args_digest``): the claim's, to take the arguments from :data:`recent_args`
+    when this process just wrote them (taken: each is handed out once that way).
     """
-    compacted = {key: value for key, value in stored.items() if _MARKER in value[1]}
+    found: dict[K, str] = {}
+    for key, (_, text) in stored.items():
+        digest = digests.get(key) if digests is not None and _MARKER in text else None
+        recent = recent_args.take(digest) if digest is not None else None
+        if recent is not None:
+            found[key] = recent
+    compacted = {key: value for key, value in stored.items() if _MARKER in value[1] and key not in found}
     if not compacted:
-        return {key: text for key, (_, text) in stored.items()}
+        return {key: found.get(key, text) for key, (_, text) in stored.items()}
     parts = _PartReader(connection)
     parts.load(
         {
@@ -354,7 +293,7 @@ def expanded_args(connection: Connection, stored: Mapping[K, tuple[str, str]]) -
         }
     )
     return {
-        key: parts.expand(workflow_id, text) if key in compacted else text
+        key: parts.expand(workflow_id, text) if key in compacted else found.get(key, text)
         for key, (workflow_id, text) in stored.items()
     }
 

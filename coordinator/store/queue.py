@@ -154,7 +154,9 @@ _task_state_columns = (
 _task_states = select(*_task_state_columns).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 _delete_tasks = delete(tasks).where(tasks.c.id.in_(bindparam("ids", expanding=True)))
 _claimed_details = (
-    select(steps.c.id, steps.c.number, steps.c.name, steps.c.args, workflows.c.trace_context)
+    select(
+        steps.c.id, steps.c.number, steps.c.name, steps.c.args, steps.c.args_digest, workflows.c.trace_context
+    )
     .join(workflows, workflows.c.id == steps.c.workflow_id)
     .where(steps.c.id.in_(bindparam("ids", expanding=True)))
 )
@@ -520,7 +522,9 @@ class TaskQueue:
             row.id: row for row in connection.execute(_claimed_details, {"ids": [row.id for row in claimed]})
         }
         payloads = expanded_args(
-            connection, {row.id: (row.workflow_id, details[row.id].args) for row in claimed}
+            connection,
+            {row.id: (row.workflow_id, details[row.id].args) for row in claimed},
+            {row.id: details[row.id].args_digest for row in claimed},
         )
         result = [
             ClaimedTask(

@@ -276,8 +276,14 @@ class ReplayQueue:
                 len(entry.result_json or "") + (0 if due.partial else len(entry.args_json))
                 for entry in due.journal
             )
-            run.held_bytes += sum(len(step.args_json) for step in result.new_steps)
-            self.cache.put(run, run.held_bytes)
+            # Arguments count what was new in them: an agent loop resends its whole conversation
+            # at every step, but holds it once (counting it whole made the estimate quadratic in
+            # the turns, and the cache dropped loops of a few thousand turns as too large).
+            run.held_bytes += sum(
+                len(step.args_json) if step.encoded is None else step.encoded.fresh
+                for step in result.new_steps
+            )
+            self.cache.put(run, run.held_bytes + run.memo_bytes)
         else:
             run.close()
         if result.result_json is not None:
@@ -572,7 +578,7 @@ class ReplayQueue:
             )
             if step.wake_at_us is not None:
                 outcome.next_wake_at = min(outcome.next_wake_at or step.wake_at_us, step.wake_at_us)
-        compact_step_args(connection, self._dialect, step_rows)
+        compact_step_args(connection, self._dialect, step_rows, [step.encoded for *_, step in new_steps])
         step_ids = (
             connection.execute(insert(steps).returning(steps.c.id, sort_by_parameter_order=True), step_rows)
             .scalars()

@@ -139,3 +139,36 @@ async def test_a_long_loop_advances_from_the_cache_when_it_is_on(
     else:  # a run lost after a partial read is read again in full: one more lookup
         assert cache.hits <= 30 and cache.hits + cache.misses >= 31
     assert cache.entries == 0  # finished: dropped
+
+
+@workflow
+async def resending_loop(ctx: WorkflowContext, count: int) -> int:
+    """An agent loop: every step sends the whole history so far, which grows by 8 KB a turn."""
+    history: list[str] = []
+    for turn in range(count):
+        history.append(await ctx.task("echo", {"turn": turn, "history": history}, name="turn"))
+    return len(history)
+
+
+async def test_a_loop_resending_its_growing_history_stays_in_a_small_cache(
+    make_stack: MakeStack, cache_mode: str
+) -> None:
+    """The cache's estimate of a run counts what each step's arguments add, not the whole
+    history again: counted whole, 40 turns of 8 KB made the estimate 6.5 MB, and a cache of
+    2 MiB dropped the run after 22 turns and replayed every later step from scratch. Counted
+    as added (with the argument encoder's memo, about twice the history), it is about 1.3 MB."""
+
+    @task_handler("echo")
+    async def echo(payload: Any) -> Any:
+        return f"{payload['turn']} " + "x" * 8192
+
+    stack = await make_stack(registry_of(resending_loop), workflow_cache_mib=2)
+    stack.start_executor(handlers=handlers_of(echo), llm=False)
+    started = await stack.client.start_workflow("resending_loop", {"count": 40})
+
+    finished = await wait_finished(stack.client, started.workflow_id, within=60)
+
+    assert finished.status is WorkflowStatus.COMPLETED, finished.error
+    cache = stack.coordinator.stats.workflow_cache
+    if cache_mode == CacheMode.ON:
+        assert (cache.misses, cache.hits) == (1, 40)

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from conveyor.coordinator.args_encoding import ArgsEncoder, EncodedArgs
 from conveyor.coordinator.clock import CreationClock
 from conveyor.coordinator.model import canonical_digest, canonical_json
 from conveyor.coordinator.store import Database, Workflows
@@ -24,6 +25,8 @@ from conveyor.coordinator.store.payloads import (
     CorruptJournalError,
     compact_step_args,
     delete_workflow_parts,
+    expanded_args,
+    recent_args,
 )
 from conveyor.coordinator.store.replays import ReplayQueue
 from conveyor.coordinator.store.schema import blobs, steps, workflows
@@ -47,8 +50,15 @@ def add_workflow(db: Database, workflow_id: str) -> None:
         )
 
 
-def write_steps(db: Database, workflow_id: str, arguments: Sequence[str], first: int = 0) -> None:
-    """Insert steps exactly as the replay queue does: compacted in one batch, then inserted."""
+def write_steps(
+    db: Database,
+    workflow_id: str,
+    arguments: Sequence[str],
+    first: int = 0,
+    encoded: Sequence[EncodedArgs | None] | None = None,
+) -> None:
+    """Insert steps exactly as the replay queue does: compacted in one batch, then inserted
+    (``encoded``: with the arguments as replay's encoder made them)."""
     rows: list[dict[str, Any]] = [
         {
             "workflow_id": workflow_id,
@@ -63,7 +73,7 @@ def write_steps(db: Database, workflow_id: str, arguments: Sequence[str], first:
         for index, args in enumerate(arguments)
     ]
     with db.writer.begin() as connection:
-        compact_step_args(connection, db.dialect, rows)
+        compact_step_args(connection, db.dialect, rows, encoded)
         connection.execute(sa.insert(steps), rows)
 
 
@@ -357,3 +367,67 @@ def test_a_workflow_is_deleted_only_with_its_parts(database: Database) -> None:
         connection.execute(sa.delete(workflows).where(workflows.c.id == "gone"))
 
     assert read_back(database, "kept") == [args]
+
+
+def part_rows(db: Database, workflow_id: str) -> list[Any]:
+    with db.reader.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                sa.select(blobs.c.digest, blobs.c.parent, blobs.c.body)
+                .where(blobs.c.workflow_id == workflow_id)
+                .order_by(blobs.c.digest)
+            )
+        ]
+
+
+def test_arguments_encoded_by_replay_are_stored_exactly_as_from_their_text(database: Database) -> None:
+    """Replay hands the writer each step's arguments already encoded, reusing the previous
+    step's (coordinator/args_encoding.py): the rows and parts must be the ones the text alone
+    gives, through growth, a moving cache marker, an edit far back, a trim and a batch of two."""
+    add_workflow(database, "scratch")
+    add_workflow(database, "encoded")
+    encoder = ArgsEncoder()
+    messages: list[Any] = []
+    for turn in range(60):
+        messages.append({"role": "user", "content": f"tool result {turn}: " + "r" * (40 + 37 * turn % 900)})
+        if turn == 30:
+            messages[2]["content"] = "edited far back"
+        if turn == 45:
+            del messages[:6]
+        values = [{"model": "m", "max_tokens": 9, "system": BIG, "messages": with_cache_marker(messages)}]
+        if turn % 20 == 19:  # two calls in one batch, like a gather
+            values.append(
+                {"model": "m", "max_tokens": 9, "messages": [*messages, {"role": "user", "content": "b"}]}
+            )
+        encodings = [encoder.encode(("llm", f"call{index}"), value) for index, value in enumerate(values)]
+        texts = [encoding.text for encoding in encodings]
+        assert texts == [canonical_json(value) for value in values]
+
+        write_steps(database, "scratch", texts, first=turn * 2)
+        write_steps(database, "encoded", texts, first=turn * 2, encoded=encodings)
+        messages.append(
+            {"role": "assistant", "content": [{"type": "text", "text": f"turn {turn} " + "a" * 90}]}
+        )
+
+    assert stored_rows(database, "encoded") == stored_rows(database, "scratch")
+    assert part_rows(database, "encoded") == part_rows(database, "scratch")
+    assert read_back(database, "encoded") == read_back(database, "scratch")
+
+
+def test_the_claim_takes_just_written_arguments_or_reassembles_them_identically(database: Database) -> None:
+    add_workflow(database, "claimed")
+    texts = [
+        request([{"role": "user", "content": f"{index} {BIG}"} for index in range(count)]) for count in (3, 4)
+    ]
+    recent_args.clear()
+    write_steps(database, "claimed", texts)
+    rows = stored_rows(database, "claimed")
+    stored = {index: ("claimed", row.args) for index, row in enumerate(rows)}
+    digests = {index: row.args_digest for index, row in enumerate(rows)}
+    assert all(digest is not None for digest in digests.values())
+
+    with database.reader.connect() as connection:
+        assert expanded_args(connection, stored, digests) == dict(enumerate(texts))  # from memory
+        assert recent_args.take(digests[0]) is None  # handed out once
+        assert expanded_args(connection, stored, digests) == dict(enumerate(texts))  # from the parts
