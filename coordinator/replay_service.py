@@ -14,6 +14,7 @@ from .context import EngineContext
 from .model import WorkflowStatus
 from .replay_runner import ReplayCall
 from .store import Timers, deadlines
+from .store.children import Children
 from .store.replays import ReplayBatchOutcome
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,11 @@ class ReplayService:
         ]
 
         def claims(connection: Connection) -> list[deadlines.Claim]:
+            # Their descendants too: a child whose parent finished or stopped waiting is cancelled.
+            family = cancelling + Children.running_descendants(connection, cancelling) if cancelling else []
             return [
                 claim
-                for workflow_id in cancelling
+                for workflow_id in family
                 for claim in deadlines.claimed_tasks(connection, workflow_id=workflow_id)
             ]
 
