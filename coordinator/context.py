@@ -28,7 +28,7 @@ from .observer import EngineObserver
 from .replay_runner import ReplayRunner
 from .reports import CoordinatorStats
 from .sessions import ExecutorSession, SessionRegistry, SessionState
-from .store import Database, ReplayQueue, Signals, TaskQueue, Timers, Workflows, Writer, deadlines
+from .store import Database, ReplayQueue, Signals, TaskQueue, Timers, Workflows, Writer, deadlines, journal
 from .store.deadlines import Claim
 from .store.reader import Reader
 from .watch import WatchHub
@@ -92,7 +92,24 @@ class EngineContext:
         self.watches = WatchHub(reader)
 
     async def write(self, unit: Callable[[Connection], T], label: str) -> T:
-        return await self.writer.run(unit, label)
+        def run(connection: Connection) -> tuple[T, list[str]]:
+            journal.take_cancelled(connection)  # left by a unit that failed: not this one's
+            result = unit(connection)
+            return result, journal.take_cancelled(connection)
+
+        result, cancelled = await self.writer.run(run, label)
+        if cancelled:
+            self.workflows_cancelled(cancelled)
+        return result
+
+    def workflows_cancelled(self, workflow_ids: Collection[str]) -> None:
+        """These workflows were cancelled (committed): their watchers are told, and their cached runs
+        dropped, so that no memory is held for them and no later lookup can meet them."""
+        self.watches.changed(workflow_ids)
+        self.replays.cache.forget(workflow_ids)
+        # The runs are closed on the replay runner's thread (closing runs workflow code); the replay
+        # loop does it when woken, even with nothing to replay.
+        self.replay_needed.set()
 
     async def read(self, query: Callable[[Connection], T], *, snapshot: bool = False) -> T:
         """Run ``query`` in a read transaction (see :meth:`Reader.run`), riding out database restarts."""

@@ -46,6 +46,9 @@ class ReplayService:
 
     async def replay_batch(self, limit: int) -> ReplayBatchOutcome:
         """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
+        cache = self.ctx.replays.cache
+        if cache.forgetting():  # runs of cancelled workflows: free them now, not at the next lookup
+            await self.ctx.replay_runner.run([ReplayCall("", self._drop_forgotten, traced=False)])
         due = await self.ctx.read(lambda c: self.ctx.replays.due(c, limit), snapshot=True)
         if not due:
             return ReplayBatchOutcome()
@@ -94,6 +97,9 @@ class ReplayService:
         self.ctx.replays.cache.forget(set(outcomes) - outcome.applied)
         self.ctx.watches.changed(item.workflow_id for item in due)
         return outcome
+
+    def _drop_forgotten(self) -> None:
+        self.ctx.replays.cache.drop_forgotten()
 
     async def timer_loop(self) -> None:
         while True:

@@ -103,9 +103,8 @@ class WorkflowApi:
             f"workflow {workflow_id} was cancelled",
             functools.partial(deadlines.claimed_tasks, workflow_id=workflow_id),
         )
+        # Its watchers and cached run (and its descendants') are seen to by EngineContext.write.
         self.ctx.count_finished(WorkflowStatus.CANCELLED, 1)
-        self.ctx.watches.changed([workflow_id])
-        self.ctx.replays.cache.forget([workflow_id])
         return record
 
     async def signal_workflow(

@@ -23,6 +23,22 @@ from ..replay import SETTLED
 from .dialect import Dialect, insert_or_ignore
 from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
 
+#: Where :func:`cancel_workflows` notes, on the connection, the workflows it cancelled.
+_CANCELLED_KEY = "conveyor.cancelled_workflows"
+
+
+def take_cancelled(connection: Connection) -> list[str]:
+    """The workflows cancelled on ``connection`` since the last call (whatever write unit did it).
+
+    Every way a running workflow ends other than its own code (a cancel, a bulk cancel, a cleared
+    queue, a parent that finished or stopped waiting) goes through :func:`cancel_workflows`, so the
+    engine learns of all of them here, in one place, to drop their cached runs and tell their
+    watchers. Ids noted by a unit whose transaction then rolled back are harmless extras.
+    """
+    cancelled: list[str] = connection.info.pop(_CANCELLED_KEY, [])
+    return cancelled
+
+
 _finish_step = (
     update(steps)
     .where(steps.c.id == bindparam("step_id"), steps.c.status == StepStatus.RUNNING)
@@ -160,6 +176,7 @@ def cancel_workflows(
         )
         connection.execute(delete(tasks).where(tasks.c.workflow_id.in_(cancelled)))
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(cancelled)))
+        connection.info.setdefault(_CANCELLED_KEY, []).extend(cancelled)
         cancelled += settle_family(connection, cancelled, now)
     return cancelled
 
