@@ -89,7 +89,7 @@ class EngineContext:
         self.timer_alarm = Alarm(self.timer_due.set)
         self.retry_alarm = Alarm(self.retry_due.set)
         #: WatchWorkflow's watchers: every part that commits a change to a workflow tells it.
-        self.watches = WatchHub(reader)
+        self.watches = WatchHub(reader, config.max_watchers)
 
     async def write(self, unit: Callable[[Connection], T], label: str) -> T:
         def run(connection: Connection) -> tuple[T, list[str]]:
