@@ -112,10 +112,7 @@ class WorkflowApi:
     ) -> SignalSent:
         """Send a signal; the next ``ctx.wait_for_signal(name)`` of the workflow gets its payload."""
         validation.identifier(workflow_id, "workflow_id")
-        try:
-            validation.step_name(name, "signal name")
-        except ValueError as error:  # what workflow code gets as ValueError, a client gets as a status
-            raise InvalidArgument(str(error)) from None
+        validation.signal_name(name)
         validation.identifier(idempotency_key, "idempotency_key", required=False)
         payload = validation.json_value(
             payload_json or "null", "payload_json", self.ctx.config.max_payload_bytes
