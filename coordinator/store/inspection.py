@@ -145,7 +145,8 @@ def workflow_facts(
                 )
             )
         ).scalar_one()
-    buffered = tuple(Signals.buffered(connection, workflow_id)) if workflow.status is WorkflowStatus.RUNNING else ()
+    running = workflow.status is WorkflowStatus.RUNNING
+    buffered = tuple(Signals.buffered(connection, workflow_id)) if running else ()
     return WorkflowFacts(workflow, in_progress, entry is not None, ahead_in_replay, buffered)
 
 

@@ -405,7 +405,9 @@ class ReplayQueue:
             connection.execute(_record_delivery, deliveries)
         connection.execute(_update_progress, progress)
         # After the progress: a child in this batch whose parent withdrew its step stays cancelled.
-        steps_cancelled, children_cancelled = self._cancel_left_behind(connection, withdrawn, finished_ids, now)
+        steps_cancelled, children_cancelled = self._cancel_left_behind(
+            connection, withdrawn, finished_ids, now
+        )
         outcome.steps_cancelled += steps_cancelled
         ids = [due.workflow_id for due, _ in ready]
         # A step that finished after the read is delivered in the next activation: its entry stays.

@@ -68,7 +68,7 @@ async def test_a_bulk_cancel_drops_the_runs_it_cancels(make_stack: MakeStack) ->
     assert stack.coordinator.stats.workflow_cache.evictions == 5
 
 
-async def test_a_parent_that_finishes_drops_the_runs_of_the_children_it_cancels(make_stack: MakeStack) -> None:
+async def test_a_parent_that_finishes_drops_the_runs_of_its_children(make_stack: MakeStack) -> None:
     stack = await make_stack(WORKFLOWS)
     parent_id = (await stack.client.start_workflow("leaves_child", {})).workflow_id
     await cached(stack, 2)

@@ -8,6 +8,7 @@ family, and a coordinator restart loses none of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import sqlalchemy as sa
@@ -93,10 +94,8 @@ async def unknown_child(ctx: WorkflowContext) -> Any:
 @workflow
 async def times_out_on_child(ctx: WorkflowContext) -> Any:
     """Gives up on its child (wait_for's timeout cancels the wait), then keeps running."""
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ctx.child("parent_of_parked", {}), timeout=0.1)
-    except TimeoutError:
-        pass
     return await ctx.wait_for_signal("end")
 
 
