@@ -642,30 +642,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--today", type=float, default=TODAY_STEPS_PER_SECOND, help="steps/s of 1x load (default %(default)s)"
     )
-    parser.add_argument(
-        "--coordinators",
-        type=int_list,
-        default=[1, 2, 4, 8, 16, 32, 64],
-        help="coordinator counts of the sweep over coordinators (default 1,2,4,8,16,32,64)",
-    )
-    parser.add_argument(
-        "--coordinator-loads",
-        type=int_list,
-        default=[10, 100],
-        help="loads (multiples of --today) the coordinator sweep runs at (default 10,100)",
-    )
-    parser.add_argument(
-        "--loads",
-        type=int_list,
-        default=[1, 2, 5, 10, 20, 50, 100],
-        help="loads (multiples of --today) of the sweep over load (default 1,2,5,10,20,50,100)",
-    )
-    parser.add_argument(
-        "--load-coordinators",
-        type=int_list,
-        default=[1, 16],
-        help="coordinator counts the load sweep runs with (default 1,16)",
-    )
+    # The sweeps' lists, their defaults written into the help as they are typed (1,2,4).
+    for flag, default, text in (
+        ("--coordinators", [1, 2, 4, 8, 16, 32, 64], "coordinator counts of the sweep over coordinators"),
+        ("--coordinator-loads", [10, 100], "loads (multiples of --today) the coordinator sweep runs at"),
+        ("--loads", [1, 2, 5, 10, 20, 50, 100], "loads (multiples of --today) of the sweep over load"),
+        ("--load-coordinators", [1, 16], "coordinator counts the load sweep runs with"),
+    ):
+        typed = ",".join(map(str, default))
+        parser.add_argument(flag, type=int_list, default=default, help=f"{text} (default {typed})")
     parser.add_argument(
         "--database-cores", type=int, default=16, help="PostgreSQL cores (default %(default)s)"
     )

@@ -137,7 +137,6 @@ class AdminOperations:
             )
             cancelled += len(ids)
             self.ctx.count_finished(WorkflowStatus.CANCELLED, len(ids))
-            self.ctx.watches.changed(ids)
             if len(ids) < batch:
                 break
         log.warning(

@@ -294,6 +294,15 @@ OPTIONS = (
             group=_LIMITS,
         ),
         Option(
+            "max_watchers",
+            Kind.INT,
+            10_000,
+            "most WatchWorkflow streams open at once (a client's wait() holds one); one more is "
+            "refused with RESOURCE_EXHAUSTED",
+            low=1,
+            group=_LIMITS,
+        ),
+        Option(
             "max_streams_per_connection",
             Kind.INT,
             4,
@@ -404,6 +413,8 @@ class CoordinatorConfig:
     advertise_address: str | None = OPTIONS.defaults.advertise_address
     #: Most executors connected at once; one more is refused with RESOURCE_EXHAUSTED.
     max_executors: int = OPTIONS.defaults.max_executors
+    #: Most WatchWorkflow streams open at once; one more is refused with RESOURCE_EXHAUSTED.
+    max_watchers: int = OPTIONS.defaults.max_watchers
     #: Most ClaimTasks streams open on one client connection (an executor needs one).
     max_streams_per_connection: int = OPTIONS.defaults.max_streams_per_connection
     #: Largest message on a stream (a ClaimTasks Hello, credit, heartbeat): a Hello of 100,000

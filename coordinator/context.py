@@ -31,7 +31,7 @@ from .sessions import ExecutorSession, SessionRegistry, SessionState
 from .store import Database, ReplayQueue, Signals, TaskQueue, Timers, Workflows, Writer, deadlines
 from .store.deadlines import Claim
 from .store.reader import Reader
-from .store.wakeups import take_replays_enqueued
+from .store.wakeups import Wakeups, take_wakeups
 from .watch import WatchHub
 
 log = logging.getLogger(__name__)
@@ -90,20 +90,31 @@ class EngineContext:
         self.timer_alarm = Alarm(self.timer_due.set)
         self.retry_alarm = Alarm(self.retry_due.set)
         #: WatchWorkflow's watchers: every part that commits a change to a workflow tells it.
-        self.watches = WatchHub(reader)
+        self.watches = WatchHub(reader, config.max_watchers)
 
     async def write(self, unit: Callable[[Connection], T], label: str) -> T:
-        """Run ``unit`` in a write transaction; wake the replay loop if it enqueued a replay
-        (see :mod:`conveyor.coordinator.store.wakeups`)."""
+        """Run ``unit`` in a write transaction, then act on what it noted for after its commit
+        (:mod:`conveyor.coordinator.store.wakeups`): wake the replay loop, forget cancelled runs."""
 
-        def noting(connection: Connection) -> tuple[T, bool]:
-            take_replays_enqueued(connection)  # a failed unit before this one may have noted one
-            return unit(connection), take_replays_enqueued(connection)
+        def noting(connection: Connection) -> tuple[T, Wakeups]:
+            take_wakeups(connection)  # left by a unit that failed before this one: not this one's
+            return unit(connection), take_wakeups(connection)
 
-        result, replays_enqueued = await self.writer.run(noting, label)
-        if replays_enqueued:
+        result, wakeups = await self.writer.run(noting, label)
+        if wakeups.cancelled:
+            self.workflows_cancelled(wakeups.cancelled)
+        elif wakeups.replays_enqueued:
             self.replay_needed.set()
         return result
+
+    def workflows_cancelled(self, workflow_ids: Collection[str]) -> None:
+        """These workflows were cancelled (committed): their watchers are told, and their cached runs
+        dropped, so that no memory is held for them and no later lookup can meet them."""
+        self.watches.changed(workflow_ids)
+        self.replays.cache.forget(workflow_ids)
+        # The runs are closed on the replay runner's thread (closing runs workflow code); the replay
+        # loop does it when woken, even with nothing to replay.
+        self.replay_needed.set()
 
     async def read(self, query: Callable[[Connection], T], *, snapshot: bool = False) -> T:
         """Run ``query`` in a read transaction (see :meth:`Reader.run`), riding out database restarts."""

@@ -133,7 +133,16 @@ def explain(
             "resume it. This breaks an invariant (`conveyor admin diagnose` lists it): keep the "
             f"coordinator log for a bug report, then cancel it with `conveyor cancel {workflow.id}`."
         )
+    if facts.buffered_signals:
+        summary += " " + _buffered(facts.buffered_signals)
     return Explanation(workflow, situation, summary, steps, facts.replay_queue_ahead, now)
+
+
+def _buffered(signals: Sequence[tuple[str, int]]) -> str:
+    """Signals sent that the code has not waited for (yet): a misspelt name shows up here."""
+    names = ", ".join(name if count == 1 else f"{name} x{count}" for name, count in signals)
+    total = sum(count for _, count in signals)
+    return f"{_count(total, 'signal')} buffered (sent, not waited for yet): {names}."
 
 
 def _finished(workflow: WorkflowRecord) -> str:

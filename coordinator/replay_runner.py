@@ -45,6 +45,8 @@ class ReplayCall:
     #: None: nothing decided (the workflow cache lost the run it was read for; read it again).
     run: Callable[[], ReplayOutcome | None]
     trace_context: str | None = None
+    #: False for housekeeping on the runner's thread (closing dropped runs), which is no replay.
+    traced: bool = True
 
 
 _Job = tuple[ReplayCall, "concurrent.futures.Future[ReplayOutcome | None]"]
@@ -149,6 +151,8 @@ class ReplayRunner:
 
 def _traced(call: ReplayCall) -> ReplayOutcome | None:
     """Run ``call`` in a ``conveyor.replay`` span under its workflow's trace (a no-op untraced)."""
+    if not call.traced:
+        return call.run()
     with tracing.span(
         "conveyor.replay",
         parent=tracing.decode(call.trace_context),

@@ -14,6 +14,7 @@ from .context import EngineContext
 from .model import WorkflowStatus
 from .replay_runner import ReplayCall
 from .store import Timers, deadlines
+from .store.children import Children
 from .store.replays import ReplayBatchOutcome
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class ReplayService:
 
     async def replay_batch(self, limit: int) -> ReplayBatchOutcome:
         """Read what is due, run the workflow code off the writer, apply the outcomes in a short write."""
+        cache = self.ctx.replays.cache
+        if cache.forgetting():  # runs of cancelled workflows: free them now, not at the next lookup
+            await self.ctx.replay_runner.run([ReplayCall("", self._drop_forgotten, traced=False)])
         due = await self.ctx.read(lambda c: self.ctx.replays.due(c, limit), snapshot=True)
         if not due:
             return ReplayBatchOutcome()
@@ -69,9 +73,11 @@ class ReplayService:
         ]
 
         def claims(connection: Connection) -> list[deadlines.Claim]:
+            # Their descendants too: a child whose parent finished or stopped waiting is cancelled.
+            family = cancelling + Children.running_descendants(connection, cancelling) if cancelling else []
             return [
                 claim
-                for workflow_id in cancelling
+                for workflow_id in family
                 for claim in deadlines.claimed_tasks(connection, workflow_id=workflow_id)
             ]
 
@@ -91,6 +97,9 @@ class ReplayService:
         self.ctx.replays.cache.forget(set(outcomes) - outcome.applied)
         self.ctx.watches.changed(item.workflow_id for item in due)
         return outcome
+
+    def _drop_forgotten(self) -> None:
+        self.ctx.replays.cache.drop_forgotten()
 
     async def timer_loop(self) -> None:
         while True:

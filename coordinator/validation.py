@@ -54,12 +54,28 @@ def step_name(value: str, what: str) -> str:
 
     Raises ``ValueError`` inside the workflow, which fails it with this message.
     """
+    problem = _step_name_problem(value, what)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def signal_name(value: str) -> str:
+    """A signal name a client sends: the rule workflow code's ``wait_for_signal`` names follow
+    (:func:`step_name`), so any name the code can wait for can be sent, and no other."""
+    problem = _step_name_problem(value, "signal name")
+    if problem:
+        raise InvalidArgument(problem)
+    return value
+
+
+def _step_name_problem(value: str, what: str) -> str | None:
     if not value or len(value) > MAX_NAME_LENGTH or not value.isprintable():
-        raise ValueError(
+        return (
             f"{what} {value[:60]!r} must be 1 to {MAX_NAME_LENGTH} printable characters "
             f"(it is {len(value)} long)"
         )
-    return value
+    return None
 
 
 def payload_size(text: str, field: str, limit: int) -> None:

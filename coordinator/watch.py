@@ -20,6 +20,11 @@ call the hub), every :data:`CATCH_UP_INTERVAL` seconds one pass reads the (statu
 count) of every watched workflow — a query per 500 watched workflows, not one per
 watcher — and re-reads those that moved. The engine never polls per watcher.
 
+At most ``max_watchers`` streams are open at once (``--max-watchers``): each holds a queue and a
+gRPC stream, so one more is refused with RESOURCE_EXHAUSTED rather than letting clients grow the
+coordinator's memory without bound. A watcher is removed as soon as its stream ends, however it
+ends (finished, cancelled by the client, the connection dropped).
+
 Coordinator shutdown ends every watch with UNAVAILABLE; clients watch again after a restart
 (their first message is then the current snapshot, so nothing is missed).
 """
@@ -34,7 +39,7 @@ from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from conveyor.errors import NotFound, Unavailable
+from conveyor.errors import NotFound, ResourceExhausted, Unavailable
 
 from .model import StepStatus, WorkflowStatus
 from .store import watching
@@ -133,8 +138,10 @@ class _Watcher:
 class WatchHub:
     """Every watcher of the coordinator, and the one loop that keeps them up to date."""
 
-    def __init__(self, reader: Reader) -> None:
+    def __init__(self, reader: Reader, max_watchers: int = 10_000) -> None:
         self._reader = reader
+        self._max_watchers = max_watchers
+        self._count = 0
         self._watchers: dict[str, set[_Watcher]] = {}
         #: Step (= task) id of every step in progress of a watched workflow, to its workflow.
         self._running_steps: dict[int, str] = {}
@@ -146,7 +153,7 @@ class WatchHub:
 
     @property
     def watcher_count(self) -> int:
-        return sum(len(watchers) for watchers in self._watchers.values())
+        return self._count
 
     # ------------------------------------------------------------- notifications
 
@@ -188,7 +195,15 @@ class WatchHub:
         """The workflow's snapshot, then its changes until it finishes (NotFound for an unknown id)."""
         if self._closed is not None:
             raise self._closed
+        if self._count >= self._max_watchers:
+            raise ResourceExhausted(
+                f"this coordinator already serves {self._count} WatchWorkflow streams, the most it takes "
+                "(--max-watchers); close the watches you no longer need (a client's wait() holds one "
+                "until the workflow finishes or its timeout passes), poll GetWorkflow instead, or raise "
+                "--max-watchers"
+            )
         watcher = _Watcher(workflow_id)
+        self._count += 1
         # Registered before the snapshot is read: a change committed during the read marks
         # it, and the next pass shows it (events are computed from the state, never lost).
         self._watchers.setdefault(workflow_id, set()).add(watcher)
@@ -230,8 +245,9 @@ class WatchHub:
 
     def _forget(self, watcher: _Watcher) -> None:
         watchers = self._watchers.get(watcher.workflow_id)
-        if watchers is None:
+        if watchers is None or watcher not in watchers:
             return
+        self._count -= 1
         watchers.discard(watcher)
         if not watchers:
             del self._watchers[watcher.workflow_id]

@@ -102,9 +102,8 @@ class WorkflowApi:
             f"workflow {workflow_id} was cancelled",
             functools.partial(deadlines.claimed_tasks, workflow_id=workflow_id),
         )
+        # Its watchers and cached run (and its descendants') are seen to by EngineContext.write.
         self.ctx.count_finished(WorkflowStatus.CANCELLED, 1)
-        self.ctx.watches.changed([workflow_id])
-        self.ctx.replays.cache.forget([workflow_id])
         return record
 
     async def signal_workflow(
@@ -112,10 +111,7 @@ class WorkflowApi:
     ) -> SignalSent:
         """Send a signal; the next ``ctx.wait_for_signal(name)`` of the workflow gets its payload."""
         validation.identifier(workflow_id, "workflow_id")
-        try:
-            validation.step_name(name, "signal name")
-        except ValueError as error:  # what workflow code gets as ValueError, a client gets as a status
-            raise InvalidArgument(str(error)) from None
+        validation.signal_name(name)
         validation.identifier(idempotency_key, "idempotency_key", required=False)
         payload = validation.json_value(
             payload_json or "null", "payload_json", self.ctx.config.max_payload_bytes

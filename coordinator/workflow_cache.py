@@ -100,7 +100,7 @@ class WorkflowCache:
 
     def take(self, workflow_id: str, step_count: int, activations: int | None) -> WorkflowRun | None:
         """The run of ``workflow_id``, out of the cache, if it is valid for the stored counts."""
-        self._drop_forgotten()
+        self.drop_forgotten()
         with self._lock:
             entry = self._entries.pop(workflow_id, None)
             if entry is not None:
@@ -142,6 +142,11 @@ class WorkflowCache:
             self._evict(entry)
         self._update_gauges()
 
+    def forgetting(self) -> bool:
+        """Runs are queued to be dropped (:meth:`drop_forgotten` drops them)."""
+        with self._lock:
+            return bool(self._forgotten)
+
     def forget(self, workflow_ids: Iterable[str]) -> None:
         """Drop these workflows' runs (their outcome was not written): done on the runner thread,
         at its next lookup, since closing a run runs workflow code (its ``finally`` blocks)."""
@@ -158,7 +163,8 @@ class WorkflowCache:
             self._bytes = 0
         self._update_gauges()
 
-    def _drop_forgotten(self) -> None:
+    def drop_forgotten(self) -> None:
+        """Drop the runs :meth:`forget` queued (on the runner thread: closing a run runs its code)."""
         with self._lock:
             forgotten, self._forgotten = self._forgotten, []
             dropped = [self._entries.pop(i) for i in forgotten if i in self._entries]
@@ -166,6 +172,8 @@ class WorkflowCache:
                 self._bytes -= entry.size
         for entry in dropped:
             self._evict(entry)
+        if dropped:
+            self._update_gauges()
 
     def _evict(self, entry: _Entry) -> None:
         self.stats.evictions += 1

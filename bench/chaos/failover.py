@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -49,6 +48,7 @@ from conveyor.client.client import AsyncClient
 from conveyor.coordinator.server import SERVICE_NAMES
 from conveyor.coordinator.store.schema import leadership, tasks
 from conveyor.errors import ConfigurationError
+from conveyor.testing.tcp_proxy import TcpProxy
 
 from ..cluster import ManagedProcess
 from . import invariants
@@ -61,92 +61,6 @@ WORK_SERVICE = SERVICE_NAMES[0]
 
 
 # --------------------------------------------------------------------------- proxy
-
-
-class BlackholeProxy:
-    """A TCP proxy to PostgreSQL that can swallow every byte while keeping connections open.
-
-    ``blackhole()``: data in either direction is read and dropped, new connections are
-    accepted and never answered; nothing is reset, so the client sees a silent network.
-    ``heal()``: the swallowed connections are closed (their protocol state is lost) and new
-    ones go through again.
-    """
-
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self._listener.getsockname()[1]
-        self._blackholed = threading.Event()
-        self._sockets: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._closed = False
-        threading.Thread(target=self._accept, name="blackhole proxy", daemon=True).start()
-
-    @classmethod
-    def for_url(cls, url: str) -> tuple[BlackholeProxy, str]:
-        parsed = sa.engine.make_url(url)
-        proxy = cls(parsed.host or "127.0.0.1", parsed.port or 5432)
-        return proxy, parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-
-    def blackhole(self) -> None:
-        self._blackholed.set()
-
-    def heal(self) -> None:
-        with self._lock:
-            sockets, self._sockets = self._sockets, set()
-        for sock in sockets:
-            _close(sock)
-        self._blackholed.clear()
-
-    def close(self) -> None:
-        self._closed = True
-        self.heal()
-        _close(self._listener)
-
-    def _accept(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._sockets.add(client)
-            if self._blackholed.is_set():
-                threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=10)
-                server.settimeout(None)
-            except OSError:
-                _close(client)
-                continue
-            with self._lock:
-                self._sockets.add(server)
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    def _swallow(self, source: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while source.recv(65536):
-                pass
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                if not self._blackholed.is_set():
-                    sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            _close(source)
-            _close(sink)
-
-
-def _close(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
 
 
 def _free_port() -> int:
@@ -190,7 +104,7 @@ class FailoverCluster:
     settings: FailoverSettings
     coordinators: dict[str, ManagedProcess] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
-    proxies: dict[str, BlackholeProxy] = field(default_factory=dict)
+    proxies: dict[str, TcpProxy] = field(default_factory=dict)
     executors: list[ManagedProcess] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
     takeovers: list[Takeover] = field(default_factory=list)
@@ -231,7 +145,7 @@ class FailoverCluster:
         )
         self.simulator_url = "http://" + self.simulator.wait_for_address(30)
         for name in COORDINATORS:
-            self.proxies[name], _ = BlackholeProxy.for_url(settings.database_url)
+            self.proxies[name], _ = TcpProxy.for_url(settings.database_url)
             self.addresses[name] = f"127.0.0.1:{_free_port()}"
         self._start_coordinator("a", standby=False)
         self._start_coordinator("b", standby=True)

@@ -10,7 +10,7 @@ does to a family (children cancelled with their parent, parents told of their ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select
@@ -90,6 +90,23 @@ class Children:
         connection.execute(insert(workflows), rows)
         connection.execute(insert(replay_queue), replays)
         note_replays_enqueued(connection)
+
+    @staticmethod
+    def running_descendants(connection: Connection, workflow_ids: Collection[str]) -> list[str]:
+        """The running workflows below ``workflow_ids`` at any depth: what cancelling them, or their
+        child steps, may cancel too (one query per generation)."""
+        found: list[str] = []
+        generation = list(workflow_ids)
+        while generation:
+            generation = list(
+                connection.execute(
+                    select(workflows.c.id).where(
+                        workflows.c.parent_id.in_(generation), workflows.c.status == WorkflowStatus.RUNNING
+                    )
+                ).scalars()
+            )
+            found += generation
+        return found
 
     @staticmethod
     def of(connection: Connection, parent_id: str, limit: int = 1000) -> list[ChildLink]:

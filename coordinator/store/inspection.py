@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.engine import Connection
 
-from ..model import ClaimOrder, StepKind, StepStatus
+from ..model import ClaimOrder, StepKind, StepStatus, WorkflowStatus
 from .schema import replay_queue, steps, tasks
+from .signals import Signals
 from .workflows import WorkflowRecord, Workflows
 
 
@@ -64,6 +65,8 @@ class WorkflowFacts:
     in_replay_queue: bool
     #: Replay-queue entries of older workflows (replayed before this one).
     replay_queue_ahead: int
+    #: (name, count) of the signals sent and not waited for yet, by the first sent of each name.
+    buffered_signals: tuple[tuple[str, int], ...] = ()
 
 
 def workflow_facts(
@@ -142,7 +145,9 @@ def workflow_facts(
                 )
             )
         ).scalar_one()
-    return WorkflowFacts(workflow, in_progress, entry is not None, ahead_in_replay)
+    running = workflow.status is WorkflowStatus.RUNNING
+    buffered = tuple(Signals.buffered(connection, workflow_id)) if running else ()
+    return WorkflowFacts(workflow, in_progress, entry is not None, ahead_in_replay, buffered)
 
 
 def _tasks_ahead(connection: Connection, row: object, now: int, claim_order: ClaimOrder) -> int:

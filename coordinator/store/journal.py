@@ -18,11 +18,11 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Insert
 
-from ..model import StepStatus, WorkflowStatus
+from ..model import StepKind, StepStatus, WorkflowStatus, child_workflow_id
 from ..replay import SETTLED
 from .dialect import Dialect, insert_or_ignore
 from .schema import FIFO_KEY, replay_queue, steps, tasks, workflows
-from .wakeups import note_replays_enqueued
+from .wakeups import note_cancelled, note_replays_enqueued
 
 _finish_step = (
     update(steps)
@@ -103,19 +103,36 @@ def _enqueue(connection: Connection, insert: Insert, workflow_ids: Collection[st
     return len(running)
 
 
-def cancel_steps(connection: Connection, step_ids: Collection[int], reason: str, now: int) -> None:
+def cancel_steps(
+    connection: Connection, step_ids: Collection[int], reason: str, now: int, *, children_reason: str
+) -> list[str]:
     """Cancel the running steps among ``step_ids`` for good (the workflow withdrew them, or finished
     without them): no replay delivers their outcome, their tasks leave the queue, and a result
-    still in flight for them finds no task and is rejected as stale."""
+    still in flight for them finds no task and is rejected as stale.
+
+    A child step's child workflow is cancelled with it (``children_reason``), descendants included:
+    nobody waits for it any more, and left running it would never end. Returns those workflows.
+    """
     if not step_ids:
-        return
+        return []
     ids = list(step_ids)
+    children = [
+        child_workflow_id(row.workflow_id, row.number)
+        for row in connection.execute(
+            select(steps.c.workflow_id, steps.c.number).where(
+                steps.c.id.in_(ids), steps.c.status == StepStatus.RUNNING, steps.c.kind == StepKind.CHILD
+            )
+        )
+    ]
     connection.execute(
         update(steps)
         .where(steps.c.id.in_(ids), steps.c.status == StepStatus.RUNNING)
         .values(status=StepStatus.CANCELLED, error=reason, completed_at=now, delivered_in=SETTLED)
     )
     connection.execute(delete(tasks).where(tasks.c.id.in_(ids)))
+    # After the steps: a child cancelled now finds its parent's step no longer running, so it is not
+    # delivered to a parent that stopped waiting for it.
+    return cancel_workflows(connection, children, children_reason, now)
 
 
 def cancel_workflows(
@@ -145,6 +162,7 @@ def cancel_workflows(
         )
         connection.execute(delete(tasks).where(tasks.c.workflow_id.in_(cancelled)))
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id.in_(cancelled)))
+        note_cancelled(connection, cancelled)
         cancelled += settle_family(connection, cancelled, now)
     return cancelled
 

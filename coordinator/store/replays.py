@@ -409,8 +409,12 @@ class ReplayQueue:
         self._start_steps(connection, new_steps, now, outcome)
         if deliveries:
             connection.execute(_record_delivery, deliveries)
-        outcome.steps_cancelled += self._cancel_left_behind(connection, withdrawn, finished_ids, now)
         connection.execute(_update_progress, progress)
+        # After the progress: a child in this batch whose parent withdrew its step stays cancelled.
+        steps_cancelled, children_cancelled = self._cancel_left_behind(
+            connection, withdrawn, finished_ids, now
+        )
+        outcome.steps_cancelled += steps_cancelled
         ids = [due.workflow_id for due, _ in ready]
         # A step that finished after the read is delivered in the next activation: its entry stays.
         still_due = self._with_undelivered(connection, [i for i in ids if i not in set(finished_ids)])
@@ -419,7 +423,7 @@ class ReplayQueue:
         )
         outcome.taken += len(ids) - len(still_due)
         outcome.left += len(still_due)
-        orphans = len(settle_family(connection, finished_ids, now))
+        orphans = children_cancelled + len(settle_family(connection, finished_ids, now))
         if orphans:  # children cancelled because their parent finished
             outcome.finished[WorkflowStatus.CANCELLED] = (
                 outcome.finished.get(WorkflowStatus.CANCELLED, 0) + orphans
@@ -432,12 +436,13 @@ class ReplayQueue:
     @staticmethod
     def _cancel_left_behind(
         connection: Connection, withdrawn: Mapping[str, set[int]], finished: Sequence[str], now: int
-    ) -> int:
+    ) -> tuple[int, int]:
         """Cancel the running steps each workflow withdrew, and every running step of the finished
-        ones; returns how many (their executors are told to stop by the caller)."""
+        ones, with the child workflows of their child steps; returns how many steps (their executors
+        are told to stop by the caller) and how many workflows were cancelled."""
         ids = list(withdrawn) + list(finished)
         if not ids:
-            return 0
+            return 0, 0
         running = connection.execute(
             select(steps.c.id, steps.c.workflow_id, steps.c.number).where(
                 steps.c.workflow_id.in_(ids), steps.c.status == StepStatus.RUNNING
@@ -450,11 +455,21 @@ class ReplayQueue:
             if row.workflow_id not in finished_set and row.number in withdrawn[row.workflow_id]
         ]
         left_ids = [row.id for row in running if row.workflow_id in finished_set]
-        cancel_steps(
-            connection, withdrawn_ids, "cancelled by the workflow code (it stopped waiting for it)", now
+        children = cancel_steps(
+            connection,
+            withdrawn_ids,
+            "cancelled by the workflow code (it stopped waiting for it)",
+            now,
+            children_reason="its parent workflow stopped waiting for it",
         )
-        cancel_steps(connection, left_ids, "cancelled: the workflow finished without waiting for it", now)
-        return len(withdrawn_ids) + len(left_ids)
+        children += cancel_steps(
+            connection,
+            left_ids,
+            "cancelled: the workflow finished without waiting for it",
+            now,
+            children_reason="its parent workflow finished",
+        )
+        return len(withdrawn_ids) + len(left_ids), len(children)
 
     @staticmethod
     def _with_undelivered(connection: Connection, workflow_ids: Sequence[str]) -> set[str]:
@@ -488,7 +503,7 @@ class ReplayQueue:
             f"the coordinator could not store what this workflow's code produced "
             f"({type(error).__name__}: {error})"[:4000]
         )
-        cancelled = self._cancel_left_behind(connection, {}, [due.workflow_id], now)
+        cancelled, children_cancelled = self._cancel_left_behind(connection, {}, [due.workflow_id], now)
         connection.execute(
             _update_progress,
             [
@@ -504,11 +519,14 @@ class ReplayQueue:
             ],
         )
         connection.execute(delete(replay_queue).where(replay_queue.c.workflow_id == due.workflow_id))
-        settle_family(connection, [due.workflow_id], now)
+        orphans = children_cancelled + len(settle_family(connection, [due.workflow_id], now))
+        finished = {WorkflowStatus.FAILED: 1}
+        if orphans:
+            finished[WorkflowStatus.CANCELLED] = orphans
         return ReplayBatchOutcome(
             replayed=1,
             taken=1,
-            finished={WorkflowStatus.FAILED: 1},
+            finished=finished,
             replay_delays=[max(0, now - due.enqueued_at) / 1e6],
             steps_cancelled=cancelled,
         )

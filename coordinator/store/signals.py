@@ -97,13 +97,16 @@ class Signals:
 
     @staticmethod
     def buffered(connection: Connection, workflow_id: str) -> list[tuple[str, int]]:
-        """(name, sent_at) of each signal ``workflow_id`` has not waited for yet, oldest first."""
+        """(name, how many) of the signals ``workflow_id`` was sent and has not waited for yet,
+        by the first one sent of each name: what Explain tells an operator who wonders where they went."""
+        first = func.min(signals.c.id)
         return [
-            (row.name, row.sent_at)
+            (row.name, row.how_many)
             for row in connection.execute(
-                select(signals.c.name, signals.c.sent_at)
+                select(signals.c.name, func.count().label("how_many"))
                 .where(signals.c.workflow_id == workflow_id, signals.c.step_number.is_(None))
-                .order_by(signals.c.id)
+                .group_by(signals.c.name)
+                .order_by(first)
             )
         ]
 

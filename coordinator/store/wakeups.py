@@ -1,26 +1,50 @@
-"""What a write transaction leaves for the engine's loops to do once it commits.
+"""What a write unit leaves for the engine to do once its transaction commits.
 
-A replay row can be written by many units: a start, a result, a child started or finished,
-a cancel that reaches a waiting parent, an operator's clear. Each loop used to be woken by
-the caller of its own few kinds of write, so a replay enqueued as a side effect (a parent
-whose child was cancelled, a child started by a replay) waited for the engine's periodic
-re-arm, seconds later. Instead, whatever enqueues a replay notes it on the connection here,
-and :meth:`conveyor.coordinator.context.EngineContext.write` wakes the replay loop after
-every unit that did, whoever called it.
+Many units have side effects beyond their own rows: a start, a result, a child started or
+finished, a signal or a timer enqueue a replay; a cancel, a bulk cancel, a cleared queue or
+a parent that finished or stopped waiting cancel workflows. Each caller used to announce
+the few effects it knew of, so an effect of a side effect (a parent woken by a cancelled
+child, a child started by a replay) waited for the engine's periodic re-arm, seconds later,
+and a cancelled child kept its cached run. Instead, whatever has such an effect notes it on
+the connection here, and :meth:`conveyor.coordinator.context.EngineContext.write` acts on
+the notes of every unit, whoever called it. Notes of a unit whose transaction then rolled
+back are harmless extras (a replay loop with nothing to do, a run dropped from the cache).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from sqlalchemy.engine import Connection
 
-_REPLAYS_ENQUEUED = "conveyor.replays_enqueued"
+_KEY = "conveyor.wakeups"
+
+
+@dataclass
+class Wakeups:
+    #: A workflow got a replay row: the replay loop has work.
+    replays_enqueued: bool = False
+    #: Workflows cancelled (not by their own code): drop their cached runs, tell their watchers.
+    cancelled: list[str] = field(default_factory=list)
+
+
+def _noted(connection: Connection) -> Wakeups:
+    wakeups = connection.info.get(_KEY)
+    if wakeups is None:
+        wakeups = connection.info[_KEY] = Wakeups()
+    assert isinstance(wakeups, Wakeups)
+    return wakeups
 
 
 def note_replays_enqueued(connection: Connection) -> None:
-    """This transaction gave at least one workflow a replay row."""
-    connection.info[_REPLAYS_ENQUEUED] = True
+    _noted(connection).replays_enqueued = True
 
 
-def take_replays_enqueued(connection: Connection) -> bool:
-    """Whether a replay was enqueued since the last call (and forget it)."""
-    return bool(connection.info.pop(_REPLAYS_ENQUEUED, False))
+def note_cancelled(connection: Connection, workflow_ids: list[str]) -> None:
+    _noted(connection).cancelled.extend(workflow_ids)
+
+
+def take_wakeups(connection: Connection) -> Wakeups:
+    """What was noted on ``connection`` since the last call (and forget it)."""
+    wakeups = connection.info.pop(_KEY, None)
+    return wakeups if isinstance(wakeups, Wakeups) else Wakeups()

@@ -20,7 +20,8 @@ import pytest
 
 from conveyor import WorkflowContext, workflow
 from conveyor.client.models import WorkflowStatus
-from db_faults import SqliteLock, TcpProxy
+from conveyor.testing.tcp_proxy import TcpProxy
+from db_faults import SqliteLock
 from support import ManualExecutor, Stack, eventually, registry_of
 
 pytestmark = pytest.mark.slow

@@ -8,6 +8,7 @@ family, and a coordinator restart loses none of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from conveyor.client.models import WorkflowStatus
 from conveyor.coordinator import engine as engine_module
 from conveyor.coordinator.model import child_workflow_id
 from conveyor.coordinator.store.schema import workflows
-from support import eventually, registry_of
+from support import ManualExecutor, eventually, registry_of
 from toolkit import MakeStack, fetch, restart_coordinator, task_rows, wait_finished
 
 
@@ -92,7 +93,38 @@ async def unknown_child(ctx: WorkflowContext) -> Any:
     return await ctx.child("no_such_workflow", {})
 
 
+@workflow
+async def times_out_on_child(ctx: WorkflowContext) -> Any:
+    """Gives up on its child (wait_for's timeout cancels the wait), then keeps running."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ctx.child("parent_of_parked", {}), timeout=0.1)
+    return await ctx.wait_for_signal("end")
+
+
+@workflow
+async def races_children(ctx: WorkflowContext) -> Any:
+    """Races two started children, keeps the winner and cancels the loser, then keeps running."""
+    slow = asyncio.ensure_future(ctx.start_child("parked_leaf", {}))
+    fast = asyncio.ensure_future(ctx.start_child("leaf", {"n": 4}))
+    done, pending = await asyncio.wait([slow, fast], return_when=asyncio.FIRST_COMPLETED)
+    for loser in pending:
+        loser.cancel()
+    winner = next(iter(done)).result()
+    return [winner, await ctx.wait_for_signal("end")]
+
+
+@workflow
+async def drops_child_on_signal(ctx: WorkflowContext) -> Any:
+    """Waits for its child or a "stop" signal, whichever comes first; stops waiting for the other."""
+    child = asyncio.ensure_future(ctx.child("parent_of_parked", {}))
+    stop = asyncio.ensure_future(ctx.wait_for_signal("stop"))
+    await asyncio.wait([child, stop], return_when=asyncio.FIRST_COMPLETED)
+    child.cancel()
+    return await ctx.wait_for_signal("end")
+
+
 WORKFLOWS = registry_of(
+    drops_child_on_signal,
     leaf,
     failing_leaf,
     waiting_leaf,
@@ -105,6 +137,8 @@ WORKFLOWS = registry_of(
     grandparent,
     parent_of_parked,
     unknown_child,
+    times_out_on_child,
+    races_children,
 )
 
 
@@ -201,6 +235,71 @@ async def test_a_parent_that_finishes_first_takes_its_running_children_with_it(m
     assert finished.result == "done without waiting"
     assert child.status is WorkflowStatus.CANCELLED
     assert child.error == "its parent workflow finished"
+
+
+async def test_a_child_the_parent_stops_waiting_for_is_cancelled_with_its_descendants(
+    make_stack: MakeStack,
+) -> None:
+    """wait_for's timeout withdraws the child step: the child and its own child are cancelled, while
+    the parent runs on (before, both stayed running forever)."""
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("times_out_on_child", {})).workflow_id
+
+    async def parent_waits_for_its_signal() -> bool:
+        explanation = await stack.client.explain_workflow(parent_id)
+        return [step.wait for step in explanation.steps] == ["signal"]
+
+    await eventually(parent_waits_for_its_signal)
+    [child_link] = (await stack.client.get_workflow(parent_id, include_steps=True)).children
+    child_id = child_link.workflow_id
+    grandchild_id = child_workflow_id(child_id, 0)
+    child = await wait_finished(stack.client, child_id)
+    grandchild = await wait_finished(stack.client, grandchild_id)
+
+    assert await status_of(stack.database_url, parent_id) == "running"
+    assert (child.status, grandchild.status) == (WorkflowStatus.CANCELLED, WorkflowStatus.CANCELLED)
+    assert child.error == "its parent workflow stopped waiting for it"
+    assert grandchild.error == "its parent workflow finished"
+    assert await task_rows(stack.database_url) == []
+    assert not (await stack.client.diagnose()).violations
+    await stack.client.signal_workflow(parent_id, "end", "over")
+    assert (await wait_finished(stack.client, parent_id)).result == "over"
+
+
+async def test_the_child_that_loses_a_race_is_cancelled(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("races_children", {})).workflow_id
+    loser_id = child_workflow_id(parent_id, 0)
+    await eventually(lambda: status_of(stack.database_url, loser_id))  # started
+
+    loser = await wait_finished(stack.client, loser_id)
+
+    assert loser.status is WorkflowStatus.CANCELLED
+    assert await status_of(stack.database_url, parent_id) == "running"
+    await stack.client.signal_workflow(parent_id, "end", "over")
+    finished = await wait_finished(stack.client, parent_id)
+    assert finished.result == [8, "over"]
+    assert not (await stack.client.diagnose()).violations
+
+
+async def test_the_executor_running_a_dropped_descendants_task_is_told_to_stop(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    parent_id = (await stack.client.start_workflow("drops_child_on_signal", {})).workflow_id
+    grandchild_id = child_workflow_id(child_workflow_id(parent_id, 0), 0)
+    async with ManualExecutor(stack.server.address, "worker", task_kinds=["unserved"]) as worker:
+        await worker.connect(free_slots=1)
+        [task] = await worker.take(1, within=60)  # three replays away
+        assert task.workflow_id == grandchild_id
+
+        await stack.client.signal_workflow(parent_id, "stop", None)
+
+        def cancels() -> list[Any]:
+            return [m.cancel for m in worker.messages if m.WhichOneof("message") == "cancel"]
+
+        [cancel] = await eventually(cancels)
+        assert [a.task_id for a in cancel.tasks] == [task.task_id]
+    assert (await wait_finished(stack.client, grandchild_id)).status is WorkflowStatus.CANCELLED
+    assert await status_of(stack.database_url, parent_id) == "running"
 
 
 async def test_cancelling_a_child_fails_the_parent_that_awaits_it(make_stack: MakeStack) -> None:

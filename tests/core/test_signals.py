@@ -301,3 +301,17 @@ async def test_diagnose_reports_a_wait_whose_signal_sits_in_the_buffer(make_stac
     assert [(v.kind, list(v.workflow_ids)) for v in report.violations] == [
         ("signal_not_delivered", [started.workflow_id])
     ]
+
+
+async def test_explain_reports_the_signals_buffered_and_not_waited_for(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS)
+    started = await stack.client.start_workflow("two_names", {})
+    for name in ("second", "later", "second"):
+        await stack.client.signal_workflow(started.workflow_id, name, None)
+
+    explained = await stack.client.explain_workflow(started.workflow_id)
+
+    assert "3 signals buffered (sent, not waited for yet): second x2, later." in explained.summary
+    await stack.client.signal_workflow(started.workflow_id, "first", 1)
+    await wait_finished(stack.client, started.workflow_id)
+    assert "buffered" not in (await stack.client.explain_workflow(started.workflow_id)).summary

@@ -232,3 +232,47 @@ async def test_idle_watchers_cost_one_coalesced_check_not_a_read_each(
     for wait in waits[1:]:
         wait.cancel()
     await asyncio.gather(*waits[1:], return_exceptions=True)
+
+
+def watch_call(stubs: RawStubs, workflow_id: str, timeout: float | None = None) -> Any:
+    return stubs.workflows.WatchWorkflow(
+        workflow_service_pb2.WatchWorkflowRequest(workflow_id=workflow_id), timeout=timeout
+    )
+
+
+async def test_watchers_beyond_the_cap_are_refused_with_resource_exhausted(make_stack: MakeStack) -> None:
+    stack = await make_stack(WORKFLOWS, shards=SHARDS, max_watchers=2)
+    started = await stack.client.start_workflow("parked", [1])
+    async with RawStubs(stack.server.address) as stubs:
+        first, second = watch_call(stubs, started.workflow_id), watch_call(stubs, started.workflow_id)
+        for call in (first, second):
+            await call.read()  # the snapshot: registered
+        assert watchers(stack) == 2
+
+        # The deadline only keeps a watch that was let in (the bug) from hanging the test.
+        error = await rpc_error(_drain(watch_call(stubs, started.workflow_id, timeout=30)))
+
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "2 WatchWorkflow streams" in (error.details() or "")
+        assert "--max-watchers" in (error.details() or "")
+        assert watchers(stack) == 2
+        first.cancel()  # a watch that ends frees its place
+        await eventually(lambda: watchers(stack) == 1)
+        third = watch_call(stubs, started.workflow_id)
+        assert (await third.read()).workflow.id == started.workflow_id
+        assert watchers(stack) == 2
+
+
+async def test_a_watcher_whose_client_goes_away_is_removed(make_stack: MakeStack) -> None:
+    """The client's connection closes mid-watch (no cancel of its own): the server forgets the watcher."""
+    stack = await make_stack(WORKFLOWS, shards=SHARDS)
+    started = await stack.client.start_workflow("parked", [1])
+    stubs = RawStubs(stack.server.address)
+    calls = [watch_call(stubs, started.workflow_id) for _ in range(3)]
+    for call in calls:
+        await call.read()
+    assert watchers(stack) == 3
+
+    await stubs.channel.close()
+
+    await eventually(lambda: watchers(stack) == 0)
