@@ -67,6 +67,19 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+async def leader_and_standby(
+    postgres_url: str, servers: list[CoordinatorServer]
+) -> tuple[CoordinatorServer, CoordinatorServer]:
+    """A leader, then a ``--standby`` on the same database (both stopped by ``servers``)."""
+    leader = server(postgres_url)
+    await leader.start()
+    servers.append(leader)
+    standby = server(postgres_url, standby=True)
+    await standby.start()
+    servers.append(standby)
+    return leader, standby
+
+
 async def test_sqlite_refuses_standby_with_a_clear_message(database_url: str) -> None:
     if not database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL runs standbys")
@@ -175,12 +188,7 @@ async def test_two_coordinators_started_in_the_same_second_of_one_process_stay_a
     # Same host, same pid, same start time (to the second a holder's description shows): the
     # standby must still know the leader is another coordinator and never renew its lease.
     monkeypatch.setattr("conveyor.coordinator.server.now_us", lambda: 1_800_000_000_000_000)
-    leader = server(postgres_url)
-    await leader.start()
-    servers.append(leader)
-    standby = server(postgres_url, standby=True)
-    await standby.start()
-    servers.append(standby)
+    leader, standby = await leader_and_standby(postgres_url, servers)
     assert leader.leadership is not None and standby.leadership is not None
 
     assert leader.leadership.holder != standby.leadership.holder
@@ -193,12 +201,7 @@ async def test_two_coordinators_started_in_the_same_second_of_one_process_stay_a
 async def test_a_standby_refuses_work_names_the_leader_and_takes_over_when_it_stops(
     postgres_url: str, servers: list[CoordinatorServer]
 ) -> None:
-    leader = server(postgres_url)
-    await leader.start()
-    servers.append(leader)
-    standby = server(postgres_url, standby=True)
-    await standby.start()
-    servers.append(standby)
+    leader, standby = await leader_and_standby(postgres_url, servers)
 
     async with AsyncClient(leader.address) as client:
         started = await client.start_workflows([("hello", {"n": 7})])
