@@ -1,7 +1,7 @@
 """Database faults a test can switch on and off in-process.
 
 * :class:`TcpProxy`: a TCP relay in front of PostgreSQL that cuts or swallows its connections
-  on demand (:mod:`conveyor.testing.tcp_proxy`, shared with the chaos benchmarks).
+  on demand (:mod:`bench.chaos.tcp_proxy`, shared with the chaos benchmarks).
 * :class:`SqliteLock`: another connection holding the SQLite write lock, as a second
   process would.
 """

@@ -48,12 +48,12 @@ from conveyor.client.client import AsyncClient
 from conveyor.coordinator.server import SERVICE_NAMES
 from conveyor.coordinator.store.schema import leadership, tasks
 from conveyor.errors import ConfigurationError
-from conveyor.testing.tcp_proxy import TcpProxy
 
 from ..cluster import ManagedProcess
 from . import invariants
 from .invariants import Fault, InvariantReport
 from .postgres import PrivateServer
+from .tcp_proxy import TcpProxy
 from .workload import Workload
 
 COORDINATORS = ("a", "b")

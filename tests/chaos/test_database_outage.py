@@ -18,9 +18,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.chaos.tcp_proxy import TcpProxy
 from conveyor import WorkflowContext, workflow
 from conveyor.client.models import WorkflowStatus
-from conveyor.testing.tcp_proxy import TcpProxy
 from db_faults import SqliteLock
 from support import ManualExecutor, Stack, eventually, registry_of
 
