@@ -15,11 +15,11 @@ loops at their next bytecode) and carries on with a fresh one.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ctypes
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,14 +49,42 @@ class ReplayCall:
     traced: bool = True
 
 
-_Job = tuple[ReplayCall, "concurrent.futures.Future[ReplayOutcome | None]"]
+class _Batch:
+    """Replays handed to a worker together, and how far it got.
+
+    The worker runs them one after another and wakes the event loop once, when all are done:
+    a cross-thread round trip per replay (a future, a wake-up of the loop, a deadline) cost
+    more than most replays, and left the thread idle in between. Each replay still gets its
+    own deadline, counted from when it started (``current``).
+    """
+
+    def __init__(self, calls: Sequence[ReplayCall], loop: asyncio.AbstractEventLoop) -> None:
+        self.calls = calls
+        self.outcomes: list[ReplayOutcome | None] = []
+        #: (index of the replay running, when it started: time.monotonic()), set by the worker.
+        self.current: tuple[int, float] | None = None
+        #: Set when the runner gave up on the replay running: the worker starts no other one.
+        self.stopped = False
+        #: Held briefly by both sides, so the runner decides on a ``current`` the worker cannot
+        #: change meanwhile (and a replay never runs on two threads at once).
+        self.lock = threading.Lock()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+
+    def finished(self) -> None:
+        self._loop.call_soon_threadsafe(_resolve, self.done)
+
+
+def _resolve(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 class _Worker:
     """One runner thread and its job queue."""
 
     def __init__(self, number: int) -> None:
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.jobs: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         self.abandoned = False
         self.thread = threading.Thread(target=self._run, name=f"conveyor-replay-{number}", daemon=True)
         self.thread.start()
@@ -64,18 +92,25 @@ class _Worker:
     def _run(self) -> None:
         try:
             while not self.abandoned:
-                job = self.jobs.get()
-                if job is None:
+                batch = self.jobs.get()
+                if batch is None:
                     return
-                call, future = job
-                try:
-                    outcome = _traced(call)
-                except BaseException as error:  # nothing workflow code does may end this thread
-                    outcome = _failed(f"replay failed unexpectedly: {error!r}")
-                if not future.done():
-                    future.set_result(outcome)
+                for index, call in enumerate(batch.calls):
+                    with batch.lock:
+                        if batch.stopped:
+                            return  # a replay overran: the runner failed it and went on without us
+                        batch.current = (index, time.monotonic())
+                    try:
+                        outcome = _traced(call)
+                    except BaseException as error:  # nothing workflow code does may end this thread
+                        outcome = _failed(f"replay failed unexpectedly: {error!r}")
+                    with batch.lock:
+                        if batch.stopped:
+                            return
+                        batch.outcomes.append(outcome)
+                batch.finished()
         except ReplayTimedOut:
-            pass  # abandoned; the timeout arrived between jobs
+            pass  # abandoned; the timeout arrived between replays
 
 
 class ReplayRunner:
@@ -105,27 +140,51 @@ class ReplayRunner:
 
     async def run(self, calls: Sequence[ReplayCall]) -> list[ReplayOutcome | None]:
         """Run ``calls`` one after another; a replay that overruns fails alone."""
-        return [await self._run_one(call) for call in calls]
+        outcomes: list[ReplayOutcome | None] = []
+        pending = list(calls)
+        while pending:
+            overran = await self._run_batch(pending, outcomes)
+            if overran is None:
+                break
+            outcomes.append(self._overran(pending[overran]))
+            pending = pending[overran + 1 :]  # the rest on a fresh thread
+        return outcomes
 
-    async def _run_one(self, call: ReplayCall) -> ReplayOutcome | None:
+    async def _run_batch(self, calls: list[ReplayCall], outcomes: list[ReplayOutcome | None]) -> int | None:
+        """Run ``calls`` on the worker, adding their outcomes to ``outcomes``; the index of the
+        replay that overran its deadline (its thread abandoned, the ones after it not run), or None."""
         worker = self._current_worker()
-        future: concurrent.futures.Future[ReplayOutcome | None] = concurrent.futures.Future()
-        worker.jobs.put((call, future))
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await asyncio.wrap_future(future)
-        except TimeoutError:
-            self._abandon(worker)
-            self.timeouts += 1
-            message = (
-                f"workflow code did not finish replaying within {self._timeout:g}s (--replay-timeout): "
-                "it blocks (time.sleep, file or network I/O, a lock) or computes for too long. Workflow "
-                "code must only await ctx steps; do slow or blocking work in a ctx.task() handler"
-            )
-            log.error(
-                "workflow %s: %s", call.workflow_id, message, extra=logs.fields(workflow_id=call.workflow_id)
-            )
-            return _failed(message)
+        batch = _Batch(calls, asyncio.get_running_loop())
+        worker.jobs.put(batch)
+        while not batch.done.done():
+            current = batch.current
+            deadline = (time.monotonic() if current is None else current[1]) + self._timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(batch.done)
+            except TimeoutError:
+                with batch.lock:
+                    if batch.current != current or (current is not None and len(batch.outcomes) > current[0]):
+                        continue  # that replay finished in time (or the first began): a deadline of its own
+                    batch.stopped = True  # the replay overran (or none began: the thread is stuck or gone)
+                    done = list(batch.outcomes)
+                self._abandon(worker)
+                outcomes.extend(done)
+                return len(done)
+        outcomes.extend(batch.outcomes)
+        return None
+
+    def _overran(self, call: ReplayCall) -> ReplayOutcome:
+        self.timeouts += 1
+        message = (
+            f"workflow code did not finish replaying within {self._timeout:g}s (--replay-timeout): "
+            "it blocks (time.sleep, file or network I/O, a lock) or computes for too long. Workflow "
+            "code must only await ctx steps; do slow or blocking work in a ctx.task() handler"
+        )
+        log.error(
+            "workflow %s: %s", call.workflow_id, message, extra=logs.fields(workflow_id=call.workflow_id)
+        )
+        return _failed(message)
 
     def _current_worker(self) -> _Worker:
         if self._worker is None or not self._worker.thread.is_alive():

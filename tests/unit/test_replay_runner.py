@@ -32,6 +32,22 @@ async def test_anything_a_replay_raises_fails_that_replay_and_the_runner_carries
     assert done == DONE
 
 
+async def test_each_replay_of_a_batch_has_its_own_deadline_not_the_batch_as_a_whole() -> None:
+    # Five replays of 0.4 s each under a 1 s deadline: the batch takes 2 s, none overruns.
+    def slowish() -> ReplayOutcome:
+        time.sleep(0.4)
+        return DONE
+
+    runner = ReplayRunner(timeout=1)
+    try:
+        outcomes = await runner.run([ReplayCall(f"wf-{i}", slowish) for i in range(5)])
+    finally:
+        runner.stop()
+
+    assert outcomes == [DONE] * 5
+    assert runner.timeouts == 0
+
+
 async def test_a_replay_that_overruns_fails_and_the_next_one_runs_on_a_fresh_thread() -> None:
     release = threading.Event()
     threads: list[str] = []
