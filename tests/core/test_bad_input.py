@@ -268,6 +268,12 @@ class Claimed:
     release: asyncio.Event
 
 
+#: These tests send results for a task a real executor holds; its lease must outlast a loaded
+#: machine's stalls (the test kit's 2 s, meant for tests of expiry, ran out once under two CI runs
+#: and the result under test came back stale).
+HELD_LEASE_TTL = 30.0
+
+
 async def claimed_by_a_real_executor(stack: Stack) -> Claimed:
     """A task held by a real executor (its handler waits for ``release``), and its lease as stored."""
     release = asyncio.Event()
@@ -302,7 +308,7 @@ async def test_record_results_abuse_is_refused_whole_and_applies_nothing(make_st
     it been applied, the step would have completed with the forged value. (A single
     malformed result is refused alone: test_a_malformed_result_is_refused_alone_and_the_rest_applied.)
     """
-    stack = await make_stack(WORKFLOWS, max_batch_size=5)
+    stack = await make_stack(WORKFLOWS, max_batch_size=5, lease_ttl=HELD_LEASE_TTL)
     claim = await claimed_by_a_real_executor(stack)
     before = await snapshot(stack.database_url)
     abuses = {
@@ -341,7 +347,7 @@ async def test_unacceptable_result_payload_fails_the_step_instead_of_leaving_it_
     make_stack: MakeStack, result_json: str, expected: str
 ) -> None:
     """A result the coordinator cannot store is accepted as a failure, so the workflow moves on."""
-    stack = await make_stack(WORKFLOWS, max_payload_bytes=MAX_PAYLOAD)
+    stack = await make_stack(WORKFLOWS, max_payload_bytes=MAX_PAYLOAD, lease_ttl=HELD_LEASE_TTL)
     claim = await claimed_by_a_real_executor(stack)
     async with RawStubs(stack.server.address) as stubs:
         response = await stubs.executors.RecordResults(
