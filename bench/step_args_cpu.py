@@ -28,7 +28,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ from conveyor.coordinator.store.payloads import compact_step_args, expanded_args
 from conveyor.coordinator.store.schema import steps, workflows
 
 from .harness.databases import DEFAULT_POSTGRES_URL, fresh_database
+from .harness.machine import git_commit
 from .journal_size import SYSTEM, TOOLS, conversation_turn, with_cache_marker
 
 
@@ -144,15 +144,6 @@ def _load() -> list[float]:
     return [round(value, 2) for value in os.getloadavg()]
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run(
     kinds: Sequence[str],
     turn_counts: Sequence[int],
@@ -161,7 +152,7 @@ def run(
     results: Path,
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    print(f"commit {_commit()}, load average {_load()}", flush=True)
+    print(f"commit {git_commit()}, load average {_load()}", flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for kind in kinds:
             with fresh_database(kind, Path(workdir) / kind, postgres_url) as run_database:
@@ -182,7 +173,7 @@ def run(
                     db.dispose()
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"step_args_cpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    document = {"scenario": "step_args_cpu", "commit": _commit(), "command": sys.argv, "results": rows}
+    document = {"scenario": "step_args_cpu", "commit": git_commit(), "command": sys.argv, "results": rows}
     path.write_text(json.dumps(document, indent=2) + "\n")
     print(f"saved {path}")
     return rows

@@ -56,7 +56,7 @@ def describe(postgres_url: str | None = None) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "versions": versions,
         "postgresql_settings": postgres_settings,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "load_average_at_start": load_average(),
     }
 
@@ -88,7 +88,8 @@ def _postgres_facts(url: str) -> tuple[str, dict[str, str]]:
         engine.dispose()
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's short commit, marked when tracked files differ from it ("unknown" outside git)."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, timeout=5
